@@ -1,0 +1,307 @@
+//! Packed, cache-blocked matrix multiply with a fixed reduction order.
+//!
+//! Every output element is computed as one chain `acc = fma(A[i,p], B[p,j], acc)` for
+//! `p = 0, 1, …, k-1`, starting from `+0.0`. Blocking over `k` stores the running `acc` in `C`
+//! between blocks, which does not change a bit; threads split rows of `C` (or batch entries),
+//! never one sum. So the result is the same for any thread count and on every SIMD path.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::simd::{active_path, SimdPath};
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Columns of the register tile (two AVX2 vectors).
+const NR: usize = 16;
+/// Depth of one packed block (the k-blocking).
+const KC: usize = 256;
+/// Rows of C handled by one task (a multiple of `MR`).
+const MC: usize = 72;
+/// Columns of one packed B block (a multiple of `NR`).
+const NC: usize = 1024;
+
+/// Shapes and storage of one product `C[m,n] = op(A)·op(B)`.
+///
+/// `A` is stored `[m,k]` row-major, or `[k,m]` when `ta`; `B` is stored `[k,n]`, or `[n,k]`
+/// when `tb`. `C` is always `[m,n]` row-major and is overwritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+}
+
+impl MatSpec {
+    #[inline]
+    fn a_at(&self, a: &[f32], i: usize, p: usize) -> f32 {
+        if self.ta {
+            a[p * self.m + i]
+        } else {
+            a[i * self.k + p]
+        }
+    }
+
+    #[inline]
+    fn b_at(&self, b: &[f32], p: usize, j: usize) -> f32 {
+        if self.tb {
+            b[j * self.k + p]
+        } else {
+            b[p * self.n + j]
+        }
+    }
+}
+
+/// `C = op(A)·op(B)` for one matrix; rows of `C` are spread over the current rayon pool.
+pub fn matmul(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm(spec, a, b, c, true);
+}
+
+/// `batch` independent products over contiguous slices; batch entries run in parallel.
+pub fn matmul_batched(spec: &MatSpec, batch: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let (sa, sb, sc) = (spec.m * spec.k, spec.k * spec.n, spec.m * spec.n);
+    assert!(a.len() == batch * sa && b.len() == batch * sb && c.len() == batch * sc);
+    if batch == 1 || sc == 0 {
+        return gemm(spec, a, b, c, true);
+    }
+    c.par_chunks_mut(sc).enumerate().for_each(|(t, ct)| {
+        gemm(spec, &a[t * sa..(t + 1) * sa], &b[t * sb..(t + 1) * sb], ct, false);
+    });
+}
+
+/// Straightforward reference with the same reduction order (used by tests).
+pub fn matmul_reference(spec: &MatSpec, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut c = vec![0.0f32; spec.m * spec.n];
+    for i in 0..spec.m {
+        for j in 0..spec.n {
+            let mut acc = 0.0f32;
+            for p in 0..spec.k {
+                acc = spec.a_at(a, i, p).mul_add(spec.b_at(b, p, j), acc);
+            }
+            c[i * spec.n + j] = acc;
+        }
+    }
+    c
+}
+
+thread_local! {
+    static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn gemm(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
+    let MatSpec { m, n, k, .. } = *spec;
+    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let path = active_path();
+    let mut bp = Vec::new();
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            pack_b(spec, b, &mut bp, pc, kc, jc, nc);
+            let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
+            let run = |(t, cb): (usize, &mut [f32])| {
+                PACK_A.with(|ap| blk.rows(spec, a, &bp, t * MC, cb, &mut ap.borrow_mut()))
+            };
+            if parallel && m > MC {
+                c.par_chunks_mut(MC * n).enumerate().for_each(run);
+            } else {
+                c.chunks_mut(MC * n).enumerate().for_each(run);
+            }
+        }
+    }
+}
+
+/// One (k-block, column-block) step of the product, applied to a band of rows of C.
+struct Block {
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    first: bool,
+    path: SimdPath,
+}
+
+impl Block {
+    fn rows(&self, s: &MatSpec, a: &[f32], bp: &[f32], ic: usize, cb: &mut [f32], ap: &mut Vec<f32>) {
+        let n = s.n;
+        let mc = cb.len() / n;
+        pack_a(s, a, ap, ic, mc, self.pc, self.kc);
+        let kc = self.kc;
+        for (jp, j0) in (0..self.nc).step_by(NR).enumerate() {
+            let nr = NR.min(self.nc - j0);
+            let bpan = &bp[jp * kc * NR..(jp + 1) * kc * NR];
+            for (ip, i0) in (0..mc).step_by(MR).enumerate() {
+                let mr = MR.min(mc - i0);
+                let apan = &ap[ip * kc * MR..(ip + 1) * kc * MR];
+                let off = i0 * n + self.jc + j0;
+                self.tile(apan, bpan, &mut cb[off..], n, mr, nr);
+            }
+        }
+    }
+
+    /// Multiplies one packed MR×kc panel by one packed kc×NR panel into C (valid part mr×nr).
+    fn tile(&self, ap: &[f32], bp: &[f32], c: &mut [f32], ldc: usize, mr: usize, nr: usize) {
+        let mut t = [0.0f32; MR * NR];
+        if !self.first {
+            for i in 0..mr {
+                t[i * NR..i * NR + nr].copy_from_slice(&c[i * ldc..i * ldc + nr]);
+            }
+        }
+        match self.path {
+            SimdPath::Scalar => kernel_scalar(self.kc, ap, bp, &mut t, self.first),
+            SimdPath::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx2 is only active when the CPU has AVX2 and FMA (checked in simd.rs);
+                // the panels hold kc*MR and kc*NR values and the tile MR*NR.
+                unsafe {
+                    kernel_avx2(self.kc, ap.as_ptr(), bp.as_ptr(), t.as_mut_ptr(), self.first)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                kernel_scalar(self.kc, ap, bp, &mut t, self.first)
+            }
+        }
+        for i in 0..mr {
+            c[i * ldc..i * ldc + nr].copy_from_slice(&t[i * NR..i * NR + nr]);
+        }
+    }
+}
+
+/// Packs rows `ic..ic+mc`, depths `pc..pc+kc` of op(A) into MR-row panels, zero-padded.
+fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: usize, kc: usize) {
+    let panels = mc.div_ceil(MR);
+    ap.clear();
+    ap.resize(panels * kc * MR, 0.0);
+    for ip in 0..panels {
+        let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
+        for ii in 0..MR.min(mc - ip * MR) {
+            let i = ic + ip * MR + ii;
+            if s.ta {
+                for p in 0..kc {
+                    dst[p * MR + ii] = a[(pc + p) * s.m + i];
+                }
+            } else {
+                let row = &a[i * s.k + pc..i * s.k + pc + kc];
+                for (p, &v) in row.iter().enumerate() {
+                    dst[p * MR + ii] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Packs depths `pc..pc+kc`, columns `jc..jc+nc` of op(B) into NR-column panels, zero-padded.
+fn pack_b(s: &MatSpec, b: &[f32], bp: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let panels = nc.div_ceil(NR);
+    bp.clear();
+    bp.resize(panels * kc * NR, 0.0);
+    bp.par_chunks_mut(kc * NR).enumerate().for_each(|(jp, dst)| {
+        let j0 = jc + jp * NR;
+        let nr = NR.min(jc + nc - j0);
+        for p in 0..kc {
+            let d = &mut dst[p * NR..p * NR + nr];
+            if s.tb {
+                for (jj, v) in d.iter_mut().enumerate() {
+                    *v = b[(j0 + jj) * s.k + pc + p];
+                }
+            } else {
+                let src = (pc + p) * s.n + j0;
+                d.copy_from_slice(&b[src..src + nr]);
+            }
+        }
+    });
+}
+
+fn kernel_scalar(kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; MR * NR], first: bool) {
+    if first {
+        t.fill(0.0);
+    }
+    for p in 0..kc {
+        let av = &ap[p * MR..(p + 1) * MR];
+        let bv = &bp[p * NR..(p + 1) * NR];
+        for i in 0..MR {
+            let row = &mut t[i * NR..(i + 1) * NR];
+            for j in 0..NR {
+                row[j] = av[i].mul_add(bv[j], row[j]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, t: *mut f32, first: bool) {
+    use std::arch::x86_64::*;
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    if !first {
+        for (i, ci) in c.iter_mut().enumerate() {
+            ci[0] = _mm256_loadu_ps(t.add(i * NR));
+            ci[1] = _mm256_loadu_ps(t.add(i * NR + 8));
+        }
+    }
+    let (mut a, mut b) = (ap, bp);
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(b);
+        let b1 = _mm256_loadu_ps(b.add(8));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(i));
+            ci[0] = _mm256_fmadd_ps(av, b0, ci[0]);
+            ci[1] = _mm256_fmadd_ps(av, b1, ci[1]);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    for (i, ci) in c.iter().enumerate() {
+        _mm256_storeu_ps(t.add(i * NR), ci[0]);
+        _mm256_storeu_ps(t.add(i * NR + 8), ci[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Philox;
+
+    fn rand_vec(n: usize, salt: u64) -> Vec<f32> {
+        let r = Philox::new(salt);
+        (0..n as u64).map(|i| r.uniform(7, i) * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matches_reference_bitwise_on_awkward_shapes() {
+        for &(m, n, k) in &[(1, 1, 1), (7, 19, 5), (73, 33, 300), (150, 1030, 17), (5, 3, 0)] {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+                let s = MatSpec { m, n, k, ta, tb };
+                let a = rand_vec(m * k, 1);
+                let b = rand_vec(k * n, 2);
+                let mut c = vec![f32::NAN; m * n];
+                matmul(&s, &a, &b, &mut c);
+                let r = matmul_reference(&s, &a, &b);
+                let same = c.iter().zip(&r).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "mismatch at {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn batched_equals_loop() {
+        let s = MatSpec { m: 9, n: 20, k: 13, ta: false, tb: true };
+        let a = rand_vec(3 * 9 * 13, 3);
+        let b = rand_vec(3 * 13 * 20, 4);
+        let mut c = vec![0.0; 3 * 9 * 20];
+        matmul_batched(&s, 3, &a, &b, &mut c);
+        for t in 0..3 {
+            let r = matmul_reference(&s, &a[t * 117..(t + 1) * 117], &b[t * 260..(t + 1) * 260]);
+            assert_eq!(&c[t * 180..(t + 1) * 180], &r[..]);
+        }
+    }
+}
