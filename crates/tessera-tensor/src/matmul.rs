@@ -105,18 +105,35 @@ fn gemm(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
     let mut bp = Vec::new();
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            pack_b(spec, b, &mut bp, pc, kc, jc, nc);
-            let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
-            let run = |(t, cb): (usize, &mut [f32])| {
-                PACK_A.with(|ap| blk.rows(spec, a, &bp, t * MC, cb, &mut ap.borrow_mut()))
-            };
-            if parallel && m > MC {
-                c.par_chunks_mut(MC * n).enumerate().for_each(run);
-            } else {
-                c.chunks_mut(MC * n).enumerate().for_each(run);
-            }
+        // Pack this column block of B for every depth block at once, so that each band of C
+        // rows can run all its depth blocks while it stays in cache.
+        let depth_blocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|pc| (pc, KC.min(k - pc))).collect();
+        let panels = nc.div_ceil(NR);
+        bp.clear();
+        bp.resize(panels * k * NR, 0.0);
+        let mut rest = &mut bp[..];
+        let mut parts = Vec::with_capacity(depth_blocks.len());
+        for &(pc, kc) in &depth_blocks {
+            let (head, tail) = rest.split_at_mut(panels * kc * NR);
+            parts.push((pc, kc, head));
+            rest = tail;
+        }
+        parts.par_iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, *pc, *kc, jc, nc));
+        let run = |(t, cb): (usize, &mut [f32])| {
+            PACK_A.with(|ap| {
+                let ap = &mut ap.borrow_mut();
+                let mut off = 0;
+                for &(pc, kc) in &depth_blocks {
+                    let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
+                    blk.rows(spec, a, &bp[off..off + panels * kc * NR], t * MC, cb, ap);
+                    off += panels * kc * NR;
+                }
+            })
+        };
+        if parallel && m > MC {
+            c.par_chunks_mut(MC * n).enumerate().for_each(run);
+        } else {
+            c.chunks_mut(MC * n).enumerate().for_each(run);
         }
     }
 }
@@ -183,14 +200,16 @@ fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: u
     ap.resize(panels * kc * MR, 0.0);
     for ip in 0..panels {
         let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
-        for ii in 0..MR.min(mc - ip * MR) {
-            let i = ic + ip * MR + ii;
-            if s.ta {
-                for p in 0..kc {
-                    dst[p * MR + ii] = a[(pc + p) * s.m + i];
-                }
-            } else {
-                let row = &a[i * s.k + pc..i * s.k + pc + kc];
+        let (i0, mr) = (ic + ip * MR, MR.min(mc - ip * MR));
+        if s.ta {
+            // A stored [k, m]: each depth p holds the panel's rows contiguously.
+            for p in 0..kc {
+                let src = (pc + p) * s.m + i0;
+                dst[p * MR..p * MR + mr].copy_from_slice(&a[src..src + mr]);
+            }
+        } else {
+            for ii in 0..mr {
+                let row = &a[(i0 + ii) * s.k + pc..(i0 + ii) * s.k + pc + kc];
                 for (p, &v) in row.iter().enumerate() {
                     dst[p * MR + ii] = v;
                 }
@@ -200,22 +219,22 @@ fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: u
 }
 
 /// Packs depths `pc..pc+kc`, columns `jc..jc+nc` of op(B) into NR-column panels, zero-padded.
-fn pack_b(s: &MatSpec, b: &[f32], bp: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize) {
-    let panels = nc.div_ceil(NR);
-    bp.clear();
-    bp.resize(panels * kc * NR, 0.0);
+fn pack_b(s: &MatSpec, b: &[f32], bp: &mut [f32], pc: usize, kc: usize, jc: usize, nc: usize) {
     bp.par_chunks_mut(kc * NR).enumerate().for_each(|(jp, dst)| {
         let j0 = jc + jp * NR;
         let nr = NR.min(jc + nc - j0);
-        for p in 0..kc {
-            let d = &mut dst[p * NR..p * NR + nr];
-            if s.tb {
-                for (jj, v) in d.iter_mut().enumerate() {
-                    *v = b[(j0 + jj) * s.k + pc + p];
+        if s.tb {
+            // B stored [n, k]: read each column's depths contiguously.
+            for jj in 0..nr {
+                let col = &b[(j0 + jj) * s.k + pc..(j0 + jj) * s.k + pc + kc];
+                for (p, &v) in col.iter().enumerate() {
+                    dst[p * NR + jj] = v;
                 }
-            } else {
+            }
+        } else {
+            for p in 0..kc {
                 let src = (pc + p) * s.n + j0;
-                d.copy_from_slice(&b[src..src + nr]);
+                dst[p * NR..p * NR + nr].copy_from_slice(&b[src..src + nr]);
             }
         }
     });
