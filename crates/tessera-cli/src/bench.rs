@@ -1,10 +1,79 @@
-//! `tessera bench matmul`: GFLOP/s of the deterministic matmul on square and GPT shapes.
+//! `tessera bench …`: the reproducible measurements behind BENCHMARKS.md.
+//!
+//! - `matmul`: GFLOP/s of the deterministic matmul on square and GPT shapes;
+//! - `gpt`: training throughput (tokens/s) and peak resident memory of a GPT preset.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use tessera_model::fixtures::SONNETS;
+use tessera_model::{text_batch, AdamWConfig, Gpt, GptConfig, Trainer};
 use tessera_tensor::rng::Philox;
-use tessera_tensor::{matmul, MatSpec};
+use tessera_tensor::{matmul, simd, MatSpec, TraceMode};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Matmul GFLOP/s (tab-separated; compare with bench/matmul_numpy.py).
+    Matmul {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Minimum seconds per shape.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
+    /// GPT training tokens/s and peak memory (compare with bench/gpt_torch.py).
+    Gpt {
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+    },
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
+        BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
+    }
+}
+
+/// Trains `preset` at `batch × context` and prints tokens/s and peak RSS, tab-separated.
+fn run_gpt(preset: &str, batch: usize, threads: usize, steps: u64) -> Result<()> {
+    let cfg = GptConfig::preset(preset)?;
+    let ctx = cfg.context;
+    let mut tr = Trainer::new(Gpt::new(cfg, 1)?, AdamWConfig::for_run(steps + 2))?;
+    let pool = crate::pool(threads)?;
+    let secs = pool.install(|| -> Result<f64> {
+        for s in 0..2 {
+            tr.step(&text_batch(SONNETS, 1, s, batch, ctx)?, TraceMode::Off)?;
+        }
+        let start = Instant::now();
+        for s in 2..steps + 2 {
+            tr.step(&text_batch(SONNETS, 1, s, batch, ctx)?, TraceMode::Off)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    let tps = (steps as usize * batch * ctx) as f64 / secs;
+    let rss = peak_rss_mib().context("reading peak memory")?;
+    println!("impl\tthreads\tpreset\tbatch\tcontext\ttokens_per_s\tpeak_rss_mib\tpath");
+    let path = simd::active_path().name();
+    println!("tessera\t{threads}\t{preset}\t{batch}\t{ctx}\t{tps:.0}\t{rss:.0}\t{path}");
+    Ok(())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+    let kib: f64 = line.split_whitespace().nth(1).context("VmHWM value")?.parse()?;
+    Ok(kib / 1024.0)
+}
 
 /// The shapes measured: squares, then the `small` GPT's real products at batch 16 × 128
 /// (N = 2048 tokens, d = 256, MLP 1024, vocab 256), forward and backward forms.
@@ -24,7 +93,7 @@ pub fn matmul_shapes() -> Vec<(&'static str, MatSpec)> {
 }
 
 /// Runs each shape for at least `min_secs` and prints one tab-separated line per shape.
-pub fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
+fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     println!("impl\tthreads\tshape\tm\tn\tk\tgflops");
     for (name, spec) in matmul_shapes() {

@@ -1,5 +1,52 @@
+//! # tessera (the command-line tool)
+//!
+//! **Role.** The binary edge: parses arguments, reads files, owns the thread pool and the
+//! clock, and calls the libraries. `anyhow` errors are allowed only here.
+//!
+//! **Must not.** Hold training logic of its own: everything reproducible lives in the
+//! libraries, so the simulator and the daemons compute the same bits as this tool.
+
 mod bench;
-fn main() -> anyhow::Result<()> {
-    let t: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
-    bench::run_matmul(t, 1.0)
+mod train;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tessera_tensor::simd::{force_path, SimdPath};
+
+/// Environment variable that forces a SIMD path (`scalar` or `avx2`); results are identical,
+/// only speed differs.
+pub const SIMD_ENV: &str = "TESSERA_SIMD";
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Verifiable low-communication training across untrusted peers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a byte-level GPT on one machine; prints `state-hash: <hex>` at the end.
+    Train(train::TrainArgs),
+    /// Reproducible speed measurements (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Ok(name) = std::env::var(SIMD_ENV) {
+        let path = SimdPath::parse(&name).with_context(|| format!("{SIMD_ENV}={name}"))?;
+        force_path(Some(path)).with_context(|| format!("{SIMD_ENV}={name}"))?;
+    }
+    match cli.cmd {
+        Cmd::Train(a) => train::run(a),
+        Cmd::Bench(b) => bench::run(b),
+    }
+}
+
+/// A rayon pool of `threads` threads (0: one per available core).
+pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().context("building the thread pool")
 }

@@ -11,12 +11,15 @@
 //! - FMA policy: every multiply-accumulate of a matrix product is one fused multiply-add
 //!   (hardware FMA on SIMD paths, `f32::mul_add` on the scalar path: both correctly rounded).
 //!   Nothing else is fused; other sums use [`sum_fixed`]/[`dot_fixed`] with plain operations.
-//! - Transcendentals come from `libm`, never the platform's math library.
+//! - Transcendentals come from `libm`, never the platform's math library, except `exp` in
+//!   elementwise hot loops, which is [`math::exp`]: built from IEEE basic operations only,
+//!   so equally portable, and vectorizable.
 //! - Tensors hash as BLAKE3 of dtype tag, rank, dims and little-endian data.
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or depend on anything above it.
 
 mod kernel;
+pub mod math;
 mod matmul;
 mod ops_basic;
 mod ops_nn;

@@ -167,28 +167,42 @@ impl Block {
     }
 
     /// Multiplies one packed MR×kc panel by one packed kc×NR panel into C (valid part mr×nr).
+    /// Full tiles are updated in place; edge tiles go through a small buffer.
     fn tile(&self, ap: &[f32], bp: &[f32], c: &mut [f32], ldc: usize, mr: usize, nr: usize) {
+        if mr == MR && nr == NR {
+            assert!(c.len() >= (MR - 1) * ldc + NR);
+            return self.kernel(ap, bp, c.as_mut_ptr(), ldc);
+        }
         let mut t = [0.0f32; MR * NR];
         if !self.first {
             for i in 0..mr {
                 t[i * NR..i * NR + nr].copy_from_slice(&c[i * ldc..i * ldc + nr]);
             }
         }
-        match self.path {
-            SimdPath::Scalar => kernel_scalar(self.kc, ap, bp, &mut t, self.first),
-            SimdPath::Avx2 => {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Avx2 is only active when the CPU has AVX2 and FMA (checked in simd.rs);
-                // the panels hold kc*MR and kc*NR values and the tile MR*NR.
-                unsafe {
-                    kernel_avx2(self.kc, ap.as_ptr(), bp.as_ptr(), t.as_mut_ptr(), self.first)
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                kernel_scalar(self.kc, ap, bp, &mut t, self.first)
-            }
-        }
+        self.kernel(ap, bp, t.as_mut_ptr(), NR);
         for i in 0..mr {
             c[i * ldc..i * ldc + nr].copy_from_slice(&t[i * NR..i * NR + nr]);
+        }
+    }
+
+    /// Runs the micro-kernel of the active path on an MR×NR tile at `c` with row stride `ldc`.
+    fn kernel(&self, ap: &[f32], bp: &[f32], c: *mut f32, ldc: usize) {
+        assert!(ap.len() >= self.kc * MR && bp.len() >= self.kc * NR);
+        match self.path {
+            // SAFETY (both arms): the panels hold kc·MR and kc·NR values (asserted above) and
+            // `c` addresses MR rows of NR values at stride ldc (asserted or a local buffer).
+            SimdPath::Scalar => unsafe { kernel_scalar(self.kc, ap, bp, c, ldc, self.first) },
+            SimdPath::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                // Avx2 is only active when the CPU has AVX2 and FMA (checked in simd.rs).
+                unsafe {
+                    kernel_avx2(self.kc, ap.as_ptr(), bp.as_ptr(), c, ldc, self.first)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                unsafe {
+                    kernel_scalar(self.kc, ap, bp, c, ldc, self.first)
+                }
+            }
         }
     }
 }
@@ -208,10 +222,12 @@ fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: u
                 dst[p * MR..p * MR + mr].copy_from_slice(&a[src..src + mr]);
             }
         } else {
-            for ii in 0..mr {
-                let row = &a[(i0 + ii) * s.k + pc..(i0 + ii) * s.k + pc + kc];
-                for (p, &v) in row.iter().enumerate() {
-                    dst[p * MR + ii] = v;
+            // A stored [m, k]: read the panel's rows as parallel streams, write sequentially.
+            let rows: [usize; MR] = std::array::from_fn(|ii| (i0 + ii.min(mr - 1)) * s.k + pc);
+            for p in 0..kc {
+                let d = &mut dst[p * MR..(p + 1) * MR];
+                for ii in 0..mr {
+                    d[ii] = a[rows[ii] + p];
                 }
             }
         }
@@ -234,15 +250,28 @@ fn pack_b(s: &MatSpec, b: &[f32], bp: &mut [f32], pc: usize, kc: usize, jc: usiz
         } else {
             for p in 0..kc {
                 let src = (pc + p) * s.n + j0;
-                dst[p * NR..p * NR + nr].copy_from_slice(&b[src..src + nr]);
+                if nr == NR {
+                    // Fixed-size copy: compiled to two vector moves, not a memmove call.
+                    let d: &mut [f32; NR] = (&mut dst[p * NR..(p + 1) * NR]).try_into().expect("NR");
+                    *d = b[src..src + NR].try_into().expect("NR");
+                } else {
+                    dst[p * NR..p * NR + nr].copy_from_slice(&b[src..src + nr]);
+                }
             }
         }
     });
 }
 
-fn kernel_scalar(kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; MR * NR], first: bool) {
-    if first {
-        t.fill(0.0);
+/// # Safety
+/// `c` must address MR rows of NR writable values at row stride `ldc`.
+unsafe fn kernel_scalar(kc: usize, ap: &[f32], bp: &[f32], c: *mut f32, ldc: usize, first: bool) {
+    let mut t = [0.0f32; MR * NR];
+    if !first {
+        for i in 0..MR {
+            for j in 0..NR {
+                t[i * NR + j] = *c.add(i * ldc + j);
+            }
+        }
     }
     for p in 0..kc {
         let av = &ap[p * MR..(p + 1) * MR];
@@ -254,24 +283,32 @@ fn kernel_scalar(kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; MR * NR], firs
             }
         }
     }
+    for i in 0..MR {
+        for j in 0..NR {
+            *c.add(i * ldc + j) = t[i * NR + j];
+        }
+    }
 }
 
+/// # Safety
+/// The CPU must have AVX2 and FMA; `ap`/`bp` must hold kc·MR and kc·NR values; `c` must
+/// address MR rows of NR writable values at row stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, t: *mut f32, first: bool) {
+unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, first: bool) {
     use std::arch::x86_64::*;
-    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     if !first {
-        for (i, ci) in c.iter_mut().enumerate() {
-            ci[0] = _mm256_loadu_ps(t.add(i * NR));
-            ci[1] = _mm256_loadu_ps(t.add(i * NR + 8));
+        for (i, ci) in acc.iter_mut().enumerate() {
+            ci[0] = _mm256_loadu_ps(c.add(i * ldc));
+            ci[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
         }
     }
     let (mut a, mut b) = (ap, bp);
     for _ in 0..kc {
         let b0 = _mm256_loadu_ps(b);
         let b1 = _mm256_loadu_ps(b.add(8));
-        for (i, ci) in c.iter_mut().enumerate() {
+        for (i, ci) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(i));
             ci[0] = _mm256_fmadd_ps(av, b0, ci[0]);
             ci[1] = _mm256_fmadd_ps(av, b1, ci[1]);
@@ -279,9 +316,9 @@ unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, t: *mut f32, fi
         a = a.add(MR);
         b = b.add(NR);
     }
-    for (i, ci) in c.iter().enumerate() {
-        _mm256_storeu_ps(t.add(i * NR), ci[0]);
-        _mm256_storeu_ps(t.add(i * NR + 8), ci[1]);
+    for (i, ci) in acc.iter().enumerate() {
+        _mm256_storeu_ps(c.add(i * ldc), ci[0]);
+        _mm256_storeu_ps(c.add(i * ldc + 8), ci[1]);
     }
 }
 

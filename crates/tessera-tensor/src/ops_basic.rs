@@ -45,26 +45,36 @@ pub fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Applies `f` to every element, in parallel chunks.
+/// Applies `f` to every element, in parallel chunks (each output independent).
 pub(crate) fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
-    let mut out = vec![0.0f32; x.numel()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = x.numel();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(x.data().par_chunks(PAR_CHUNK))
-        .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, &x)| *o = f(x)));
+        .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, &v)| {
+            o.write(f(v));
+        }));
+    // SAFETY: the zip above wrote all n elements (equal-length chunkings of n values).
+    unsafe { out.set_len(n) };
     Tensor::from_parts(x.shape().to_vec(), out)
 }
 
 /// Applies `f` elementwise to two tensors of one shape.
 pub(crate) fn map2(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Tensor {
     assert_eq!(a.shape(), b.shape());
-    let mut out = vec![0.0f32; a.numel()];
-    out.par_chunks_mut(PAR_CHUNK)
+    let n = a.numel();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
         .zip(a.data().par_chunks(PAR_CHUNK).zip(b.data().par_chunks(PAR_CHUNK)))
         .for_each(|(o, (xa, xb))| {
             for ((o, &x), &y) in o.iter_mut().zip(xa).zip(xb) {
-                *o = f(x, y);
+                o.write(f(x, y));
             }
         });
+    // SAFETY: the zip above wrote all n elements (equal-length chunkings of n values).
+    unsafe { out.set_len(n) };
     Tensor::from_parts(a.shape().to_vec(), out)
 }
 

@@ -2,7 +2,7 @@
 //! softmax, embedding lookup and softmax cross-entropy.
 //!
 //! Rows are independent and spread over threads; every per-row sum uses [`sum_fixed`] or
-//! [`dot_fixed`]; transcendentals come from `libm`.
+//! [`dot_fixed`]; `exp` is [`crate::math::exp`], `log` comes from `libm`.
 
 use rayon::prelude::*;
 
@@ -12,23 +12,25 @@ use crate::{Tensor, TensorError};
 const GELU_C: f32 = 0.797_884_6; // sqrt(2/pi)
 const GELU_A: f32 = 0.044_715;
 
-/// GELU, tanh form: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+/// GELU, tanh form: `0.5·x·(1 + tanh(u))` with `u = √(2/π)·(x + 0.044715·x³)`, computed in
+/// the identical closed form `x·σ(2u) = x / (1 + e^(−2u))`, which needs one `exp`.
 pub(crate) fn gelu(x: &Tensor) -> Tensor {
-    map1(x, |x| {
-        let u = GELU_C * (x + GELU_A * x * x * x);
-        0.5 * x * (1.0 + libm::tanhf(u))
-    })
+    map1(x, |x| x * gelu_sigmoid(x))
 }
 
-/// Gradient of the tanh-form GELU times `dy`.
+/// `σ(2u(x))`; saturates cleanly (exp overflow gives 0, underflow gives 1).
+#[inline]
+fn gelu_sigmoid(x: f32) -> f32 {
+    let u = GELU_C * (x + GELU_A * x * x * x);
+    1.0 / (1.0 + crate::math::exp(-2.0 * u))
+}
+
+/// Gradient of the tanh-form GELU times `dy`: `s + x·2s(1−s)·u'(x)` with `s = σ(2u)`.
 pub(crate) fn gelu_backward(x: &Tensor, dy: &Tensor) -> Tensor {
     map2(x, dy, |x, dy| {
-        let x2 = x * x;
-        let u = GELU_C * (x + GELU_A * x2 * x);
-        let t = libm::tanhf(u);
-        let du = GELU_C * (1.0 + 3.0 * GELU_A * x2);
-        let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
-        d * dy
+        let s = gelu_sigmoid(x);
+        let du = GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+        (s + x * (2.0 * s * (1.0 - s)) * du) * dy
     })
 }
 
@@ -149,7 +151,7 @@ pub(crate) fn causal_softmax(x: &Tensor, scale: f32) -> Result<Tensor, TensorErr
         let n = r % t + 1;
         let max = xr[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
         for (y, &v) in yr[..n].iter_mut().zip(&xr[..n]) {
-            *y = libm::expf(scale * v - max);
+            *y = crate::math::exp(scale * v - max);
         }
         let inv = 1.0 / sum_fixed(&yr[..n]);
         for y in &mut yr[..n] {
@@ -244,7 +246,7 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Vec<Ten
         .for_each(|((p, x), (l, &t))| {
             let max = x.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
             for (p, &a) in p.iter_mut().zip(x) {
-                *p = libm::expf(a - max);
+                *p = crate::math::exp(a - max);
             }
             let z = sum_fixed(p);
             let inv = 1.0 / z;
