@@ -87,7 +87,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 let secs = start.elapsed().as_secs_f64();
                 let tps = (done as usize * a.batch * ctx) as f64 / secs;
                 let eta = secs / done as f64 * (a.steps - done) as f64;
-                eprintln!("step {done:>6}/{}  loss {:.4}  {tps:>8.0} tok/s  eta {eta:.0}s", a.steps, out.loss);
+                eprintln!(
+                    "step {done:>6}/{}  loss {:.4}  {tps:>8.0} tok/s  eta {eta:.0}s",
+                    a.steps, out.loss
+                );
             }
         }
         Ok(())

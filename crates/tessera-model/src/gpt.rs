@@ -44,7 +44,7 @@ impl GptConfig {
     /// Checks that the shape is buildable.
     pub fn validate(&self) -> Result<(), ModelError> {
         let dims = [self.vocab, self.d_model, self.layers, self.heads, self.context];
-        if dims.iter().any(|&d| d == 0 || d > MAX_DIM) || self.d_model % self.heads != 0 {
+        if dims.iter().any(|&d| d == 0 || d > MAX_DIM) || !self.d_model.is_multiple_of(self.heads) {
             return Err(ModelError::BadConfig(format!("{self:?}")));
         }
         Ok(())

@@ -12,11 +12,11 @@
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or know about networking or peers.
 
+pub mod fixtures;
 mod gpt;
 mod mlp;
 mod optim;
 pub mod params;
-pub mod fixtures;
 mod train;
 
 pub use gpt::{linear, Gpt, GptConfig, INIT_STD, LN_EPS, MAX_DIM};

@@ -46,7 +46,11 @@ impl Mlp {
     /// Logits `[N, classes]` for inputs `[N, features]`.
     pub fn logits(&self, g: &mut Graph, w: &[Var], x: &Tensor) -> Result<Var, ModelError> {
         if x.shape().len() != 2 || x.shape()[1] != self.cfg.inputs || x.shape()[0] == 0 {
-            return Err(ModelError::BadBatch(format!("inputs {:?}, want [N, {}]", x.shape(), self.cfg.inputs)));
+            return Err(ModelError::BadBatch(format!(
+                "inputs {:?}, want [N, {}]",
+                x.shape(),
+                self.cfg.inputs
+            )));
         }
         let mut h = g.leaf(x.clone(), false);
         let layers = w.len() / 2;

@@ -93,7 +93,13 @@ impl OptState {
 
     /// One update: clip all gradients together (if configured), then AdamW per tensor, every
     /// kernel run through `ex` so it lands in the op trace. Returns the pre-clip gradient norm.
-    pub fn update(&mut self, cfg: &AdamWConfig, ex: &mut Exec, params: &mut ParamSet, grads: Vec<Tensor>) -> f32 {
+    pub fn update(
+        &mut self,
+        cfg: &AdamWConfig,
+        ex: &mut Exec,
+        params: &mut ParamSet,
+        grads: Vec<Tensor>,
+    ) -> f32 {
         assert_eq!(grads.len(), params.len(), "one gradient per parameter");
         let (grads, norm) = match cfg.grad_clip {
             Some(max_norm) => {
@@ -109,7 +115,14 @@ impl OptState {
         for (i, g) in grads.iter().enumerate() {
             let p = &params.tensors()[i];
             let wd = if p.shape().len() >= 2 { cfg.weight_decay } else { 0.0 };
-            let h = AdamWParams { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: wd, step: self.step };
+            let h = AdamWParams {
+                lr,
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps,
+                weight_decay: wd,
+                step: self.step,
+            };
             let ins = [p, g, &self.m.tensors()[i], &self.v.tensors()[i]];
             let mut out = ex.run(Kernel::AdamW(h), &ins).into_iter();
             params.set(i, out.next().expect("p"));
@@ -126,7 +139,13 @@ mod tests {
 
     #[test]
     fn schedule_shape() {
-        let c = AdamWConfig { lr: 1.0, warmup_steps: 10, total_steps: 110, min_lr_ratio: 0.1, ..Default::default() };
+        let c = AdamWConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert_eq!(c.lr_at(5), 0.5);
         assert_eq!(c.lr_at(10), 1.0);
         assert!((c.lr_at(60) - 0.55).abs() < 1e-6);

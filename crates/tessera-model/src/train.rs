@@ -54,7 +54,8 @@ impl<M: Model> Trainer<M> {
         let loss_var = self.model.loss(&mut g, &w, batch)?;
         let loss = g.value(loss_var).item();
         let mut grads = g.backward(loss_var);
-        let shapes: Vec<Vec<usize>> = self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
+        let shapes: Vec<Vec<usize>> =
+            self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
         let gs: Vec<Tensor> =
             w.iter().zip(&shapes).map(|(&v, s)| grads.take(v).unwrap_or_else(|| Tensor::zeros(s))).collect();
         drop(grads);
@@ -91,7 +92,13 @@ pub fn state_hash(params: &ParamSet, opt: &OptState) -> Hash {
 
 /// A next-byte batch drawn from `text`: row `b` of step `step` starts at an offset that is a
 /// pure function of `(seed, step, b)`. (The sharded data pipeline will replace this sampler.)
-pub fn text_batch(text: &[u8], seed: u64, step: u64, batch: usize, context: usize) -> Result<Batch, ModelError> {
+pub fn text_batch(
+    text: &[u8],
+    seed: u64,
+    step: u64,
+    batch: usize,
+    context: usize,
+) -> Result<Batch, ModelError> {
     if batch == 0 || context == 0 || text.len() < context + 2 {
         return Err(ModelError::BadBatch(format!(
             "need text longer than context + 1 = {} bytes and batch ≥ 1, got {} bytes, batch {batch}",
@@ -109,5 +116,8 @@ pub fn text_batch(text: &[u8], seed: u64, step: u64, batch: usize, context: usiz
         y.extend(text[off + 1..off + context + 1].iter().map(|&c| f32::from(c)));
     }
     let shape = [batch, context];
-    Ok(Batch { inputs: Tensor::new(&shape, x).expect("shape"), targets: Tensor::new(&shape, y).expect("shape") })
+    Ok(Batch {
+        inputs: Tensor::new(&shape, x).expect("shape"),
+        targets: Tensor::new(&shape, y).expect("shape"),
+    })
 }

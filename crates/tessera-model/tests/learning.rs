@@ -30,8 +30,20 @@ fn blobs(seed: u64, n: usize) -> Batch {
         let class = r.below(1, i, 4);
         for f in 0..8u64 {
             let centre = match f {
-                0 => if class & 1 == 1 { 2.0 } else { -2.0 },
-                1 => if class & 2 == 2 { 2.0 } else { -2.0 },
+                0 => {
+                    if class & 1 == 1 {
+                        2.0
+                    } else {
+                        -2.0
+                    }
+                }
+                1 => {
+                    if class & 2 == 2 {
+                        2.0
+                    } else {
+                        -2.0
+                    }
+                }
                 _ => 0.0,
             };
             x.push(centre + r.normal(2, i * 8 + f));

@@ -15,9 +15,14 @@ pub const MAX_KERNEL_INPUTS: usize = 4096;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     /// `op(A)·op(B)`; both 2-D, or both with the same leading batch dims.
-    MatMul { ta: bool, tb: bool },
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     /// Same data, new shape.
-    Reshape { shape: Vec<usize> },
+    Reshape {
+        shape: Vec<usize>,
+    },
     /// `a + b`, `b` of `a`'s shape or a suffix of it.
     Add,
     /// `a − b`, broadcasting as `Add`.
@@ -25,15 +30,22 @@ pub enum Kernel {
     /// `a · b`, broadcasting as `Add`.
     Mul,
     /// `s · a`.
-    Scale { s: f32 },
+    Scale {
+        s: f32,
+    },
     /// Sum over leading dims down to `shape` (the backward of a broadcast).
-    SumToShape { shape: Vec<usize> },
+    SumToShape {
+        shape: Vec<usize>,
+    },
     /// Sum of all elements, as `[1]`.
     SumAll,
     /// Mean of all elements, as `[1]`.
     MeanAll,
     /// A `[1]` value `g` spread to `shape` as `g·scale` (backward of sum and mean).
-    Expand { shape: Vec<usize>, scale: f32 },
+    Expand {
+        shape: Vec<usize>,
+        scale: f32,
+    },
     Gelu,
     /// Inputs `x, dy`.
     GeluBackward,
@@ -41,31 +53,45 @@ pub enum Kernel {
     /// Inputs `x, dy`.
     ReluBackward,
     /// Inputs `x, gamma, beta`; outputs `y, mean, rstd`.
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
     /// Inputs `dy, x, gamma, mean, rstd`; outputs `dx, dgamma, dbeta`.
     LayerNormBackward,
     /// Softmax of `scale·x` over the last dim of `[.., T, T]`, causal mask.
-    CausalSoftmax { scale: f32 },
+    CausalSoftmax {
+        scale: f32,
+    },
     /// Inputs `y, dy` (y the softmax output).
-    SoftmaxBackward { scale: f32 },
+    SoftmaxBackward {
+        scale: f32,
+    },
     /// `[B, T, H·D] → [B, H, T, D]`.
-    SplitHeads { heads: usize },
+    SplitHeads {
+        heads: usize,
+    },
     /// `[B, H, T, D] → [B, T, H·D]`.
     MergeHeads,
     /// Inputs `table [V, C], ids`; ids are integers stored as f32.
     Embedding,
     /// Inputs `ids, dy`; output `[rows, C]`.
-    EmbeddingBackward { rows: usize },
+    EmbeddingBackward {
+        rows: usize,
+    },
     /// Inputs `logits [N, V], targets [N]`; outputs `loss [1], probs [N, V]`.
     CrossEntropy,
     /// Inputs `probs, targets, dloss`.
     CrossEntropyBackward,
     /// Inputs: all gradients; outputs: the clipped gradients, then the norm.
-    ClipGradNorm { max_norm: f32 },
+    ClipGradNorm {
+        max_norm: f32,
+    },
     /// Inputs `p, g, m, v`; outputs `p', m', v'`.
     AdamW(AdamWParams),
     /// Inputs `p, g`; output `p − lr·g`.
-    Sgd { lr: f32 },
+    Sgd {
+        lr: f32,
+    },
 }
 
 impl Kernel {

@@ -49,12 +49,13 @@ pub fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(PAR_CHUNK)
-        .zip(x.data().par_chunks(PAR_CHUNK))
-        .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, &v)| {
-            o.write(f(v));
-        }));
+    out.spare_capacity_mut()[..n].par_chunks_mut(PAR_CHUNK).zip(x.data().par_chunks(PAR_CHUNK)).for_each(
+        |(o, xs)| {
+            o.iter_mut().zip(xs).for_each(|(o, &v)| {
+                o.write(f(v));
+            })
+        },
+    );
     // SAFETY: the zip above wrote all n elements (equal-length chunkings of n values).
     unsafe { out.set_len(n) };
     Tensor::from_parts(x.shape().to_vec(), out)
@@ -94,15 +95,13 @@ pub(crate) fn broadcast2(
     let inner = b.numel();
     let mut out = vec![0.0f32; a.numel()];
     let rows_per = (PAR_CHUNK / inner).max(1);
-    out.par_chunks_mut(rows_per * inner)
-        .zip(a.data().par_chunks(rows_per * inner))
-        .for_each(|(o, xa)| {
-            for (orow, arow) in o.chunks_mut(inner).zip(xa.chunks(inner)) {
-                for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b.data()) {
-                    *o = f(x, y);
-                }
+    out.par_chunks_mut(rows_per * inner).zip(a.data().par_chunks(rows_per * inner)).for_each(|(o, xa)| {
+        for (orow, arow) in o.chunks_mut(inner).zip(xa.chunks(inner)) {
+            for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b.data()) {
+                *o = f(x, y);
             }
-        });
+        }
+    });
     Ok(Tensor::from_parts(a.shape().to_vec(), out))
 }
 
@@ -135,7 +134,7 @@ pub(crate) fn sum_to_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor, Tensor
 /// `[B, T, H·D] → [B, H, T, D]`.
 pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor, TensorError> {
     let s = x.shape();
-    if s.len() != 3 || heads == 0 || s[2] % heads != 0 {
+    if s.len() != 3 || heads == 0 || !s[2].is_multiple_of(heads) {
         return Err(shape_err("split_heads", format!("{s:?} into {heads} heads")));
     }
     let (b, t, d) = (s[0], s[1], s[2] / heads);
@@ -187,10 +186,9 @@ mod tests {
     fn fixed_sum_order_is_the_documented_one() {
         let xs: Vec<f32> = (0..11).map(|i| 1.0 + i as f32 * 1e-7).collect();
         let mut acc = [0.0f32; 8];
-        for i in 0..8 {
-            acc[i] = xs[i];
-        }
-        let want = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+        acc.copy_from_slice(&xs[..8]);
+        let want = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+            + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
             + xs[8]
             + xs[9]
             + xs[10];

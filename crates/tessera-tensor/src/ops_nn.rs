@@ -50,34 +50,29 @@ fn rows_of(x: &Tensor, name: &'static str) -> Result<(usize, usize), TensorError
 }
 
 /// Layer norm over the last dim. Returns `(y, mean, rstd)`; mean and rstd have one value a row.
-pub(crate) fn layer_norm(
-    x: &Tensor,
-    g: &Tensor,
-    b: &Tensor,
-    eps: f32,
-) -> Result<Vec<Tensor>, TensorError> {
+pub(crate) fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f32) -> Result<Vec<Tensor>, TensorError> {
     let (rows, c) = rows_of(x, "layer_norm")?;
     if g.shape() != [c] || b.shape() != [c] {
-        return Err(shape_err("layer_norm", format!("x {:?} gamma {:?} beta {:?}", x.shape(), g.shape(), b.shape())));
+        return Err(shape_err(
+            "layer_norm",
+            format!("x {:?} gamma {:?} beta {:?}", x.shape(), g.shape(), b.shape()),
+        ));
     }
     let mut y = vec![0.0f32; x.numel()];
     let mut stats = vec![(0.0f32, 0.0f32); rows];
-    y.par_chunks_mut(c)
-        .zip(x.data().par_chunks(c))
-        .zip(stats.par_iter_mut())
-        .for_each(|((yr, xr), st)| {
-            let mean = sum_fixed(xr) / c as f32;
-            let mut d = vec![0.0f32; c];
-            for (d, &x) in d.iter_mut().zip(xr) {
-                *d = x - mean;
-            }
-            let var = dot_fixed(&d, &d) / c as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for (((y, &d), &g), &b) in yr.iter_mut().zip(&d).zip(g.data()).zip(b.data()) {
-                *y = d * rstd * g + b;
-            }
-            *st = (mean, rstd);
-        });
+    y.par_chunks_mut(c).zip(x.data().par_chunks(c)).zip(stats.par_iter_mut()).for_each(|((yr, xr), st)| {
+        let mean = sum_fixed(xr) / c as f32;
+        let mut d = vec![0.0f32; c];
+        for (d, &x) in d.iter_mut().zip(xr) {
+            *d = x - mean;
+        }
+        let var = dot_fixed(&d, &d) / c as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((y, &d), &g), &b) in yr.iter_mut().zip(&d).zip(g.data()).zip(b.data()) {
+            *y = d * rstd * g + b;
+        }
+        *st = (mean, rstd);
+    });
     let lead = x.shape()[..x.shape().len() - 1].to_vec();
     let (mean, rstd): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
     Ok(vec![
@@ -270,14 +265,11 @@ pub(crate) fn cross_entropy_backward(i: &[&Tensor]) -> Result<Tensor, TensorErro
     let tg = ids_of(targets, v, "cross_entropy_backward")?;
     let k = dloss.data()[0] / n as f32;
     let mut dx = vec![0.0f32; n * v];
-    dx.par_chunks_mut(v)
-        .zip(probs.data().par_chunks(v))
-        .zip(tg.par_iter())
-        .for_each(|((d, p), &t)| {
-            for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
-                let y = if j == t { 1.0 } else { 0.0 };
-                *d = (p - y) * k;
-            }
-        });
+    dx.par_chunks_mut(v).zip(probs.data().par_chunks(v)).zip(tg.par_iter()).for_each(|((d, p), &t)| {
+        for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
+            let y = if j == t { 1.0 } else { 0.0 };
+            *d = (p - y) * k;
+        }
+    });
     Ok(Tensor::from_parts(vec![n, v], dx))
 }

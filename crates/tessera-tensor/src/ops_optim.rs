@@ -37,8 +37,11 @@ fn sum_squares(xs: &[f32]) -> f64 {
 /// Scales all gradients by `min(1, max_norm / (‖g‖ + 1e-6))`, ‖g‖ over all of them together.
 /// Returns the scaled gradients followed by the norm as a `[1]` tensor.
 pub(crate) fn clip_grad_norm(grads: &[&Tensor], max_norm: f32) -> Result<Vec<Tensor>, TensorError> {
-    if !(max_norm > 0.0) {
-        return Err(TensorError::BadParam { kernel: "clip_grad_norm", detail: format!("max_norm {max_norm}") });
+    if max_norm.is_nan() || max_norm <= 0.0 {
+        return Err(TensorError::BadParam {
+            kernel: "clip_grad_norm",
+            detail: format!("max_norm {max_norm}"),
+        });
     }
     let per: Vec<f64> = grads.par_iter().map(|g| sum_squares(g.data())).collect();
     let norm = per.iter().fold(0.0f64, |a, &b| a + b).sqrt();
@@ -84,11 +87,7 @@ pub(crate) fn adamw(i: &[&Tensor], h: &AdamWParams) -> Result<Vec<Tensor>, Tenso
             }
         });
     let s = p.shape().to_vec();
-    Ok(vec![
-        Tensor::from_parts(s.clone(), po),
-        Tensor::from_parts(s.clone(), mo),
-        Tensor::from_parts(s, vo),
-    ])
+    Ok(vec![Tensor::from_parts(s.clone(), po), Tensor::from_parts(s.clone(), mo), Tensor::from_parts(s, vo)])
 }
 
 /// Plain SGD: `p ← p − lr·g`.

@@ -26,19 +26,12 @@ pub fn purpose(name: &str) -> u64 {
 impl Philox {
     /// A generator keyed by `seed`.
     pub fn new(seed: u64) -> Self {
-        Self {
-            key: [seed as u32, (seed >> 32) as u32],
-        }
+        Self { key: [seed as u32, (seed >> 32) as u32] }
     }
 
     /// The four 32-bit words for counter `(purpose, index)`.
     pub fn block(&self, purpose: u64, index: u64) -> [u32; 4] {
-        let mut c = [
-            index as u32,
-            (index >> 32) as u32,
-            purpose as u32,
-            (purpose >> 32) as u32,
-        ];
+        let mut c = [index as u32, (index >> 32) as u32, purpose as u32, (purpose >> 32) as u32];
         let mut k = self.key;
         for _ in 0..10 {
             let p0 = u64::from(M0) * u64::from(c[0]);
@@ -85,10 +78,7 @@ mod tests {
     #[test]
     fn philox_known_answer() {
         // Random123's published vector: Philox4x32-10, counter 0, key 0.
-        assert_eq!(
-            Philox::new(0).block(0, 0),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
+        assert_eq!(Philox::new(0).block(0, 0), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
     }
 
     #[test]

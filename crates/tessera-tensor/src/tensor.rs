@@ -25,24 +25,15 @@ impl Tensor {
         }
         let n = checked_numel(shape)?;
         if n != data.len() {
-            return Err(TensorError::DataLength {
-                shape: shape.to_vec(),
-                len: data.len(),
-            });
+            return Err(TensorError::DataLength { shape: shape.to_vec(), len: data.len() });
         }
-        Ok(Self {
-            shape: shape.to_vec(),
-            data: Arc::new(data),
-        })
+        Ok(Self { shape: shape.to_vec(), data: Arc::new(data) })
     }
 
     /// Builds a tensor whose shape and data are known to agree (an internal invariant).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "shape/data mismatch");
-        Self {
-            shape,
-            data: Arc::new(data),
-        }
+        Self { shape, data: Arc::new(data) }
     }
 
     /// A tensor of zeros.
@@ -89,15 +80,9 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Self, TensorError> {
         let n = checked_numel(shape)?;
         if n != self.numel() || shape.len() > MAX_DIMS {
-            return Err(TensorError::Reshape {
-                from: self.shape.clone(),
-                to: shape.to_vec(),
-            });
+            return Err(TensorError::Reshape { from: self.shape.clone(), to: shape.to_vec() });
         }
-        Ok(Self {
-            shape: shape.to_vec(),
-            data: Arc::clone(&self.data),
-        })
+        Ok(Self { shape: shape.to_vec(), data: Arc::clone(&self.data) })
     }
 
     /// The value of a one-element tensor.

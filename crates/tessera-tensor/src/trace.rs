@@ -101,9 +101,7 @@ impl Exec {
     /// Runs `kernel` on `inputs`, which the caller guarantees are well-shaped: a failure is a
     /// bug in the calling code and panics with the kernel's error.
     pub fn run(&mut self, kernel: Kernel, inputs: &[&Tensor]) -> Vec<Tensor> {
-        let out = kernel
-            .execute(inputs)
-            .unwrap_or_else(|e| panic!("internal kernel call failed: {e}"));
+        let out = kernel.execute(inputs).unwrap_or_else(|e| panic!("internal kernel call failed: {e}"));
         if self.mode != TraceMode::Off {
             self.record(kernel, inputs, &out);
         }
