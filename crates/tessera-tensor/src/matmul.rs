@@ -119,23 +119,32 @@ fn gemm(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
             rest = tail;
         }
         parts.par_iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, *pc, *kc, jc, nc));
+        let mc = if parallel { balanced_mc(m) } else { MC };
         let run = |(t, cb): (usize, &mut [f32])| {
             PACK_A.with(|ap| {
                 let ap = &mut ap.borrow_mut();
                 let mut off = 0;
                 for &(pc, kc) in &depth_blocks {
                     let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
-                    blk.rows(spec, a, &bp[off..off + panels * kc * NR], t * MC, cb, ap);
+                    blk.rows(spec, a, &bp[off..off + panels * kc * NR], t * mc, cb, ap);
                     off += panels * kc * NR;
                 }
             })
         };
-        if parallel && m > MC {
-            c.par_chunks_mut(MC * n).enumerate().for_each(run);
+        if parallel && m > mc {
+            c.par_chunks_mut(mc * n).enumerate().for_each(run);
         } else {
-            c.chunks_mut(MC * n).enumerate().for_each(run);
+            c.chunks_mut(mc * n).enumerate().for_each(run);
         }
     }
+}
+
+/// Rows per task: about `MC`, but sized so the number of bands is a multiple of the thread
+/// count (no thread idles on the last band). Blocking never changes the bits of the result.
+fn balanced_mc(m: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let bands = m.div_ceil(MC).div_ceil(threads) * threads;
+    m.div_ceil(bands).div_ceil(MR) * MR
 }
 
 /// One (k-block, column-block) step of the product, applied to a band of rows of C.
