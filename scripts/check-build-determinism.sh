@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Determinism across builds and SIMD paths: a baseline x86-64 build and a `-C target-cpu=native`
-# build each run the reference training (tiny GPT, 20 steps, seed 1234, batch 4) once per SIMD
-# path this CPU supports. Every run must print the golden state hash of the test suite.
+# build each run the test suite's reference training (`tessera bench reference-run`: tiny GPT,
+# 20 steps, seed 1234, batch 4) once per SIMD path this CPU supports. Every run must print the
+# golden state hash of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 golden=$(grep -oE '[0-9a-f]{64}' crates/tessera-model/tests/common/mod.rs | head -1)
@@ -14,8 +15,7 @@ for build in baseline native; do
   echo "building ($build) into $dir"
   RUSTFLAGS="$flags" CARGO_TARGET_DIR="$dir" cargo build --release -q -p tessera-cli
   for path in scalar avx2; do
-    if ! out=$(TESSERA_SIMD=$path "$dir/release/tessera" train --preset tiny --steps 20 --seed 1234 \
-        --batch 4 --threads 2 --log-every 0 2>&1); then
+    if ! out=$(TESSERA_SIMD=$path "$dir/release/tessera" bench reference-run --threads 2 2>&1); then
       if grep -q "cannot run" <<<"$out"; then echo "  $build/$path: not supported by this CPU, skipped"; continue; fi
       echo "$out"; exit 1
     fi

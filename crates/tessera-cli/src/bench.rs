@@ -34,12 +34,23 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         steps: u64,
     },
+    /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
+    /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
+    ReferenceRun {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
         BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
+        BenchCmd::ReferenceRun { threads } => {
+            let h = crate::pool(threads)?.install(|| tessera_model::fixtures::reference_run(20))?;
+            crate::out(&format!("state-hash: {}", tessera_tensor::hex(&h)));
+            Ok(())
+        }
     }
 }
 
@@ -61,9 +72,9 @@ fn run_gpt(preset: &str, batch: usize, threads: usize, steps: u64) -> Result<()>
     })?;
     let tps = (steps as usize * batch * ctx) as f64 / secs;
     let rss = peak_rss_mib().context("reading peak memory")?;
-    println!("impl\tthreads\tpreset\tbatch\tcontext\ttokens_per_s\tpeak_rss_mib\tpath");
+    crate::out("impl\tthreads\tpreset\tbatch\tcontext\ttokens_per_s\tpeak_rss_mib\tpath");
     let path = simd::active_path().name();
-    println!("tessera\t{threads}\t{preset}\t{batch}\t{ctx}\t{tps:.0}\t{rss:.0}\t{path}");
+    crate::out(&format!("tessera\t{threads}\t{preset}\t{batch}\t{ctx}\t{tps:.0}\t{rss:.0}\t{path}"));
     Ok(())
 }
 
@@ -95,7 +106,7 @@ pub fn matmul_shapes() -> Vec<(&'static str, MatSpec)> {
 /// Runs each shape for at least `min_secs` and prints one tab-separated line per shape.
 fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    println!("impl\tthreads\tshape\tm\tn\tk\tgflops");
+    crate::out("impl\tthreads\tshape\tm\tn\tk\tgflops");
     for (name, spec) in matmul_shapes() {
         let r = Philox::new(1);
         let a: Vec<f32> = (0..(spec.m * spec.k) as u64).map(|i| r.uniform(1, i)).collect();
@@ -113,7 +124,7 @@ fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
             best
         });
         let (m, n, k) = (spec.m, spec.n, spec.k);
-        println!("tessera\t{threads}\t{name}\t{m}\t{n}\t{k}\t{:.1}", flops / best / 1e9);
+        crate::out(&format!("tessera\t{threads}\t{name}\t{m}\t{n}\t{k}\t{:.1}", flops / best / 1e9));
     }
     Ok(())
 }

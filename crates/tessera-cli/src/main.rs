@@ -7,6 +7,9 @@
 //! libraries, so the simulator and the daemons compute the same bits as this tool.
 
 mod bench;
+mod config;
+mod plot;
+mod tools;
 mod train;
 
 use anyhow::{Context, Result};
@@ -27,7 +30,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a byte-level GPT on one machine; prints `state-hash: <hex>` at the end.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
+    /// Generate text from a checkpoint.
+    Sample(tools::SampleArgs),
+    /// Build datasets.
+    #[command(subcommand)]
+    Data(tools::DataCmd),
+    /// Show a checkpoint's metadata and per-tensor checksums.
+    Inspect(tools::InspectArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -40,8 +50,24 @@ fn main() -> Result<()> {
         force_path(Some(path)).with_context(|| format!("{SIMD_ENV}={name}"))?;
     }
     match cli.cmd {
-        Cmd::Train(a) => train::run(a),
+        Cmd::Train(a) => train::run(*a),
+        Cmd::Sample(a) => tools::sample(a),
+        Cmd::Data(d) => tools::data(d),
+        Cmd::Inspect(a) => tools::inspect(a),
         Cmd::Bench(b) => bench::run(b),
+    }
+}
+
+/// Writes one line to stdout; a closed pipe (`tessera … | head`) ends the process quietly.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
+    if let Err(e) = writeln!(so, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error writing output: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -161,7 +161,7 @@ fn push_source(w: &mut ShardWriter, name: &str, bytes: &[u8], opts: &IngestOptio
             bytes.iter().try_for_each(|&b| w.push(u16::from(b)))
         }
         SourceFormat::U16 => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return Err(DataError::OddTokenFile { path: name.to_string() });
             }
             bytes.chunks_exact(2).try_for_each(|c| {

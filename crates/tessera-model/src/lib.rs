@@ -17,12 +17,14 @@ mod gpt;
 mod mlp;
 mod optim;
 pub mod params;
+mod sample;
 mod train;
 
 pub use gpt::{linear, Gpt, GptConfig, INIT_STD, LN_EPS, MAX_DIM};
 pub use mlp::{Mlp, MlpConfig};
 pub use optim::{AdamWConfig, OptState};
 pub use params::{FlatLayout, LayoutEntry, ParamSet};
+pub use sample::{SampleConfig, MAX_GENERATE};
 pub use train::{state_hash, text_batch, Batch, Model, StepOutput, Trainer};
 
 /// Errors from bad configs or bad batches.
