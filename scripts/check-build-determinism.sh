@@ -14,7 +14,7 @@ for build in baseline native; do
   [ "$build" = native ] && flags="-C target-cpu=native"
   echo "building ($build) into $dir"
   RUSTFLAGS="$flags" CARGO_TARGET_DIR="$dir" cargo build --release -q -p tessera-cli
-  for path in scalar avx2; do
+  for path in scalar avx2 avx512; do
     if ! out=$(TESSERA_SIMD=$path "$dir/release/tessera" bench reference-run --threads 2 2>&1); then
       if grep -q "cannot run" <<<"$out"; then echo "  $build/$path: not supported by this CPU, skipped"; continue; fi
       echo "$out"; exit 1

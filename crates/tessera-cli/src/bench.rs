@@ -34,6 +34,15 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         steps: u64,
     },
+    /// The communication table from `tessera sim` CSVs (one per method; the first must be DDP):
+    /// final validation loss, bytes per peer, ratio to DDP, and simulated time to reach
+    /// 1.02 × DDP's final validation loss. Also draws loss against bytes as a PNG.
+    CommReport {
+        /// Where to write comm-loss-vs-bytes.png.
+        #[arg(long, default_value = "bench/results")]
+        out_dir: std::path::PathBuf,
+        csvs: Vec<std::path::PathBuf>,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -46,6 +55,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
         BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
+        BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),
         BenchCmd::ReferenceRun { threads } => {
             let h = crate::pool(threads)?.install(|| tessera_model::fixtures::reference_run(20))?;
             crate::out(&format!("state-hash: {}", tessera_tensor::hex(&h)));
@@ -126,5 +136,74 @@ fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
         let (m, n, k) = (spec.m, spec.n, spec.k);
         crate::out(&format!("tessera\t{threads}\t{name}\t{m}\t{n}\t{k}\t{:.1}", flops / best / 1e9));
     }
+    Ok(())
+}
+
+/// One method's curve from a `tessera sim` CSV.
+struct Curve {
+    label: String,
+    /// (bytes sent per peer, simulated seconds, validation loss) at each evaluation.
+    evals: Vec<(f64, f64, f64)>,
+}
+
+fn read_curve(path: &std::path::Path) -> Result<Curve> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut label = String::new();
+    let mut evals = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 12 {
+            anyhow::bail!("{}: malformed row {line:?}", path.display());
+        }
+        label = if matches!(f[0], "diloco" | "noloco") { format!("{} {}", f[0], f[1]) } else { f[0].to_string() };
+        if let Ok(v) = f[7].parse::<f64>() {
+            evals.push((f[9].parse()?, f[5].parse()?, v));
+        }
+    }
+    anyhow::ensure!(!evals.is_empty(), "{}: no validation rows", path.display());
+    Ok(Curve { label, evals })
+}
+
+fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result<()> {
+    let curves: Vec<Curve> = csvs.iter().map(|p| read_curve(p)).collect::<Result<_>>()?;
+    let ddp = curves.first().context("give the DDP CSV first")?;
+    anyhow::ensure!(ddp.label == "ddp", "the first CSV must be DDP's, got {}", ddp.label);
+    let (ddp_bytes, _, ddp_loss) = *ddp.evals.last().expect("non-empty");
+    let target = 1.02 * ddp_loss;
+    crate::out(&format!("target loss: {target:.4} (1.02 × DDP's final {ddp_loss:.4})"));
+    crate::out("| method | final val loss | vs DDP | bytes sent per peer | DDP bytes ÷ method bytes | sim. time to target |");
+    crate::out("|---|---|---|---|---|---|");
+    for c in &curves {
+        let (bytes, _, loss) = *c.evals.last().expect("non-empty");
+        let reach = c.evals.iter().find(|e| e.2 <= target).map_or("not reached".to_string(), |e| format!("{:.0} s", e.1));
+        crate::out(&format!(
+            "| {} | {loss:.4} | {:+.1}% | {:.3} MB | {:.0}× | {reach} |",
+            c.label,
+            100.0 * (loss / ddp_loss - 1.0),
+            bytes / 1e6,
+            ddp_bytes / bytes
+        ));
+    }
+    let colors = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [0, 0, 0]];
+    let series = curves
+        .iter()
+        .zip(colors.iter().cycle())
+        .map(|(c, &color)| crate::plot::Series {
+            label: c.label.clone(),
+            color,
+            points: c.evals.iter().filter(|e| e.0 > 0.0).map(|e| (e.0.log10(), e.2)).collect(),
+            dashed: false,
+        })
+        .collect();
+    std::fs::create_dir_all(out_dir)?;
+    let png = out_dir.join("comm-loss-vs-bytes.png");
+    crate::plot::Chart {
+        title: "val loss vs bytes".into(),
+        x_label: "log10 bytes sent per peer".into(),
+        y_label: "val loss".into(),
+        series,
+    }
+    .write(&png)?;
+    eprintln!("plot: {}", png.display());
     Ok(())
 }

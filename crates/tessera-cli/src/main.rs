@@ -9,6 +9,7 @@
 mod bench;
 mod config;
 mod plot;
+mod sim;
 mod tools;
 mod train;
 
@@ -31,6 +32,8 @@ struct Cli {
 enum Cmd {
     /// Train a byte-level GPT on one machine; prints `state-hash: <hex>` at the end.
     Train(Box<train::TrainArgs>),
+    /// Simulate N peers of an outer algorithm on a virtual network; prints `state-hash:`.
+    Sim(Box<sim::SimArgs>),
     /// Generate text from a checkpoint.
     Sample(tools::SampleArgs),
     /// Build datasets.
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Train(a) => train::run(*a),
         Cmd::Sample(a) => tools::sample(a),
+        Cmd::Sim(a) => sim::run(*a),
         Cmd::Data(d) => tools::data(d),
         Cmd::Inspect(a) => tools::inspect(a),
         Cmd::Bench(b) => bench::run(b),

@@ -208,11 +208,13 @@ impl Chart {
         cv.text(8, 14, &self.y_label, black);
         cv.text(LEFT as i64 + 140, 14, &self.title, black);
         cv.text((W as i64 - text_width(&self.x_label)) / 2, H as i64 - 30, &self.x_label, black);
-        let mut lx = W as i64 - RIGHT as i64 - 10;
-        for s in self.series.iter().rev() {
-            lx -= text_width(&s.label) + 40;
-            cv.line((lx, 22), (lx + 24, 22), s.color, s.dashed);
-            cv.text(lx + 30, 15, &s.label, black);
+        // Legend: one entry per line at the top right of the plot area.
+        let widest = self.series.iter().map(|s| text_width(&s.label)).max().unwrap_or(0);
+        let lx = (W - RIGHT) as i64 - widest - 50;
+        for (k, s) in self.series.iter().enumerate() {
+            let y = TOP as i64 + 12 + 20 * k as i64;
+            cv.line((lx, y + 6), (lx + 24, y + 6), s.color, s.dashed);
+            cv.text(lx + 30, y, &s.label, black);
         }
         encode_png(&cv.px, W, H)
     }

@@ -234,7 +234,7 @@ pub fn plot_metrics(csv: &Path, png: &Path, unigram_bits: f64) -> Result<()> {
         .write(png)
 }
 
-fn make_bar(total: u64, start: u64) -> ProgressBar {
+pub fn make_bar(total: u64, start: u64) -> ProgressBar {
     let pb = if std::io::stderr().is_terminal() { ProgressBar::new(total) } else { ProgressBar::hidden() };
     let style = ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
         .expect("valid template")

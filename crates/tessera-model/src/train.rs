@@ -49,19 +49,36 @@ impl<M: Model> Trainer<M> {
 
     /// Forward, backward and one AdamW update, all as one ordered op list.
     pub fn step(&mut self, batch: &Batch, mode: TraceMode) -> Result<StepOutput, ModelError> {
+        let (loss, gs, mut ex) = self.backward(batch, mode)?;
+        let grad_norm = self.opt.update(&self.cfg, &mut ex, self.model.params_mut(), gs);
+        Ok(StepOutput { loss, grad_norm, trace: ex.take_trace() })
+    }
+
+    /// The loss and the gradient of every parameter (in parameter order) on `batch`, without
+    /// changing anything. Used by algorithms that exchange gradients (DDP, DeMo).
+    pub fn gradients(&self, batch: &Batch) -> Result<(f32, Vec<Tensor>), ModelError> {
+        let (loss, gs, _) = self.backward(batch, TraceMode::Off)?;
+        Ok((loss, gs))
+    }
+
+    /// One AdamW update from given gradients (e.g. the mean over peers); returns the norm
+    /// before clipping.
+    pub fn apply_gradients(&mut self, grads: Vec<Tensor>) -> f32 {
+        let mut ex = tessera_tensor::Exec::new(TraceMode::Off);
+        self.opt.update(&self.cfg, &mut ex, self.model.params_mut(), grads)
+    }
+
+    fn backward(&self, batch: &Batch, mode: TraceMode) -> Result<(f32, Vec<Tensor>, tessera_tensor::Exec), ModelError> {
         let mut g = Graph::new(mode);
         let w: Vec<Var> = self.model.params().tensors().iter().map(|t| g.leaf(t.clone(), true)).collect();
         let loss_var = self.model.loss(&mut g, &w, batch)?;
         let loss = g.value(loss_var).item();
         let mut grads = g.backward(loss_var);
-        let shapes: Vec<Vec<usize>> =
-            self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
+        let shapes: Vec<Vec<usize>> = self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
         let gs: Vec<Tensor> =
             w.iter().zip(&shapes).map(|(&v, s)| grads.take(v).unwrap_or_else(|| Tensor::zeros(s))).collect();
         drop(grads);
-        let mut ex = g.into_exec();
-        let grad_norm = self.opt.update(&self.cfg, &mut ex, self.model.params_mut(), gs);
-        Ok(StepOutput { loss, grad_norm, trace: ex.take_trace() })
+        Ok((loss, gs, g.into_exec()))
     }
 
     /// Loss on a batch without updating anything.

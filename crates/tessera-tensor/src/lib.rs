@@ -6,7 +6,7 @@
 //!
 //! **Invariants.**
 //! - The same kernel on the same inputs gives bit-identical outputs for any thread count and on
-//!   every SIMD path (scalar, AVX2): every reduction has one order fixed by the shapes alone;
+//!   every SIMD path (scalar, AVX2, AVX-512): every reduction has one order fixed by the shapes alone;
 //!   threads split only independent outputs, never one sum.
 //! - FMA policy: every multiply-accumulate of a matrix product is one fused multiply-add
 //!   (hardware FMA on SIMD paths, `f32::mul_add` on the scalar path: both correctly rounded).
@@ -58,7 +58,7 @@ pub enum TensorError {
     BadIndex { kernel: &'static str, value: f32, limit: usize },
     #[error("{kernel}: bad parameter: {detail}")]
     BadParam { kernel: &'static str, detail: String },
-    #[error("unknown SIMD path {0:?} (known: scalar, avx2)")]
+    #[error("unknown SIMD path {0:?} (known: scalar, avx2, avx512)")]
     UnknownSimdPath(String),
     #[error("this CPU cannot run the {0} path")]
     UnsupportedSimdPath(&'static str),

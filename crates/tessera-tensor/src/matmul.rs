@@ -212,6 +212,17 @@ impl Block {
                     kernel_scalar(self.kc, ap, bp, c, ldc, self.first)
                 }
             }
+            SimdPath::Avx512 => {
+                #[cfg(target_arch = "x86_64")]
+                // Avx512 is only active when the CPU has AVX-512F (checked in simd.rs).
+                unsafe {
+                    kernel_avx512(self.kc, ap.as_ptr(), bp.as_ptr(), c, ldc, self.first)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                unsafe {
+                    kernel_scalar(self.kc, ap, bp, c, ldc, self.first)
+                }
+            }
         }
     }
 }
@@ -328,6 +339,36 @@ unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ld
     for (i, ci) in acc.iter().enumerate() {
         _mm256_storeu_ps(c.add(i * ldc), ci[0]);
         _mm256_storeu_ps(c.add(i * ldc + 8), ci[1]);
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F; `ap`/`bp` must hold kc·MR and kc·NR values; `c` must address MR
+/// rows of NR writable values at row stride `ldc`.
+///
+/// One 16-lane register per row of the 6×16 tile; the same per-output FMA chain over k as the
+/// other paths, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, first: bool) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); MR];
+    if !first {
+        for (i, ci) in acc.iter_mut().enumerate() {
+            *ci = _mm512_loadu_ps(c.add(i * ldc));
+        }
+    }
+    let (mut a, mut b) = (ap, bp);
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(b);
+        for (i, ci) in acc.iter_mut().enumerate() {
+            *ci = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(i)), b0, *ci);
+        }
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    for (i, ci) in acc.iter().enumerate() {
+        _mm512_storeu_ps(c.add(i * ldc), *ci);
     }
 }
 

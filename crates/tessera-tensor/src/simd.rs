@@ -14,21 +14,24 @@ pub enum SimdPath {
     Scalar,
     /// x86-64 AVX2 + FMA3 (8 lanes).
     Avx2,
+    /// x86-64 AVX-512F (16 lanes, fused multiply-add).
+    Avx512,
 }
 
 impl SimdPath {
     /// All paths, in order of preference from worst to best.
-    pub const ALL: [SimdPath; 2] = [SimdPath::Scalar, SimdPath::Avx2];
+    pub const ALL: [SimdPath; 3] = [SimdPath::Scalar, SimdPath::Avx2, SimdPath::Avx512];
 
     /// Lower-case name, as accepted by [`SimdPath::parse`].
     pub fn name(self) -> &'static str {
         match self {
             SimdPath::Scalar => "scalar",
             SimdPath::Avx2 => "avx2",
+            SimdPath::Avx512 => "avx512",
         }
     }
 
-    /// Parses `scalar` or `avx2`.
+    /// Parses `scalar`, `avx2` or `avx512`.
     pub fn parse(s: &str) -> Result<Self, TensorError> {
         Self::ALL
             .into_iter()
@@ -41,6 +44,7 @@ impl SimdPath {
         match self {
             SimdPath::Scalar => true,
             SimdPath::Avx2 => avx2_supported(),
+            SimdPath::Avx512 => avx512_supported(),
         }
     }
 }
@@ -52,6 +56,16 @@ fn avx2_supported() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_supported() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_supported() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_supported() -> bool {
     false
 }
 
@@ -82,7 +96,9 @@ pub fn active_path() -> SimdPath {
 
 /// The best path this CPU supports.
 pub fn best_path() -> SimdPath {
-    if SimdPath::Avx2.supported() {
+    if SimdPath::Avx512.supported() {
+        SimdPath::Avx512
+    } else if SimdPath::Avx2.supported() {
         SimdPath::Avx2
     } else {
         SimdPath::Scalar

@@ -1,0 +1,35 @@
+//! # tessera-sim
+//!
+//! **Role.** The deterministic simulator: N peers and the round logic of an outer algorithm in
+//! one process, on a virtual clock, over a simulated network with per-node bandwidth and
+//! latency that counts every byte. Peers train the real model on their assigned batches and
+//! exchange real encoded updates, which are decoded and validated as a network peer would.
+//!
+//! **Invariants.** A run is a pure function of its config and dataset: the same seed gives the
+//! same bits (peers train in parallel, but each peer's work is independent and aggregation is
+//! in peer-id order). Simulated time never depends on the host's speed.
+//!
+//! **Must not.** Open sockets, read the wall clock or OS randomness.
+
+mod config;
+mod net;
+mod run;
+
+pub use config::{SimConfig, MAX_PEERS};
+pub use net::{Link, Network};
+pub use run::{RoundReport, Sim};
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("bad simulation config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] tessera_data::DataError),
+    #[error(transparent)]
+    Sync(#[from] tessera_sync::SyncError),
+    #[error(transparent)]
+    Tensor(#[from] tessera_tensor::TensorError),
+}
