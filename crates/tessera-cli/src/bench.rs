@@ -155,7 +155,8 @@ fn read_curve(path: &std::path::Path) -> Result<Curve> {
         if f.len() < 12 {
             anyhow::bail!("{}: malformed row {line:?}", path.display());
         }
-        label = if matches!(f[0], "diloco" | "noloco") { format!("{} {}", f[0], f[1]) } else { f[0].to_string() };
+        label =
+            if matches!(f[0], "diloco" | "noloco") { format!("{} {}", f[0], f[1]) } else { f[0].to_string() };
         if let Ok(v) = f[7].parse::<f64>() {
             evals.push((f[9].parse()?, f[5].parse()?, v));
         }
@@ -175,7 +176,11 @@ fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result
     crate::out("|---|---|---|---|---|---|");
     for c in &curves {
         let (bytes, _, loss) = *c.evals.last().expect("non-empty");
-        let reach = c.evals.iter().find(|e| e.2 <= target).map_or("not reached".to_string(), |e| format!("{:.0} s", e.1));
+        let reach = c
+            .evals
+            .iter()
+            .find(|e| e.2 <= target)
+            .map_or("not reached".to_string(), |e| format!("{:.0} s", e.1));
         crate::out(&format!(
             "| {} | {loss:.4} | {:+.1}% | {:.3} MB | {:.0}× | {reach} |",
             c.label,
@@ -184,7 +189,15 @@ fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result
             ddp_bytes / bytes
         ));
     }
-    let colors = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [0, 0, 0]];
+    let colors = [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [0, 0, 0],
+    ];
     let series = curves
         .iter()
         .zip(colors.iter().cycle())

@@ -62,10 +62,12 @@ pub fn parse_sim_config(text: &str, origin: &Path) -> Result<SimConfig> {
         toml::Value::Table(t) => t,
         _ => unreachable!("a struct serializes to a table"),
     };
-    let user: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", origin.display()))?;
+    let user: toml::Table =
+        text.parse().with_context(|| format!("{} is not valid TOML", origin.display()))?;
     base.extend(user);
-    let cfg: SimConfig =
-        toml::Value::Table(base).try_into().with_context(|| format!("{}: bad simulator config", origin.display()))?;
+    let cfg: SimConfig = toml::Value::Table(base)
+        .try_into()
+        .with_context(|| format!("{}: bad simulator config", origin.display()))?;
     Ok(cfg)
 }
 
@@ -151,7 +153,11 @@ pub fn run(a: SimArgs) -> Result<()> {
                     sent / 1e6,
                     r.sim_time_s
                 );
-                if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
+                if pb.is_hidden() {
+                    eprintln!("{line}")
+                } else {
+                    pb.println(line)
+                }
             }
         }
         Ok(())

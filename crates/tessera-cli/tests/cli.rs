@@ -170,3 +170,44 @@ fn checkpoint_loads_in_python_with_matching_weights() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+#[test]
+fn sim_is_reproducible_and_writes_curves() {
+    let d = tmp("sim");
+    let args = [
+        "sim",
+        "--peers",
+        "3",
+        "--algo",
+        "diloco",
+        "--codec",
+        "int8",
+        "--inner-steps",
+        "2",
+        "--rounds",
+        "2",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--eval-every",
+        "1",
+        "--data-dir",
+        "data",
+        "--csv",
+        "out/sim.csv",
+    ];
+    let a = state_hash(&tessera(&d, &args));
+    let csv = std::fs::read_to_string(d.join("out/sim.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.lines().nth(2).unwrap().starts_with("diloco,int8,2,4,"));
+    assert_eq!(state_hash(&tessera(&d, &args)), a);
+    let mut other = args.to_vec();
+    other[4] = "noloco";
+    assert_ne!(state_hash(&tessera(&d, &other)), a);
+    let o = tessera(&d, &["sim", "--algo", "gossip"]);
+    assert!(!o.status.success() && stderr(&o).contains("gossip"), "{}", stderr(&o));
+    std::fs::write(d.join("s.toml"), "peers = 2\nwarp = 9\n").unwrap();
+    let o = tessera(&d, &["sim", "--config", "s.toml"]);
+    assert!(!o.status.success() && stderr(&o).contains("warp"), "{}", stderr(&o));
+}

@@ -68,13 +68,18 @@ impl<M: Model> Trainer<M> {
         self.opt.update(&self.cfg, &mut ex, self.model.params_mut(), grads)
     }
 
-    fn backward(&self, batch: &Batch, mode: TraceMode) -> Result<(f32, Vec<Tensor>, tessera_tensor::Exec), ModelError> {
+    fn backward(
+        &self,
+        batch: &Batch,
+        mode: TraceMode,
+    ) -> Result<(f32, Vec<Tensor>, tessera_tensor::Exec), ModelError> {
         let mut g = Graph::new(mode);
         let w: Vec<Var> = self.model.params().tensors().iter().map(|t| g.leaf(t.clone(), true)).collect();
         let loss_var = self.model.loss(&mut g, &w, batch)?;
         let loss = g.value(loss_var).item();
         let mut grads = g.backward(loss_var);
-        let shapes: Vec<Vec<usize>> = self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
+        let shapes: Vec<Vec<usize>> =
+            self.model.params().tensors().iter().map(|t| t.shape().to_vec()).collect();
         let gs: Vec<Tensor> =
             w.iter().zip(&shapes).map(|(&v, s)| grads.take(v).unwrap_or_else(|| Tensor::zeros(s))).collect();
         drop(grads);

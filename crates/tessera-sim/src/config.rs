@@ -114,7 +114,9 @@ impl SimConfig {
                 "int8" => ValueCodec::Int8,
                 "2bit" => ValueCodec::TwoBit,
                 "sign" => ValueCodec::Sign,
-                other => return Err(SimError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)"))),
+                other => {
+                    return Err(SimError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)")))
+                }
             })
         };
         let c = match self.algorithm()? {
@@ -142,7 +144,9 @@ impl SimConfig {
             return bad("inner_optimizer must be adamw or sgd");
         }
         let pos = [self.bandwidth_mbps, self.hub_bandwidth_mbps];
-        if pos.iter().any(|v| !(v.is_finite() && *v > 0.0)) || !(self.rtt_ms >= 0.0 && self.step_compute_s >= 0.0) {
+        if pos.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            || !(self.rtt_ms >= 0.0 && self.step_compute_s >= 0.0)
+        {
             return bad("bandwidths must be positive; rtt_ms and step_compute_s non-negative");
         }
         let rates = [self.inner_lr, self.outer_lr, self.sparse_lr, self.demo_lr, self.max_update_norm];

@@ -26,7 +26,14 @@ impl Network {
     pub fn new(links: Vec<Link>, one_way_s: f64) -> Self {
         let n = links.len();
         assert!(links.iter().all(|l| l.up_bps > 0.0 && l.down_bps > 0.0), "bandwidth must be positive");
-        Self { links, one_way_s, up_free: vec![0.0; n], down_free: vec![0.0; n], sent: vec![0; n], recv: vec![0; n] }
+        Self {
+            links,
+            one_way_s,
+            up_free: vec![0.0; n],
+            down_free: vec![0.0; n],
+            sent: vec![0; n],
+            recv: vec![0; n],
+        }
     }
 
     /// Moves `bytes` from `from` to `to`, starting no earlier than `t`; returns when the last

@@ -5,9 +5,9 @@ use rayon::prelude::*;
 use tessera_data::{BatchKey, Dataset};
 use tessera_model::{AdamWConfig, Gpt, GptConfig, ParamSet, Trainer};
 use tessera_sync::{
-    decode_update, demo_apply, encode_update, frame_update, mean_of, noloco_groups, pseudo_gradient, replica_spread,
-    sparse_mean, weighted_mean, Algorithm, Codec, Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter,
-    NoLoCoPeer, ValueCodec, DCT_TILE,
+    decode_update, demo_apply, encode_update, frame_update, mean_of, noloco_groups, pseudo_gradient,
+    replica_spread, sparse_mean, weighted_mean, Algorithm, Codec, Contribution, DemoPeer, ErrorFeedback,
+    Expected, NesterovOuter, NoLoCoPeer, ValueCodec, DCT_TILE,
 };
 use tessera_tensor::{Hash, Kernel, Tensor, TraceMode};
 
@@ -85,7 +85,11 @@ impl<'a> Sim<'a> {
         let codec = cfg.update_codec()?;
         let gcfg = GptConfig::preset(&cfg.preset)?;
         if ds.manifest().vocab > gcfg.vocab {
-            return Err(SimError::Config(format!("dataset vocab {} exceeds the model's {}", ds.manifest().vocab, gcfg.vocab)));
+            return Err(SimError::Config(format!(
+                "dataset vocab {} exceeds the model's {}",
+                ds.manifest().vocab,
+                gcfg.vocab
+            )));
         }
         let model = Gpt::new(gcfg.clone(), cfg.seed)?;
         let template = model.params.clone();
@@ -180,7 +184,6 @@ impl<'a> Sim<'a> {
         })
     }
 
-
     /// Every peer uploads its bytes to the hub; returns when the last arrived.
     fn upload(&mut self, t: f64, sizes: &[u64]) -> f64 {
         let hub = self.hub();
@@ -196,7 +199,8 @@ impl<'a> Sim<'a> {
     /// Every peer's message reaches every other peer through the hub (all-gather).
     fn all_gather(&mut self, t: f64, sizes: &[u64]) -> f64 {
         let hub = self.hub();
-        let arrivals: Vec<f64> = sizes.iter().enumerate().map(|(i, &b)| self.net.transfer(t, i, hub, b)).collect();
+        let arrivals: Vec<f64> =
+            sizes.iter().enumerate().map(|(i, &b)| self.net.transfer(t, i, hub, b)).collect();
         let mut end = t;
         for (src, (&b, &at)) in sizes.iter().zip(&arrivals).enumerate() {
             for dst in (0..self.cfg.peers).filter(|&d| d != src) {
@@ -213,7 +217,12 @@ impl<'a> Sim<'a> {
         let mut rejected = 0;
         for (peer, m) in msgs.iter().enumerate() {
             match decode_update(m, &want) {
-                Ok(d) => out.push(Contribution { peer: peer as u64, weight: 1.0, values: d.values, support: d.support }),
+                Ok(d) => out.push(Contribution {
+                    peer: peer as u64,
+                    weight: 1.0,
+                    values: d.values,
+                    support: d.support,
+                }),
                 Err(_) => rejected += 1,
             }
         }
@@ -231,8 +240,10 @@ impl<'a> Sim<'a> {
                 Ok((f64::from(loss), flatten(&g)))
             })
             .collect::<Result<_, SimError>>()?;
-        let msgs: Vec<Vec<u8>> =
-            grads.iter().map(|(_, g)| encode_update(Algorithm::Ddp, self.codec, self.layout_hash, r, g)).collect();
+        let msgs: Vec<Vec<u8>> = grads
+            .iter()
+            .map(|(_, g)| encode_update(Algorithm::Ddp, self.codec, self.layout_hash, r, g))
+            .collect();
         let n = self.theta.len();
         let (end, rejected) = self.hub_aggregate(t, &msgs, n, |agg, sim| {
             let g = unflatten(&sim.template, agg)?;
@@ -291,7 +302,14 @@ impl<'a> Sim<'a> {
         for (p, (_, delta)) in self.peers.iter_mut().zip(&results) {
             let ef = p.ef.as_mut().expect("sparseloco peers have error feedback");
             let payload = ef.compress(delta, &self.codec)?;
-            msgs.push(frame_update(Algorithm::SparseLoCo, self.codec, self.layout_hash, self.round, n, &payload));
+            msgs.push(frame_update(
+                Algorithm::SparseLoCo,
+                self.codec,
+                self.layout_hash,
+                self.round,
+                n,
+                &payload,
+            ));
         }
         let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
         let end = self.all_gather(t, &sizes);
@@ -314,7 +332,8 @@ impl<'a> Sim<'a> {
             .zip(&results)
             .map(|(_, (_, start_minus_end))| start_minus_end.iter().map(|d| -d).collect())
             .collect();
-        let phis: Vec<Vec<f32>> = self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco peer").phi.clone()).collect();
+        let phis: Vec<Vec<f32>> =
+            self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco peer").phi.clone()).collect();
         let want_delta = self.expected(n);
         let want_phi = Expected { max_norm: None, ..want_delta.clone() };
         let phi_codec = Codec::dense(ValueCodec::F32, self.cfg.chunk);
@@ -327,7 +346,13 @@ impl<'a> Sim<'a> {
                 .iter()
                 .map(|&i| {
                     (
-                        encode_update(Algorithm::NoLoCo, self.codec, self.layout_hash, self.round, &deltas[i]),
+                        encode_update(
+                            Algorithm::NoLoCo,
+                            self.codec,
+                            self.layout_hash,
+                            self.round,
+                            &deltas[i],
+                        ),
                         encode_update(Algorithm::NoLoCo, phi_codec, self.layout_hash, self.round, &phis[i]),
                     )
                 })
@@ -416,7 +441,8 @@ impl<'a> Sim<'a> {
         };
         if self.algo == Algorithm::NoLoCo {
             let losses: Vec<f64> = self.peers.par_iter().map(|p| eval(&p.tr)).collect::<Result<_, _>>()?;
-            let phis: Vec<&[f32]> = self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco").phi.as_slice()).collect();
+            let phis: Vec<&[f32]> =
+                self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco").phi.as_slice()).collect();
             return Ok((Some(mean(losses.into_iter())), Some(replica_spread(&phis))));
         }
         self.global.model.params.load_flat(&self.theta)?;
@@ -461,7 +487,12 @@ impl Ctx<'_> {
 
 /// Each peer (in parallel) starts from `start` (or its own parameters), runs H inner steps on
 /// its batches, and returns its mean loss and `start − end`.
-fn train_peers(peers: &mut [Peer], ctx: &Ctx, round: u64, start: Option<&[f32]>) -> Result<Vec<(f64, Vec<f32>)>, SimError> {
+fn train_peers(
+    peers: &mut [Peer],
+    ctx: &Ctx,
+    round: u64,
+    start: Option<&[f32]>,
+) -> Result<Vec<(f64, Vec<f32>)>, SimError> {
     let h = ctx.cfg.h();
     peers
         .par_iter_mut()

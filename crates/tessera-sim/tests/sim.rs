@@ -74,7 +74,13 @@ fn diloco_h1_sgd_unit_outer_step_matches_ddp() {
     // is formed, so the two agree only to within that rounding (not to the last bit). The test
     // bounds the difference at a few ulps of the parameters.
     let ds = dataset("equiv");
-    let base = SimConfig { inner_steps: 1, rounds: 4, inner_optimizer: "sgd".into(), inner_lr: 0.05, ..small("ddp") };
+    let base = SimConfig {
+        inner_steps: 1,
+        rounds: 4,
+        inner_optimizer: "sgd".into(),
+        inner_lr: 0.05,
+        ..small("ddp")
+    };
     let (ddp, _) = run(base.clone(), &ds);
     let diloco = SimConfig { algo: "diloco".into(), outer_lr: 1.0, outer_momentum: 0.0, ..base };
     let (dl, _) = run(diloco, &ds);
@@ -92,14 +98,22 @@ fn one_peer_with_unit_outer_step_is_local_training() {
     // One round is compared, because over later rounds the one-ulp differences feed back into
     // training and grow like any perturbation does.
     let ds = dataset("one");
-    let cfg = SimConfig { peers: 1, outer_lr: 1.0, outer_momentum: 0.0, inner_steps: 8, rounds: 1, ..small("diloco") };
+    let cfg = SimConfig {
+        peers: 1,
+        outer_lr: 1.0,
+        outer_momentum: 0.0,
+        inner_steps: 8,
+        rounds: 1,
+        ..small("diloco")
+    };
     let (sim, _) = run(cfg.clone(), &ds);
     let gcfg = GptConfig::preset(&cfg.preset).unwrap();
     let ctx = gcfg.context;
     let opt = AdamWConfig { lr: cfg.inner_lr, warmup_steps: 0, total_steps: 8, ..AdamWConfig::default() };
     let mut tr = Trainer::new(Gpt::new(gcfg, cfg.seed).unwrap(), opt).unwrap();
     for step in 0..8 {
-        let b = ds.train_batch(&BatchKey { seed: cfg.seed, round: 0, slot: 0, step }, cfg.batch, ctx).unwrap();
+        let b =
+            ds.train_batch(&BatchKey { seed: cfg.seed, round: 0, slot: 0, step }, cfg.batch, ctx).unwrap();
         tr.step(&b, TraceMode::Off).unwrap();
     }
     let local = tr.model.params.to_flat();

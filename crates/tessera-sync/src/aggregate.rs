@@ -51,12 +51,17 @@ pub fn sparse_mean(contribs: &[Contribution], n: usize, norm_scale: bool) -> Res
     if v.is_empty() {
         return Err(SyncError::Empty);
     }
-    let norms: Vec<f64> = v.iter().map(|c| c.values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()).collect();
+    let norms: Vec<f64> =
+        v.iter().map(|c| c.values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()).collect();
     let median = {
         let mut s = norms.clone();
         s.sort_by(f64::total_cmp);
         let m = s.len();
-        if m % 2 == 1 { s[m / 2] } else { 0.5 * (s[m / 2 - 1] + s[m / 2]) }
+        if m % 2 == 1 {
+            s[m / 2]
+        } else {
+            0.5 * (s[m / 2 - 1] + s[m / 2])
+        }
     };
     let (mut sum, mut cnt) = (vec![0.0f32; n], vec![0u32; n]);
     for (c, &norm) in v.iter().zip(&norms) {

@@ -106,7 +106,11 @@ impl Codec {
     }
 
     /// Decodes, also returning (for top-k codecs) the positions that were sent, ascending.
-    pub fn decode_with_support(&self, payload: &[u8], n: usize) -> Result<(Vec<f32>, Option<Vec<u32>>), SyncError> {
+    pub fn decode_with_support(
+        &self,
+        payload: &[u8],
+        n: usize,
+    ) -> Result<(Vec<f32>, Option<Vec<u32>>), SyncError> {
         self.validate()?;
         let want = self.encoded_len(n);
         if payload.len() != want {
@@ -127,7 +131,9 @@ impl Codec {
                     let mut r = BitReader::new(&bytes[..ib]);
                     let idx: Vec<usize> = (0..k).map(|_| r.get(self.index_bits()) as usize).collect();
                     if idx.iter().any(|&i| i >= dst.len()) || idx.windows(2).any(|w| w[0] >= w[1]) {
-                        return Err(SyncError::Malformed(format!("chunk {ci}: indices out of range or not ascending")));
+                        return Err(SyncError::Malformed(format!(
+                            "chunk {ci}: indices out of range or not ascending"
+                        )));
                     }
                     let mut vals = vec![0.0f32; k];
                     decode_values(self.values, &bytes[ib..], &mut vals);
@@ -177,7 +183,11 @@ fn encode_values(v: ValueCodec, x: &[f32], out: &mut Vec<u8>) {
             let scale = 6.0 * spread(x, 0.0) / 256.0;
             out.extend(scale.to_le_bytes());
             out.extend(x.iter().map(|&f| {
-                if scale > 0.0 { ((f / scale).round() + 128.0).clamp(0.0, 255.0) as u8 } else { 128 }
+                if scale > 0.0 {
+                    ((f / scale).round() + 128.0).clamp(0.0, 255.0) as u8
+                } else {
+                    128
+                }
             }));
         }
         ValueCodec::TwoBit => {
@@ -193,7 +203,11 @@ fn encode_values(v: ValueCodec, x: &[f32], out: &mut Vec<u8>) {
                 cnt[b as usize] += 1;
             }
             for b in 0..4 {
-                let centre = if cnt[b] > 0 { (sum[b] / f64::from(cnt[b])) as f32 } else { mean + (b as f32 - 2.0) * s };
+                let centre = if cnt[b] > 0 {
+                    (sum[b] / f64::from(cnt[b])) as f32
+                } else {
+                    mean + (b as f32 - 2.0) * s
+                };
                 out.extend(centre.to_le_bytes());
             }
             let mut bits = BitWriter::default();

@@ -25,8 +25,8 @@ pub use outer::{
     ErrorFeedback, NesterovOuter, NoLoCoPeer, DCT_SIDE, DCT_TILE,
 };
 pub use update::{
-    decode_header, decode_update, encode_update, frame_update, Algorithm, Decoded, Expected, UpdateHeader, HEADER_BYTES,
-    MAX_UPDATE_VALUES,
+    decode_header, decode_update, encode_update, frame_update, Algorithm, Decoded, Expected, UpdateHeader,
+    HEADER_BYTES, MAX_UPDATE_VALUES,
 };
 
 /// Why an update or a codec was refused.

@@ -151,21 +151,13 @@ fn dct_matrix() -> Vec<f32> {
     d
 }
 
-/// `out = A·B` for 64×64 matrices (`ta`: use Aᵀ), sums in index order.
+/// `out = op(A)·op(B)` for 64×64 matrices, through the engine's deterministic matmul (one FMA
+/// chain per output, the same bits on every path and thread count).
 fn mm64(a: &[f32], b: &[f32], ta: bool, tb: bool) -> Vec<f32> {
     let n = DCT_SIDE;
+    let spec = tessera_tensor::MatSpec { m: n, n, k: n, ta, tb };
     let mut out = vec![0.0f32; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..n {
-                let x = if ta { a[p * n + i] } else { a[i * n + p] };
-                let y = if tb { b[j * n + p] } else { b[p * n + j] };
-                acc = x.mul_add(y, acc);
-            }
-            out[i * n + j] = acc;
-        }
-    }
+    tessera_tensor::matmul(&spec, a, b, &mut out);
     out
 }
 
@@ -228,7 +220,13 @@ pub fn demo_apply(theta: &mut [f32], agg_coeffs: &[f32], lr: f32, weight_decay: 
     let g = idct_tiles(agg_coeffs, theta.len());
     let decay = 1.0 - lr * weight_decay;
     for (t, &gi) in theta.iter_mut().zip(&g) {
-        let s = if gi > 0.0 { 1.0 } else if gi < 0.0 { -1.0 } else { 0.0 };
+        let s = if gi > 0.0 {
+            1.0
+        } else if gi < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
         *t = *t * decay - lr * s;
     }
 }

@@ -43,7 +43,10 @@ impl Algorithm {
     }
 
     pub fn parse(s: &str) -> Result<Self, SyncError> {
-        Self::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| SyncError::BadCodec(format!("unknown algorithm {s:?}")))
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| SyncError::BadCodec(format!("unknown algorithm {s:?}")))
     }
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -61,7 +64,9 @@ fn value_code(v: ValueCodec) -> u8 {
 }
 
 fn value_from(v: u8) -> Option<ValueCodec> {
-    [ValueCodec::F32, ValueCodec::Int8, ValueCodec::TwoBit, ValueCodec::Sign].into_iter().find(|&c| value_code(c) == v)
+    [ValueCodec::F32, ValueCodec::Int8, ValueCodec::TwoBit, ValueCodec::Sign]
+        .into_iter()
+        .find(|&c| value_code(c) == v)
 }
 
 /// The fixed fields of an update.
@@ -92,12 +97,25 @@ pub struct Decoded {
 }
 
 /// Encodes `values` with `codec` and frames them (see [`frame_update`]).
-pub fn encode_update(algorithm: Algorithm, codec: Codec, layout_hash: Hash, round: u64, values: &[f32]) -> Vec<u8> {
+pub fn encode_update(
+    algorithm: Algorithm,
+    codec: Codec,
+    layout_hash: Hash,
+    round: u64,
+    values: &[f32],
+) -> Vec<u8> {
     frame_update(algorithm, codec, layout_hash, round, values.len(), &codec.encode(values))
 }
 
 /// Frames an already encoded payload of `n` values into wire bytes.
-pub fn frame_update(algorithm: Algorithm, codec: Codec, layout_hash: Hash, round: u64, n: usize, payload: &[u8]) -> Vec<u8> {
+pub fn frame_update(
+    algorithm: Algorithm,
+    codec: Codec,
+    layout_hash: Hash,
+    round: u64,
+    n: usize,
+    payload: &[u8],
+) -> Vec<u8> {
     debug_assert_eq!(payload.len(), codec.encoded_len(n));
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     out.extend(MAGIC);
@@ -130,7 +148,8 @@ pub fn decode_header(b: &[u8]) -> Result<UpdateHeader, SyncError> {
     if &b[..4] != MAGIC || b[4] != VERSION {
         return Err(SyncError::Malformed("bad magic or version".into()));
     }
-    let algorithm = Algorithm::from_u8(b[5]).ok_or_else(|| SyncError::Malformed(format!("algorithm {}", b[5])))?;
+    let algorithm =
+        Algorithm::from_u8(b[5]).ok_or_else(|| SyncError::Malformed(format!("algorithm {}", b[5])))?;
     let values = value_from(b[6]).ok_or_else(|| SyncError::Malformed(format!("value codec {}", b[6])))?;
     let top_k = match b[7] {
         0 => None,
@@ -160,7 +179,11 @@ pub fn decode_update(b: &[u8], want: &Expected) -> Result<Decoded, SyncError> {
     let expect_payload = header.codec.encoded_len(want.n);
     let declared = u64_at(b, 64);
     if declared != expect_payload as u64 || b.len() != HEADER_BYTES + expect_payload {
-        return Err(SyncError::Length { what: "payload", want: expect_payload, got: b.len().saturating_sub(HEADER_BYTES) });
+        return Err(SyncError::Length {
+            what: "payload",
+            want: expect_payload,
+            got: b.len().saturating_sub(HEADER_BYTES),
+        });
     }
     let (values, support) = header.codec.decode_with_support(&b[HEADER_BYTES..], want.n)?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {

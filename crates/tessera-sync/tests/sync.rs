@@ -104,7 +104,12 @@ fn update_format_rejects_bad_input_with_typed_errors() {
 #[test]
 fn aggregation_is_bit_identical_in_any_arrival_order() {
     let contribs: Vec<Contribution> = (0..8u64)
-        .map(|p| Contribution { peer: p * 7 % 11, weight: 1.0 + p as f64, values: randv(3000, 10 + p, 1.0), support: None })
+        .map(|p| Contribution {
+            peer: p * 7 % 11,
+            weight: 1.0 + p as f64,
+            values: randv(3000, 10 + p, 1.0),
+            support: None,
+        })
         .collect();
     let base = weighted_mean(&contribs, 3000).unwrap();
     let sparse_base = sparse_mean(&contribs, 3000, true).unwrap();
@@ -160,7 +165,8 @@ fn noloco_with_zero_learning_rate_contracts_geometrically() {
     // With no inner training, Δ = 0 and only the consensus term acts.
     let n = 8;
     let spread_after = |consensus: bool, rounds: u64| -> Vec<f64> {
-        let mut peers: Vec<NoLoCoPeer> = (0..n).map(|i| NoLoCoPeer::new(randv(500, 20 + i as u64, 1.0))).collect();
+        let mut peers: Vec<NoLoCoPeer> =
+            (0..n).map(|i| NoLoCoPeer::new(randv(500, 20 + i as u64, 1.0))).collect();
         let zero = vec![0.0f32; 500];
         let mut out = Vec::new();
         for r in 0..rounds {
