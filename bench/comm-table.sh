@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The communication table: 8 peers, the tiny GPT, the embedded corpus, the same tokens for every
-# method (600 inner steps × batch 8 × 64 per peer), links of 10 Mbit/s and 100 ms RTT.
+# method (2400 inner steps × batch 8 × 64 per peer), links of 10 Mbit/s and 100 ms RTT.
 # Writes bench/results/comm-*.csv, the table (bench/results/comm-table.md) and a plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."

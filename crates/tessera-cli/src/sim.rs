@@ -103,11 +103,15 @@ pub fn run(a: SimArgs) -> Result<()> {
     let ds = crate::train::open_dataset(&data_cfg, &|s| eprintln!("{s}"))?;
     let pool = crate::pool(a.threads)?;
     let mut sim = Sim::new(c.clone(), &ds)?;
+    let codec = c.update_codec()?;
+    let sends = match codec.top_k {
+        Some(k) => format!("top-{k} of {} as {:?}", codec.chunk, codec.values),
+        None => format!("{:?}", codec.values),
+    };
     eprintln!(
-        "simulating {} peers, {} ({}), H = {}, {} rounds, {} ({} parameters), {} Mbit/s, {} ms RTT",
+        "simulating {} peers, {} (sends {sends}), H = {}, {} rounds, {} ({} parameters), {} Mbit/s, {} ms RTT",
         c.peers,
         c.algo,
-        c.codec,
         c.h(),
         c.rounds,
         c.preset,
@@ -139,7 +143,7 @@ pub fn run(a: SimArgs) -> Result<()> {
                 r.sim_time_s,
                 r.train_loss,
                 opt(r.val_loss),
-                opt(r.spread.map(|s| s as f64)),
+                opt(r.spread),
                 r.rejected
             )?;
             pb.set_position(r.round);

@@ -167,7 +167,7 @@ impl<'a> Sim<'a> {
         self.clock = end.max(compute_end);
         self.round += 1;
         let last = self.round == self.cfg.rounds;
-        let eval_now = last || (self.cfg.eval_every > 0 && self.round % self.cfg.eval_every == 0);
+        let eval_now = last || (self.cfg.eval_every > 0 && self.round.is_multiple_of(self.cfg.eval_every));
         let (val_loss, spread) = if eval_now { self.evaluate()? } else { (None, None) };
         let n = self.cfg.peers;
         Ok(RoundReport {

@@ -85,7 +85,7 @@ fn diloco_h1_sgd_unit_outer_step_matches_ddp() {
     let diloco = SimConfig { algo: "diloco".into(), outer_lr: 1.0, outer_momentum: 0.0, ..base };
     let (dl, _) = run(diloco, &ds);
     let (a, b) = (ddp.theta(), dl.theta());
-    let worst = a.iter().zip(b).map(|(x, y)| ((x - y).abs() / x.abs().max(1e-3))).fold(0.0f32, f32::max);
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1e-3)).fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "max relative difference {worst}");
     let same = a.iter().zip(b).filter(|(x, y)| x.to_bits() == y.to_bits()).count();
     assert!(same * 2 > a.len(), "most parameters agree to the bit ({same}/{})", a.len());
