@@ -1,0 +1,185 @@
+//! # tessera-wire
+//!
+//! **Role.** The control messages of a run (DESIGN §6) as versioned types with one canonical
+//! encoding (postcard), each carried in a frame signed by the sender's ed25519 key, which is
+//! the peer's identity. Bulk data (updates, checkpoints) does not travel here: messages name it
+//! by BLAKE3 hash and it moves as verified blobs.
+//!
+//! ```text
+//! frame = magic "TSW1" | version u16 LE | body length u32 LE | body | signature (64 bytes)
+//! body  = postcard(Signed { sender, seq, message })
+//! signature = ed25519(sender, magic ‖ version ‖ length ‖ body)
+//! ```
+//!
+//! **Invariants.** Decoding never panics. The frame size is checked against [`MAX_FRAME`]
+//! before anything is allocated, the declared body length must match the frame exactly, the
+//! body must decode completely, the signature must verify (strictly) under the sender key it
+//! names, and collection sizes must be within their named limits. The same message always
+//! encodes to the same bytes.
+//!
+//! **Must not.** Do I/O or read clocks; decide whether a message is fresh (sequence numbers
+//! and rounds are checked by the coordinator's state machine).
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Frame magic.
+pub const MAGIC: &[u8; 4] = b"TSW1";
+/// Wire version of this crate.
+pub const VERSION: u16 = 1;
+/// Largest frame accepted (control messages only; bulk data moves as blobs).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Most members, assignments or rejections one message may list.
+pub const MAX_MEMBERS: usize = 4096;
+/// Most addresses a peer may advertise.
+pub const MAX_ADDRS: usize = 16;
+/// Longest string field (an address or a rejection reason).
+pub const MAX_TEXT: usize = 256;
+const HEADER: usize = 4 + 2 + 4;
+const SIG: usize = 64;
+
+/// A peer's identity: its ed25519 public key.
+pub type PeerId = [u8; 32];
+/// A BLAKE3 hash.
+pub type Hash32 = [u8; 32];
+
+/// Every control message of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A peer asks to join; it can be reached at `addrs`.
+    Join { addrs: Vec<String> },
+    /// The coordinator admits a peer: where the run is and which checkpoint to fetch.
+    Welcome { round: u64, checkpoint: Hash32, state_hash: Hash32 },
+    /// Liveness, with the peer's progress in the current round.
+    Heartbeat { round: u64, step: u64 },
+    /// A round begins: the state it starts from, its seed, members, data slots and deadline.
+    RoundStart {
+        round: u64,
+        state_hash: Hash32,
+        seed: u64,
+        members: Vec<PeerId>,
+        slots: Vec<(PeerId, u64)>,
+        deadline_ms: u64,
+    },
+    /// A trainer commits to its update blob and its start and end states.
+    Commit { round: u64, update: Hash32, update_len: u64, start_hash: Hash32, end_hash: Hash32 },
+    /// The coordinator's decision for a round, with a reason for each rejection.
+    Accept { round: u64, accepted: Vec<PeerId>, rejected: Vec<(PeerId, String)>, next_state_hash: Hash32 },
+    /// A node reports the state hash it computed after applying a round.
+    StateReport { round: u64, state_hash: Hash32 },
+    /// The latest checkpoint blob.
+    CheckpointPointer { round: u64, checkpoint: Hash32, state_hash: Hash32 },
+}
+
+/// A message with its sender and the sender's sequence number (for replay detection).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub sender: PeerId,
+    pub seq: u64,
+    pub message: Message,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("frame too short ({0} bytes)")]
+    Truncated(usize),
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported wire version {0}")]
+    Version(u16),
+    #[error("declared body length {declared} does not match the frame ({actual})")]
+    Length { declared: usize, actual: usize },
+    #[error("body does not decode: {0}")]
+    Decode(String),
+    #[error("sender key is not a valid ed25519 point")]
+    BadKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("{what}: {got} exceeds the limit of {limit}")]
+    Limit { what: &'static str, got: usize, limit: usize },
+}
+
+impl Message {
+    /// Checks collection sizes and string lengths against the named limits.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        let lim = |what, got: usize, limit| {
+            if got > limit {
+                Err(WireError::Limit { what, got, limit })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Message::Join { addrs } => {
+                lim("addresses", addrs.len(), MAX_ADDRS)?;
+                addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))
+            }
+            Message::RoundStart { members, slots, .. } => {
+                lim("members", members.len(), MAX_MEMBERS)?;
+                lim("slots", slots.len(), MAX_MEMBERS)
+            }
+            Message::Accept { accepted, rejected, .. } => {
+                lim("accepted", accepted.len(), MAX_MEMBERS)?;
+                lim("rejected", rejected.len(), MAX_MEMBERS)?;
+                rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Encodes and signs `message` as `key`'s `seq`-th message.
+pub fn encode(key: &SigningKey, seq: u64, message: &Message) -> Result<Vec<u8>, WireError> {
+    message.check_limits()?;
+    let signed = Signed { sender: key.verifying_key().to_bytes(), seq, message: message.clone() };
+    let body = postcard::to_allocvec(&signed).map_err(|e| WireError::Decode(e.to_string()))?;
+    let total = HEADER + body.len() + SIG;
+    if total > MAX_FRAME {
+        return Err(WireError::TooLarge(total));
+    }
+    let mut out = Vec::with_capacity(total);
+    out.extend(MAGIC);
+    out.extend(VERSION.to_le_bytes());
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(&body);
+    let sig = key.sign(&out);
+    out.extend(sig.to_bytes());
+    Ok(out)
+}
+
+/// Checks and decodes a frame, verifying the signature under the sender key it names.
+pub fn decode(frame: &[u8]) -> Result<Signed, WireError> {
+    if frame.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(frame.len()));
+    }
+    if frame.len() < HEADER + SIG {
+        return Err(WireError::Truncated(frame.len()));
+    }
+    if &frame[..4] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    let version = u16::from_le_bytes([frame[4], frame[5]]);
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let declared = u32::from_le_bytes([frame[6], frame[7], frame[8], frame[9]]) as usize;
+    let actual = frame.len() - HEADER - SIG;
+    if declared != actual {
+        return Err(WireError::Length { declared, actual });
+    }
+    let (signed_part, sig_bytes) = frame.split_at(HEADER + declared);
+    let (signed, rest): (Signed, &[u8]) =
+        postcard::take_from_bytes(&signed_part[HEADER..]).map_err(|e| WireError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Decode(format!("{} trailing bytes", rest.len())));
+    }
+    let key = VerifyingKey::from_bytes(&signed.sender).map_err(|_| WireError::BadKey)?;
+    let mut sig = [0u8; SIG];
+    sig.copy_from_slice(sig_bytes);
+    key.verify_strict(signed_part, &Signature::from_bytes(&sig)).map_err(|_| WireError::BadSignature)?;
+    signed.message.check_limits()?;
+    Ok(signed)
+}
