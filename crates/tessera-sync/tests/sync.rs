@@ -213,3 +213,24 @@ fn dct_round_trips_and_nesterov_with_zero_momentum_is_sgd() {
     assert!(g.iter().all(|grp| grp.len() == 2 || grp.len() == 3));
     assert_eq!(g, noloco_groups(3, 4, 7));
 }
+
+/// Writes valid updates for every codec as the fuzz seed corpus (run by hand; see
+/// fuzz/README.md). The fuzz target expects n = first byte × 97 = 'T' × 97 = 8148 values.
+#[test]
+#[ignore = "writes fuzz/corpus/update_decode; run by hand"]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/update_decode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let x = randv(usize::from(b'T') * 97, 30, 0.1);
+    let codecs = [
+        Codec::dense(ValueCodec::F32, 4096),
+        Codec::dense(ValueCodec::Int8, 4096),
+        Codec::dense(ValueCodec::TwoBit, 4096),
+        Codec::dense(ValueCodec::Sign, 4096),
+        Codec::sparse(ValueCodec::TwoBit, 4096, 64),
+        Codec::sparse(ValueCodec::F32, 4096, 32),
+    ];
+    for (i, c) in codecs.iter().enumerate() {
+        std::fs::write(dir.join(format!("update-{i}")), encode_update(Algorithm::DiLoCo, *c, [7; 32], 1, &x)).unwrap();
+    }
+}

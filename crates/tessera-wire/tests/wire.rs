@@ -115,3 +115,17 @@ fn garbage_and_corruption_never_panic() {
         let _ = decode(&f);
     }
 }
+
+/// Writes valid frames of every message kind as the fuzz seed corpus (run by hand; see
+/// fuzz/README.md): `cargo test -p tessera-wire --test wire -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/wire_decode; run by hand"]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire_decode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = Philox::new(3);
+    for i in 0..16u64 {
+        let frame = encode(&key(4), i, &random_message(&r, i)).unwrap();
+        std::fs::write(dir.join(format!("frame-{i:02}")), frame).unwrap();
+    }
+}
