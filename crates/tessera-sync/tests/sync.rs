@@ -231,6 +231,7 @@ fn write_fuzz_seeds() {
         Codec::sparse(ValueCodec::F32, 4096, 32),
     ];
     for (i, c) in codecs.iter().enumerate() {
-        std::fs::write(dir.join(format!("update-{i}")), encode_update(Algorithm::DiLoCo, *c, [7; 32], 1, &x)).unwrap();
+        std::fs::write(dir.join(format!("update-{i}")), encode_update(Algorithm::DiLoCo, *c, [7; 32], 1, &x))
+            .unwrap();
     }
 }
