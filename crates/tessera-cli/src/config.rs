@@ -13,6 +13,16 @@ pub const DEFAULT_RUN_TOML: &str = include_str!("default-run.toml");
 /// Largest config file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// Reads a config file of at most [`MAX_CONFIG_BYTES`] (checked before reading).
+pub fn read_config_file(path: &Path) -> Result<String> {
+    let len =
+        std::fs::metadata(path).with_context(|| format!("cannot read config {}", path.display()))?.len();
+    if len > MAX_CONFIG_BYTES {
+        bail!("config {} is {len} bytes (limit {MAX_CONFIG_BYTES})", path.display());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -119,14 +129,7 @@ impl RunConfig {
 
     /// Reads a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let len =
-            std::fs::metadata(path).with_context(|| format!("cannot read config {}", path.display()))?.len();
-        if len > MAX_CONFIG_BYTES {
-            bail!("config {} is {len} bytes (limit {MAX_CONFIG_BYTES})", path.display());
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text, path)
+        Self::parse(&read_config_file(path)?, path)
     }
 
     /// The config as TOML (stored in every checkpoint).

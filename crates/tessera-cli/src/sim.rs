@@ -3,15 +3,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use tessera_sim::{Sim, SimConfig};
 use tessera_tensor::hex;
 
 use crate::config::RunConfig;
-
-/// Largest config file read.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Args, Debug, Default)]
 pub struct SimArgs {
@@ -73,13 +70,7 @@ pub fn parse_sim_config(text: &str, origin: &Path) -> Result<SimConfig> {
 
 fn effective(a: &SimArgs) -> Result<SimConfig> {
     let mut c = match &a.config {
-        Some(p) => {
-            let len = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?.len();
-            if len > MAX_CONFIG_BYTES {
-                bail!("{} is {len} bytes (limit {MAX_CONFIG_BYTES})", p.display());
-            }
-            parse_sim_config(&std::fs::read_to_string(p)?, p)?
-        }
+        Some(p) => parse_sim_config(&crate::config::read_config_file(p)?, p)?,
         None => SimConfig::default(),
     };
     macro_rules! set {

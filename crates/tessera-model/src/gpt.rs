@@ -170,12 +170,9 @@ pub fn linear(g: &mut Graph, x: Var, w: Var, b: Option<Var>) -> Var {
     }
 }
 
-/// Checks that every id is an integer in `0..vocab`.
+/// Checks that every id is an integer in `0..vocab` (the kernels' own rule), as a model error.
 pub(crate) fn check_ids(t: &Tensor, vocab: usize) -> Result<(), ModelError> {
-    match t.data().iter().find(|&&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab)) {
-        Some(&v) => Err(ModelError::BadBatch(format!("token id {v} outside 0..{vocab}"))),
-        None => Ok(()),
-    }
+    tessera_tensor::check_ids(t, vocab).map_err(|e| ModelError::BadBatch(e.to_string()))
 }
 
 impl Model for Gpt {

@@ -33,6 +33,7 @@ mod trace;
 pub use kernel::{Kernel, MAX_KERNEL_INPUTS};
 pub use matmul::{matmul, matmul_batched, matmul_reference, MatSpec};
 pub use ops_basic::{dot_fixed, sum_fixed};
+pub use ops_nn::check_ids;
 pub use ops_optim::AdamWParams;
 pub use tape::{Grads, Graph, Var};
 pub use tensor::{hash_f32s, hex, Hash, Tensor, MAX_DIMS};

@@ -10,6 +10,13 @@ use crate::{Tensor, TensorError};
 /// Elements per parallel task for elementwise kernels.
 pub(crate) const PAR_CHUNK: usize = 1 << 14;
 
+/// Combines 8 interleaved partial sums in the one fixed tree every reduction here uses:
+/// `((a0+a4) + (a1+a5)) + ((a2+a6) + (a3+a7))`.
+#[inline]
+pub(crate) fn tree8<T: Copy + std::ops::Add<Output = T>>(a: [T; 8]) -> T {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
 /// Sum with an order fixed by the length alone: 8 interleaved partial sums over the multiple
 /// of 8, combined pairwise in a fixed tree, then the remainder in order.
 pub fn sum_fixed(xs: &[f32]) -> f32 {
@@ -21,7 +28,7 @@ pub fn sum_fixed(xs: &[f32]) -> f32 {
             acc[l] += c[l];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = tree8(acc);
     for &r in rem {
         s += r;
     }
@@ -38,7 +45,7 @@ pub fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += ca[l] * cb[l];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = tree8(acc);
     for i in n8..a.len() {
         s += a[i] * b[i];
     }

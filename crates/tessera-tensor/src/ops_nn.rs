@@ -189,6 +189,12 @@ pub(crate) fn ids_of(ids: &Tensor, limit: usize, name: &'static str) -> Result<V
         .collect()
 }
 
+/// Checks that every value of `ids` is an integer id in `0..limit` (the rule every id-taking
+/// kernel applies), so callers can refuse bad input before building a graph.
+pub fn check_ids(ids: &Tensor, limit: usize) -> Result<(), TensorError> {
+    ids_of(ids, limit, "ids").map(|_| ())
+}
+
 /// Row lookup: `table [V, C]`, `ids [..]` → `[.., C]`.
 pub(crate) fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor, TensorError> {
     if table.shape().len() != 2 {

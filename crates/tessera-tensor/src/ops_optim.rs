@@ -27,7 +27,7 @@ fn sum_squares(xs: &[f32]) -> f64 {
             acc[l] += v * v;
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = crate::ops_basic::tree8(acc);
     for &r in rem {
         s += f64::from(r) * f64::from(r);
     }
