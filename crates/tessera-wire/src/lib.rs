@@ -35,6 +35,8 @@ pub const MAX_MEMBERS: usize = 4096;
 pub const MAX_ADDRS: usize = 16;
 /// Longest string field (an address or a rejection reason).
 pub const MAX_TEXT: usize = 256;
+/// Longest run configuration a `Welcome` may carry.
+pub const MAX_CONFIG: usize = 16 * 1024;
 const HEADER: usize = 4 + 2 + 4;
 const SIG: usize = 64;
 
@@ -48,27 +50,48 @@ pub type Hash32 = [u8; 32];
 pub enum Message {
     /// A peer asks to join; it can be reached at `addrs`.
     Join { addrs: Vec<String> },
-    /// The coordinator admits a peer: where the run is and which checkpoint to fetch.
-    Welcome { round: u64, checkpoint: Hash32, state_hash: Hash32 },
+    /// The coordinator admits a peer: where the run is, which checkpoint to fetch, and the
+    /// run's configuration (TOML text).
+    Welcome { round: u64, checkpoint: Hash32, state_hash: Hash32, config: String },
     /// Liveness, with the peer's progress in the current round.
     Heartbeat { round: u64, step: u64 },
-    /// A round begins: the state it starts from, its seed, members, data slots and deadline.
+    /// A round begins: the state it starts from, its seed, members, the work each assigned
+    /// trainer does, and its deadline (milliseconds after the round started).
     RoundStart {
         round: u64,
         state_hash: Hash32,
         seed: u64,
         members: Vec<PeerId>,
-        slots: Vec<(PeerId, u64)>,
+        assignments: Vec<Assignment>,
         deadline_ms: u64,
     },
     /// A trainer commits to its update blob and its start and end states.
     Commit { round: u64, update: Hash32, update_len: u64, start_hash: Hash32, end_hash: Hash32 },
     /// The coordinator's decision for a round, with a reason for each rejection.
-    Accept { round: u64, accepted: Vec<PeerId>, rejected: Vec<(PeerId, String)>, next_state_hash: Hash32 },
+    /// `aggregate` names the blob of the combined update (absent when nothing was accepted).
+    Accept {
+        round: u64,
+        accepted: Vec<PeerId>,
+        rejected: Vec<(PeerId, String)>,
+        aggregate: Option<Hash32>,
+        next_state_hash: Hash32,
+    },
     /// A node reports the state hash it computed after applying a round.
     StateReport { round: u64, state_hash: Hash32 },
     /// The latest checkpoint blob.
     CheckpointPointer { round: u64, checkpoint: Hash32, state_hash: Hash32 },
+    /// The run has finished after `round` rounds in the state `state_hash`.
+    Done { round: u64, state_hash: Hash32 },
+}
+
+/// One unit of training work: H inner steps on the batches of `(data_round, slot)`. A unit
+/// that was not delivered is handed to another trainer in a later round, so no data is
+/// skipped.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Assignment {
+    pub peer: PeerId,
+    pub data_round: u64,
+    pub slot: u64,
 }
 
 /// A message with its sender and the sender's sequence number (for replay detection).
@@ -117,9 +140,10 @@ impl Message {
                 lim("addresses", addrs.len(), MAX_ADDRS)?;
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))
             }
-            Message::RoundStart { members, slots, .. } => {
+            Message::Welcome { config, .. } => lim("config length", config.len(), MAX_CONFIG),
+            Message::RoundStart { members, assignments, .. } => {
                 lim("members", members.len(), MAX_MEMBERS)?;
-                lim("slots", slots.len(), MAX_MEMBERS)
+                lim("assignments", assignments.len(), MAX_MEMBERS)
             }
             Message::Accept { accepted, rejected, .. } => {
                 lim("accepted", accepted.len(), MAX_MEMBERS)?;

@@ -13,16 +13,18 @@ fn message() -> impl Strategy<Value = Message> {
     let ids = proptest::collection::vec(id(), 0..8);
     prop_oneof![
         proptest::collection::vec("[a-z0-9.:]{0,40}", 0..MAX_ADDRS).prop_map(|addrs| Message::Join { addrs }),
-        (any::<u64>(), id(), id()).prop_map(|(round, checkpoint, state_hash)| Message::Welcome {
-            round,
-            checkpoint,
-            state_hash
+        (any::<u64>(), id(), id(), "[ -~]{0,200}").prop_map(|(round, checkpoint, state_hash, config)| {
+            Message::Welcome { round, checkpoint, state_hash, config }
         }),
         (any::<u64>(), any::<u64>()).prop_map(|(round, step)| Message::Heartbeat { round, step }),
         (any::<u64>(), id(), any::<u64>(), ids.clone(), any::<u64>()).prop_map(
             |(round, state_hash, seed, members, deadline_ms)| {
-                let slots = members.iter().enumerate().map(|(k, p)| (*p, k as u64)).collect();
-                Message::RoundStart { round, state_hash, seed, members, slots, deadline_ms }
+                let assignments = members
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
+                    .collect();
+                Message::RoundStart { round, state_hash, seed, members, assignments, deadline_ms }
             }
         ),
         (any::<u64>(), id(), any::<u64>(), id(), id()).prop_map(
@@ -30,20 +32,21 @@ fn message() -> impl Strategy<Value = Message> {
                 Message::Commit { round, update, update_len, start_hash, end_hash }
             }
         ),
-        (any::<u64>(), ids, proptest::collection::vec((id(), "[ -~]{0,60}"), 0..6), id()).prop_map(
-            |(round, accepted, rejected, next_state_hash)| Message::Accept {
+        (any::<u64>(), ids, proptest::collection::vec((id(), "[ -~]{0,60}"), 0..6), any::<Option<[u8; 32]>>(), id())
+            .prop_map(|(round, accepted, rejected, aggregate, next_state_hash)| Message::Accept {
                 round,
                 accepted,
                 rejected,
+                aggregate,
                 next_state_hash
-            }
-        ),
+            }),
         (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::StateReport { round, state_hash }),
         (any::<u64>(), id(), id()).prop_map(|(round, checkpoint, state_hash)| Message::CheckpointPointer {
             round,
             checkpoint,
             state_hash
         }),
+        (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::Done { round, state_hash }),
     ]
 }
 

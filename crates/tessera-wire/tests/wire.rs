@@ -16,20 +16,29 @@ fn h(r: &Philox, i: u64) -> [u8; 32] {
     out
 }
 
-/// A random message of kind `kind % 8`, drawn from the counter-based RNG.
+/// A random message of kind `kind % 9`, drawn from the counter-based RNG.
 fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 8) {
+    match r.below(3, i, 9) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
-        1 => Message::Welcome { round, checkpoint: h(r, i), state_hash: h(r, i + 1) },
+        1 => Message::Welcome {
+            round,
+            checkpoint: h(r, i),
+            state_hash: h(r, i + 1),
+            config: format!("preset = \"tiny\"\nrounds = {round}\n"),
+        },
         2 => Message::Heartbeat { round, step: r.u64(4, i) },
         3 => Message::RoundStart {
             round,
             state_hash: h(r, i),
             seed: r.u64(5, i),
-            slots: ids.iter().enumerate().map(|(k, p)| (*p, k as u64)).collect(),
+            assignments: ids
+                .iter()
+                .enumerate()
+                .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
+                .collect(),
             members: ids,
             deadline_ms: r.u64(6, i),
         },
@@ -44,10 +53,12 @@ fn random_message(r: &Philox, i: u64) -> Message {
             round,
             rejected: ids.iter().map(|p| (*p, "norm too large".to_string())).collect(),
             accepted: ids,
+            aggregate: (i % 2 == 0).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),
         },
         6 => Message::StateReport { round, state_hash: h(r, i) },
-        _ => Message::CheckpointPointer { round, checkpoint: h(r, i), state_hash: h(r, i + 3) },
+        7 => Message::CheckpointPointer { round, checkpoint: h(r, i), state_hash: h(r, i + 3) },
+        _ => Message::Done { round, state_hash: h(r, i) },
     }
 }
 

@@ -1,0 +1,512 @@
+//! The coordinator's round state machine. Inputs are verified frames, fetched blobs and clock
+//! ticks, each with the current time; outputs are messages, blob fetches, blobs to store,
+//! records to persist and events to log, to be executed in order.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use tessera_sync::{decode_update, encode_update, weighted_mean, Algorithm, Codec, Contribution, Expected};
+use tessera_wire::{Assignment, Message};
+
+use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, Signed};
+
+/// Most peers whose sequence numbers are remembered (members and departed peers).
+pub const MAX_KNOWN_PEERS: usize = 65_536;
+/// Most past state hashes kept for checking state reports.
+pub const MAX_HISTORY: usize = 4096;
+/// Most units of work waiting to be reassigned.
+pub const MAX_BACKLOG: usize = 65_536;
+/// Weight of the newest observation in a peer's round-time average.
+const SPEED_ALPHA: f64 = 0.5;
+
+/// A unit of data: H inner steps on the batches of `(data_round, slot)`.
+pub type Unit = (u64, u64);
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send { to: PeerId, message: Message },
+    /// To every current member.
+    Broadcast { message: Message },
+    /// Fetch blob `hash` (exactly `len` bytes) from `from`, then call [`Coordinator::fetched`].
+    Fetch { from: PeerId, hash: Hash32, len: u64 },
+    /// Store a blob durably and serve it by hash.
+    StoreBlob { hash: Hash32, bytes: Vec<u8> },
+    /// Write a decision durably before going on.
+    Persist(Record),
+    Event(Event),
+}
+
+/// A decision or observation to write down.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A round was announced (the `RoundStart` message).
+    RoundStarted { round: u64, start: Message },
+    /// A round was closed: the `Accept` message, the new state and the backlog after it.
+    RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit> },
+    /// A node reported the state hash it computed after `round` rounds.
+    Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool },
+}
+
+/// Things worth logging.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Joined(PeerId),
+    Left(PeerId),
+    Rejected { from: PeerId, reason: Reject },
+    RoundClosed { round: u64, accepted: usize, rejected: usize, reassigned: usize },
+    Disagreement { round: u64, peer: PeerId, reported: Hash32, expected: Option<Hash32> },
+    Finished { round: u64, state_hash: Hash32 },
+}
+
+/// What the coordinator reloads after a restart.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The state blob of the last closed round (or the initial state).
+    pub state: GlobalState,
+    pub backlog: Vec<Unit>,
+    /// A round that was announced but not closed.
+    pub open: Option<Message>,
+    /// State hashes by rounds completed.
+    pub history: Vec<(u64, Hash32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    Waiting,
+    Fetching { hash: Hash32 },
+    Accepted { hash: Hash32, values: Vec<f32> },
+    Rejected(String),
+}
+
+struct OpenRound {
+    round: u64,
+    start: Message,
+    assignments: Vec<Assignment>,
+    started_ms: u64,
+    deadline_at: u64,
+    slots: BTreeMap<PeerId, Slot>,
+}
+
+/// The coordinator.
+pub struct Coordinator {
+    cfg: RunConfig,
+    config_text: String,
+    codec: Codec,
+    want: Expected,
+    update_len: u64,
+    global: GlobalState,
+    state_hash: Hash32,
+    history: BTreeMap<u64, Hash32>,
+    /// Members and when each was last heard from.
+    members: BTreeMap<PeerId, u64>,
+    seqs: BTreeMap<PeerId, u64>,
+    speed_ms: BTreeMap<PeerId, f64>,
+    backlog: VecDeque<Unit>,
+    open: Option<OpenRound>,
+    finished: bool,
+    out: Vec<Output>,
+}
+
+impl Coordinator {
+    /// A coordinator for a fresh run, starting from `initial` (see [`crate::Worker::initial_state`]).
+    pub fn new(cfg: RunConfig, initial: GlobalState) -> Result<Self, CoordError> {
+        let r = Restored { state: initial, backlog: Vec::new(), open: None, history: Vec::new() };
+        Self::restore(cfg, r, 0)
+    }
+
+    /// A coordinator resuming from what it persisted; an announced round is re-opened with
+    /// the same assignments, its members given `silence_ms` from `now_ms` to reconnect.
+    pub fn restore(cfg: RunConfig, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
+        cfg.validate()?;
+        let codec = cfg.update_codec()?;
+        let n = r.state.theta.len();
+        let want = Expected { layout_hash: r.state.layout_hash, n, max_norm: Some(cfg.max_update_norm) };
+        let update_len = (tessera_sync::HEADER_BYTES + codec.encoded_len(n)) as u64;
+        let state_hash = r.state.hash();
+        let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
+        history.insert(r.state.round, state_hash);
+        let mut c = Self {
+            config_text: cfg.to_toml(),
+            finished: r.state.round >= cfg.rounds,
+            cfg,
+            codec,
+            want,
+            update_len,
+            global: r.state,
+            state_hash,
+            history,
+            members: BTreeMap::new(),
+            seqs: BTreeMap::new(),
+            speed_ms: BTreeMap::new(),
+            backlog: r.backlog.into_iter().collect(),
+            open: None,
+            out: Vec::new(),
+        };
+        if let Some(start @ Message::RoundStart { .. }) = r.open {
+            c.reopen(start, now_ms);
+        }
+        Ok(c)
+    }
+
+    fn reopen(&mut self, start: Message, now_ms: u64) {
+        let Message::RoundStart { round, ref assignments, deadline_ms, .. } = start else { return };
+        if round != self.global.round {
+            return; // announced before a close that was persisted: stale
+        }
+        for a in assignments {
+            self.members.insert(a.peer, now_ms);
+        }
+        self.open = Some(OpenRound {
+            round,
+            assignments: assignments.clone(),
+            slots: assignments.iter().map(|a| (a.peer, Slot::Waiting)).collect(),
+            started_ms: now_ms,
+            deadline_at: now_ms + deadline_ms,
+            start,
+        });
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
+    /// Rounds completed.
+    pub fn round(&self) -> u64 {
+        self.global.round
+    }
+
+    pub fn state_hash(&self) -> Hash32 {
+        self.state_hash
+    }
+
+    pub fn global(&self) -> &GlobalState {
+        &self.global
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &PeerId> {
+        self.members.keys()
+    }
+
+    pub fn backlog(&self) -> impl Iterator<Item = &Unit> {
+        self.backlog.iter()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The state hash after `round` rounds, if still remembered.
+    pub fn state_at(&self, round: u64) -> Option<Hash32> {
+        self.history.get(&round).copied()
+    }
+
+    /// A verified frame arrived.
+    pub fn handle(&mut self, now_ms: u64, signed: Signed) -> Vec<Output> {
+        let from = signed.sender;
+        if let Err(reason) = self.admit(now_ms, &signed) {
+            self.event(Event::Rejected { from, reason });
+        }
+        self.advance(now_ms);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The driver fetched (or failed to fetch) a blob asked for by [`Output::Fetch`].
+    pub fn fetched(&mut self, now_ms: u64, from: PeerId, hash: Hash32, got: Result<Vec<u8>, String>) -> Vec<Output> {
+        let verdict = match got {
+            Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
+            Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
+            Ok(b) => match decode_update(&b, &self.want) {
+                Ok(d) if d.header.round == self.global.round => Slot::Accepted { hash, values: d.values },
+                Ok(d) => Slot::Rejected(Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string()),
+                Err(e) => Slot::Rejected(Reject::Update(e.to_string()).to_string()),
+            },
+        };
+        if let Some(open) = self.open.as_mut() {
+            if let Some(slot) = open.slots.get_mut(&from) {
+                if *slot == (Slot::Fetching { hash }) {
+                    if let Slot::Rejected(r) = &verdict {
+                        let reason = Reject::Update(r.clone());
+                        self.out.push(Output::Event(Event::Rejected { from, reason }));
+                    }
+                    *slot = verdict;
+                }
+            }
+        }
+        self.advance(now_ms);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Time passed: drop silent members, close a round past its deadline, start the next.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        self.advance(now_ms);
+        std::mem::take(&mut self.out)
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push(Output::Event(e));
+    }
+
+    /// Membership, sequence and round checks, then the message's effect.
+    fn admit(&mut self, now_ms: u64, s: &Signed) -> Result<(), Reject> {
+        let from = s.sender;
+        let last = self.seqs.get(&from).copied();
+        if let Some(last) = last {
+            if s.seq <= last {
+                return Err(Reject::Replay { seq: s.seq, last });
+            }
+        }
+        let is_join = matches!(s.message, Message::Join { .. });
+        if !is_join && !self.members.contains_key(&from) {
+            return Err(Reject::NotMember);
+        }
+        if last.is_none() && self.seqs.len() >= MAX_KNOWN_PEERS {
+            return Err(Reject::Full(self.members.len()));
+        }
+        match &s.message {
+            Message::Join { .. } => self.join(now_ms, from)?,
+            Message::Heartbeat { .. } => {}
+            Message::Commit { round, update, update_len, .. } => self.commit(now_ms, from, *round, update, *update_len)?,
+            Message::StateReport { round, state_hash } => self.report(from, *round, *state_hash),
+            other => return Err(Reject::Unexpected(kind(other))),
+        }
+        self.seqs.insert(from, s.seq);
+        self.members.insert(from, now_ms);
+        Ok(())
+    }
+
+    fn join(&mut self, now_ms: u64, from: PeerId) -> Result<(), Reject> {
+        if !self.members.contains_key(&from) {
+            if self.members.len() >= self.cfg.max_peers {
+                return Err(Reject::Full(self.members.len()));
+            }
+            self.members.insert(from, now_ms);
+            self.event(Event::Joined(from));
+        }
+        let welcome = Message::Welcome {
+            round: self.global.round,
+            checkpoint: self.state_hash,
+            state_hash: self.state_hash,
+            config: self.config_text.clone(),
+        };
+        self.out.push(Output::Send { to: from, message: welcome });
+        if let Some(open) = &self.open {
+            if open.slots.contains_key(&from) {
+                self.out.push(Output::Send { to: from, message: open.start.clone() });
+            }
+        }
+        if self.finished {
+            let done = Message::Done { round: self.global.round, state_hash: self.state_hash };
+            self.out.push(Output::Send { to: from, message: done });
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, now_ms: u64, from: PeerId, round: u64, update: &Hash32, len: u64) -> Result<(), Reject> {
+        let open_round = self.open.as_ref().map(|o| o.round);
+        let open = match self.open.as_mut() {
+            Some(o) if o.round == round => o,
+            _ => return Err(Reject::WrongRound { got: round, want: open_round }),
+        };
+        let slot = open.slots.get_mut(&from).ok_or(Reject::NotAssigned(round))?;
+        match slot {
+            Slot::Waiting if len != self.update_len => {
+                *slot = Slot::Rejected(Reject::BadLength { got: len, want: self.update_len }.to_string());
+                return Err(Reject::BadLength { got: len, want: self.update_len });
+            }
+            Slot::Waiting => {
+                *slot = Slot::Fetching { hash: *update };
+                let took = now_ms.saturating_sub(open.started_ms) as f64;
+                let s = self.speed_ms.entry(from).or_insert(took);
+                *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
+                self.out.push(Output::Fetch { from, hash: *update, len });
+            }
+            Slot::Fetching { hash } | Slot::Accepted { hash, .. } if hash == update => {} // a resend
+            Slot::Rejected(_) => {}
+            _ => return Err(Reject::Equivocation(round)),
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, from: PeerId, round: u64, reported: Hash32) {
+        let expected = self.history.get(&round).copied();
+        let agrees = expected == Some(reported);
+        self.out.push(Output::Persist(Record::Report { round, peer: from, state_hash: reported, agrees }));
+        if !agrees {
+            self.event(Event::Disagreement { round, peer: from, reported, expected });
+            let ptr = Message::CheckpointPointer {
+                round: self.global.round,
+                checkpoint: self.state_hash,
+                state_hash: self.state_hash,
+            };
+            self.out.push(Output::Send { to: from, message: ptr });
+        }
+    }
+
+    /// Drops silent members, closes the open round when it is decided or late, starts the next.
+    fn advance(&mut self, now_ms: u64) {
+        let silent: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, &seen)| now_ms.saturating_sub(seen) > self.cfg.silence_ms)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in silent {
+            self.members.remove(&p);
+            self.event(Event::Left(p));
+        }
+        if let Some(open) = &self.open {
+            let decided = open.slots.iter().all(|(p, s)| match s {
+                Slot::Accepted { .. } | Slot::Rejected(_) => true,
+                Slot::Waiting => !self.members.contains_key(p),
+                Slot::Fetching { .. } => false,
+            });
+            if decided || now_ms >= open.deadline_at {
+                if let Err(e) = self.close() {
+                    // Our own aggregate failed to decode: a bug, not a peer's fault.
+                    panic!("closing round {}: {e}", self.global.round);
+                }
+            }
+        }
+        if self.open.is_none() && !self.finished && self.members.len() >= self.cfg.min_peers {
+            self.start(now_ms);
+        }
+    }
+
+    fn start(&mut self, now_ms: u64) {
+        let round = self.global.round;
+        let peers: Vec<PeerId> = self.members.keys().take(self.cfg.max_peers).copied().collect();
+        let mut fresh = 0u64;
+        let assignments: Vec<Assignment> = peers
+            .iter()
+            .map(|&peer| {
+                let (data_round, slot) = self.backlog.pop_front().unwrap_or_else(|| {
+                    fresh += 1;
+                    (round, fresh - 1)
+                });
+                Assignment { peer, data_round, slot }
+            })
+            .collect();
+        let deadline_ms = self.deadline(&peers);
+        let start = Message::RoundStart {
+            round,
+            state_hash: self.state_hash,
+            seed: self.cfg.seed,
+            members: peers.clone(),
+            assignments: assignments.clone(),
+            deadline_ms,
+        };
+        self.out.push(Output::Persist(Record::RoundStarted { round, start: start.clone() }));
+        self.out.push(Output::Broadcast { message: start.clone() });
+        self.open = Some(OpenRound {
+            round,
+            slots: peers.iter().map(|p| (*p, Slot::Waiting)).collect(),
+            assignments,
+            started_ms: now_ms,
+            deadline_at: now_ms + deadline_ms,
+            start,
+        });
+    }
+
+    /// `slack ×` the slowest known round time of this round's peers, clamped; the configured
+    /// timeout while any of them is new.
+    fn deadline(&self, peers: &[PeerId]) -> u64 {
+        let known: Option<Vec<f64>> = peers.iter().map(|p| self.speed_ms.get(p).copied()).collect();
+        match known {
+            Some(v) if !v.is_empty() => {
+                let slowest = v.into_iter().fold(0.0, f64::max);
+                let d = (slowest * self.cfg.deadline_slack) as u64;
+                d.clamp(self.cfg.min_round_ms, self.cfg.max_round_ms)
+            }
+            _ => self.cfg.round_timeout_ms,
+        }
+    }
+
+    /// Accepts what arrived, aggregates it in peer-id order, applies the outer step, persists,
+    /// then announces.
+    fn close(&mut self) -> Result<(), CoordError> {
+        let open = self.open.take().expect("close needs an open round");
+        let round = open.round;
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut contribs = Vec::new();
+        for (peer, slot) in open.slots {
+            match slot {
+                Slot::Accepted { values, .. } => {
+                    contribs.push(Contribution { peer: accepted.len() as u64, weight: 1.0, values, support: None });
+                    accepted.push(peer);
+                }
+                Slot::Rejected(r) => rejected.push((peer, truncate(r))),
+                Slot::Waiting => rejected.push((peer, "no commit before the round closed".into())),
+                Slot::Fetching { .. } => rejected.push((peer, "update not fetched before the deadline".into())),
+            }
+        }
+        let mut reassigned = 0;
+        for a in &open.assignments {
+            if !accepted.contains(&a.peer) && self.backlog.len() < MAX_BACKLOG {
+                self.backlog.push_back((a.data_round, a.slot));
+                reassigned += 1;
+            }
+        }
+        let aggregate = if contribs.is_empty() {
+            None
+        } else {
+            let mean = weighted_mean(&contribs, self.want.n)?;
+            Some(encode_update(Algorithm::DiLoCo, self.codec, self.want.layout_hash, round, &mean))
+        };
+        let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
+        self.global.apply(aggregate.as_deref(), &self.want, self.cfg.outer_lr, self.cfg.outer_momentum)?;
+        let state_blob = self.global.encode();
+        self.state_hash = *blake3::hash(&state_blob).as_bytes();
+        self.history.insert(self.global.round, self.state_hash);
+        while self.history.len() > MAX_HISTORY {
+            self.history.pop_first();
+        }
+        if let (Some(bytes), Some(hash)) = (aggregate, agg_hash) {
+            self.out.push(Output::StoreBlob { hash, bytes });
+        }
+        self.out.push(Output::StoreBlob { hash: self.state_hash, bytes: state_blob });
+        let (n_acc, n_rej) = (accepted.len(), rejected.len());
+        let accept = Message::Accept { round, accepted, rejected, aggregate: agg_hash, next_state_hash: self.state_hash };
+        let backlog = self.backlog.iter().copied().collect();
+        self.out.push(Output::Persist(Record::RoundClosed {
+            round,
+            accept: accept.clone(),
+            state_hash: self.state_hash,
+            backlog,
+        }));
+        self.out.push(Output::Broadcast { message: accept });
+        self.event(Event::RoundClosed { round, accepted: n_acc, rejected: n_rej, reassigned });
+        if self.global.round >= self.cfg.rounds {
+            self.finished = true;
+            let (round, state_hash) = (self.global.round, self.state_hash);
+            self.out.push(Output::Broadcast { message: Message::Done { round, state_hash } });
+            self.event(Event::Finished { round, state_hash });
+        }
+        Ok(())
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > tessera_wire::MAX_TEXT {
+        let mut cut = tessera_wire::MAX_TEXT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Join { .. } => "Join",
+        Message::Welcome { .. } => "Welcome",
+        Message::Heartbeat { .. } => "Heartbeat",
+        Message::RoundStart { .. } => "RoundStart",
+        Message::Commit { .. } => "Commit",
+        Message::Accept { .. } => "Accept",
+        Message::StateReport { .. } => "StateReport",
+        Message::CheckpointPointer { .. } => "CheckpointPointer",
+        Message::Done { .. } => "Done",
+    }
+}

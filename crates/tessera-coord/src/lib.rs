@@ -1,0 +1,80 @@
+//! # tessera-coord
+//!
+//! **Role.** The round protocol of a networked run (DESIGN §6) as sans-IO state machines:
+//! [`Coordinator`] decides membership, data assignment, deadlines and acceptance and keeps the
+//! shared state; [`Worker`] is a trainer's side (sync to a state, train an assigned unit,
+//! apply an aggregate). Both are driven by events with explicit time: by the simulator on a
+//! virtual clock, and by the daemons over the network.
+//!
+//! **Invariants.**
+//! - A round's result is a pure function of the state it starts from, the assignments, and
+//!   which updates were accepted. Contributions are combined in peer-id order, and the
+//!   coordinator and every trainer close a round with the same function
+//!   ([`GlobalState::apply`]), so all honest peers reach the same state hash.
+//! - A decision is emitted as [`Output::Persist`] *before* the message that announces it; a
+//!   driver executes outputs in order and stops if persisting fails.
+//! - A unit of work that was not accepted (peer silent, late, or its update rejected) goes to
+//!   the backlog and is assigned again before fresh data: no batch is skipped, and no
+//!   accepted update is ever applied twice (a round closes exactly once).
+//! - Every input from a peer is checked (membership, sequence number, round, assignment,
+//!   update shape and values) and refused with a typed [`Reject`], never a panic.
+//!
+//! **Must not.** Open sockets, read clocks or draw OS randomness; keep unbounded state (peers,
+//! history and backlog are capped by named constants).
+
+mod config;
+mod coordinator;
+mod state;
+mod worker;
+
+pub use config::{RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
+pub use coordinator::{
+    Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
+};
+pub use state::{GlobalState, MAX_STATE_PARAMS};
+pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
+pub use worker::{Trained, Worker};
+
+/// Errors of the protocol's own computations and of bad blobs or configs.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("state blob: {0}")]
+    State(String),
+    #[error("not synchronized: {0}")]
+    NotSynced(String),
+    #[error(transparent)]
+    Sync(#[from] tessera_sync::SyncError),
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] tessera_data::DataError),
+}
+
+/// Why the coordinator refused a message from a peer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reject {
+    #[error("sequence number {seq} is not above {last} (replayed or reordered)")]
+    Replay { seq: u64, last: u64 },
+    #[error("sender is not a member (send Join first)")]
+    NotMember,
+    #[error("the run is full ({0} members)")]
+    Full(usize),
+    #[error("message for round {got}, the open round is {want:?}")]
+    WrongRound { got: u64, want: Option<u64> },
+    #[error("sender has no assignment in round {0}")]
+    NotAssigned(u64),
+    #[error("a second, different commit for round {0} (equivocation)")]
+    Equivocation(u64),
+    #[error("update of {got} bytes, expected {want}")]
+    BadLength { got: u64, want: u64 },
+    #[error("update blob does not match its committed hash")]
+    HashMismatch,
+    #[error("update refused: {0}")]
+    Update(String),
+    #[error("update could not be fetched: {0}")]
+    FetchFailed(String),
+    #[error("peers may not send {0}")]
+    Unexpected(&'static str),
+}

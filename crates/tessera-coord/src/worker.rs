@@ -1,0 +1,188 @@
+//! A trainer's side of the round protocol: hold the shared state, train an assigned unit into
+//! an encoded update, and close the round with the aggregate. Pure computation; the driver
+//! moves the blobs and messages.
+
+use tessera_data::{BatchKey, Dataset};
+use tessera_model::{AdamWConfig, Gpt, GptConfig, OptState, Trainer};
+use tessera_sync::{encode_update, pseudo_gradient, Algorithm, Codec, Expected};
+use tessera_tensor::TraceMode;
+
+use crate::{Assignment, CoordError, GlobalState, Hash32, RunConfig};
+
+/// The result of training one unit, kept so that a round re-announced after a coordinator
+/// restart is answered with the same commit instead of being trained twice.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    pub round: u64,
+    pub start_state: Hash32,
+    pub unit: (u64, u64),
+    pub update: Vec<u8>,
+    pub update_hash: Hash32,
+    /// Hashes of the trainer's local state (parameters and inner AdamW) before and after.
+    pub start_hash: Hash32,
+    pub end_hash: Hash32,
+    pub mean_loss: f64,
+}
+
+/// One trainer.
+pub struct Worker {
+    cfg: RunConfig,
+    codec: Codec,
+    gcfg: GptConfig,
+    model: Gpt,
+    layout_hash: Hash32,
+    inner: AdamWConfig,
+    global: Option<(GlobalState, Hash32)>,
+    trainer: Option<Trainer<Gpt>>,
+    /// The inner optimizer state at the start of `.0`'s round from state `.1`.
+    snapshot: Option<(u64, Hash32, OptState)>,
+    cached: Option<Trained>,
+}
+
+impl Worker {
+    pub fn new(cfg: RunConfig) -> Result<Self, CoordError> {
+        cfg.validate()?;
+        let gcfg = GptConfig::preset(&cfg.preset)?;
+        let model = Gpt::new(gcfg.clone(), cfg.seed)?;
+        let inner = AdamWConfig {
+            lr: cfg.inner_lr,
+            warmup_steps: cfg.inner_warmup,
+            total_steps: cfg.rounds * cfg.h(),
+            ..AdamWConfig::default()
+        };
+        Ok(Self {
+            codec: cfg.update_codec()?,
+            layout_hash: model.params.layout().hash(),
+            cfg,
+            gcfg,
+            model,
+            inner,
+            global: None,
+            trainer: None,
+            snapshot: None,
+            cached: None,
+        })
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
+    /// The run's initial state (round 0), as every peer derives it from the config.
+    pub fn initial_state(&self) -> GlobalState {
+        GlobalState::initial(self.layout_hash, self.model.params.to_flat())
+    }
+
+    /// What a valid update or aggregate of this run must look like.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            layout_hash: self.layout_hash,
+            n: self.model.params.numel(),
+            max_norm: Some(self.cfg.max_update_norm),
+        }
+    }
+
+    /// The round and hash of the state held, if any.
+    pub fn state(&self) -> Option<(u64, Hash32)> {
+        self.global.as_ref().map(|(g, h)| (g.round, *h))
+    }
+
+    /// The state held.
+    pub fn global(&self) -> Option<&GlobalState> {
+        self.global.as_ref().map(|(g, _)| g)
+    }
+
+    /// Loads a checkpoint blob, which must hash to `want`.
+    pub fn load_state(&mut self, blob: &[u8], want: &Hash32) -> Result<(), CoordError> {
+        let got = *blake3::hash(blob).as_bytes();
+        if &got != want {
+            return Err(CoordError::State("checkpoint does not hash to the announced state".into()));
+        }
+        let g = GlobalState::decode(blob, &self.layout_hash, self.model.params.numel())?;
+        self.global = Some((g, got));
+        Ok(())
+    }
+
+    /// Trains `unit` for round `round` from the state `start_state`; returns the update.
+    /// Training the same round again restarts from the inner state the round began with, and
+    /// an identical request is answered from the cache.
+    pub fn train(
+        &mut self,
+        round: u64,
+        start_state: &Hash32,
+        unit: &Assignment,
+        ds: &Dataset,
+        on_step: &mut dyn FnMut(u64),
+    ) -> Result<&Trained, CoordError> {
+        let key = (unit.data_round, unit.slot);
+        let hit = self.cached.as_ref().is_some_and(|c| {
+            c.round == round && &c.start_state == start_state && c.unit == key
+        });
+        if !hit {
+            let t = self.train_fresh(round, start_state, key, ds, on_step)?;
+            self.cached = Some(t);
+        }
+        Ok(self.cached.as_ref().expect("just filled"))
+    }
+
+    fn train_fresh(
+        &mut self,
+        round: u64,
+        start_state: &Hash32,
+        (data_round, slot): (u64, u64),
+        ds: &Dataset,
+        on_step: &mut dyn FnMut(u64),
+    ) -> Result<Trained, CoordError> {
+        let (g, h) = self.global.as_ref().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;
+        if g.round != round || h != start_state {
+            return Err(CoordError::NotSynced(format!("holding round {}, asked to train round {round}", g.round)));
+        }
+        let h_steps = self.cfg.h();
+        let tr = self.trainer.get_or_insert_with(|| {
+            let mut t = Trainer { model: self.model.clone(), opt: OptState::new(&self.model.params), cfg: self.inner.clone() };
+            // A trainer that joins late follows the run's learning-rate schedule.
+            t.opt.step = round * h_steps;
+            t
+        });
+        match &self.snapshot {
+            Some((r, s, opt)) if *r == round && s == start_state => tr.opt = opt.clone(),
+            _ => self.snapshot = Some((round, *start_state, tr.opt.clone())),
+        }
+        tr.model.params.load_flat(&g.theta)?;
+        let start_hash = tr.state_hash();
+        let mut loss = 0.0;
+        for s in 0..h_steps {
+            let key = BatchKey { seed: self.cfg.seed, round: data_round, slot, step: s };
+            let b = ds.train_batch(&key, self.cfg.batch, self.gcfg.context)?;
+            loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
+            on_step(s + 1);
+        }
+        let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
+        let update = encode_update(Algorithm::DiLoCo, self.codec, self.layout_hash, round, &delta);
+        Ok(Trained {
+            round,
+            start_state: *start_state,
+            unit: (data_round, slot),
+            update_hash: *blake3::hash(&update).as_bytes(),
+            update,
+            start_hash,
+            end_hash: tr.state_hash(),
+            mean_loss: loss / h_steps as f64,
+        })
+    }
+
+    /// Closes `round` with the aggregate blob (or none); returns the new state hash.
+    pub fn apply(&mut self, round: u64, aggregate: Option<&[u8]>) -> Result<Hash32, CoordError> {
+        let want = self.expected();
+        let (lr, mu) = (self.cfg.outer_lr, self.cfg.outer_momentum);
+        let (g, h) = self.global.as_mut().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;
+        if g.round != round {
+            return Err(CoordError::NotSynced(format!("holding round {}, asked to close round {round}", g.round)));
+        }
+        let mut next = g.clone();
+        next.apply(aggregate, &want, lr, mu)?;
+        *h = next.hash();
+        *g = next;
+        Ok(*h)
+    }
+}

@@ -1,0 +1,342 @@
+//! The coordinator's state machine under scripted event sequences, with real trainers.
+
+use std::path::PathBuf;
+
+use tessera_coord::*;
+use tessera_data::{ingest_bytes, Dataset, IngestOptions};
+use tessera_model::fixtures::SONNETS;
+use tessera_sync::{encode_update, Algorithm};
+
+fn dataset() -> Dataset {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-coord-test-{}", std::process::id()));
+    if let Ok(ds) = Dataset::open(&dir) {
+        return ds;
+    }
+    let tmp = dir.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
+    ingest_bytes(SONNETS, "sonnets", &tmp, &opts).unwrap();
+    let _ = std::fs::rename(&tmp, &dir);
+    Dataset::open(&dir).unwrap()
+}
+
+fn cfg() -> RunConfig {
+    RunConfig {
+        inner_steps: 2,
+        rounds: 3,
+        batch: 2,
+        min_peers: 2,
+        heartbeat_ms: 100,
+        silence_ms: 1000,
+        round_timeout_ms: 60_000,
+        min_round_ms: 500,
+        ..RunConfig::default()
+    }
+}
+
+fn pid(i: u8) -> PeerId {
+    [i; 32]
+}
+
+/// A coordinator plus a per-peer sequence counter.
+struct Harness {
+    c: Coordinator,
+    seq: std::collections::BTreeMap<PeerId, u64>,
+}
+
+impl Harness {
+    fn new(cfg: RunConfig) -> (Self, Worker) {
+        let w = Worker::new(cfg.clone()).unwrap();
+        let c = Coordinator::new(cfg, w.initial_state()).unwrap();
+        (Self { c, seq: Default::default() }, w)
+    }
+
+    fn send(&mut self, now: u64, from: PeerId, message: Message) -> Vec<Output> {
+        let s = self.seq.entry(from).or_insert(0);
+        *s += 1;
+        self.c.handle(now, Signed { sender: from, seq: *s, message })
+    }
+}
+
+fn rejections(out: &[Output]) -> Vec<Reject> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Rejected { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn round_start(out: &[Output]) -> Option<(u64, Hash32, Vec<Assignment>, u64)> {
+    out.iter().find_map(|o| match o {
+        Output::Broadcast { message: Message::RoundStart { round, state_hash, assignments, deadline_ms, .. } } => {
+            Some((*round, *state_hash, assignments.clone(), *deadline_ms))
+        }
+        _ => None,
+    })
+}
+
+fn index_of(out: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
+    out.iter().position(pred).expect("output present")
+}
+
+fn commit_msg(round: u64, t: &Trained) -> Message {
+    Message::Commit {
+        round,
+        update: t.update_hash,
+        update_len: t.update.len() as u64,
+        start_hash: t.start_hash,
+        end_hash: t.end_hash,
+    }
+}
+
+#[test]
+fn a_round_starts_trains_closes_and_every_peer_agrees() {
+    let ds = dataset();
+    let (mut h, w0) = Harness::new(cfg());
+    let initial = w0.initial_state().encode();
+    assert!(h.send(0, pid(1), Message::Join { addrs: vec![] }).iter().all(|o| !matches!(o, Output::Broadcast { .. })));
+    let out = h.send(10, pid(2), Message::Join { addrs: vec![] });
+    let (round, s0, assignments, deadline) = round_start(&out).expect("two members start a round");
+    assert_eq!((round, deadline), (0, 60_000), "unknown speeds get the configured timeout");
+    let persisted = index_of(&out, |o| matches!(o, Output::Persist(Record::RoundStarted { .. })));
+    let announced = index_of(&out, |o| matches!(o, Output::Broadcast { message: Message::RoundStart { .. } }));
+    assert!(persisted < announced, "decisions are written before they are announced");
+    assert_eq!(assignments.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
+
+    let mut workers: Vec<Worker> = (0..2).map(|_| Worker::new(cfg()).unwrap()).collect();
+    let mut trained = Vec::new();
+    for (w, a) in workers.iter_mut().zip(&assignments) {
+        w.load_state(&initial, &s0).unwrap();
+        trained.push(w.train(0, &s0, a, &ds, &mut |_| {}).unwrap().clone());
+    }
+    let mut outs = Vec::new();
+    for (i, t) in trained.iter().enumerate() {
+        let out = h.send(400 + i as u64, assignments[i].peer, commit_msg(0, t));
+        let fetch = out.iter().find_map(|o| match o {
+            Output::Fetch { from, hash, len } => Some((*from, *hash, *len)),
+            _ => None,
+        });
+        assert_eq!(fetch, Some((assignments[i].peer, t.update_hash, t.update.len() as u64)));
+        outs.push(h.c.fetched(450, assignments[i].peer, t.update_hash, Ok(t.update.clone())));
+    }
+    let close = outs.pop().unwrap();
+    let stored = index_of(&close, |o| matches!(o, Output::StoreBlob { .. }));
+    let persisted = index_of(&close, |o| matches!(o, Output::Persist(Record::RoundClosed { .. })));
+    let announced = index_of(&close, |o| matches!(o, Output::Broadcast { message: Message::Accept { .. } }));
+    assert!(stored < persisted && persisted < announced);
+    let (agg, next) = close
+        .iter()
+        .find_map(|o| match o {
+            Output::Broadcast { message: Message::Accept { accepted, aggregate, next_state_hash, .. } } => {
+                assert_eq!(accepted.len(), 2);
+                Some((*aggregate, *next_state_hash))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let agg_bytes = close
+        .iter()
+        .find_map(|o| match o {
+            Output::StoreBlob { hash, bytes } if Some(*hash) == agg => Some(bytes.clone()),
+            _ => None,
+        })
+        .unwrap();
+    for w in &mut workers {
+        assert_eq!(w.apply(0, Some(&agg_bytes)).unwrap(), next, "trainers reach the coordinator's state");
+    }
+    assert_eq!(h.c.state_hash(), next);
+    // The next round follows at once, with a deadline adapted to the observed speed.
+    let (r1, s1, a1, d1) = round_start(&close).expect("next round");
+    assert_eq!((r1, s1), (1, next));
+    assert_eq!(a1.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(1, 0), (1, 1)]);
+    assert_eq!(d1, (391.0 * 3.0) as u64, "slack × the slowest peer's 391 ms (round began at 10)");
+    // Reports: agreement is recorded, disagreement flagged and answered with the pointer.
+    let ok = h.send(500, pid(1), Message::StateReport { round: 1, state_hash: next });
+    assert!(ok.contains(&Output::Persist(Record::Report { round: 1, peer: pid(1), state_hash: next, agrees: true })));
+    let bad = h.send(500, pid(2), Message::StateReport { round: 1, state_hash: [9; 32] });
+    assert!(bad.iter().any(|o| matches!(o, Output::Event(Event::Disagreement { round: 1, .. }))));
+    assert!(bad.iter().any(|o| matches!(o, Output::Send { message: Message::CheckpointPointer { .. }, .. })));
+}
+
+#[test]
+fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
+    let ds = dataset();
+    let (mut h, w0) = Harness::new(cfg());
+    let initial = w0.initial_state().encode();
+    h.send(0, pid(1), Message::Join { addrs: vec![] });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    let (_, s0, a0, _) = round_start(&out).unwrap();
+    // Peer 1 trains and commits; peer 2 goes silent.
+    let mut w = Worker::new(cfg()).unwrap();
+    w.load_state(&initial, &s0).unwrap();
+    let t = w.train(0, &s0, &a0[0], &ds, &mut |_| {}).unwrap().clone();
+    h.send(200, pid(1), commit_msg(0, &t));
+    h.c.fetched(210, pid(1), t.update_hash, Ok(t.update.clone()));
+    h.send(900, pid(1), Message::Heartbeat { round: 0, step: 2 });
+    assert!(h.c.tick(900).is_empty(), "peer 2 is not silent yet");
+    let out = h.c.tick(1001);
+    assert!(out.contains(&Output::Event(Event::Left(pid(2)))));
+    assert!(out.contains(&Output::Event(Event::RoundClosed { round: 0, accepted: 1, rejected: 1, reassigned: 1 })));
+    assert_eq!(h.c.backlog().count(), 1);
+    // A new peer joins; the next round hands out the missed unit (0, 1) before fresh data.
+    h.send(1100, pid(1), Message::Heartbeat { round: 1, step: 0 });
+    let out = h.send(1100, pid(3), Message::Join { addrs: vec![] });
+    let (r, _, a1, _) = round_start(&out).unwrap();
+    assert_eq!(r, 1);
+    let units: Vec<_> = a1.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
+    assert_eq!(units, [(pid(1), 0, 1), (pid(3), 1, 0)]);
+    assert_eq!(h.c.backlog().count(), 0);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
+    let ds = dataset();
+    let (mut h, w0) = Harness::new(cfg());
+    let initial = w0.initial_state().encode();
+    // Not a member yet.
+    let out = h.c.handle(0, Signed { sender: pid(7), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
+    assert_eq!(rejections(&out), [Reject::NotMember]);
+    h.send(0, pid(1), Message::Join { addrs: vec![] });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    let (_, s0, a0, _) = round_start(&out).unwrap();
+    // Replay: an old sequence number.
+    let out = h.c.handle(1, Signed { sender: pid(1), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
+    assert_eq!(rejections(&out), [Reject::Replay { seq: 1, last: 1 }]);
+    // Peers may not announce rounds.
+    let out = h.send(2, pid(1), Message::Done { round: 0, state_hash: s0 });
+    assert_eq!(rejections(&out), [Reject::Unexpected("Done")]);
+    let mut w = Worker::new(cfg()).unwrap();
+    w.load_state(&initial, &s0).unwrap();
+    let t = w.train(0, &s0, &a0[0], &ds, &mut |_| {}).unwrap().clone();
+    // The wrong round, and a commit of the wrong size.
+    let out = h.send(3, pid(1), commit_msg(5, &t));
+    assert_eq!(rejections(&out), [Reject::WrongRound { got: 5, want: Some(0) }]);
+    let mut short = commit_msg(0, &t);
+    if let Message::Commit { update_len, .. } = &mut short {
+        *update_len -= 1;
+    }
+    let out = h.send(4, pid(2), short);
+    assert!(matches!(rejections(&out)[..], [Reject::BadLength { .. }]));
+    // A good commit, then a different one for the same round: equivocation.
+    h.send(5, pid(1), commit_msg(0, &t));
+    let mut other = commit_msg(0, &t);
+    if let Message::Commit { update, .. } = &mut other {
+        update[0] ^= 1;
+    }
+    let out = h.send(6, pid(1), other);
+    assert_eq!(rejections(&out), [Reject::Equivocation(0)]);
+    // The blob that arrives does not hash to the commit.
+    let out = h.c.fetched(7, pid(1), t.update_hash, Ok(vec![0u8; t.update.len()]));
+    assert!(matches!(&rejections(&out)[..], [Reject::Update(r)] if r.contains("hash")));
+    let accept = out.iter().find_map(|o| match o {
+        Output::Broadcast { message: Message::Accept { accepted, rejected, aggregate, .. } } => {
+            Some((accepted.clone(), rejected.len(), *aggregate))
+        }
+        _ => None,
+    });
+    assert_eq!(accept, Some((vec![], 2, None)), "nothing accepted: the round closes without an aggregate");
+    assert_eq!(h.c.round(), 1);
+}
+
+#[test]
+fn non_finite_and_huge_updates_are_rejected() {
+    let (mut h, w0) = Harness::new(RunConfig { max_update_norm: 10.0, ..cfg() });
+    let n = w0.initial_state().theta.len();
+    let layout = w0.initial_state().layout_hash;
+    h.send(0, pid(1), Message::Join { addrs: vec![] });
+    h.send(0, pid(2), Message::Join { addrs: vec![] });
+    let codec = cfg().update_codec().unwrap();
+    let mut nan = vec![0.0f32; n];
+    nan[3] = f32::NAN;
+    let huge = vec![1.0f32; n];
+    for (p, v) in [(pid(1), nan), (pid(2), huge)] {
+        let blob = encode_update(Algorithm::DiLoCo, codec, layout, 0, &v);
+        let hash = *blake3::hash(&blob).as_bytes();
+        let m = Message::Commit { round: 0, update: hash, update_len: blob.len() as u64, start_hash: [0; 32], end_hash: [0; 32] };
+        h.send(10, p, m);
+        let out = h.c.fetched(20, p, hash, Ok(blob));
+        let r = rejections(&out);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(matches!(&r[0], Reject::Update(_)));
+    }
+    assert_eq!(h.c.round(), 1);
+}
+
+#[test]
+fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
+    let (mut h, _) = Harness::new(RunConfig { round_timeout_ms: 700, silence_ms: 5000, ..cfg() });
+    h.send(0, pid(1), Message::Join { addrs: vec![] });
+    h.send(0, pid(2), Message::Join { addrs: vec![] });
+    assert!(h.c.tick(699).is_empty());
+    let out = h.c.tick(700);
+    assert!(out.contains(&Output::Event(Event::RoundClosed { round: 0, accepted: 0, rejected: 2, reassigned: 2 })));
+    let (r, _, a, _) = round_start(&out).unwrap();
+    assert_eq!(r, 1);
+    assert_eq!(a.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
+}
+
+#[test]
+fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
+    let ds = dataset();
+    let c1 = RunConfig { rounds: 1, ..cfg() };
+    let (mut h, w0) = Harness::new(c1.clone());
+    let initial = w0.initial_state();
+    h.send(0, pid(1), Message::Join { addrs: vec![] });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    let start = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Persist(Record::RoundStarted { start, .. }) => Some(start.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let (_, s0, a0, _) = round_start(&out).unwrap();
+    // The coordinator dies; a new one is restored from what was persisted.
+    let restored = Restored { state: initial.clone(), backlog: vec![], open: Some(start), history: vec![] };
+    let mut c = Coordinator::restore(c1.clone(), restored, 5000).unwrap();
+    // A member reconnects: it is welcomed and re-sent the open round.
+    let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
+    assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Welcome { round: 0, .. }, .. })));
+    assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::RoundStart { round: 0, .. }, .. })));
+    let mut seq = 10;
+    let mut last = Vec::new();
+    for a in &a0 {
+        let mut w = Worker::new(c1.clone()).unwrap();
+        w.load_state(&initial.encode(), &s0).unwrap();
+        let t = w.train(0, &s0, a, &ds, &mut |_| {}).unwrap().clone();
+        seq += 1;
+        c.handle(5200, Signed { sender: a.peer, seq, message: commit_msg(0, &t) });
+        last = c.fetched(5300, a.peer, t.update_hash, Ok(t.update.clone()));
+    }
+    assert!(last.iter().any(|o| matches!(o, Output::Broadcast { message: Message::Done { round: 1, .. } })));
+    assert!(c.is_finished());
+    // A late joiner is told the run is done.
+    let out = c.handle(6000, Signed { sender: pid(9), seq: 1, message: Message::Join { addrs: vec![] } });
+    assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Done { round: 1, .. }, .. })));
+}
+
+#[test]
+fn retraining_a_round_gives_the_same_commit() {
+    let ds = dataset();
+    let mut w = Worker::new(cfg()).unwrap();
+    let g = w.initial_state();
+    let s0 = g.hash();
+    w.load_state(&g.encode(), &s0).unwrap();
+    let a = Assignment { peer: pid(1), data_round: 0, slot: 0 };
+    let first = w.train(0, &s0, &a, &ds, &mut |_| {}).unwrap().clone();
+    // A different unit for the same round restarts from the round's inner state...
+    let b = Assignment { slot: 1, ..a };
+    let other = w.train(0, &s0, &b, &ds, &mut |_| {}).unwrap().clone();
+    assert_ne!(other.update_hash, first.update_hash);
+    assert_eq!(other.start_hash, first.start_hash, "the same inner state starts the round");
+    // ...so training the first unit again reproduces it bit for bit.
+    let again = w.train(0, &s0, &a, &ds, &mut |_| {}).unwrap().clone();
+    assert_eq!(again.update, first.update);
+    // A checkpoint that does not hash to the announced state is refused.
+    assert!(matches!(w.load_state(&g.encode(), &[0; 32]), Err(CoordError::State(_))));
+    let mut bad = g.encode();
+    bad[0] = b'X';
+    let h = *blake3::hash(&bad).as_bytes();
+    assert!(matches!(w.load_state(&bad, &h), Err(CoordError::State(_))));
+}
