@@ -1,1 +1,370 @@
-//! placeholder
+//! # tessera-net
+//!
+//! **Role.** The transport of a networked run, over iroh (QUIC, TLS with the peer's ed25519
+//! key as its identity). It carries two things on one connection per peer pair:
+//! - **control frames** (signed [`tessera_wire`] frames), one per unidirectional stream, read
+//!   with a hard size limit of [`tessera_wire::MAX_FRAME`];
+//! - **blobs** (updates, aggregates, checkpoints), content-addressed: a bidirectional stream
+//!   asks for a BLAKE3 hash, the answer is checked against the announced length limit while
+//!   it streams and against the hash before it is returned.
+//!
+//! Relays, discovery and the port mapper are off: endpoints bind to a direct address (loopback
+//! or a LAN address) and are dialed by `id@ip:port` tickets. For internet runs, iroh's relay
+//! and address lookup can be switched on in [`NetConfig`].
+//!
+//! **Test-only shaping.** This kernel has no `netem`, so [`Shaping`] paces every byte an
+//! endpoint sends through a token bucket at a given rate and adds a one-way delay, to emulate
+//! slow links in tests and benchmarks. It is off unless configured.
+//!
+//! **Invariants.** Every wait is bounded by a named timeout; blob sizes are checked before
+//! allocation; a blob is handed out only after its hash was verified.
+//!
+//! **Must not.** Interpret frames (that is the coordinator's and node's job) or decide
+//! membership.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iroh::endpoint::{presets, Connection, PortmapperConfig, RecvStream, SendStream};
+use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
+use tessera_wire::{Hash32, PeerId, MAX_FRAME};
+use tokio::time::{sleep_until, timeout, Instant};
+
+/// The protocol name both ends must speak.
+pub const ALPN: &[u8] = b"tessera/1";
+/// Largest blob served or fetched.
+pub const MAX_BLOB: u64 = 1 << 30;
+/// Most blobs kept in memory for serving by one endpoint.
+pub const MAX_SERVED_BLOBS: usize = 64;
+/// Time to establish a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to send or receive one control frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time to move one blob (generous: a checkpoint over a shaped link).
+pub const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes paced at a time by the shaper.
+const SHAPE_CHUNK: usize = 64 * 1024;
+
+/// Transport errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("bind: {0}")]
+    Bind(String),
+    #[error("bad ticket {0:?} (expected <64 hex id>@<ip:port>)")]
+    Ticket(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("frame of more than {MAX_FRAME} bytes")]
+    FrameTooLarge,
+    #[error("peer does not have blob {0}")]
+    Missing(String),
+    #[error("blob of {got} bytes exceeds the limit {limit}")]
+    BlobTooLarge { got: u64, limit: u64 },
+    #[error("blob does not hash to {0}")]
+    HashMismatch(String),
+}
+
+/// Test-only link emulation: a token bucket at `rate_bps` plus a one-way `delay_ms`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shaping {
+    pub rate_bps: f64,
+    pub delay_ms: u64,
+}
+
+impl FromStr for Shaping {
+    type Err = String;
+
+    /// `"10mbit,50ms"` (rate in kbit/mbit/gbit, delay in ms).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("bad shaping {s:?}: expected e.g. 10mbit,50ms");
+        let (rate, delay) = s.split_once(',').ok_or_else(err)?;
+        let (num, mult) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)]
+            .iter()
+            .find_map(|(u, m)| rate.strip_suffix(u).map(|n| (n, *m)))
+            .ok_or_else(err)?;
+        let rate_bps = num.trim().parse::<f64>().map_err(|_| err())? * mult;
+        let delay_ms = delay.trim().strip_suffix("ms").ok_or_else(err)?.parse().map_err(|_| err())?;
+        if !(rate_bps.is_finite() && rate_bps > 0.0) {
+            return Err(err());
+        }
+        Ok(Self { rate_bps, delay_ms })
+    }
+}
+
+/// The uplink pacer of one endpoint.
+struct Shaper {
+    cfg: Shaping,
+    free_at: Mutex<Instant>,
+}
+
+impl Shaper {
+    /// Waits until `bytes` more may leave, plus the one-way delay.
+    async fn pace(&self, bytes: usize) {
+        let secs = bytes as f64 * 8.0 / self.cfg.rate_bps;
+        let done = {
+            let mut free = self.free_at.lock().expect("shaper lock");
+            let start = (*free).max(Instant::now());
+            *free = start + Duration::from_secs_f64(secs);
+            *free
+        };
+        sleep_until(done + Duration::from_millis(self.cfg.delay_ms)).await;
+    }
+}
+
+/// How an endpoint is set up.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Socket to bind (default `127.0.0.1:0`).
+    pub bind: SocketAddr,
+    /// Test-only link shaping of everything this endpoint sends.
+    pub shaping: Option<Shaping>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:0".parse().expect("literal"), shaping: None }
+    }
+}
+
+/// Blobs this endpoint serves, by hash (most recent [`MAX_SERVED_BLOBS`]).
+#[derive(Clone, Default)]
+pub struct BlobStore {
+    inner: Arc<Mutex<(HashMap<Hash32, Arc<Vec<u8>>>, Vec<Hash32>)>>,
+}
+
+impl BlobStore {
+    /// Serves `bytes` under their BLAKE3 hash, which is returned.
+    pub fn insert(&self, bytes: Arc<Vec<u8>>) -> Hash32 {
+        let h = *blake3::hash(&bytes).as_bytes();
+        let mut g = self.inner.lock().expect("blob lock");
+        let (map, order) = &mut *g;
+        if map.insert(h, bytes).is_none() {
+            order.push(h);
+        }
+        while order.len() > MAX_SERVED_BLOBS {
+            let old = order.remove(0);
+            map.remove(&old);
+        }
+        h
+    }
+
+    pub fn get(&self, h: &Hash32) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().expect("blob lock").0.get(h).cloned()
+    }
+}
+
+/// One endpoint: identity, socket, served blobs and the shaper.
+#[derive(Clone)]
+pub struct Net {
+    endpoint: Endpoint,
+    blobs: BlobStore,
+    shaper: Option<Arc<Shaper>>,
+}
+
+/// A peer's transport identity as a wire peer id.
+pub fn peer_id(conn: &Connection) -> PeerId {
+    *conn.remote_id().as_bytes()
+}
+
+/// Hex of a hash or id.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses a `<hex id>@<ip:port>` ticket.
+pub fn parse_ticket(t: &str) -> Result<(PeerId, SocketAddr), NetError> {
+    let bad = || NetError::Ticket(t.to_string());
+    let (id, addr) = t.trim().split_once('@').ok_or_else(bad)?;
+    let id = unhex32(id).ok_or_else(bad)?;
+    PublicKey::from_bytes(&id).map_err(|_| bad())?;
+    Ok((id, addr.parse().map_err(|_| bad())?))
+}
+
+impl Net {
+    /// Binds an endpoint whose identity is the ed25519 `secret`.
+    pub async fn bind(secret: [u8; 32], cfg: &NetConfig) -> Result<Self, NetError> {
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(SecretKey::from_bytes(&secret))
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .portmapper_config(PortmapperConfig::Disabled)
+            .clear_ip_transports()
+            .bind_addr(cfg.bind)
+            .map_err(|e| NetError::Bind(e.to_string()))?
+            .alpns(vec![ALPN.to_vec()])
+            .bind()
+            .await
+            .map_err(|e| NetError::Bind(e.to_string()))?;
+        let shaper = cfg.shaping.map(|c| Arc::new(Shaper { cfg: c, free_at: Mutex::new(Instant::now()) }));
+        Ok(Self { endpoint, blobs: BlobStore::default(), shaper })
+    }
+
+    pub fn id(&self) -> PeerId {
+        *self.endpoint.id().as_bytes()
+    }
+
+    /// The bound socket address.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.endpoint.bound_sockets().into_iter().next().ok_or_else(|| NetError::Bind("no socket bound".into()))
+    }
+
+    /// `id@ip:port`, what a node passes to `--join`.
+    pub fn ticket(&self) -> Result<String, NetError> {
+        Ok(format!("{}@{}", hex(&self.id()), self.local_addr()?))
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Dials a peer at a direct address.
+    pub async fn connect(&self, id: PeerId, addr: SocketAddr) -> Result<Connection, NetError> {
+        let pk = PublicKey::from_bytes(&id).map_err(|e| NetError::Connect(e.to_string()))?;
+        let target = EndpointAddr::new(pk).with_ip_addr(addr);
+        timeout(CONNECT_TIMEOUT, self.endpoint.connect(target, ALPN))
+            .await
+            .map_err(|_| NetError::Timeout("connect"))?
+            .map_err(|e| NetError::Connect(e.to_string()))
+    }
+
+    /// The next incoming connection (None once the endpoint is closed).
+    pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
+        let incoming = self.endpoint.accept().await?;
+        let accepting = match incoming.accept() {
+            Ok(a) => a,
+            Err(e) => return Some(Err(NetError::Connect(e.to_string()))),
+        };
+        Some(
+            timeout(CONNECT_TIMEOUT, accepting)
+                .await
+                .map_err(|_| NetError::Timeout("accept"))
+                .and_then(|r| r.map_err(|e| NetError::Connect(e.to_string()))),
+        )
+    }
+
+    /// Closes the endpoint.
+    pub async fn close(&self) {
+        self.endpoint.close().await;
+    }
+
+    async fn write_paced(&self, s: &mut SendStream, bytes: &[u8]) -> Result<(), NetError> {
+        for chunk in bytes.chunks(SHAPE_CHUNK) {
+            if let Some(sh) = &self.shaper {
+                sh.pace(chunk.len()).await;
+            }
+            s.write_all(chunk).await.map_err(|e| NetError::Stream(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Sends one control frame on its own stream.
+    pub async fn send_frame(&self, conn: &Connection, frame: &[u8]) -> Result<(), NetError> {
+        if frame.len() > MAX_FRAME {
+            return Err(NetError::FrameTooLarge);
+        }
+        let go = async {
+            let mut s = conn.open_uni().await.map_err(|e| NetError::Stream(e.to_string()))?;
+            self.write_paced(&mut s, frame).await?;
+            s.finish().map_err(|e| NetError::Stream(e.to_string()))?;
+            Ok(())
+        };
+        timeout(FRAME_TIMEOUT, go).await.map_err(|_| NetError::Timeout("send frame"))?
+    }
+
+    /// Sends raw bytes as a frame without checking them (tests of the receiver's defences).
+    pub async fn send_raw(&self, conn: &Connection, bytes: &[u8]) -> Result<(), NetError> {
+        let mut s = conn.open_uni().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        s.write_all(bytes).await.map_err(|e| NetError::Stream(e.to_string()))?;
+        s.finish().map_err(|e| NetError::Stream(e.to_string()))
+    }
+
+    /// Serves one connection until it closes: control frames go to `on_frame` (an oversized
+    /// frame is reported as `Err(FrameTooLarge)`), blob requests are answered from the store.
+    pub async fn serve(&self, conn: Connection, on_frame: impl Fn(Result<Vec<u8>, NetError>) + Send + Sync + 'static) {
+        let on_frame = Arc::new(on_frame);
+        loop {
+            tokio::select! {
+                uni = conn.accept_uni() => {
+                    let Ok(mut r) = uni else { break };
+                    let cb = on_frame.clone();
+                    tokio::spawn(async move {
+                        let got = timeout(FRAME_TIMEOUT, r.read_to_end(MAX_FRAME)).await;
+                        match got {
+                            Ok(Ok(b)) => cb(Ok(b)),
+                            Ok(Err(iroh::endpoint::ReadToEndError::TooLong)) => cb(Err(NetError::FrameTooLarge)),
+                            Ok(Err(e)) => cb(Err(NetError::Stream(e.to_string()))),
+                            Err(_) => cb(Err(NetError::Timeout("read frame"))),
+                        }
+                    });
+                }
+                bi = conn.accept_bi() => {
+                    let Ok((s, r)) = bi else { break };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = timeout(BLOB_TIMEOUT, me.answer_blob(s, r)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream) -> Result<(), NetError> {
+        let mut h = [0u8; 32];
+        r.read_exact(&mut h).await.map_err(|e| NetError::Stream(e.to_string()))?;
+        match self.blobs.get(&h) {
+            Some(b) => {
+                self.write_paced(&mut s, &[1]).await?;
+                self.write_paced(&mut s, &(b.len() as u64).to_le_bytes()).await?;
+                self.write_paced(&mut s, &b).await?;
+            }
+            None => self.write_paced(&mut s, &[0]).await?,
+        }
+        s.finish().map_err(|e| NetError::Stream(e.to_string()))
+    }
+
+    /// Fetches blob `hash` (at most `limit` bytes) from the peer and verifies it.
+    pub async fn fetch_blob(&self, conn: &Connection, hash: &Hash32, limit: u64) -> Result<Vec<u8>, NetError> {
+        let limit = limit.min(MAX_BLOB);
+        let go = async {
+            let (mut s, mut r) = conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
+            self.write_paced(&mut s, hash).await?;
+            s.finish().map_err(|e| NetError::Stream(e.to_string()))?;
+            let mut head = [0u8; 1];
+            r.read_exact(&mut head).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            if head[0] != 1 {
+                return Err(NetError::Missing(hex(hash)));
+            }
+            let mut len = [0u8; 8];
+            r.read_exact(&mut len).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            let len = u64::from_le_bytes(len);
+            if len > limit {
+                return Err(NetError::BlobTooLarge { got: len, limit });
+            }
+            let mut buf = vec![0u8; len as usize];
+            r.read_exact(&mut buf).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            if blake3::hash(&buf).as_bytes() != hash {
+                return Err(NetError::HashMismatch(hex(hash)));
+            }
+            Ok(buf)
+        };
+        timeout(BLOB_TIMEOUT, go).await.map_err(|_| NetError::Timeout("fetch blob"))?
+    }
+}

@@ -1,0 +1,58 @@
+//! Two endpoints on loopback: frames, verified blobs, limits and tickets.
+
+use std::sync::{Arc, Mutex};
+
+use tessera_net::*;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
+    rt().block_on(async {
+        let a = Net::bind([1; 32], &NetConfig::default()).await.unwrap();
+        let b = Net::bind([2; 32], &NetConfig::default()).await.unwrap();
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        assert_eq!(id, a.id());
+        let got: Arc<Mutex<Vec<Result<Vec<u8>, String>>>> = Arc::default();
+        let sink = got.clone();
+        let server = a.clone();
+        let blob = Arc::new((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let h = a.blobs().insert(blob.clone());
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().unwrap();
+            assert_eq!(peer_id(&conn), *iroh::SecretKey::from_bytes(&[2; 32]).public().as_bytes());
+            server.serve(conn, move |f| sink.lock().unwrap().push(f.map_err(|e| e.to_string()))).await;
+        });
+        let conn = b.connect(id, addr).await.unwrap();
+        assert_eq!(peer_id(&conn), a.id());
+        b.send_frame(&conn, b"hello").await.unwrap();
+        b.send_raw(&conn, &vec![7u8; tessera_wire::MAX_FRAME + 1]).await.unwrap();
+        assert_eq!(*b.fetch_blob(&conn, &h, 1 << 20).await.unwrap(), *blob);
+        assert!(matches!(b.fetch_blob(&conn, &[9; 32], 1 << 20).await, Err(NetError::Missing(_))));
+        assert!(matches!(b.fetch_blob(&conn, &h, 1000).await, Err(NetError::BlobTooLarge { got: 300_000, limit: 1000 })));
+        for _ in 0..100 {
+            if got.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut frames = got.lock().unwrap().clone();
+        frames.sort();
+        assert_eq!(frames[0], Ok(b"hello".to_vec()));
+        assert!(frames[1].as_ref().unwrap_err().contains("frame of more than"));
+    });
+}
+
+#[test]
+fn tickets_and_shaping_specs_parse_or_fail_clearly() {
+    assert!(parse_ticket("nothex@127.0.0.1:4").is_err());
+    assert!(parse_ticket(&format!("{}@nowhere", "ab".repeat(32))).is_err());
+    let s: Shaping = "10mbit,50ms".parse().unwrap();
+    assert_eq!(s, Shaping { rate_bps: 10e6, delay_ms: 50 });
+    assert_eq!("1.5gbit,0ms".parse::<Shaping>().unwrap().rate_bps, 1.5e9);
+    for bad in ["10mbit", "10,50ms", "0mbit,1ms", "10mbit,50"] {
+        assert!(bad.parse::<Shaping>().is_err(), "{bad}");
+    }
+}
