@@ -8,6 +8,7 @@
 
 mod bench;
 mod config;
+mod net;
 mod plot;
 mod sim;
 mod tools;
@@ -41,6 +42,12 @@ enum Cmd {
     Data(tools::DataCmd),
     /// Show a checkpoint's metadata and per-tensor checksums.
     Inspect(tools::InspectArgs),
+    /// Run a coordinator and 4 trainers as local processes (DiLoCo + int8) and summarize.
+    Demo(net::demo::DemoArgs),
+    /// Coordinate a networked run (state in SQLite under --dir; restart resumes it).
+    Coordinator(net::coordinator::CoordinatorArgs),
+    /// Train in a networked run: `tessera node --join <ticket>`.
+    Node(net::node::NodeArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -59,6 +66,9 @@ fn main() -> Result<()> {
         Cmd::Data(d) => tools::data(d),
         Cmd::Inspect(a) => tools::inspect(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Demo(a) => net::demo::run(a),
+        Cmd::Coordinator(a) => net::coordinator::run(a),
+        Cmd::Node(a) => net::node::run(a),
     }
 }
 

@@ -18,6 +18,8 @@ pub const MAX_CONFIG_TEXT: usize = 16 * 1024;
 pub struct RunConfig {
     /// Model preset: tiny | small | base.
     pub preset: String,
+    /// Hex manifest hash of the dataset every trainer must hold ("" = not checked).
+    pub dataset: String,
     /// Seeds the initial model and the data order.
     pub seed: u64,
     /// Outer algorithm. The networked run implements `diloco` so far.
@@ -55,6 +57,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             preset: "tiny".into(),
+            dataset: String::new(),
             seed: 1,
             algo: "diloco".into(),
             codec: "int8".into(),

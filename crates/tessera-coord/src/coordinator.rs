@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use tessera_sync::{decode_update, encode_update, weighted_mean, Algorithm, Codec, Contribution, Expected};
 use tessera_wire::{Assignment, Message};
 
-use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, Signed};
+use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, SeqWindow, Signed};
 
 /// Most peers whose sequence numbers are remembered (members and departed peers).
 pub const MAX_KNOWN_PEERS: usize = 65_536;
@@ -99,7 +99,7 @@ pub struct Coordinator {
     history: BTreeMap<u64, Hash32>,
     /// Members and when each was last heard from.
     members: BTreeMap<PeerId, u64>,
-    seqs: BTreeMap<PeerId, u64>,
+    seqs: BTreeMap<PeerId, SeqWindow>,
     speed_ms: BTreeMap<PeerId, f64>,
     backlog: VecDeque<Unit>,
     open: Option<OpenRound>,
@@ -249,19 +249,15 @@ impl Coordinator {
     /// Membership, sequence and round checks, then the message's effect.
     fn admit(&mut self, now_ms: u64, s: &Signed) -> Result<(), Reject> {
         let from = s.sender;
-        let last = self.seqs.get(&from).copied();
-        if let Some(last) = last {
-            if s.seq <= last {
-                return Err(Reject::Replay { seq: s.seq, last });
-            }
+        let known = self.seqs.contains_key(&from);
+        if !known && self.seqs.len() >= MAX_KNOWN_PEERS {
+            return Err(Reject::Full(self.members.len()));
         }
         let is_join = matches!(s.message, Message::Join { .. });
         if !is_join && !self.members.contains_key(&from) {
             return Err(Reject::NotMember);
         }
-        if last.is_none() && self.seqs.len() >= MAX_KNOWN_PEERS {
-            return Err(Reject::Full(self.members.len()));
-        }
+        self.seqs.entry(from).or_default().check(s.seq)?;
         match &s.message {
             Message::Join { .. } => self.join(now_ms, from)?,
             Message::Heartbeat { .. } => {}
@@ -269,7 +265,6 @@ impl Coordinator {
             Message::StateReport { round, state_hash } => self.report(from, *round, *state_hash),
             other => return Err(Reject::Unexpected(kind(other))),
         }
-        self.seqs.insert(from, s.seq);
         self.members.insert(from, now_ms);
         Ok(())
     }

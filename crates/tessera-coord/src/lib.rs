@@ -24,6 +24,7 @@
 
 mod config;
 mod coordinator;
+mod seq;
 mod state;
 mod worker;
 
@@ -31,6 +32,7 @@ pub use config::{RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
+pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
 pub use worker::{Trained, Worker};

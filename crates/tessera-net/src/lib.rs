@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -166,6 +167,8 @@ pub struct Net {
     endpoint: Endpoint,
     blobs: BlobStore,
     shaper: Option<Arc<Shaper>>,
+    /// Payload bytes sent and received (frames and blobs, both directions of every stream).
+    traffic: Arc<[AtomicU64; 2]>,
 }
 
 /// A peer's transport identity as a wire peer id.
@@ -214,7 +217,7 @@ impl Net {
             .await
             .map_err(|e| NetError::Bind(e.to_string()))?;
         let shaper = cfg.shaping.map(|c| Arc::new(Shaper { cfg: c, free_at: Mutex::new(Instant::now()) }));
-        Ok(Self { endpoint, blobs: BlobStore::default(), shaper })
+        Ok(Self { endpoint, blobs: BlobStore::default(), shaper, traffic: Arc::default() })
     }
 
     pub fn id(&self) -> PeerId {
@@ -229,6 +232,15 @@ impl Net {
     /// `id@ip:port`, what a node passes to `--join`.
     pub fn ticket(&self) -> Result<String, NetError> {
         Ok(format!("{}@{}", hex(&self.id()), self.local_addr()?))
+    }
+
+    /// Payload bytes (sent, received) so far: frames, blob requests and blobs.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.traffic[0].load(Ordering::Relaxed), self.traffic[1].load(Ordering::Relaxed))
+    }
+
+    fn count_recv(&self, n: usize) {
+        self.traffic[1].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -271,6 +283,7 @@ impl Net {
                 sh.pace(chunk.len()).await;
             }
             s.write_all(chunk).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            self.traffic[0].fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -305,10 +318,14 @@ impl Net {
                 uni = conn.accept_uni() => {
                     let Ok(mut r) = uni else { break };
                     let cb = on_frame.clone();
+                    let me = self.clone();
                     tokio::spawn(async move {
                         let got = timeout(FRAME_TIMEOUT, r.read_to_end(MAX_FRAME)).await;
                         match got {
-                            Ok(Ok(b)) => cb(Ok(b)),
+                            Ok(Ok(b)) => {
+                                me.count_recv(b.len());
+                                cb(Ok(b))
+                            }
                             Ok(Err(iroh::endpoint::ReadToEndError::TooLong)) => cb(Err(NetError::FrameTooLarge)),
                             Ok(Err(e)) => cb(Err(NetError::Stream(e.to_string()))),
                             Err(_) => cb(Err(NetError::Timeout("read frame"))),
@@ -329,6 +346,7 @@ impl Net {
     async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream) -> Result<(), NetError> {
         let mut h = [0u8; 32];
         r.read_exact(&mut h).await.map_err(|e| NetError::Stream(e.to_string()))?;
+        self.count_recv(h.len());
         match self.blobs.get(&h) {
             Some(b) => {
                 self.write_paced(&mut s, &[1]).await?;
@@ -360,6 +378,7 @@ impl Net {
             }
             let mut buf = vec![0u8; len as usize];
             r.read_exact(&mut buf).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            self.count_recv(9 + buf.len());
             if blake3::hash(&buf).as_bytes() != hash {
                 return Err(NetError::HashMismatch(hex(hash)));
             }

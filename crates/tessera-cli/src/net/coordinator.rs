@@ -1,0 +1,313 @@
+//! `tessera coordinator`: the round state machine of `tessera-coord` behind a QUIC endpoint,
+//! with its decisions in SQLite. Restarting it with the same `--dir` resumes the run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ed25519_dalek::SigningKey;
+use iroh::endpoint::Connection;
+use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record, RunConfig, Worker};
+use tessera_net::{hex, peer_id, Net, NetConfig, NetError, Shaping};
+use tokio::sync::mpsc;
+
+use super::store::Store;
+use super::{load_or_create_key, Log, Seq, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
+
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// The run's TOML config (see `RunConfig`; every field has a default).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory for the database, blobs, key and ticket (resumed if it holds a run).
+    #[arg(long, default_value = "runs/coordinator")]
+    pub dir: PathBuf,
+    /// Socket to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
+    #[arg(long)]
+    pub shape: Option<Shaping>,
+    /// Dataset whose manifest hash is pinned into the config (skipped if absent).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds to wait after the last round for the nodes' final reports.
+    #[arg(long, default_value_t = 5)]
+    pub linger_s: u64,
+}
+
+enum Input {
+    Frame(PeerId, Result<Vec<u8>, NetError>),
+    Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
+    Connected(PeerId, Connection),
+}
+
+struct Daemon {
+    coord: Coordinator,
+    store: Store,
+    net: Net,
+    key: SigningKey,
+    seq: Seq,
+    outboxes: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    conns: Arc<Mutex<HashMap<PeerId, Connection>>>,
+    tx: mpsc::Sender<Input>,
+    started: Instant,
+    log: Log,
+    final_reports: usize,
+}
+
+pub fn run(a: CoordinatorArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(a))
+}
+
+fn load_config(a: &CoordinatorArgs, store: &Store) -> Result<RunConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => RunConfig::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?,
+        None => RunConfig::default(),
+    };
+    if let (Some(dir), true) = (&a.data_dir, cfg.dataset.is_empty()) {
+        let ds = tessera_data::Dataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
+        cfg.dataset = hex(&ds.manifest_hash());
+    }
+    let text = cfg.to_toml();
+    match store.meta("config")? {
+        Some(old) if old != text.as_bytes() => {
+            bail!("{} holds a run with another config; use a new --dir to start a new run", a.dir.display())
+        }
+        Some(_) => {}
+        None => store.set_meta("config", text.as_bytes())?,
+    }
+    Ok(cfg)
+}
+
+async fn serve(a: CoordinatorArgs) -> Result<()> {
+    let log = Log::new("coordinator");
+    let store = Store::open(&a.dir)?;
+    let cfg = load_config(&a, &store)?;
+    let worker = Worker::new(cfg.clone())?;
+    let initial = worker.initial_state();
+    let (layout, n) = (initial.layout_hash, initial.theta.len());
+    let coord = match store.restore(&layout, n)? {
+        Some(r) => {
+            log.info(&format!("resuming at round {} ({} rounds closed)", r.state.round, r.history.len() - 1));
+            Coordinator::restore(cfg.clone(), r, 0)?
+        }
+        None => {
+            let blob = initial.encode();
+            let h = initial.hash();
+            store.put_blob(&h, &blob)?;
+            store.set_meta("initial_state", &h)?;
+            Coordinator::new(cfg.clone(), initial)?
+        }
+    };
+    let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
+    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape }).await?;
+    if let Ok(b) = store.blob(&coord.state_hash()) {
+        net.blobs().insert(Arc::new(b));
+    }
+    let ticket = net.ticket()?;
+    let tmp = a.dir.join("ticket.tmp");
+    std::fs::write(&tmp, &ticket)?;
+    std::fs::rename(&tmp, a.dir.join("ticket"))?;
+    log.info(&format!("listening; join with: tessera node --join {ticket}"));
+    crate::out(&format!("ticket: {ticket}"));
+    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let mut d = Daemon {
+        coord,
+        store,
+        net: net.clone(),
+        key,
+        seq: Seq::from_clock(),
+        outboxes: HashMap::new(),
+        conns: Arc::default(),
+        tx: tx.clone(),
+        started: Instant::now(),
+        log,
+        final_reports: 0,
+    };
+    tokio::spawn(accept_loop(net.clone(), tx.clone()));
+    let mut ticker = tokio::time::interval(TICK);
+    let mut finished_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            Some(input) = rx.recv() => d.on_input(input)?,
+            _ = ticker.tick() => {
+                let outs = d.coord.tick(d.now_ms());
+                d.execute(outs)?;
+            }
+        }
+        if d.coord.is_finished() {
+            let t = *finished_at.get_or_insert_with(Instant::now);
+            let members = d.coord.members().count();
+            if d.final_reports >= members || t.elapsed() > Duration::from_secs(a.linger_s) {
+                break;
+            }
+        }
+    }
+    let (sent, recv) = d.net.traffic();
+    d.store.set_meta("traffic", &postcard::to_allocvec(&(sent, recv))?)?;
+    d.log.info(&format!("done: {} rounds, state {}", d.coord.round(), hex(&d.coord.state_hash())));
+    crate::out(&format!("state-hash: {}", hex(&d.coord.state_hash())));
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the last frames drain
+    net.close().await;
+    Ok(())
+}
+
+async fn accept_loop(net: Net, tx: mpsc::Sender<Input>) {
+    while let Some(conn) = net.accept().await {
+        let Ok(conn) = conn else { continue };
+        let peer = peer_id(&conn);
+        if tx.send(Input::Connected(peer, conn.clone())).await.is_err() {
+            return;
+        }
+        let (net, tx) = (net.clone(), tx.clone());
+        tokio::spawn(async move {
+            net.serve(conn, move |f| {
+                let _ = tx.try_send(Input::Frame(peer, f));
+            })
+            .await;
+        });
+    }
+}
+
+impl Daemon {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn on_input(&mut self, input: Input) -> Result<()> {
+        let now = self.now_ms();
+        let outs = match input {
+            Input::Connected(peer, conn) => {
+                self.conns.lock().expect("conns").insert(peer, conn.clone());
+                self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
+                return Ok(());
+            }
+            Input::Frame(peer, Err(e)) => {
+                self.log.warn(&format!("frame from {} refused: {e}", short(&peer)));
+                return Ok(());
+            }
+            Input::Frame(peer, Ok(bytes)) => match tessera_wire::decode(&bytes) {
+                Err(e) => {
+                    self.log.warn(&format!("frame from {} refused: {e}", short(&peer)));
+                    return Ok(());
+                }
+                Ok(s) if s.sender != peer => {
+                    self.log.warn(&format!("frame from {} refused: signed by another peer {}", short(&peer), short(&s.sender)));
+                    return Ok(());
+                }
+                Ok(s) => self.coord.handle(now, s),
+            },
+            Input::Fetched(peer, hash, got) => self.coord.fetched(now, peer, hash, got),
+        };
+        self.execute(outs)
+    }
+
+    fn send(&mut self, to: &PeerId, frame: Vec<u8>) {
+        if let Some(ob) = self.outboxes.get(to) {
+            if ob.try_send(frame).is_err() {
+                self.log.warn(&format!("outbox to {} full or closed; message dropped", short(to)));
+            }
+        }
+    }
+
+    fn execute(&mut self, outs: Vec<Output>) -> Result<()> {
+        for o in outs {
+            match o {
+                Output::Send { to, message } => {
+                    let f = tessera_wire::encode(&self.key, self.seq.next(), &message)?;
+                    self.send(&to, f);
+                }
+                Output::Broadcast { message } => {
+                    let f = tessera_wire::encode(&self.key, self.seq.next(), &message)?;
+                    let members: Vec<PeerId> = self.coord.members().copied().collect();
+                    for m in members {
+                        self.send(&m, f.clone());
+                    }
+                }
+                Output::Fetch { from, hash, len } => self.spawn_fetch(from, hash, len),
+                Output::StoreBlob { hash, bytes } => {
+                    self.store.put_blob(&hash, &bytes)?;
+                    self.net.blobs().insert(Arc::new(bytes));
+                }
+                Output::Persist(rec) => {
+                    if let Record::Report { round, .. } = &rec {
+                        if *round == self.coord.config().rounds {
+                            self.final_reports += 1;
+                        }
+                    }
+                    self.store.persist(&rec).context("persisting a decision")?;
+                    if let Record::RoundClosed { .. } = rec {
+                        let (sent, recv) = self.net.traffic();
+                        self.store.set_meta("traffic", &postcard::to_allocvec(&(sent, recv))?)?;
+                    }
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_fetch(&self, from: PeerId, hash: Hash32, len: u64) {
+        let (net, conns, tx) = (self.net.clone(), self.conns.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let mut last = String::from("not connected");
+            for _ in 0..FETCH_ATTEMPTS {
+                let conn = conns.lock().expect("conns").get(&from).cloned();
+                if let Some(c) = conn {
+                    match net.fetch_blob(&c, &hash, len).await {
+                        Ok(b) => {
+                            let _ = tx.send(Input::Fetched(from, hash, Ok(b))).await;
+                            return;
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = tx.send(Input::Fetched(from, hash, Err(last))).await;
+        });
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Joined(p) => self.log.info(&format!("{} joined", short(&p))),
+            Event::Left(p) => self.log.info(&format!("{} left (silent)", short(&p))),
+            Event::Rejected { from, reason } => self.log.warn(&format!("message from {} refused: {reason}", short(&from))),
+            Event::RoundClosed { round, accepted, rejected, reassigned } => self.log.info(&format!(
+                "round {round} closed: {accepted} accepted, {rejected} rejected, {reassigned} units reassigned"
+            )),
+            Event::Disagreement { round, peer, reported, expected } => self.log.warn(&format!(
+                "DISAGREEMENT: {} reports state {} after round {round}, expected {}",
+                short(&peer),
+                hex(&reported),
+                expected.map_or("unknown".into(), |h| hex(&h))
+            )),
+            Event::Finished { round, state_hash } => {
+                self.log.info(&format!("run finished after {round} rounds: {}", hex(&state_hash)))
+            }
+        }
+    }
+}
+
+fn spawn_outbox(net: Net, conn: Connection) -> mpsc::Sender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_OUTBOX);
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if net.send_frame(&conn, &f).await.is_err() && conn.close_reason().is_some() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+pub fn short(p: &[u8]) -> String {
+    hex(&p[..4])
+}
+

@@ -1,0 +1,214 @@
+//! `tessera demo`: a coordinator and N trainers as separate local processes, DiLoCo with int8
+//! updates on the embedded corpus, with a progress bar and a closing summary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tessera_coord::{GlobalState, RunConfig, Worker};
+use tessera_model::{AdamWConfig, Gpt, GptConfig, SampleConfig, Trainer};
+use tessera_net::hex;
+
+use super::node::{embedded_dataset, DEFAULT_DATA_DIR};
+use super::store::Store;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory (its coordinator state is replaced on every run).
+    #[arg(long, default_value = "runs/demo")]
+    pub dir: PathBuf,
+    /// Trainers to start.
+    #[arg(long, default_value_t = 4)]
+    pub peers: usize,
+    /// Run config (TOML) instead of the demo's.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rounds (overrides the config).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Dataset directory (built from the embedded corpus if missing).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
+/// The demo's run: the tiny model, 4 trainers, DiLoCo with int8 updates.
+pub fn demo_config(peers: usize) -> RunConfig {
+    RunConfig { inner_steps: 30, rounds: 15, batch: 8, min_peers: peers, ..RunConfig::default() }
+}
+
+/// Kills the children when dropped, so an error never leaves processes behind.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, name: &str, args: &[String]) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    let out = std::fs::File::create(dir.join(format!("{name}.out")))?;
+    let err = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {name}"))
+}
+
+fn wait_for_file(p: &Path, timeout: Duration) -> Result<String> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            if !s.is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not appear within {:?}", p.display(), timeout)
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let coord_dir = a.dir.join("coordinator");
+    let _ = std::fs::remove_dir_all(&coord_dir);
+    std::fs::create_dir_all(&coord_dir)?;
+    let ds = embedded_dataset(&a.data_dir)?;
+    let mut cfg = match &a.config {
+        Some(p) => RunConfig::from_toml(&std::fs::read_to_string(p)?)?,
+        None => demo_config(a.peers),
+    };
+    if let Some(r) = a.rounds {
+        cfg.rounds = r;
+    }
+    cfg.validate()?;
+    let cfg_path = a.dir.join("run.toml");
+    std::fs::write(&cfg_path, cfg.to_toml())?;
+    let s = |p: &Path| p.display().to_string();
+    let mut kids = Children(Vec::new());
+    let coord_args = ["coordinator", "--config", &s(&cfg_path), "--dir", &s(&coord_dir), "--data-dir", &s(&a.data_dir)];
+    kids.0.push(("coordinator".into(), spawn(&a.dir, "coordinator", &coord_args.map(String::from))?));
+    let ticket = wait_for_file(&coord_dir.join("ticket"), Duration::from_secs(60))?;
+    crate::out(&format!(
+        "demo: coordinator at {ticket}; {} trainers, {} preset, DiLoCo H={} + {} updates, {} rounds",
+        a.peers, cfg.preset, cfg.inner_steps, cfg.codec, cfg.rounds
+    ));
+    for i in 0..a.peers {
+        let key = a.dir.join(format!("node-{i}.key"));
+        let args = ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
+        kids.0.push((format!("node-{i}"), spawn(&a.dir, &format!("node-{i}"), &args.map(String::from))?));
+    }
+    crate::out(&format!("demo: logs in {}", a.dir.display()));
+    let bar = crate::train::make_bar(cfg.rounds, 0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} rounds  {msg}  {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let deadline = Duration::from_secs(a.timeout_s);
+    loop {
+        if let Some(st) = kids.0[0].1.try_wait()? {
+            if !st.success() {
+                bail!("the coordinator failed ({st}); see {}", a.dir.join("coordinator.log").display());
+            }
+            break;
+        }
+        if t0.elapsed() > deadline {
+            bail!("the demo did not finish within {} s", a.timeout_s);
+        }
+        if let Ok(db) = Store::open_read_only(&coord_dir) {
+            let closed: i64 =
+                db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0)).unwrap_or(0);
+            bar.set_position(closed as u64);
+            let acc: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0)).unwrap_or(0);
+            bar.set_message(format!("{acc} updates accepted"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    // Give the nodes a moment to finish, then reap them.
+    let t1 = Instant::now();
+    for (name, c) in kids.0.iter_mut().skip(1) {
+        while c.try_wait()?.is_none() && t1.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if c.try_wait()?.is_none() {
+            eprintln!("demo: {name} still running; stopping it");
+        }
+    }
+    drop(kids);
+    summary(&coord_dir, &cfg, &ds, a.peers, t0.elapsed())
+}
+
+fn summary(coord_dir: &Path, cfg: &RunConfig, ds: &tessera_data::Dataset, peers: usize, took: Duration) -> Result<()> {
+    let db = Store::open_read_only(coord_dir)?;
+    let store = Store::open(coord_dir)?;
+    let rounds: i64 = db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))?;
+    let accepted: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0))?;
+    let (reports, agree): (i64, i64) =
+        db.query_row("SELECT COUNT(*), COALESCE(SUM(agrees), 0) FROM reports", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let last: Vec<u8> = db.query_row(
+        "SELECT state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let traffic: Vec<u8> = db.query_row("SELECT value FROM meta WHERE key = 'traffic'", [], |r| r.get(0))?;
+    let (sent, recv): (u64, u64) = postcard::from_bytes(&traffic)?;
+    let w = Worker::new(cfg.clone())?;
+    let init = w.initial_state();
+    let hash: [u8; 32] = last.as_slice().try_into().context("state hash")?;
+    let fin = GlobalState::decode(&store.blob(&hash)?, &init.layout_hash, init.theta.len())?;
+    let gcfg = GptConfig::preset(&cfg.preset)?;
+    let eval = |theta: &[f32]| -> Result<f64> {
+        let mut g = Gpt::new(gcfg.clone(), cfg.seed)?;
+        g.params.load_flat(theta)?;
+        let tr = Trainer::new(g, AdamWConfig::default())?;
+        let mut s = 0.0;
+        for i in 0..8 {
+            s += f64::from(tr.eval_loss(&ds.val_batch(i, cfg.batch, gcfg.context)?)?);
+        }
+        Ok(s / 8.0)
+    };
+    let (l0, l1) = (eval(&init.theta)?, eval(&fin.theta)?);
+    let n = init.theta.len() as u64;
+    let ddp = accepted as u64 * cfg.inner_steps * 2 * (tessera_sync::HEADER_BYTES as u64 + 4 * n);
+    let moved = sent + recv;
+    let mut g = Gpt::new(gcfg.clone(), cfg.seed)?;
+    g.params.load_flat(&fin.theta)?;
+    let prompt = b"ROMEO:\n";
+    let p: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
+    let out = g.generate(&p, 160, &SampleConfig { temperature: 0.8, top_k: 40, seed: 7 })?;
+    let text: Vec<u8> = prompt.iter().copied().chain(out.iter().map(|&t| t as u8)).collect();
+    let o = crate::out;
+    o("");
+    o(&format!("demo finished in {:.1} s", took.as_secs_f64()));
+    o(&format!("  rounds             {rounds} (of {}), {accepted} updates accepted from {peers} trainers", cfg.rounds));
+    o(&format!("  validation loss    {l0:.4} -> {l1:.4} nats/byte"));
+    o(&format!("  state reports      {agree} of {reports} agree with the coordinator"));
+    o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));
+    o(&format!(
+        "  DDP would move     {:.2} MB for the same steps: {:.0}x more",
+        ddp as f64 / 1e6,
+        ddp as f64 / moved.max(1) as f64
+    ));
+    o(&format!("  final state        {}", hex(&hash)));
+    o("  sample:");
+    for line in String::from_utf8_lossy(&text).lines() {
+        o(&format!("    | {line}"));
+    }
+    if agree != reports {
+        bail!("{} state reports disagreed with the coordinator", reports - agree);
+    }
+    Ok(())
+}

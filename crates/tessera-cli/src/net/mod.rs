@@ -1,0 +1,87 @@
+//! The networked run's daemons: `tessera coordinator`, `tessera node` and `tessera demo`.
+//! They wire the sans-IO state machines of `tessera-coord` to the `tessera-net` transport,
+//! the clock, the disk and the terminal.
+
+pub mod coordinator;
+pub mod demo;
+pub mod node;
+pub mod store;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
+
+/// How often the daemons look at the clock.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Frames queued for one peer before new ones are dropped.
+pub const MAX_OUTBOX: usize = 256;
+/// Tries to fetch one blob.
+pub const FETCH_ATTEMPTS: usize = 5;
+
+/// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if
+/// missing.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+        let t = text.trim();
+        if t.len() != 64 {
+            bail!("{} does not hold a 64-digit hex key", path.display());
+        }
+        let mut b = [0u8; 32];
+        for (i, o) in b.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
+                .with_context(|| format!("{} does not hold a hex key", path.display()))?;
+        }
+        return Ok(SigningKey::from_bytes(&b));
+    }
+    let mut b = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, tessera_net::hex(&b))?;
+    Ok(SigningKey::from_bytes(&b))
+}
+
+/// Outgoing sequence numbers: start at the wall clock in microseconds, so a restarted process
+/// continues above what it sent before, then count up.
+pub struct Seq(std::sync::atomic::AtomicU64);
+
+impl Seq {
+    pub fn from_clock() -> Self {
+        let us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        Self(std::sync::atomic::AtomicU64::new(us))
+    }
+
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+/// Timestamped log lines on stderr.
+#[derive(Clone)]
+pub struct Log {
+    who: String,
+    t0: Instant,
+}
+
+impl Log {
+    pub fn new(who: &str) -> Self {
+        Self { who: who.to_string(), t0: Instant::now() }
+    }
+
+    fn line(&self, level: &str, msg: &str) {
+        eprintln!("{:>8.2}s {level} {}: {msg}", self.t0.elapsed().as_secs_f64(), self.who);
+    }
+
+    pub fn info(&self, msg: &str) {
+        self.line("INFO", msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.line("WARN", msg);
+    }
+}
