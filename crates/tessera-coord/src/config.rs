@@ -38,13 +38,17 @@ pub struct RunConfig {
     pub outer_momentum: f32,
     /// Updates whose decoded L2 norm exceeds this are rejected.
     pub max_update_norm: f32,
-    /// A round starts once this many trainers are members.
+    /// The first round starts once this many trainers are members; later rounds go on with
+    /// whoever is there (at least one).
     pub min_peers: usize,
     /// At most this many trainers per round (members beyond it wait).
     pub max_peers: usize,
     /// Trainers send a heartbeat this often; one silent for `silence_ms` has left.
     pub heartbeat_ms: u64,
     pub silence_ms: u64,
+    /// After a coordinator restart, how long the trainers of the re-opened round have to
+    /// reconnect (on top of `silence_ms`).
+    pub rejoin_grace_ms: u64,
     /// Deadline of a round while some trainer's speed is unknown.
     pub round_timeout_ms: u64,
     /// Adaptive deadlines: `slack ×` the slowest known round time, clamped to these bounds.
@@ -74,6 +78,7 @@ impl Default for RunConfig {
             max_peers: 64,
             heartbeat_ms: 500,
             silence_ms: 4000,
+            rejoin_grace_ms: 15_000,
             round_timeout_ms: 300_000,
             deadline_slack: 3.0,
             min_round_ms: 2000,
@@ -86,7 +91,10 @@ impl RunConfig {
     /// Parses TOML over the defaults and validates it.
     pub fn from_toml(text: &str) -> Result<Self, CoordError> {
         if text.len() > MAX_CONFIG_TEXT {
-            return Err(CoordError::Config(format!("config of {} bytes exceeds {MAX_CONFIG_TEXT}", text.len())));
+            return Err(CoordError::Config(format!(
+                "config of {} bytes exceeds {MAX_CONFIG_TEXT}",
+                text.len()
+            )));
         }
         let cfg: RunConfig = toml::from_str(text).map_err(|e| CoordError::Config(e.to_string()))?;
         cfg.validate()?;
@@ -110,7 +118,9 @@ impl RunConfig {
             "int8" => ValueCodec::Int8,
             "2bit" => ValueCodec::TwoBit,
             "sign" => ValueCodec::Sign,
-            other => return Err(CoordError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)"))),
+            other => {
+                return Err(CoordError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)")))
+            }
         };
         let c = Codec::dense(v, self.chunk);
         c.validate().map_err(|e| CoordError::Config(e.to_string()))?;

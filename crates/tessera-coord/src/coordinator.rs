@@ -24,13 +24,25 @@ pub type Unit = (u64, u64);
 /// What the driver must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Send { to: PeerId, message: Message },
+    Send {
+        to: PeerId,
+        message: Message,
+    },
     /// To every current member.
-    Broadcast { message: Message },
+    Broadcast {
+        message: Message,
+    },
     /// Fetch blob `hash` (exactly `len` bytes) from `from`, then call [`Coordinator::fetched`].
-    Fetch { from: PeerId, hash: Hash32, len: u64 },
+    Fetch {
+        from: PeerId,
+        hash: Hash32,
+        len: u64,
+    },
     /// Store a blob durably and serve it by hash.
-    StoreBlob { hash: Hash32, bytes: Vec<u8> },
+    StoreBlob {
+        hash: Hash32,
+        bytes: Vec<u8>,
+    },
     /// Write a decision durably before going on.
     Persist(Record),
     Event(Event),
@@ -153,15 +165,17 @@ impl Coordinator {
         if round != self.global.round {
             return; // announced before a close that was persisted: stale
         }
+        // Their last contact is dated into the future: a grace to reconnect.
+        let grace = self.cfg.rejoin_grace_ms;
         for a in assignments {
-            self.members.insert(a.peer, now_ms);
+            self.members.insert(a.peer, now_ms + grace);
         }
         self.open = Some(OpenRound {
             round,
             assignments: assignments.clone(),
             slots: assignments.iter().map(|a| (a.peer, Slot::Waiting)).collect(),
-            started_ms: now_ms,
-            deadline_at: now_ms + deadline_ms,
+            started_ms: now_ms + grace,
+            deadline_at: now_ms + grace + deadline_ms,
             start,
         });
     }
@@ -211,13 +225,21 @@ impl Coordinator {
     }
 
     /// The driver fetched (or failed to fetch) a blob asked for by [`Output::Fetch`].
-    pub fn fetched(&mut self, now_ms: u64, from: PeerId, hash: Hash32, got: Result<Vec<u8>, String>) -> Vec<Output> {
+    pub fn fetched(
+        &mut self,
+        now_ms: u64,
+        from: PeerId,
+        hash: Hash32,
+        got: Result<Vec<u8>, String>,
+    ) -> Vec<Output> {
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
             Ok(b) => match decode_update(&b, &self.want) {
                 Ok(d) if d.header.round == self.global.round => Slot::Accepted { hash, values: d.values },
-                Ok(d) => Slot::Rejected(Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string()),
+                Ok(d) => Slot::Rejected(
+                    Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string(),
+                ),
                 Err(e) => Slot::Rejected(Reject::Update(e.to_string()).to_string()),
             },
         };
@@ -261,7 +283,9 @@ impl Coordinator {
         match &s.message {
             Message::Join { .. } => self.join(now_ms, from)?,
             Message::Heartbeat { .. } => {}
-            Message::Commit { round, update, update_len, .. } => self.commit(now_ms, from, *round, update, *update_len)?,
+            Message::Commit { round, update, update_len, .. } => {
+                self.commit(now_ms, from, *round, update, *update_len)?
+            }
             Message::StateReport { round, state_hash } => self.report(from, *round, *state_hash),
             other => return Err(Reject::Unexpected(kind(other))),
         }
@@ -296,7 +320,14 @@ impl Coordinator {
         Ok(())
     }
 
-    fn commit(&mut self, now_ms: u64, from: PeerId, round: u64, update: &Hash32, len: u64) -> Result<(), Reject> {
+    fn commit(
+        &mut self,
+        now_ms: u64,
+        from: PeerId,
+        round: u64,
+        update: &Hash32,
+        len: u64,
+    ) -> Result<(), Reject> {
         let open_round = self.open.as_ref().map(|o| o.round);
         let open = match self.open.as_mut() {
             Some(o) if o.round == round => o,
@@ -362,7 +393,8 @@ impl Coordinator {
                 }
             }
         }
-        if self.open.is_none() && !self.finished && self.members.len() >= self.cfg.min_peers {
+        let quorum = if self.global.round == 0 { self.cfg.min_peers } else { 1 };
+        if self.open.is_none() && !self.finished && self.members.len() >= quorum {
             self.start(now_ms);
         }
     }
@@ -427,12 +459,19 @@ impl Coordinator {
         for (peer, slot) in open.slots {
             match slot {
                 Slot::Accepted { values, .. } => {
-                    contribs.push(Contribution { peer: accepted.len() as u64, weight: 1.0, values, support: None });
+                    contribs.push(Contribution {
+                        peer: accepted.len() as u64,
+                        weight: 1.0,
+                        values,
+                        support: None,
+                    });
                     accepted.push(peer);
                 }
                 Slot::Rejected(r) => rejected.push((peer, truncate(r))),
                 Slot::Waiting => rejected.push((peer, "no commit before the round closed".into())),
-                Slot::Fetching { .. } => rejected.push((peer, "update not fetched before the deadline".into())),
+                Slot::Fetching { .. } => {
+                    rejected.push((peer, "update not fetched before the deadline".into()))
+                }
             }
         }
         let mut reassigned = 0;
@@ -461,7 +500,13 @@ impl Coordinator {
         }
         self.out.push(Output::StoreBlob { hash: self.state_hash, bytes: state_blob });
         let (n_acc, n_rej) = (accepted.len(), rejected.len());
-        let accept = Message::Accept { round, accepted, rejected, aggregate: agg_hash, next_state_hash: self.state_hash };
+        let accept = Message::Accept {
+            round,
+            accepted,
+            rejected,
+            aggregate: agg_hash,
+            next_state_hash: self.state_hash,
+        };
         let backlog = self.backlog.iter().copied().collect();
         self.out.push(Output::Persist(Record::RoundClosed {
             round,

@@ -90,7 +90,13 @@ impl GlobalState {
     /// Closes the round: decodes the aggregate blob (if any update was accepted) and applies
     /// DiLoCo's Nesterov outer step. Coordinator and trainers call this same function, so an
     /// honest peer's state hash can only differ through its arithmetic.
-    pub fn apply(&mut self, aggregate: Option<&[u8]>, want: &Expected, lr: f32, mu: f32) -> Result<(), CoordError> {
+    pub fn apply(
+        &mut self,
+        aggregate: Option<&[u8]>,
+        want: &Expected,
+        lr: f32,
+        mu: f32,
+    ) -> Result<(), CoordError> {
         if let Some(blob) = aggregate {
             let d = decode_update(blob, want)?;
             if d.header.round != self.round {

@@ -115,9 +115,10 @@ impl Worker {
         on_step: &mut dyn FnMut(u64),
     ) -> Result<&Trained, CoordError> {
         let key = (unit.data_round, unit.slot);
-        let hit = self.cached.as_ref().is_some_and(|c| {
-            c.round == round && &c.start_state == start_state && c.unit == key
-        });
+        let hit = self
+            .cached
+            .as_ref()
+            .is_some_and(|c| c.round == round && &c.start_state == start_state && c.unit == key);
         if !hit {
             let t = self.train_fresh(round, start_state, key, ds, on_step)?;
             self.cached = Some(t);
@@ -135,11 +136,18 @@ impl Worker {
     ) -> Result<Trained, CoordError> {
         let (g, h) = self.global.as_ref().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;
         if g.round != round || h != start_state {
-            return Err(CoordError::NotSynced(format!("holding round {}, asked to train round {round}", g.round)));
+            return Err(CoordError::NotSynced(format!(
+                "holding round {}, asked to train round {round}",
+                g.round
+            )));
         }
         let h_steps = self.cfg.h();
         let tr = self.trainer.get_or_insert_with(|| {
-            let mut t = Trainer { model: self.model.clone(), opt: OptState::new(&self.model.params), cfg: self.inner.clone() };
+            let mut t = Trainer {
+                model: self.model.clone(),
+                opt: OptState::new(&self.model.params),
+                cfg: self.inner.clone(),
+            };
             // A trainer that joins late follows the run's learning-rate schedule.
             t.opt.step = round * h_steps;
             t
@@ -177,7 +185,10 @@ impl Worker {
         let (lr, mu) = (self.cfg.outer_lr, self.cfg.outer_momentum);
         let (g, h) = self.global.as_mut().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;
         if g.round != round {
-            return Err(CoordError::NotSynced(format!("holding round {}, asked to close round {round}", g.round)));
+            return Err(CoordError::NotSynced(format!(
+                "holding round {}, asked to close round {round}",
+                g.round
+            )));
         }
         let mut next = g.clone();
         next.apply(aggregate, &want, lr, mu)?;

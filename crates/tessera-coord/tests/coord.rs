@@ -69,9 +69,9 @@ fn rejections(out: &[Output]) -> Vec<Reject> {
 
 fn round_start(out: &[Output]) -> Option<(u64, Hash32, Vec<Assignment>, u64)> {
     out.iter().find_map(|o| match o {
-        Output::Broadcast { message: Message::RoundStart { round, state_hash, assignments, deadline_ms, .. } } => {
-            Some((*round, *state_hash, assignments.clone(), *deadline_ms))
-        }
+        Output::Broadcast {
+            message: Message::RoundStart { round, state_hash, assignments, deadline_ms, .. },
+        } => Some((*round, *state_hash, assignments.clone(), *deadline_ms)),
         _ => None,
     })
 }
@@ -95,12 +95,16 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     let ds = dataset();
     let (mut h, w0) = Harness::new(cfg());
     let initial = w0.initial_state().encode();
-    assert!(h.send(0, pid(1), Message::Join { addrs: vec![] }).iter().all(|o| !matches!(o, Output::Broadcast { .. })));
+    assert!(h
+        .send(0, pid(1), Message::Join { addrs: vec![] })
+        .iter()
+        .all(|o| !matches!(o, Output::Broadcast { .. })));
     let out = h.send(10, pid(2), Message::Join { addrs: vec![] });
     let (round, s0, assignments, deadline) = round_start(&out).expect("two members start a round");
     assert_eq!((round, deadline), (0, 60_000), "unknown speeds get the configured timeout");
     let persisted = index_of(&out, |o| matches!(o, Output::Persist(Record::RoundStarted { .. })));
-    let announced = index_of(&out, |o| matches!(o, Output::Broadcast { message: Message::RoundStart { .. } }));
+    let announced =
+        index_of(&out, |o| matches!(o, Output::Broadcast { message: Message::RoundStart { .. } }));
     assert!(persisted < announced, "decisions are written before they are announced");
     assert_eq!(assignments.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
 
@@ -153,7 +157,12 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     assert_eq!(d1, (391.0 * 3.0) as u64, "slack × the slowest peer's 391 ms (round began at 10)");
     // Reports: agreement is recorded, disagreement flagged and answered with the pointer.
     let ok = h.send(500, pid(1), Message::StateReport { round: 1, state_hash: next });
-    assert!(ok.contains(&Output::Persist(Record::Report { round: 1, peer: pid(1), state_hash: next, agrees: true })));
+    assert!(ok.contains(&Output::Persist(Record::Report {
+        round: 1,
+        peer: pid(1),
+        state_hash: next,
+        agrees: true
+    })));
     let bad = h.send(500, pid(2), Message::StateReport { round: 1, state_hash: [9; 32] });
     assert!(bad.iter().any(|o| matches!(o, Output::Event(Event::Disagreement { round: 1, .. }))));
     assert!(bad.iter().any(|o| matches!(o, Output::Send { message: Message::CheckpointPointer { .. }, .. })));
@@ -177,16 +186,34 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     assert!(h.c.tick(900).is_empty(), "peer 2 is not silent yet");
     let out = h.c.tick(1001);
     assert!(out.contains(&Output::Event(Event::Left(pid(2)))));
-    assert!(out.contains(&Output::Event(Event::RoundClosed { round: 0, accepted: 1, rejected: 1, reassigned: 1 })));
-    assert_eq!(h.c.backlog().count(), 1);
-    // A new peer joins; the next round hands out the missed unit (0, 1) before fresh data.
-    h.send(1100, pid(1), Message::Heartbeat { round: 1, step: 0 });
-    let out = h.send(1100, pid(3), Message::Join { addrs: vec![] });
+    assert!(out.contains(&Output::Event(Event::RoundClosed {
+        round: 0,
+        accepted: 1,
+        rejected: 1,
+        reassigned: 1
+    })));
+    // After the first round one member is enough: the next round goes on at once and hands
+    // out the missed unit (0, 1) before fresh data.
     let (r, _, a1, _) = round_start(&out).unwrap();
     assert_eq!(r, 1);
     let units: Vec<_> = a1.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
-    assert_eq!(units, [(pid(1), 0, 1), (pid(3), 1, 0)]);
+    assert_eq!(units, [(pid(1), 0, 1)]);
     assert_eq!(h.c.backlog().count(), 0);
+    // A peer joining mid-round waits for the next round, which gives it fresh data.
+    let out = h.send(1100, pid(3), Message::Join { addrs: vec![] });
+    assert!(round_start(&out).is_none());
+    let t1 = {
+        let s1 = h.c.state_hash();
+        let blob = h.c.global().encode();
+        w.load_state(&blob, &s1).unwrap();
+        w.train(1, &s1, &a1[0], &ds, &mut |_| {}).unwrap().clone()
+    };
+    h.send(1200, pid(1), commit_msg(1, &t1));
+    let out = h.c.fetched(1210, pid(1), t1.update_hash, Ok(t1.update.clone()));
+    let (r, _, a2, _) = round_start(&out).unwrap();
+    assert_eq!(r, 2);
+    let units: Vec<_> = a2.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
+    assert_eq!(units, [(pid(1), 2, 0), (pid(3), 2, 1)]);
 }
 
 #[test]
@@ -195,13 +222,15 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     let (mut h, w0) = Harness::new(cfg());
     let initial = w0.initial_state().encode();
     // Not a member yet.
-    let out = h.c.handle(0, Signed { sender: pid(7), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
+    let out =
+        h.c.handle(0, Signed { sender: pid(7), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
     assert_eq!(rejections(&out), [Reject::NotMember]);
     h.send(0, pid(1), Message::Join { addrs: vec![] });
     let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // Replay: an old sequence number.
-    let out = h.c.handle(1, Signed { sender: pid(1), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
+    let out =
+        h.c.handle(1, Signed { sender: pid(1), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
     assert_eq!(rejections(&out), [Reject::Replay { seq: 1, last: 1 }]);
     // Peers may not announce rounds.
     let out = h.send(2, pid(1), Message::Done { round: 0, state_hash: s0 });
@@ -253,7 +282,13 @@ fn non_finite_and_huge_updates_are_rejected() {
     for (p, v) in [(pid(1), nan), (pid(2), huge)] {
         let blob = encode_update(Algorithm::DiLoCo, codec, layout, 0, &v);
         let hash = *blake3::hash(&blob).as_bytes();
-        let m = Message::Commit { round: 0, update: hash, update_len: blob.len() as u64, start_hash: [0; 32], end_hash: [0; 32] };
+        let m = Message::Commit {
+            round: 0,
+            update: hash,
+            update_len: blob.len() as u64,
+            start_hash: [0; 32],
+            end_hash: [0; 32],
+        };
         h.send(10, p, m);
         let out = h.c.fetched(20, p, hash, Ok(blob));
         let r = rejections(&out);
@@ -270,7 +305,12 @@ fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
     h.send(0, pid(2), Message::Join { addrs: vec![] });
     assert!(h.c.tick(699).is_empty());
     let out = h.c.tick(700);
-    assert!(out.contains(&Output::Event(Event::RoundClosed { round: 0, accepted: 0, rejected: 2, reassigned: 2 })));
+    assert!(out.contains(&Output::Event(Event::RoundClosed {
+        round: 0,
+        accepted: 0,
+        rejected: 2,
+        reassigned: 2
+    })));
     let (r, _, a, _) = round_start(&out).unwrap();
     assert_eq!(r, 1);
     assert_eq!(a.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
@@ -298,14 +338,14 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
     // A member reconnects: it is welcomed and re-sent the open round.
     let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Welcome { round: 0, .. }, .. })));
-    assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::RoundStart { round: 0, .. }, .. })));
-    let mut seq = 10;
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Send { message: Message::RoundStart { round: 0, .. }, .. })));
     let mut last = Vec::new();
-    for a in &a0 {
+    for (seq, a) in (11..).zip(&a0) {
         let mut w = Worker::new(c1.clone()).unwrap();
         w.load_state(&initial.encode(), &s0).unwrap();
         let t = w.train(0, &s0, a, &ds, &mut |_| {}).unwrap().clone();
-        seq += 1;
         c.handle(5200, Signed { sender: a.peer, seq, message: commit_msg(0, &t) });
         last = c.fetched(5300, a.peer, t.update_hash, Ok(t.update.clone()));
     }

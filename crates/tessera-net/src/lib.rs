@@ -2,8 +2,10 @@
 //!
 //! **Role.** The transport of a networked run, over iroh (QUIC, TLS with the peer's ed25519
 //! key as its identity). It carries two things on one connection per peer pair:
-//! - **control frames** (signed [`tessera_wire`] frames), one per unidirectional stream, read
-//!   with a hard size limit of [`tessera_wire::MAX_FRAME`];
+//! - **control frames** (signed [`tessera_wire`] frames) on one long-lived unidirectional
+//!   stream per direction, each prefixed by its u32 length, so frames arrive in the order they
+//!   were sent; a length over [`tessera_wire::MAX_FRAME`] is refused before allocating and
+//!   ends that stream;
 //! - **blobs** (updates, aggregates, checkpoints), content-addressed: a bidirectional stream
 //!   asks for a BLAKE3 hash, the answer is checked against the announced length limit while
 //!   it streams and against the hash before it is returned.
@@ -29,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iroh::endpoint::{presets, Connection, PortmapperConfig, RecvStream, SendStream};
+use iroh::endpoint::{presets, Connection, PortmapperConfig, QuicTransportConfig, RecvStream, SendStream};
 use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
 use tessera_wire::{Hash32, PeerId, MAX_FRAME};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -46,6 +48,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time to move one blob (generous: a checkpoint over a shaped link).
 pub const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection with no packets for this long is dead (keep-alives every [`KEEP_ALIVE`]).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// Bytes paced at a time by the shaper.
 const SHAPE_CHUNK: usize = 64 * 1024;
 
@@ -134,10 +139,13 @@ impl Default for NetConfig {
     }
 }
 
+/// Served blobs by hash, and their hashes oldest first.
+type Served = (HashMap<Hash32, Arc<Vec<u8>>>, Vec<Hash32>);
+
 /// Blobs this endpoint serves, by hash (most recent [`MAX_SERVED_BLOBS`]).
 #[derive(Clone, Default)]
 pub struct BlobStore {
-    inner: Arc<Mutex<(HashMap<Hash32, Arc<Vec<u8>>>, Vec<Hash32>)>>,
+    inner: Arc<Mutex<Served>>,
 }
 
 impl BlobStore {
@@ -169,6 +177,8 @@ pub struct Net {
     shaper: Option<Arc<Shaper>>,
     /// Payload bytes sent and received (frames and blobs, both directions of every stream).
     traffic: Arc<[AtomicU64; 2]>,
+    /// The outgoing control stream of each connection (by connection id).
+    control: Arc<Mutex<HashMap<usize, Arc<tokio::sync::Mutex<SendStream>>>>>,
 }
 
 /// A peer's transport identity as a wire peer id.
@@ -204,7 +214,15 @@ pub fn parse_ticket(t: &str) -> Result<(PeerId, SocketAddr), NetError> {
 impl Net {
     /// Binds an endpoint whose identity is the ed25519 `secret`.
     pub async fn bind(secret: [u8; 32], cfg: &NetConfig) -> Result<Self, NetError> {
+        let idle = IDLE_TIMEOUT.try_into().map_err(|_| NetError::Bind("idle timeout out of range".into()))?;
+        let transport = QuicTransportConfig::builder()
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(KEEP_ALIVE)
+            .default_path_max_idle_timeout(IDLE_TIMEOUT)
+            .default_path_keep_alive_interval(KEEP_ALIVE)
+            .build();
         let endpoint = Endpoint::builder(presets::Minimal)
+            .transport_config(transport)
             .secret_key(SecretKey::from_bytes(&secret))
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
@@ -217,7 +235,13 @@ impl Net {
             .await
             .map_err(|e| NetError::Bind(e.to_string()))?;
         let shaper = cfg.shaping.map(|c| Arc::new(Shaper { cfg: c, free_at: Mutex::new(Instant::now()) }));
-        Ok(Self { endpoint, blobs: BlobStore::default(), shaper, traffic: Arc::default() })
+        Ok(Self {
+            endpoint,
+            blobs: BlobStore::default(),
+            shaper,
+            traffic: Arc::default(),
+            control: Arc::default(),
+        })
     }
 
     pub fn id(&self) -> PeerId {
@@ -226,7 +250,11 @@ impl Net {
 
     /// The bound socket address.
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
-        self.endpoint.bound_sockets().into_iter().next().ok_or_else(|| NetError::Bind("no socket bound".into()))
+        self.endpoint
+            .bound_sockets()
+            .into_iter()
+            .next()
+            .ok_or_else(|| NetError::Bind("no socket bound".into()))
     }
 
     /// `id@ip:port`, what a node passes to `--join`.
@@ -288,49 +316,87 @@ impl Net {
         Ok(())
     }
 
-    /// Sends one control frame on its own stream.
+    async fn control_stream(
+        &self,
+        conn: &Connection,
+    ) -> Result<Arc<tokio::sync::Mutex<SendStream>>, NetError> {
+        let id = conn.stable_id();
+        if let Some(s) = self.control.lock().expect("control lock").get(&id) {
+            return Ok(s.clone());
+        }
+        let s = conn.open_uni().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        let s = Arc::new(tokio::sync::Mutex::new(s));
+        Ok(self.control.lock().expect("control lock").entry(id).or_insert(s).clone())
+    }
+
+    /// Sends one control frame, in order after those sent before it on this connection.
     pub async fn send_frame(&self, conn: &Connection, frame: &[u8]) -> Result<(), NetError> {
         if frame.len() > MAX_FRAME {
             return Err(NetError::FrameTooLarge);
         }
         let go = async {
-            let mut s = conn.open_uni().await.map_err(|e| NetError::Stream(e.to_string()))?;
-            self.write_paced(&mut s, frame).await?;
-            s.finish().map_err(|e| NetError::Stream(e.to_string()))?;
-            Ok(())
+            let s = self.control_stream(conn).await?;
+            let mut s = s.lock().await;
+            self.write_paced(&mut s, &(frame.len() as u32).to_le_bytes()).await?;
+            self.write_paced(&mut s, frame).await
         };
-        timeout(FRAME_TIMEOUT, go).await.map_err(|_| NetError::Timeout("send frame"))?
+        let r = timeout(FRAME_TIMEOUT, go).await.map_err(|_| NetError::Timeout("send frame")).and_then(|r| r);
+        if r.is_err() {
+            self.control.lock().expect("control lock").remove(&conn.stable_id());
+        }
+        r
     }
 
-    /// Sends raw bytes as a frame without checking them (tests of the receiver's defences).
-    pub async fn send_raw(&self, conn: &Connection, bytes: &[u8]) -> Result<(), NetError> {
+    /// Sends `bytes` behind the length `declared` on a fresh stream, unchecked (tests of the
+    /// receiver's defences).
+    pub async fn send_raw(&self, conn: &Connection, declared: u32, bytes: &[u8]) -> Result<(), NetError> {
         let mut s = conn.open_uni().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        s.write_all(&declared.to_le_bytes()).await.map_err(|e| NetError::Stream(e.to_string()))?;
         s.write_all(bytes).await.map_err(|e| NetError::Stream(e.to_string()))?;
         s.finish().map_err(|e| NetError::Stream(e.to_string()))
     }
 
-    /// Serves one connection until it closes: control frames go to `on_frame` (an oversized
-    /// frame is reported as `Err(FrameTooLarge)`), blob requests are answered from the store.
-    pub async fn serve(&self, conn: Connection, on_frame: impl Fn(Result<Vec<u8>, NetError>) + Send + Sync + 'static) {
-        let on_frame = Arc::new(on_frame);
+    /// Reads length-prefixed frames from one control stream, in order, until it ends.
+    async fn read_frames(&self, mut r: RecvStream, cb: Arc<dyn Fn(Result<Vec<u8>, NetError>) + Send + Sync>) {
+        loop {
+            let mut len = [0u8; 4];
+            match r.read_exact(&mut len).await {
+                Ok(()) => {}
+                Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return,
+                Err(e) => return cb(Err(NetError::Stream(e.to_string()))),
+            }
+            let n = u32::from_le_bytes(len) as usize;
+            if n > MAX_FRAME {
+                let _ = r.stop(0u32.into());
+                return cb(Err(NetError::FrameTooLarge));
+            }
+            let mut buf = vec![0u8; n];
+            match timeout(FRAME_TIMEOUT, r.read_exact(&mut buf)).await {
+                Ok(Ok(())) => {
+                    self.count_recv(4 + n);
+                    cb(Ok(buf));
+                }
+                Ok(Err(e)) => return cb(Err(NetError::Stream(e.to_string()))),
+                Err(_) => return cb(Err(NetError::Timeout("read frame"))),
+            }
+        }
+    }
+
+    /// Serves one connection until it closes: control frames go to `on_frame` in the order
+    /// they were sent (an oversized frame is reported as `Err(FrameTooLarge)`), blob requests
+    /// are answered from the store.
+    pub async fn serve(
+        &self,
+        conn: Connection,
+        on_frame: impl Fn(Result<Vec<u8>, NetError>) + Send + Sync + 'static,
+    ) {
+        let on_frame: Arc<dyn Fn(Result<Vec<u8>, NetError>) + Send + Sync> = Arc::new(on_frame);
         loop {
             tokio::select! {
                 uni = conn.accept_uni() => {
-                    let Ok(mut r) = uni else { break };
-                    let cb = on_frame.clone();
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let got = timeout(FRAME_TIMEOUT, r.read_to_end(MAX_FRAME)).await;
-                        match got {
-                            Ok(Ok(b)) => {
-                                me.count_recv(b.len());
-                                cb(Ok(b))
-                            }
-                            Ok(Err(iroh::endpoint::ReadToEndError::TooLong)) => cb(Err(NetError::FrameTooLarge)),
-                            Ok(Err(e)) => cb(Err(NetError::Stream(e.to_string()))),
-                            Err(_) => cb(Err(NetError::Timeout("read frame"))),
-                        }
-                    });
+                    let Ok(r) = uni else { break };
+                    let (me, cb) = (self.clone(), on_frame.clone());
+                    tokio::spawn(async move { me.read_frames(r, cb).await });
                 }
                 bi = conn.accept_bi() => {
                     let Ok((s, r)) = bi else { break };
@@ -341,6 +407,7 @@ impl Net {
                 }
             }
         }
+        self.control.lock().expect("control lock").remove(&conn.stable_id());
     }
 
     async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream) -> Result<(), NetError> {
@@ -359,7 +426,12 @@ impl Net {
     }
 
     /// Fetches blob `hash` (at most `limit` bytes) from the peer and verifies it.
-    pub async fn fetch_blob(&self, conn: &Connection, hash: &Hash32, limit: u64) -> Result<Vec<u8>, NetError> {
+    pub async fn fetch_blob(
+        &self,
+        conn: &Connection,
+        hash: &Hash32,
+        limit: u64,
+    ) -> Result<Vec<u8>, NetError> {
         let limit = limit.min(MAX_BLOB);
         let go = async {
             let (mut s, mut r) = conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;

@@ -15,7 +15,8 @@ fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
         let b = Net::bind([2; 32], &NetConfig::default()).await.unwrap();
         let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
         assert_eq!(id, a.id());
-        let got: Arc<Mutex<Vec<Result<Vec<u8>, String>>>> = Arc::default();
+        type Frames = Vec<Result<Vec<u8>, String>>;
+        let got: Arc<Mutex<Frames>> = Arc::default();
         let sink = got.clone();
         let server = a.clone();
         let blob = Arc::new((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
@@ -28,20 +29,24 @@ fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
         let conn = b.connect(id, addr).await.unwrap();
         assert_eq!(peer_id(&conn), a.id());
         b.send_frame(&conn, b"hello").await.unwrap();
-        b.send_raw(&conn, &vec![7u8; tessera_wire::MAX_FRAME + 1]).await.unwrap();
+        b.send_frame(&conn, b"world").await.unwrap();
+        b.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 1, &[7u8; 16]).await.unwrap();
         assert_eq!(*b.fetch_blob(&conn, &h, 1 << 20).await.unwrap(), *blob);
         assert!(matches!(b.fetch_blob(&conn, &[9; 32], 1 << 20).await, Err(NetError::Missing(_))));
-        assert!(matches!(b.fetch_blob(&conn, &h, 1000).await, Err(NetError::BlobTooLarge { got: 300_000, limit: 1000 })));
+        assert!(matches!(
+            b.fetch_blob(&conn, &h, 1000).await,
+            Err(NetError::BlobTooLarge { got: 300_000, limit: 1000 })
+        ));
         for _ in 0..100 {
-            if got.lock().unwrap().len() == 2 {
+            if got.lock().unwrap().len() == 3 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut frames = got.lock().unwrap().clone();
-        frames.sort();
-        assert_eq!(frames[0], Ok(b"hello".to_vec()));
-        assert!(frames[1].as_ref().unwrap_err().contains("frame of more than"));
+        let frames = got.lock().unwrap().clone();
+        let ok: Vec<_> = frames.iter().filter_map(|f| f.clone().ok()).collect();
+        assert_eq!(ok, [b"hello".to_vec(), b"world".to_vec()], "frames arrive in order");
+        assert!(frames.iter().any(|f| f.as_ref().is_err_and(|e| e.contains("frame of more than"))));
     });
 }
 

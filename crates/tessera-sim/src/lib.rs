@@ -5,6 +5,9 @@
 //! latency that counts every byte. Peers train the real model on their assigned batches and
 //! exchange real encoded updates, which are decoded and validated as a network peer would.
 //!
+//! [`ProtocolSim`] runs the networked run's protocol instead: the coordinator and trainers of
+//! `tessera-coord`, exchanging real messages and blobs, with scripted joins and crashes.
+//!
 //! **Invariants.** A run is a pure function of its config and dataset: the same seed gives the
 //! same bits (peers train in parallel, but each peer's work is independent and aggregation is
 //! in peer-id order). Simulated time never depends on the host's speed.
@@ -13,10 +16,12 @@
 
 mod config;
 mod net;
+mod protocol;
 mod run;
 
 pub use config::{SimConfig, MAX_PEERS};
 pub use net::{Link, Network};
+pub use protocol::{ProtocolSim, MAX_IDLE_TICKS};
 pub use run::{RoundReport, Sim};
 
 /// Why a simulation could not run.

@@ -32,7 +32,13 @@ fn message() -> impl Strategy<Value = Message> {
                 Message::Commit { round, update, update_len, start_hash, end_hash }
             }
         ),
-        (any::<u64>(), ids, proptest::collection::vec((id(), "[ -~]{0,60}"), 0..6), any::<Option<[u8; 32]>>(), id())
+        (
+            any::<u64>(),
+            ids,
+            proptest::collection::vec((id(), "[ -~]{0,60}"), 0..6),
+            any::<Option<[u8; 32]>>(),
+            id()
+        )
             .prop_map(|(round, accepted, rejected, aggregate, next_state_hash)| Message::Accept {
                 round,
                 accepted,

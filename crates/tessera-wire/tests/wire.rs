@@ -53,7 +53,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             round,
             rejected: ids.iter().map(|p| (*p, "norm too large".to_string())).collect(),
             accepted: ids,
-            aggregate: (i % 2 == 0).then(|| h(r, i + 5)),
+            aggregate: i.is_multiple_of(2).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),
         },
         6 => Message::StateReport { round, state_hash: h(r, i) },

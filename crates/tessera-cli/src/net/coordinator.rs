@@ -67,11 +67,14 @@ pub fn run(a: CoordinatorArgs) -> Result<()> {
 
 fn load_config(a: &CoordinatorArgs, store: &Store) -> Result<RunConfig> {
     let mut cfg = match &a.config {
-        Some(p) => RunConfig::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?,
+        Some(p) => RunConfig::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?,
         None => RunConfig::default(),
     };
     if let (Some(dir), true) = (&a.data_dir, cfg.dataset.is_empty()) {
-        let ds = tessera_data::Dataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
+        let ds =
+            tessera_data::Dataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
         cfg.dataset = hex(&ds.manifest_hash());
     }
     let text = cfg.to_toml();
@@ -198,7 +201,11 @@ impl Daemon {
                     return Ok(());
                 }
                 Ok(s) if s.sender != peer => {
-                    self.log.warn(&format!("frame from {} refused: signed by another peer {}", short(&peer), short(&s.sender)));
+                    self.log.warn(&format!(
+                        "frame from {} refused: signed by another peer {}",
+                        short(&peer),
+                        short(&s.sender)
+                    ));
                     return Ok(());
                 }
                 Ok(s) => self.coord.handle(now, s),
@@ -310,4 +317,3 @@ fn spawn_outbox(net: Net, conn: Connection) -> mpsc::Sender<Vec<u8>> {
 pub fn short(p: &[u8]) -> String {
     hex(&p[..4])
 }
-

@@ -38,7 +38,14 @@ pub struct DemoArgs {
 
 /// The demo's run: the tiny model, 4 trainers, DiLoCo with int8 updates.
 pub fn demo_config(peers: usize) -> RunConfig {
-    RunConfig { inner_steps: 30, rounds: 15, batch: 8, min_peers: peers, ..RunConfig::default() }
+    RunConfig {
+        inner_steps: 50,
+        rounds: 30,
+        batch: 8,
+        inner_warmup: 50,
+        min_peers: peers,
+        ..RunConfig::default()
+    }
 }
 
 /// Kills the children when dropped, so an error never leaves processes behind.
@@ -97,7 +104,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     std::fs::write(&cfg_path, cfg.to_toml())?;
     let s = |p: &Path| p.display().to_string();
     let mut kids = Children(Vec::new());
-    let coord_args = ["coordinator", "--config", &s(&cfg_path), "--dir", &s(&coord_dir), "--data-dir", &s(&a.data_dir)];
+    let coord_args =
+        ["coordinator", "--config", &s(&cfg_path), "--dir", &s(&coord_dir), "--data-dir", &s(&a.data_dir)];
     kids.0.push(("coordinator".into(), spawn(&a.dir, "coordinator", &coord_args.map(String::from))?));
     let ticket = wait_for_file(&coord_dir.join("ticket"), Duration::from_secs(60))?;
     crate::out(&format!(
@@ -106,7 +114,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ));
     for i in 0..a.peers {
         let key = a.dir.join(format!("node-{i}.key"));
-        let args = ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
+        let args =
+            ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
         kids.0.push((format!("node-{i}"), spawn(&a.dir, &format!("node-{i}"), &args.map(String::from))?));
     }
     crate::out(&format!("demo: logs in {}", a.dir.display()));
@@ -128,8 +137,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
             bail!("the demo did not finish within {} s", a.timeout_s);
         }
         if let Ok(db) = Store::open_read_only(&coord_dir) {
-            let closed: i64 =
-                db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0)).unwrap_or(0);
+            let closed: i64 = db
+                .query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))
+                .unwrap_or(0);
             bar.set_position(closed as u64);
             let acc: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0)).unwrap_or(0);
             bar.set_message(format!("{acc} updates accepted"));
@@ -151,13 +161,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
     summary(&coord_dir, &cfg, &ds, a.peers, t0.elapsed())
 }
 
-fn summary(coord_dir: &Path, cfg: &RunConfig, ds: &tessera_data::Dataset, peers: usize, took: Duration) -> Result<()> {
+fn summary(
+    coord_dir: &Path,
+    cfg: &RunConfig,
+    ds: &tessera_data::Dataset,
+    peers: usize,
+    took: Duration,
+) -> Result<()> {
     let db = Store::open_read_only(coord_dir)?;
     let store = Store::open(coord_dir)?;
-    let rounds: i64 = db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))?;
+    let rounds: i64 =
+        db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))?;
     let accepted: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0))?;
     let (reports, agree): (i64, i64) =
-        db.query_row("SELECT COUNT(*), COALESCE(SUM(agrees), 0) FROM reports", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        db.query_row("SELECT COUNT(*), COALESCE(SUM(agrees), 0) FROM reports", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let last: Vec<u8> = db.query_row(
         "SELECT state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
         [],
@@ -193,7 +212,10 @@ fn summary(coord_dir: &Path, cfg: &RunConfig, ds: &tessera_data::Dataset, peers:
     let o = crate::out;
     o("");
     o(&format!("demo finished in {:.1} s", took.as_secs_f64()));
-    o(&format!("  rounds             {rounds} (of {}), {accepted} updates accepted from {peers} trainers", cfg.rounds));
+    o(&format!(
+        "  rounds             {rounds} (of {}), {accepted} updates accepted from {peers} trainers",
+        cfg.rounds
+    ));
     o(&format!("  validation loss    {l0:.4} -> {l1:.4} nats/byte"));
     o(&format!("  state reports      {agree} of {reports} agree with the coordinator"));
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));

@@ -24,7 +24,8 @@ pub const FETCH_ATTEMPTS: usize = 5;
 /// missing.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
     if path.exists() {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
         let t = text.trim();
         if t.len() != 64 {
             bail!("{} does not hold a 64-digit hex key", path.display());

@@ -45,6 +45,9 @@ pub struct NodeArgs {
     /// Give up after the coordinator has been unreachable this long.
     #[arg(long, default_value_t = 60)]
     pub reconnect_s: u64,
+    /// Emulate a slower machine: sleep this long after every inner step (tests, demos).
+    #[arg(long, default_value_t = 0)]
+    pub slow_step_ms: u64,
 }
 
 /// Opens a dataset directory, building it from the embedded corpus if it has no manifest.
@@ -71,6 +74,7 @@ struct Node {
     config_text: Option<String>,
     window: SeqWindow,
     progress: Arc<[AtomicU64; 2]>,
+    slow_step: Duration,
     log: Log,
 }
 
@@ -88,7 +92,9 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
     let (coord, addr) = parse_ticket(&a.join)?;
     let key = match &a.key {
         Some(p) => load_or_create_key(p)?,
-        None => load_or_create_key(&std::env::temp_dir().join(format!("tessera-node-{}.key", std::process::id())))?,
+        None => load_or_create_key(
+            &std::env::temp_dir().join(format!("tessera-node-{}.key", std::process::id())),
+        )?,
     };
     let ds = Arc::new(embedded_dataset(&a.data_dir)?);
     let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape }).await?;
@@ -104,6 +110,7 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
         config_text: None,
         window: SeqWindow::default(),
         progress: Arc::default(),
+        slow_step: Duration::from_millis(a.slow_step_ms),
         log,
     };
     let mut unreachable_since: Option<Instant> = None;
@@ -156,7 +163,8 @@ impl Node {
     }
 
     fn spawn_heartbeat(&self, conn: Connection) {
-        let (net, key, seq, progress) = (self.net.clone(), self.key.clone(), self.seq.clone(), self.progress.clone());
+        let (net, key, seq, progress) =
+            (self.net.clone(), self.key.clone(), self.seq.clone(), self.progress.clone());
         let every = self.worker.as_ref().map_or(500, |w| w.config().heartbeat_ms);
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_millis(every));
@@ -165,7 +173,10 @@ impl Node {
                 if conn.close_reason().is_some() {
                     return;
                 }
-                let m = Message::Heartbeat { round: progress[0].load(Ordering::Relaxed), step: progress[1].load(Ordering::Relaxed) };
+                let m = Message::Heartbeat {
+                    round: progress[0].load(Ordering::Relaxed),
+                    step: progress[1].load(Ordering::Relaxed),
+                };
                 if let Ok(f) = tessera_wire::encode(&key, seq.next(), &m) {
                     let _ = net.send_frame(&conn, &f).await;
                 }
@@ -244,7 +255,10 @@ impl Node {
         if !cfg.dataset.is_empty() && cfg.dataset != mine {
             bail!("the run trains on dataset {}, this node holds {mine} (--data-dir)", cfg.dataset);
         }
-        self.log.info(&format!("run config: {} {} H={} rounds={}", cfg.preset, cfg.codec, cfg.inner_steps, cfg.rounds));
+        self.log.info(&format!(
+            "run config: {} {} H={} rounds={}",
+            cfg.preset, cfg.codec, cfg.inner_steps, cfg.rounds
+        ));
         self.worker = Some(Worker::new(cfg)?);
         self.config_text = Some(text.to_string());
         Ok(())
@@ -278,14 +292,25 @@ impl Node {
         false
     }
 
-    async fn train(&mut self, conn: &Connection, round: u64, start: Hash32, a: tessera_coord::Assignment) -> Result<()> {
+    async fn train(
+        &mut self,
+        conn: &Connection,
+        round: u64,
+        start: Hash32,
+        a: tessera_coord::Assignment,
+    ) -> Result<()> {
         let Some(mut w) = self.worker.take() else { return Ok(()) };
-        let (ds, pool, progress) = (self.ds.clone(), self.pool.clone(), self.progress.clone());
+        let (ds, pool, progress, slow) =
+            (self.ds.clone(), self.pool.clone(), self.progress.clone(), self.slow_step);
         progress[0].store(round, Ordering::Relaxed);
         let t0 = Instant::now();
         let (w, got) = tokio::task::spawn_blocking(move || {
             let got = pool.install(|| {
-                w.train(round, &start, &a, &ds, &mut |s| progress[1].store(s, Ordering::Relaxed)).cloned()
+                let mut on_step = |s| {
+                    progress[1].store(s, Ordering::Relaxed);
+                    std::thread::sleep(slow);
+                };
+                w.train(round, &start, &a, &ds, &mut on_step).cloned()
             });
             (w, got)
         })
@@ -337,7 +362,9 @@ impl Node {
                 match self.net.fetch_blob(conn, &h, limit).await {
                     Ok(b) => Some(b),
                     Err(e) => {
-                        self.log.warn(&format!("fetching the aggregate of round {round}: {e}; taking the checkpoint"));
+                        self.log.warn(&format!(
+                            "fetching the aggregate of round {round}: {e}; taking the checkpoint"
+                        ));
                         if self.ensure_state(conn, round + 1, &next).await {
                             self.report(conn, round + 1, next, next).await;
                         }

@@ -116,7 +116,10 @@ impl Store {
                 }
                 if let Message::Accept { accepted, .. } = accept {
                     for p in accepted {
-                        tx.execute("INSERT INTO accepted(round, peer) VALUES (?1, ?2)", params![*round as i64, &p[..]])?;
+                        tx.execute(
+                            "INSERT INTO accepted(round, peer) VALUES (?1, ?2)",
+                            params![*round as i64, &p[..]],
+                        )?;
                     }
                 }
                 tx.commit()?;
@@ -151,7 +154,9 @@ impl Store {
         let Some(initial) = self.meta("initial_state")? else { return Ok(None) };
         let initial = h32(initial)?;
         let mut history = vec![(0u64, initial)];
-        let mut stmt = self.db.prepare("SELECT round, state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round")?;
+        let mut stmt = self
+            .db
+            .prepare("SELECT round, state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         for row in rows {
             let (r, h) = row?;
@@ -165,14 +170,18 @@ impl Store {
         let backlog: Vec<Unit> = match round.checked_sub(1) {
             Some(last) => {
                 let b: Vec<u8> =
-                    self.db.query_row("SELECT backlog FROM rounds WHERE round = ?1", [last as i64], |r| r.get(0))?;
+                    self.db.query_row("SELECT backlog FROM rounds WHERE round = ?1", [last as i64], |r| {
+                        r.get(0)
+                    })?;
                 postcard::from_bytes(&b)?
             }
             None => Vec::new(),
         };
         let open: Option<Vec<u8>> = self
             .db
-            .query_row("SELECT start FROM rounds WHERE round = ?1 AND accept IS NULL", [round as i64], |r| r.get(0))
+            .query_row("SELECT start FROM rounds WHERE round = ?1 AND accept IS NULL", [round as i64], |r| {
+                r.get(0)
+            })
             .optional()?;
         let open = open.map(|b| postcard::from_bytes::<Message>(&b)).transpose()?;
         Ok(Some(Restored { state, backlog, open, history }))

@@ -1,0 +1,382 @@
+//! The networked run with real processes on loopback: a coordinator and trainers as separate
+//! `tessera` processes, killed with SIGKILL and restarted, and a hostile client. Each test
+//! checks its outcome against the database the coordinator kept and, where the membership
+//! history allows, against the in-process protocol simulator bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use rusqlite::Connection;
+use tessera_coord::{Message, RunConfig};
+use tessera_data::{ingest_bytes, Dataset, IngestOptions};
+use tessera_model::fixtures::SONNETS;
+use tessera_sim::ProtocolSim;
+
+const WAIT: Duration = Duration::from_secs(240);
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-net-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dataset(dir: &Path) -> PathBuf {
+    let d = dir.join("data");
+    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
+    ingest_bytes(SONNETS, "sonnets", &d, &opts).unwrap();
+    d
+}
+
+fn config(peers: usize, rounds: u64) -> RunConfig {
+    RunConfig {
+        inner_steps: 4,
+        rounds,
+        batch: 2,
+        min_peers: peers,
+        heartbeat_ms: 100,
+        silence_ms: 1500,
+        min_round_ms: 5000,
+        ..RunConfig::default()
+    }
+}
+
+/// A child process, killed when dropped; its output goes to files in the test directory.
+struct Proc {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Proc {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Proc {
+        let (out, err) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.log")));
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for a clean exit.
+    fn finish(&mut self) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "process failed ({st}):\n{}", self.log());
+                return self.stdout();
+            }
+            assert!(t0.elapsed() < WAIT, "process did not finish:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    dir: PathBuf,
+    data: PathBuf,
+    cfg: RunConfig,
+    port: u16,
+}
+
+fn secret(i: u8) -> [u8; 32] {
+    [i; 32]
+}
+
+fn peer_id(i: u8) -> [u8; 32] {
+    SigningKey::from_bytes(&secret(i)).verifying_key().to_bytes()
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Run {
+    fn new(name: &str, cfg: RunConfig) -> Run {
+        let dir = tmp(name);
+        let data = dataset(&dir);
+        std::fs::write(dir.join("run.toml"), cfg.to_toml()).unwrap();
+        Run { dir, data, cfg, port: free_port() }
+    }
+
+    fn coordinator(&self, name: &str) -> (Proc, String) {
+        let s = |p: &Path| p.display().to_string();
+        let cdir = self.dir.join("coord");
+        let _ = std::fs::remove_file(cdir.join("ticket"));
+        let args = [
+            "coordinator",
+            "--config",
+            &s(&self.dir.join("run.toml")),
+            "--dir",
+            &s(&cdir),
+            "--data-dir",
+            &s(&self.data),
+            "--bind",
+            &format!("127.0.0.1:{}", self.port),
+        ];
+        let p = Proc::start(&self.dir, name, &args.map(String::from));
+        let t0 = Instant::now();
+        loop {
+            if let Ok(t) = std::fs::read_to_string(cdir.join("ticket")) {
+                return (p, t.trim().to_string());
+            }
+            assert!(t0.elapsed() < WAIT, "no ticket:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn node(&self, ticket: &str, i: u8, extra: &[&str]) -> Proc {
+        let key = self.dir.join(format!("node{i}.key"));
+        std::fs::write(&key, tessera_net::hex(&secret(i))).unwrap();
+        let s = |p: &Path| p.display().to_string();
+        let mut args: Vec<String> =
+            ["node", "--join", ticket, "--data-dir", &s(&self.data), "--key", &s(&key), "--threads", "1"]
+                .map(String::from)
+                .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Proc::start(&self.dir, &format!("node{i}"), &args)
+    }
+
+    fn db(&self) -> Connection {
+        Connection::open_with_flags(
+            self.dir.join("coord").join("coordinator.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+    }
+
+    /// Waits until `sql` counts at least `n`.
+    fn wait_count(&self, sql: &str, n: i64) {
+        let t0 = Instant::now();
+        while self.count(sql) < n {
+            assert!(t0.elapsed() < WAIT, "timed out waiting for {sql} >= {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `RoundStart` assignments of `round` as (peer, data_round, slot).
+    fn assignments(&self, round: u64) -> Vec<([u8; 32], u64, u64)> {
+        let b: Vec<u8> = self
+            .db()
+            .query_row("SELECT start FROM rounds WHERE round = ?1", [round as i64], |r| r.get(0))
+            .unwrap();
+        match postcard::from_bytes::<Message>(&b).unwrap() {
+            Message::RoundStart { assignments, .. } => {
+                assignments.iter().map(|a| (a.peer, a.data_round, a.slot)).collect()
+            }
+            other => panic!("not a RoundStart: {other:?}"),
+        }
+    }
+
+    /// Every round closed exactly once, and every state report agreed.
+    fn check_ledger(&self) {
+        let rounds = self.cfg.rounds as i64;
+        assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
+        assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NULL"), 0);
+        assert_eq!(self.count("SELECT COUNT(*) FROM reports WHERE agrees = 0"), 0, "a node disagreed");
+        assert!(self.count("SELECT COUNT(*) FROM reports") > 0);
+    }
+}
+
+fn state_hash(stdout: &str) -> String {
+    stdout.lines().find_map(|l| l.strip_prefix("state-hash: ")).expect("state-hash line").to_string()
+}
+
+/// The per-round state hashes a node printed.
+fn node_states(stdout: &str) -> Vec<(u64, String, bool)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("state round=")?;
+            let (r, rest) = rest.split_once(" hash=")?;
+            let (h, a) = rest.split_once(" agrees=")?;
+            Some((r.parse().ok()?, h.to_string(), a == "true"))
+        })
+        .collect()
+}
+
+/// The protocol simulator's final state for peers `ids` all present from the start.
+fn simulated(run: &Run, ids: &[u8]) -> String {
+    let ds = Dataset::open(&run.data).unwrap();
+    let mut p = ProtocolSim::new(run.cfg.clone(), &ds).unwrap();
+    for &i in ids {
+        p.join(peer_id(i)).unwrap();
+    }
+    p.run_until(run.cfg.rounds).unwrap();
+    tessera_net::hex(&p.coordinator().state_hash())
+}
+
+#[test]
+fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
+    let run = Run::new("agree", config(3, 4));
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &[])).collect();
+    let final_hash = state_hash(&c.finish());
+    let per_node: Vec<Vec<(u64, String, bool)>> =
+        nodes.iter_mut().map(|n| node_states(&n.finish())).collect();
+    for r in 1..=run.cfg.rounds {
+        let hashes: Vec<&(u64, String, bool)> =
+            per_node.iter().map(|v| v.iter().find(|s| s.0 == r).unwrap()).collect();
+        assert!(hashes.iter().all(|s| s.2 && s.1 == hashes[0].1), "round {r}: {hashes:?}");
+    }
+    assert_eq!(per_node[0].last().unwrap().1, final_hash);
+    run.check_ledger();
+    assert_eq!(run.count("SELECT COUNT(*) FROM reports WHERE agrees = 1"), 3 * run.cfg.rounds as i64);
+    assert_eq!(final_hash, simulated(&run, &[1, 2, 3]), "the networked run equals the simulator");
+}
+
+#[test]
+fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
+    let run = Run::new("kill-node", config(3, 4));
+    let (mut c, ticket) = run.coordinator("coord");
+    let slow = ["--slow-step-ms", "250"];
+    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &slow)).collect();
+    // Round 1 is announced: the nodes are training it (4 steps × 250 ms). Kill one.
+    run.wait_count("SELECT COUNT(*) FROM rounds WHERE round = 1", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    nodes[1].kill9();
+    let victim = peer_id(2);
+    c.finish();
+    run.check_ledger();
+    let r1 = run.assignments(1);
+    let lost = r1.iter().find(|a| a.0 == victim).map(|a| (a.1, a.2)).unwrap();
+    let acc1 = run.count("SELECT COUNT(*) FROM accepted WHERE round = 1");
+    assert_eq!(acc1, 2, "round 1 completed without the killed node");
+    let r2 = run.assignments(2);
+    assert!(r2.iter().all(|a| a.0 != victim));
+    assert_eq!((r2[0].1, r2[0].2), lost, "its unit is the first handed out in round 2");
+    for i in [0, 2] {
+        assert!(node_states(&nodes[i].finish()).iter().all(|s| s.2));
+    }
+}
+
+#[test]
+fn a_node_joining_mid_run_syncs_and_contributes() {
+    let run = Run::new("join", config(2, 5));
+    let (mut c, ticket) = run.coordinator("coord");
+    let slow = ["--slow-step-ms", "100"];
+    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &slow)).collect();
+    run.wait_count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", 1);
+    nodes.push(run.node(&ticket, 3, &slow));
+    c.finish();
+    run.check_ledger();
+    let late = tessera_net::hex(&peer_id(3));
+    let contributed: i64 = run
+        .db()
+        .query_row("SELECT COUNT(*) FROM accepted WHERE hex(peer) = upper(?1)", [&late], |r| r.get(0))
+        .unwrap();
+    assert!(contributed >= 1, "the late node's updates were accepted");
+    let states = node_states(&nodes[2].finish());
+    assert!(nodes[2].log().contains("loaded checkpoint of round"));
+    assert_eq!(states.last().map(|s| (s.0, s.2)), Some((run.cfg.rounds, true)));
+}
+
+#[test]
+fn a_killed_coordinator_restarts_from_disk_and_loses_nothing() {
+    let run = Run::new("kill-coord", config(3, 5));
+    let (mut c, ticket) = run.coordinator("coord1");
+    let slow = ["--slow-step-ms", "150"];
+    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &slow)).collect();
+    // Kill it while round 2 is being trained.
+    run.wait_count("SELECT COUNT(*) FROM rounds WHERE round = 2", 1);
+    std::thread::sleep(Duration::from_millis(200));
+    c.kill9();
+    let (mut c2, ticket2) = run.coordinator("coord2");
+    assert_eq!(ticket, ticket2, "same identity and address after a restart");
+    let final_hash = state_hash(&c2.finish());
+    assert!(c2.log().contains("resuming at round 2"), "{}", c2.log());
+    for n in &mut nodes {
+        n.finish();
+    }
+    run.check_ledger();
+    // No accepted update lost or applied twice: the state equals an uninterrupted run's.
+    assert_eq!(final_hash, simulated(&run, &[1, 2, 3]));
+}
+
+#[test]
+fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
+    let run = Run::new("hostile", config(2, 3));
+    let (mut c, ticket) = run.coordinator("coord");
+    let nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &["--slow-step-ms", "100"])).collect();
+    run.wait_count("SELECT COUNT(*) FROM rounds", 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (id, addr) = tessera_net::parse_ticket(&ticket).unwrap();
+        let me = SigningKey::from_bytes(&secret(99));
+        let net = tessera_net::Net::bind(secret(99), &tessera_net::NetConfig::default()).await.unwrap();
+        let conn = net.connect(id, addr).await.unwrap();
+        let send = |f: Vec<u8>| {
+            let (net, conn) = (net.clone(), conn.clone());
+            async move { net.send_frame(&conn, &f).await.unwrap() }
+        };
+        // Garbage, then a frame that declares more than the limit.
+        send(b"not a frame at all, and long enough to have a header and a signature: ".repeat(2)).await;
+        net.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 10, &[0u8; 64]).await.unwrap();
+        // A forged signature: signed by us, claiming to be node 1.
+        let mut forged = tessera_wire::encode(&me, 1, &Message::Join { addrs: vec![] }).unwrap();
+        let body_start = 10;
+        forged[body_start..body_start + 32].copy_from_slice(&peer_id(1));
+        send(forged).await;
+        // A valid frame of node 1's, relayed over our connection.
+        let relayed =
+            tessera_wire::encode(&SigningKey::from_bytes(&secret(1)), 1, &Message::Join { addrs: vec![] });
+        send(relayed.unwrap()).await;
+        // Join properly, then replay the same frame, then commit to a wrong round.
+        let join = tessera_wire::encode(&me, 5, &Message::Join { addrs: vec![] }).unwrap();
+        send(join.clone()).await;
+        send(join).await;
+        let bad = Message::Commit {
+            round: 999,
+            update: [1; 32],
+            update_len: 10,
+            start_hash: [0; 32],
+            end_hash: [0; 32],
+        };
+        send(tessera_wire::encode(&me, 6, &bad).unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        net.close().await;
+    });
+    c.finish();
+    drop(nodes);
+    run.check_ledger();
+    let log = c.log();
+    for want in [
+        "refused: bad magic",
+        "refused: frame of more than",
+        "refused: signature does not verify",
+        "refused: signed by another peer",
+        "refused: sequence number 5 is not above",
+        "refused: message for round 999",
+    ] {
+        assert!(log.contains(want), "missing {want:?} in:\n{log}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The networked run's protocol on the virtual clock: it computes what the plain simulator
+//! computes, and survives crashes and joins with every live trainer agreeing.
+
+use std::path::PathBuf;
+
+use tessera_coord::{Event, Message, Record, RunConfig};
+use tessera_data::{ingest_bytes, Dataset, IngestOptions};
+use tessera_model::fixtures::SONNETS;
+use tessera_sim::{ProtocolSim, Sim, SimConfig};
+
+fn dataset(name: &str) -> Dataset {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-proto-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
+    ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
+    Dataset::open(&dir).unwrap()
+}
+
+fn run_cfg(peers: usize) -> RunConfig {
+    RunConfig {
+        inner_steps: 3,
+        rounds: 4,
+        batch: 2,
+        min_peers: peers,
+        heartbeat_ms: 100,
+        silence_ms: 1000,
+        min_round_ms: 500,
+        ..RunConfig::default()
+    }
+}
+
+fn pid(i: u8) -> [u8; 32] {
+    [i; 32]
+}
+
+#[test]
+fn the_protocol_computes_what_the_simulator_computes() {
+    let ds = dataset("equal");
+    let rc = run_cfg(3);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=3 {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let sc = SimConfig {
+        peers: 3,
+        algo: "diloco".into(),
+        codec: rc.codec.clone(),
+        inner_steps: rc.inner_steps,
+        rounds: rc.rounds,
+        preset: rc.preset.clone(),
+        batch: rc.batch,
+        seed: rc.seed,
+        inner_lr: rc.inner_lr,
+        inner_warmup: rc.inner_warmup,
+        outer_lr: rc.outer_lr,
+        outer_momentum: rc.outer_momentum,
+        max_update_norm: rc.max_update_norm,
+        eval_every: 0,
+        eval_batches: 1,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(sc, &ds).unwrap();
+    for _ in 0..rc.rounds {
+        sim.run_round().unwrap();
+    }
+    let theta = &p.coordinator().global().theta;
+    assert!(theta.iter().zip(sim.theta()).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    for i in 1..=3 {
+        assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())));
+    }
+    let reports = p.records.iter().filter(|r| matches!(r, Record::Report { agrees: true, .. })).count();
+    assert_eq!(reports, 3 * rc.rounds as usize, "every trainer reported every round, all agreeing");
+}
+
+#[test]
+fn a_crash_mid_round_is_survived_and_its_unit_reassigned() {
+    let ds = dataset("crash");
+    // Silence is noticed (300 ms) well before the deadline (2 s) closes the round.
+    let rc = RunConfig { silence_ms: 300, min_round_ms: 2000, ..run_cfg(3) };
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=3 {
+        p.join(pid(i)).unwrap();
+    }
+    p.crash_in_round(&pid(2), 1);
+    p.run_until(rc.rounds).unwrap();
+    assert!(p.events.contains(&Event::Left(pid(2))));
+    assert!(p.events.contains(&Event::RoundClosed { round: 1, accepted: 2, rejected: 1, reassigned: 1 }));
+    // Round 2 hands the missed unit (1, 1) out first, to the lowest peer id.
+    let r2 = p
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::RoundStarted { round: 2, start: Message::RoundStart { assignments, .. } } => {
+                Some(assignments.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let units: Vec<_> = r2.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
+    assert_eq!(units, [(pid(1), 1, 1), (pid(3), 2, 0)]);
+    // Each round closed exactly once, and the survivors agree with the coordinator.
+    let closes: Vec<u64> = p
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::RoundClosed { round, .. } => Some(*round),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, [0, 1, 2, 3]);
+    for i in [1, 3] {
+        assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())));
+    }
+}
+
+#[test]
+fn a_late_joiner_syncs_from_the_checkpoint_and_contributes() {
+    let ds = dataset("join");
+    let rc = run_cfg(2);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    p.join(pid(1)).unwrap();
+    p.join(pid(2)).unwrap();
+    p.run_until(2).unwrap();
+    p.join(pid(3)).unwrap();
+    p.run_until(rc.rounds).unwrap();
+    let accepted_late = p.records.iter().any(|r| {
+        matches!(r, Record::RoundClosed { round, accept: Message::Accept { accepted, .. }, .. }
+            if *round >= 2 && accepted.contains(&pid(3)))
+    });
+    assert!(accepted_late, "the late joiner's updates were accepted");
+    assert_eq!(p.peer_state(&pid(3)), Some((rc.rounds, p.coordinator().state_hash())));
+}
