@@ -131,11 +131,15 @@ pub struct NetConfig {
     pub bind: SocketAddr,
     /// Test-only link shaping of everything this endpoint sends.
     pub shaping: Option<Shaping>,
+    /// Internet mode: iroh's public relays and its DNS/pkarr address lookup, so peers behind
+    /// NATs can be dialed by id alone. Off by default (and in every test): it contacts n0's
+    /// servers.
+    pub internet: bool,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:0".parse().expect("literal"), shaping: None }
+        Self { bind: "127.0.0.1:0".parse().expect("literal"), shaping: None, internet: false }
     }
 }
 
@@ -202,13 +206,17 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Parses a `<hex id>@<ip:port>` ticket.
-pub fn parse_ticket(t: &str) -> Result<(PeerId, SocketAddr), NetError> {
+/// Parses a `<hex id>@<ip:port>` ticket, or a bare `<hex id>` (internet mode: the address is
+/// looked up).
+pub fn parse_ticket(t: &str) -> Result<(PeerId, Option<SocketAddr>), NetError> {
     let bad = || NetError::Ticket(t.to_string());
-    let (id, addr) = t.trim().split_once('@').ok_or_else(bad)?;
+    let (id, addr) = match t.trim().split_once('@') {
+        Some((id, addr)) => (id, Some(addr.parse().map_err(|_| bad())?)),
+        None => (t.trim(), None),
+    };
     let id = unhex32(id).ok_or_else(bad)?;
     PublicKey::from_bytes(&id).map_err(|_| bad())?;
-    Ok((id, addr.parse().map_err(|_| bad())?))
+    Ok((id, addr))
 }
 
 impl Net {
@@ -221,12 +229,17 @@ impl Net {
             .default_path_max_idle_timeout(IDLE_TIMEOUT)
             .default_path_keep_alive_interval(KEEP_ALIVE)
             .build();
-        let endpoint = Endpoint::builder(presets::Minimal)
+        let builder = if cfg.internet {
+            Endpoint::builder(presets::N0)
+        } else {
+            Endpoint::builder(presets::Minimal)
+                .relay_mode(RelayMode::Disabled)
+                .clear_address_lookup()
+                .portmapper_config(PortmapperConfig::Disabled)
+        };
+        let endpoint = builder
             .transport_config(transport)
             .secret_key(SecretKey::from_bytes(&secret))
-            .relay_mode(RelayMode::Disabled)
-            .clear_address_lookup()
-            .portmapper_config(PortmapperConfig::Disabled)
             .clear_ip_transports()
             .bind_addr(cfg.bind)
             .map_err(|e| NetError::Bind(e.to_string()))?
@@ -275,10 +288,13 @@ impl Net {
         &self.blobs
     }
 
-    /// Dials a peer at a direct address.
-    pub async fn connect(&self, id: PeerId, addr: SocketAddr) -> Result<Connection, NetError> {
+    /// Dials a peer at a direct address (or, in internet mode, by id alone).
+    pub async fn connect(&self, id: PeerId, addr: Option<SocketAddr>) -> Result<Connection, NetError> {
         let pk = PublicKey::from_bytes(&id).map_err(|e| NetError::Connect(e.to_string()))?;
-        let target = EndpointAddr::new(pk).with_ip_addr(addr);
+        let target = match addr {
+            Some(a) => EndpointAddr::new(pk).with_ip_addr(a),
+            None => EndpointAddr::new(pk),
+        };
         timeout(CONNECT_TIMEOUT, self.endpoint.connect(target, ALPN))
             .await
             .map_err(|_| NetError::Timeout("connect"))?

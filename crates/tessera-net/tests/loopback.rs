@@ -54,6 +54,8 @@ fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
 fn tickets_and_shaping_specs_parse_or_fail_clearly() {
     assert!(parse_ticket("nothex@127.0.0.1:4").is_err());
     assert!(parse_ticket(&format!("{}@nowhere", "ab".repeat(32))).is_err());
+    let id = *iroh::SecretKey::from_bytes(&[3; 32]).public().as_bytes();
+    assert_eq!(parse_ticket(&hex(&id)).unwrap(), (id, None), "a bare id is an internet-mode ticket");
     let s: Shaping = "10mbit,50ms".parse().unwrap();
     assert_eq!(s, Shaping { rate_bps: 10e6, delay_ms: 50 });
     assert_eq!("1.5gbit,0ms".parse::<Shaping>().unwrap().rate_bps, 1.5e9);

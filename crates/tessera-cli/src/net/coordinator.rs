@@ -32,6 +32,9 @@ pub struct CoordinatorArgs {
     /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
     #[arg(long)]
     pub shape: Option<Shaping>,
+    /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
+    #[arg(long)]
+    pub internet: bool,
     /// Dataset whose manifest hash is pinned into the config (skipped if absent).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -109,7 +112,8 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
         }
     };
     let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
-    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape }).await?;
+    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape, internet: a.internet })
+        .await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
     }

@@ -39,6 +39,9 @@ pub struct NodeArgs {
     /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
     #[arg(long)]
     pub shape: Option<Shaping>,
+    /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
+    #[arg(long)]
+    pub internet: bool,
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -97,7 +100,8 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
         )?,
     };
     let ds = Arc::new(embedded_dataset(&a.data_dir)?);
-    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape }).await?;
+    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape, internet: a.internet })
+        .await?;
     let log = Log::new(&format!("node {}", short(&net.id())));
     let mut node = Node {
         net,
