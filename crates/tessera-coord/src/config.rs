@@ -22,9 +22,10 @@ pub struct RunConfig {
     pub dataset: String,
     /// Seeds the initial model and the data order.
     pub seed: u64,
-    /// Outer algorithm. The networked run implements `diloco` so far.
+    /// `diloco` (H inner AdamW steps, then Nesterov on the mean Δ) or `ddp` (every round is one
+    /// step: the mean f32 gradient feeds one global AdamW step; needs `inner_steps = 1`).
     pub algo: String,
-    /// Codec of the exchanged updates: f32 | int8 | 2bit | sign.
+    /// Codec of DiLoCo's updates: f32 | int8 | 2bit | sign (DDP always sends f32).
     pub codec: String,
     pub chunk: usize,
     /// Inner steps per round (H) and rounds in the run.
@@ -111,8 +112,30 @@ impl RunConfig {
         self.inner_steps
     }
 
+    /// The wire algorithm tag of the updates.
+    pub fn algorithm(&self) -> tessera_sync::Algorithm {
+        if self.algo == "ddp" {
+            tessera_sync::Algorithm::Ddp
+        } else {
+            tessera_sync::Algorithm::DiLoCo
+        }
+    }
+
+    /// The inner AdamW of DiLoCo's trainers, which is DDP's global optimizer.
+    pub fn inner_adamw(&self) -> tessera_model::AdamWConfig {
+        tessera_model::AdamWConfig {
+            lr: self.inner_lr,
+            warmup_steps: self.inner_warmup,
+            total_steps: self.rounds * self.h(),
+            ..tessera_model::AdamWConfig::default()
+        }
+    }
+
     /// The update codec.
     pub fn update_codec(&self) -> Result<Codec, CoordError> {
+        if self.algo == "ddp" {
+            return Ok(Codec::dense(ValueCodec::F32, self.chunk));
+        }
         let v = match self.codec.as_str() {
             "f32" => ValueCodec::F32,
             "int8" => ValueCodec::Int8,
@@ -130,8 +153,11 @@ impl RunConfig {
     /// Rejects impossible settings, naming them.
     pub fn validate(&self) -> Result<(), CoordError> {
         let bad = |m: &str| Err(CoordError::Config(m.to_string()));
-        if self.algo != "diloco" {
-            return bad("the networked run implements algo = \"diloco\" only");
+        if self.algo != "diloco" && self.algo != "ddp" {
+            return bad("algo must be \"diloco\" or \"ddp\"");
+        }
+        if self.algo == "ddp" && self.inner_steps != 1 {
+            return bad("ddp takes one step per round: set inner_steps = 1");
         }
         self.update_codec()?;
         tessera_model::GptConfig::preset(&self.preset).map_err(|e| CoordError::Config(e.to_string()))?;

@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use tessera_sync::{decode_update, encode_update, weighted_mean, Algorithm, Codec, Contribution, Expected};
+use tessera_model::{Gpt, GptConfig};
+use tessera_sync::{decode_update, encode_update, weighted_mean, Codec, Contribution, Expected};
 use tessera_wire::{Assignment, Message};
 
-use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, SeqWindow, Signed};
+use crate::{CoordError, GlobalState, Hash32, OuterRule, PeerId, Reject, RunConfig, SeqWindow, Signed};
 
 /// Most peers whose sequence numbers are remembered (members and departed peers).
 pub const MAX_KNOWN_PEERS: usize = 65_536;
@@ -105,6 +106,7 @@ pub struct Coordinator {
     config_text: String,
     codec: Codec,
     want: Expected,
+    rule: OuterRule,
     update_len: u64,
     global: GlobalState,
     state_hash: Hash32,
@@ -131,8 +133,16 @@ impl Coordinator {
     pub fn restore(cfg: RunConfig, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
         cfg.validate()?;
         let codec = cfg.update_codec()?;
-        let n = r.state.theta.len();
-        let want = Expected { layout_hash: r.state.layout_hash, n, max_norm: Some(cfg.max_update_norm) };
+        let model = Gpt::new(GptConfig::preset(&cfg.preset)?, cfg.seed)?;
+        let rule = OuterRule::new(&cfg, &model.params);
+        let want = rule.expected().clone();
+        let n = want.n;
+        if r.state.layout_hash != want.layout_hash
+            || r.state.theta.len() != n
+            || r.state.buffers.len() != rule.buffers()
+        {
+            return Err(CoordError::State("the state does not fit this run's model and algorithm".into()));
+        }
         let update_len = (tessera_sync::HEADER_BYTES + codec.encoded_len(n)) as u64;
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
@@ -143,6 +153,7 @@ impl Coordinator {
             cfg,
             codec,
             want,
+            rule,
             update_len,
             global: r.state,
             state_hash,
@@ -485,10 +496,10 @@ impl Coordinator {
             None
         } else {
             let mean = weighted_mean(&contribs, self.want.n)?;
-            Some(encode_update(Algorithm::DiLoCo, self.codec, self.want.layout_hash, round, &mean))
+            Some(encode_update(self.cfg.algorithm(), self.codec, self.want.layout_hash, round, &mean))
         };
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
-        self.global.apply(aggregate.as_deref(), &self.want, self.cfg.outer_lr, self.cfg.outer_momentum)?;
+        self.global.apply(aggregate.as_deref(), &self.rule)?;
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);

@@ -33,7 +33,7 @@ pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
 pub use seq::{SeqWindow, SEQ_WINDOW};
-pub use state::{GlobalState, MAX_STATE_PARAMS};
+pub use state::{GlobalState, OuterRule, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
 pub use worker::{Trained, Worker};
 

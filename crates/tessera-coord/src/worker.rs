@@ -4,10 +4,10 @@
 
 use tessera_data::{BatchKey, Dataset};
 use tessera_model::{AdamWConfig, Gpt, GptConfig, OptState, Trainer};
-use tessera_sync::{encode_update, pseudo_gradient, Algorithm, Codec, Expected};
+use tessera_sync::{encode_update, pseudo_gradient, Codec, Expected};
 use tessera_tensor::TraceMode;
 
-use crate::{Assignment, CoordError, GlobalState, Hash32, RunConfig};
+use crate::{Assignment, CoordError, GlobalState, Hash32, OuterRule, RunConfig};
 
 /// The result of training one unit, kept so that a round re-announced after a coordinator
 /// restart is answered with the same commit instead of being trained twice.
@@ -32,6 +32,7 @@ pub struct Worker {
     model: Gpt,
     layout_hash: Hash32,
     inner: AdamWConfig,
+    rule: OuterRule,
     global: Option<(GlobalState, Hash32)>,
     trainer: Option<Trainer<Gpt>>,
     /// The inner optimizer state at the start of `.0`'s round from state `.1`.
@@ -44,13 +45,9 @@ impl Worker {
         cfg.validate()?;
         let gcfg = GptConfig::preset(&cfg.preset)?;
         let model = Gpt::new(gcfg.clone(), cfg.seed)?;
-        let inner = AdamWConfig {
-            lr: cfg.inner_lr,
-            warmup_steps: cfg.inner_warmup,
-            total_steps: cfg.rounds * cfg.h(),
-            ..AdamWConfig::default()
-        };
+        let inner = cfg.inner_adamw();
         Ok(Self {
+            rule: OuterRule::new(&cfg, &model.params),
             codec: cfg.update_codec()?,
             layout_hash: model.params.layout().hash(),
             cfg,
@@ -70,16 +67,22 @@ impl Worker {
 
     /// The run's initial state (round 0), as every peer derives it from the config.
     pub fn initial_state(&self) -> GlobalState {
-        GlobalState::initial(self.layout_hash, self.model.params.to_flat())
+        GlobalState::initial(self.layout_hash, self.model.params.to_flat(), self.rule.buffers())
+    }
+
+    /// How this run closes a round.
+    pub fn rule(&self) -> &OuterRule {
+        &self.rule
+    }
+
+    /// The exact size of this run's state blobs.
+    pub fn state_len(&self) -> usize {
+        GlobalState::encoded_len(self.model.params.numel(), self.rule.buffers())
     }
 
     /// What a valid update or aggregate of this run must look like.
     pub fn expected(&self) -> Expected {
-        Expected {
-            layout_hash: self.layout_hash,
-            n: self.model.params.numel(),
-            max_norm: Some(self.cfg.max_update_norm),
-        }
+        self.rule.expected().clone()
     }
 
     /// The round and hash of the state held, if any.
@@ -98,7 +101,7 @@ impl Worker {
         if &got != want {
             return Err(CoordError::State("checkpoint does not hash to the announced state".into()));
         }
-        let g = GlobalState::decode(blob, &self.layout_hash, self.model.params.numel())?;
+        let g = GlobalState::decode(blob, &self.layout_hash, self.model.params.numel(), self.rule.buffers())?;
         self.global = Some((g, got));
         Ok(())
     }
@@ -158,6 +161,24 @@ impl Worker {
         }
         tr.model.params.load_flat(&g.theta)?;
         let start_hash = tr.state_hash();
+        if self.cfg.algo == "ddp" {
+            // One gradient of θ_r on the unit's batch; the coordinator averages them.
+            let key = BatchKey { seed: self.cfg.seed, round: data_round, slot, step: 0 };
+            let (loss, grads) = tr.gradients(&ds.train_batch(&key, self.cfg.batch, self.gcfg.context)?)?;
+            on_step(1);
+            let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
+            let update = encode_update(self.cfg.algorithm(), self.codec, self.layout_hash, round, &flat);
+            return Ok(Trained {
+                round,
+                start_state: *start_state,
+                unit: (data_round, slot),
+                update_hash: *blake3::hash(&update).as_bytes(),
+                update,
+                start_hash,
+                end_hash: start_hash,
+                mean_loss: f64::from(loss),
+            });
+        }
         let mut loss = 0.0;
         for s in 0..h_steps {
             let key = BatchKey { seed: self.cfg.seed, round: data_round, slot, step: s };
@@ -166,7 +187,7 @@ impl Worker {
             on_step(s + 1);
         }
         let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
-        let update = encode_update(Algorithm::DiLoCo, self.codec, self.layout_hash, round, &delta);
+        let update = encode_update(self.cfg.algorithm(), self.codec, self.layout_hash, round, &delta);
         Ok(Trained {
             round,
             start_state: *start_state,
@@ -181,8 +202,6 @@ impl Worker {
 
     /// Closes `round` with the aggregate blob (or none); returns the new state hash.
     pub fn apply(&mut self, round: u64, aggregate: Option<&[u8]>) -> Result<Hash32, CoordError> {
-        let want = self.expected();
-        let (lr, mu) = (self.cfg.outer_lr, self.cfg.outer_momentum);
         let (g, h) = self.global.as_mut().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;
         if g.round != round {
             return Err(CoordError::NotSynced(format!(
@@ -191,7 +210,7 @@ impl Worker {
             )));
         }
         let mut next = g.clone();
-        next.apply(aggregate, &want, lr, mu)?;
+        next.apply(aggregate, &self.rule)?;
         *h = next.hash();
         *g = next;
         Ok(*h)

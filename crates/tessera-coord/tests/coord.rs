@@ -380,3 +380,38 @@ fn retraining_a_round_gives_the_same_commit() {
     let h = *blake3::hash(&bad).as_bytes();
     assert!(matches!(w.load_state(&bad, &h), Err(CoordError::State(_))));
 }
+
+#[test]
+fn corrupted_state_blobs_are_refused_with_typed_errors() {
+    let w = Worker::new(cfg()).unwrap();
+    let g = w.initial_state();
+    let (blob, n, layout) = (g.encode(), g.theta.len(), g.layout_hash);
+    assert_eq!(blob.len(), w.state_len());
+    assert_eq!(GlobalState::decode(&blob, &layout, n, 1).unwrap(), g);
+    assert!(GlobalState::decode(&blob, &layout, n, 2).is_err(), "wrong buffer count");
+    assert!(GlobalState::decode(&blob, &[0; 32], n, 1).is_err(), "wrong layout");
+    let r = tessera_tensor::rng::Philox::new(11);
+    let mut refused = 0;
+    for i in 0..3000 {
+        let mut b = blob.clone();
+        match r.below(1, i, 4) {
+            0 => {
+                let at = r.below(2, i, 64) as usize; // the header
+                b[at] ^= 1 + r.below(3, i, 255) as u8;
+            }
+            1 => b.truncate(r.below(2, i, b.len() as u64) as usize),
+            2 => b.extend_from_slice(&[0; 4]),
+            _ => {
+                let at = 55 + 4 * r.below(2, i, (2 * n) as u64) as usize; // a value
+                b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+        match GlobalState::decode(&b, &layout, n, 1) {
+            Err(CoordError::State(_)) => refused += 1,
+            Err(e) => panic!("untyped refusal {e}"),
+            Ok(s) => assert_eq!(s.encode(), b, "only a canonical blob decodes"),
+        }
+    }
+    // Flips of the round counter or of the first values still give a valid (different) state.
+    assert!(refused > 2700, "{refused}");
+}

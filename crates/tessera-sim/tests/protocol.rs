@@ -74,6 +74,37 @@ fn the_protocol_computes_what_the_simulator_computes() {
 }
 
 #[test]
+fn ddp_over_the_protocol_equals_the_simulators_ddp() {
+    let ds = dataset("ddp");
+    let rc = RunConfig { algo: "ddp".into(), inner_steps: 1, rounds: 5, ..run_cfg(2) };
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    p.join(pid(1)).unwrap();
+    p.join(pid(2)).unwrap();
+    p.run_until(rc.rounds).unwrap();
+    let sc = SimConfig {
+        peers: 2,
+        algo: "ddp".into(),
+        rounds: rc.rounds,
+        preset: rc.preset.clone(),
+        batch: rc.batch,
+        seed: rc.seed,
+        inner_lr: rc.inner_lr,
+        inner_warmup: rc.inner_warmup,
+        max_update_norm: rc.max_update_norm,
+        eval_every: 0,
+        eval_batches: 1,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(sc, &ds).unwrap();
+    for _ in 0..rc.rounds {
+        sim.run_round().unwrap();
+    }
+    let theta = &p.coordinator().global().theta;
+    assert!(theta.iter().zip(sim.theta()).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    assert_eq!(p.peer_state(&pid(2)), Some((rc.rounds, p.coordinator().state_hash())));
+}
+
+#[test]
 fn a_crash_mid_round_is_survived_and_its_unit_reassigned() {
     let ds = dataset("crash");
     // Silence is noticed (300 ms) well before the deadline (2 s) closes the round.

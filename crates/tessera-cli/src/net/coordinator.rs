@@ -35,9 +35,17 @@ pub struct CoordinatorArgs {
     /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
     #[arg(long)]
     pub internet: bool,
-    /// Dataset whose manifest hash is pinned into the config (skipped if absent).
+    /// Dataset whose manifest hash is pinned into the config (built from the embedded corpus
+    /// if the directory does not exist); also used by --eval-every.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Evaluate the validation loss every N rounds (and at the end) into the `evals` table
+    /// (needs --data-dir; 0: never).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: u64,
     /// Seconds to wait after the last round for the nodes' final reports.
     #[arg(long, default_value_t = 5)]
     pub linger_s: u64,
@@ -61,6 +69,8 @@ struct Daemon {
     started: Instant,
     log: Log,
     final_reports: usize,
+    eval: Option<(tessera_data::Dataset, u64, u64)>,
+    evaluated: u64,
 }
 
 pub fn run(a: CoordinatorArgs) -> Result<()> {
@@ -97,8 +107,8 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
     let cfg = load_config(&a, &store)?;
     let worker = Worker::new(cfg.clone())?;
     let initial = worker.initial_state();
-    let (layout, n) = (initial.layout_hash, initial.theta.len());
-    let coord = match store.restore(&layout, n)? {
+    let (layout, n, bufs) = (initial.layout_hash, initial.theta.len(), initial.buffers.len());
+    let coord = match store.restore(&layout, n, bufs)? {
         Some(r) => {
             log.info(&format!("resuming at round {} ({} rounds closed)", r.state.round, r.history.len() - 1));
             Coordinator::restore(cfg.clone(), r, 0)?
@@ -136,7 +146,13 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
         started: Instant::now(),
         log,
         final_reports: 0,
+        eval: match (&a.data_dir, a.eval_every) {
+            (Some(dir), n) if n > 0 => Some((tessera_data::Dataset::open(dir)?, n, a.eval_batches)),
+            _ => None,
+        },
+        evaluated: u64::MAX,
     };
+    d.maybe_eval()?;
     tokio::spawn(accept_loop(net.clone(), tx.clone()));
     let mut ticker = tokio::time::interval(TICK);
     let mut finished_at: Option<Instant> = None;
@@ -148,6 +164,7 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
                 d.execute(outs)?;
             }
         }
+        d.maybe_eval()?;
         if d.coord.is_finished() {
             let t = *finished_at.get_or_insert_with(Instant::now);
             let members = d.coord.members().count();
@@ -185,6 +202,20 @@ async fn accept_loop(net: Net, tx: mpsc::Sender<Input>) {
 impl Daemon {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Evaluates the shared model when a round divisible by `eval_every` (or the last) closed.
+    fn maybe_eval(&mut self) -> Result<()> {
+        let Some((ds, every, batches)) = &self.eval else { return Ok(()) };
+        let r = self.coord.round();
+        if r == self.evaluated || !(r.is_multiple_of(*every) || self.coord.is_finished()) {
+            return Ok(());
+        }
+        let loss = super::val_loss(self.coord.config(), ds, &self.coord.global().theta, *batches)?;
+        self.store.record_eval(r, self.now_ms(), loss)?;
+        self.log.info(&format!("round {r}: validation loss {loss:.4}"));
+        self.evaluated = r;
+        Ok(())
     }
 
     fn on_input(&mut self, input: Input) -> Result<()> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_coord::{GlobalState, RunConfig, Worker};
-use tessera_model::{AdamWConfig, Gpt, GptConfig, SampleConfig, Trainer};
+use tessera_model::{Gpt, GptConfig, SampleConfig};
 use tessera_net::hex;
 
 use super::node::{embedded_dataset, DEFAULT_DATA_DIR};
@@ -187,19 +187,10 @@ fn summary(
     let w = Worker::new(cfg.clone())?;
     let init = w.initial_state();
     let hash: [u8; 32] = last.as_slice().try_into().context("state hash")?;
-    let fin = GlobalState::decode(&store.blob(&hash)?, &init.layout_hash, init.theta.len())?;
+    let fin =
+        GlobalState::decode(&store.blob(&hash)?, &init.layout_hash, init.theta.len(), init.buffers.len())?;
     let gcfg = GptConfig::preset(&cfg.preset)?;
-    let eval = |theta: &[f32]| -> Result<f64> {
-        let mut g = Gpt::new(gcfg.clone(), cfg.seed)?;
-        g.params.load_flat(theta)?;
-        let tr = Trainer::new(g, AdamWConfig::default())?;
-        let mut s = 0.0;
-        for i in 0..8 {
-            s += f64::from(tr.eval_loss(&ds.val_batch(i, cfg.batch, gcfg.context)?)?);
-        }
-        Ok(s / 8.0)
-    };
-    let (l0, l1) = (eval(&init.theta)?, eval(&fin.theta)?);
+    let (l0, l1) = (super::val_loss(cfg, ds, &init.theta, 8)?, super::val_loss(cfg, ds, &fin.theta, 8)?);
     let n = init.theta.len() as u64;
     let ddp = accepted as u64 * cfg.inner_steps * 2 * (tessera_sync::HEADER_BYTES as u64 + 4 * n);
     let moved = sent + recv;

@@ -20,6 +20,27 @@ pub const MAX_OUTBOX: usize = 256;
 /// Tries to fetch one blob.
 pub const FETCH_ATTEMPTS: usize = 5;
 
+/// Mean validation loss (nats per byte) of parameters `theta` on the first `batches`
+/// validation batches.
+pub fn val_loss(
+    cfg: &tessera_coord::RunConfig,
+    ds: &tessera_data::Dataset,
+    theta: &[f32],
+    batches: u64,
+) -> Result<f64> {
+    use tessera_model::{AdamWConfig, Gpt, GptConfig, Trainer};
+    let g = GptConfig::preset(&cfg.preset)?;
+    let ctx = g.context;
+    let mut model = Gpt::new(g, cfg.seed)?;
+    model.params.load_flat(theta)?;
+    let tr = Trainer::new(model, AdamWConfig::default())?;
+    let mut s = 0.0;
+    for i in 0..batches {
+        s += f64::from(tr.eval_loss(&ds.val_batch(i, cfg.batch, ctx)?)?);
+    }
+    Ok(s / batches.max(1) as f64)
+}
+
 /// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if
 /// missing.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
@@ -37,13 +58,19 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
         }
         return Ok(SigningKey::from_bytes(&b));
     }
-    let mut b = [0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let key = fresh_key()?;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(path, tessera_net::hex(&b))?;
+    std::fs::write(path, tessera_net::hex(&key.to_bytes()))?;
+    Ok(key)
+}
+
+/// A new identity from the OS's randomness (the binary edge may read it).
+pub fn fresh_key() -> Result<SigningKey> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(SigningKey::from_bytes(&b))
 }
 

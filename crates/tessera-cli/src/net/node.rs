@@ -12,13 +12,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
-use tessera_coord::{Hash32, Message, PeerId, RunConfig, SeqWindow, Worker, MAX_STATE_PARAMS};
+use tessera_coord::{Hash32, Message, PeerId, RunConfig, SeqWindow, Worker};
 use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
 use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError, Shaping};
 use tokio::sync::mpsc;
 
 use super::coordinator::short;
-use super::{load_or_create_key, Log, Seq, FETCH_ATTEMPTS};
+use super::{fresh_key, load_or_create_key, Log, Seq, FETCH_ATTEMPTS};
 
 /// Default dataset directory: the embedded corpus, ingested on first use.
 pub const DEFAULT_DATA_DIR: &str = "runs/data/embedded";
@@ -95,9 +95,7 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
     let (coord, addr) = parse_ticket(&a.join)?;
     let key = match &a.key {
         Some(p) => load_or_create_key(p)?,
-        None => load_or_create_key(
-            &std::env::temp_dir().join(format!("tessera-node-{}.key", std::process::id())),
-        )?,
+        None => fresh_key()?,
     };
     let ds = Arc::new(embedded_dataset(&a.data_dir)?);
     let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape, internet: a.internet })
@@ -275,8 +273,7 @@ impl Node {
         if w.state() == Some((round, *hash)) {
             return true;
         }
-        let n = w.expected().n.min(MAX_STATE_PARAMS);
-        let limit = 54 + 8 * n as u64;
+        let limit = w.state_len() as u64;
         for _ in 0..FETCH_ATTEMPTS {
             match self.net.fetch_blob(conn, hash, limit).await {
                 Ok(b) => match w.load_state(&b, hash) {

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS rounds(
     round INTEGER PRIMARY KEY, start BLOB NOT NULL,
     accept BLOB, state_hash BLOB, backlog BLOB);
 CREATE TABLE IF NOT EXISTS accepted(round INTEGER NOT NULL, peer BLOB NOT NULL, PRIMARY KEY(round, peer));
+CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL, val_loss REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
     agrees INTEGER NOT NULL);
 ";
@@ -135,6 +136,15 @@ impl Store {
         Ok(())
     }
 
+    /// Records the validation loss after `round` rounds, `ms` after this process started.
+    pub fn record_eval(&self, round: u64, ms: u64, val_loss: f64) -> Result<()> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO evals(round, ms, val_loss) VALUES (?1, ?2, ?3)",
+            params![round as i64, ms as i64, val_loss],
+        )?;
+        Ok(())
+    }
+
     /// Deletes the state checkpoint that fell out of the kept window.
     fn collect_garbage(&self, round: u64) -> Result<()> {
         let Some(old) = round.checked_sub(KEEP_STATES) else { return Ok(()) };
@@ -150,7 +160,7 @@ impl Store {
     }
 
     /// What a restarted coordinator resumes from (None for a fresh run).
-    pub fn restore(&self, layout_hash: &Hash32, n: usize) -> Result<Option<Restored>> {
+    pub fn restore(&self, layout_hash: &Hash32, n: usize, buffers: usize) -> Result<Option<Restored>> {
         let Some(initial) = self.meta("initial_state")? else { return Ok(None) };
         let initial = h32(initial)?;
         let mut history = vec![(0u64, initial)];
@@ -163,7 +173,7 @@ impl Store {
             history.push((r as u64 + 1, h32(h)?));
         }
         let (round, state_hash) = *history.last().expect("initial state");
-        let state = GlobalState::decode(&self.blob(&state_hash)?, layout_hash, n)?;
+        let state = GlobalState::decode(&self.blob(&state_hash)?, layout_hash, n, buffers)?;
         if state.round != round {
             bail!("checkpoint for round {round} holds round {}", state.round);
         }
