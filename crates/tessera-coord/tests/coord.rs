@@ -415,3 +415,24 @@ fn corrupted_state_blobs_are_refused_with_typed_errors() {
     // Flips of the round counter or of the first values still give a valid (different) state.
     assert!(refused > 2700, "{refused}");
 }
+
+#[test]
+fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
+    let c = RunConfig::from_toml("rounds = 3\ncodec = \"2bit\"\n").unwrap();
+    assert_eq!((c.rounds, c.codec.as_str(), c.inner_steps), (3, "2bit", RunConfig::default().inner_steps));
+    assert_eq!(RunConfig::from_toml(&c.to_toml()).unwrap(), c, "the canonical text round-trips");
+    for (text, want) in [
+        ("roundz = 3", "unknown field"),
+        ("algo = \"noloco\"", "algo must be"),
+        ("algo = \"ddp\"\ninner_steps = 5", "one step per round"),
+        ("codec = \"int4\"", "unknown codec"),
+        ("heartbeat_ms = 500\nsilence_ms = 400", "heartbeat_ms < silence_ms"),
+        ("min_peers = 5\nmax_peers = 2", "min_peers"),
+        ("preset = \"huge\"", "huge"),
+    ] {
+        let e = RunConfig::from_toml(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+    let big = "x".repeat(MAX_CONFIG_TEXT + 1);
+    assert!(RunConfig::from_toml(&big).unwrap_err().to_string().contains("exceeds"));
+}
