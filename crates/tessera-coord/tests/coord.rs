@@ -436,3 +436,18 @@ fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
     let big = "x".repeat(MAX_CONFIG_TEXT + 1);
     assert!(RunConfig::from_toml(&big).unwrap_err().to_string().contains("exceeds"));
 }
+
+/// Regression: the aggregate was decoded with the per-update norm bound, so a mean of updates
+/// just under the bound, re-quantized, could exceed it and make closing the round fail (the
+/// coordinator treats that as a bug and stops). Aggregates are checked for shape only.
+#[test]
+fn an_aggregate_over_the_update_norm_bound_still_applies() {
+    let c = RunConfig { max_update_norm: 1.0, ..cfg() };
+    let w = Worker::new(c.clone()).unwrap();
+    let mut g = w.initial_state();
+    let n = g.theta.len();
+    let agg = encode_update(Algorithm::DiLoCo, c.update_codec().unwrap(), g.layout_hash, 0, &vec![0.5f32; n]);
+    assert!(tessera_sync::decode_update(&agg, w.rule().expected()).is_err(), "over the update bound");
+    g.apply(Some(&agg), w.rule()).unwrap();
+    assert_eq!(g.round, 1);
+}
