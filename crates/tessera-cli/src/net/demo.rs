@@ -133,6 +133,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
             }
             break;
         }
+        for (name, c) in kids.0.iter_mut().skip(1) {
+            if let Some(st) = c.try_wait()? {
+                if !st.success() {
+                    bail!("{name} failed ({st}); see {}", a.dir.join(format!("{name}.log")).display());
+                }
+            }
+        }
         if t0.elapsed() > deadline {
             bail!("the demo did not finish within {} s", a.timeout_s);
         }
