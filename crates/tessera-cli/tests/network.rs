@@ -254,6 +254,14 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
     run.check_ledger();
     assert_eq!(run.count("SELECT COUNT(*) FROM reports WHERE agrees = 1"), 3 * run.cfg.rounds as i64);
     assert_eq!(final_hash, simulated(&run, &[1, 2, 3]), "the networked run equals the simulator");
+    // The final model is a standard checkpoint that `tessera sample` reads.
+    let model = run.dir.join("coord").join("model");
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["sample", "--checkpoint", &model.display().to_string(), "--tokens", "16", "--prompt", "A"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).len() >= 2);
 }
 
 #[test]

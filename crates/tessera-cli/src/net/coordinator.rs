@@ -175,11 +175,38 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
     }
     let (sent, recv) = d.net.traffic();
     d.store.set_meta("traffic", &postcard::to_allocvec(&(sent, recv))?)?;
+    if d.coord.is_finished() {
+        let path = export_model(&d.coord, &a.dir.join("model"))?;
+        d.log.info(&format!("final model written to {} (tessera sample --checkpoint …)", path.display()));
+    }
     d.log.info(&format!("done: {} rounds, state {}", d.coord.round(), hex(&d.coord.state_hash())));
     crate::out(&format!("state-hash: {}", hex(&d.coord.state_hash())));
     tokio::time::sleep(Duration::from_millis(300)).await; // let the last frames drain
     net.close().await;
     Ok(())
+}
+
+/// Writes the final shared model as a standard checkpoint (safetensors + meta.json), so
+/// `tessera sample` and Python can read it. DDP's AdamW moments go along; DiLoCo's trainers'
+/// inner moments are their own, so its checkpoint carries zero moments.
+fn export_model(coord: &Coordinator, dir: &std::path::Path) -> Result<PathBuf> {
+    use tessera_model::{Gpt, GptConfig, OptState};
+    let cfg = coord.config();
+    let g = GptConfig::preset(&cfg.preset)?;
+    let mut params = Gpt::new(g.clone(), cfg.seed)?.params;
+    let state = coord.global();
+    params.load_flat(&state.theta)?;
+    let mut opt = OptState::new(&params);
+    if let [m, v] = &state.buffers[..] {
+        opt.m.load_flat(m)?;
+        opt.v.load_flat(v)?;
+    }
+    opt.step = state.round * cfg.h();
+    let shape = crate::train::model_shape(&cfg.preset, &g);
+    let dataset = (!cfg.dataset.is_empty()).then(|| cfg.dataset.clone());
+    let info = (&shape, dataset, cfg.to_toml());
+    let path = tessera_checkpoint::save(dir, &params, &opt, (info.0, info.1, &info.2), &Default::default())?;
+    Ok(path)
 }
 
 async fn accept_loop(net: Net, tx: mpsc::Sender<Input>) {

@@ -223,6 +223,7 @@ fn summary(
         ddp as f64 / moved.max(1) as f64
     ));
     o(&format!("  final state        {}", hex(&hash)));
+    o(&format!("  model              {}/model (tessera sample --checkpoint …)", coord_dir.display()));
     o("  sample:");
     for line in String::from_utf8_lossy(&text).lines() {
         o(&format!("    | {line}"));
