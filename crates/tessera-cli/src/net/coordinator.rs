@@ -51,6 +51,9 @@ pub struct CoordinatorArgs {
     pub linger_s: u64,
 }
 
+/// Inputs queued for the state machine before new frames are dropped (and logged).
+const MAX_INPUTS: usize = 4096;
+
 enum Input {
     Frame(PeerId, Result<Vec<u8>, NetError>),
     Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
@@ -133,7 +136,7 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
     std::fs::rename(&tmp, a.dir.join("ticket"))?;
     log.info(&format!("listening; join with: tessera node --join {ticket}"));
     crate::out(&format!("ticket: {ticket}"));
-    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let (tx, mut rx) = mpsc::channel::<Input>(MAX_INPUTS);
     let mut d = Daemon {
         coord,
         store,
@@ -153,7 +156,7 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
         evaluated: u64::MAX,
     };
     d.maybe_eval()?;
-    tokio::spawn(accept_loop(net.clone(), tx.clone()));
+    tokio::spawn(accept_loop(net.clone(), tx.clone(), d.log.clone()));
     let mut ticker = tokio::time::interval(TICK);
     let mut finished_at: Option<Instant> = None;
     loop {
@@ -209,17 +212,19 @@ fn export_model(coord: &Coordinator, dir: &std::path::Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn accept_loop(net: Net, tx: mpsc::Sender<Input>) {
+async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
     while let Some(conn) = net.accept().await {
         let Ok(conn) = conn else { continue };
         let peer = peer_id(&conn);
         if tx.send(Input::Connected(peer, conn.clone())).await.is_err() {
             return;
         }
-        let (net, tx) = (net.clone(), tx.clone());
+        let (net, tx, log) = (net.clone(), tx.clone(), log.clone());
         tokio::spawn(async move {
             net.serve(conn, move |f| {
-                let _ = tx.try_send(Input::Frame(peer, f));
+                if tx.try_send(Input::Frame(peer, f)).is_err() {
+                    log.warn(&format!("input queue full: a frame from {} was dropped", short(&peer)));
+                }
             })
             .await;
         });
