@@ -291,9 +291,10 @@ fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
 
 #[test]
 fn a_node_joining_mid_run_syncs_and_contributes() {
-    let run = Run::new("join", config(2, 5));
+    // Enough rounds (about 1 s each) that the late node joins well before the last one.
+    let run = Run::new("join", config(2, 8));
     let (mut c, ticket) = run.coordinator("coord");
-    let slow = ["--slow-step-ms", "100"];
+    let slow = ["--slow-step-ms", "250"];
     let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &slow)).collect();
     run.wait_count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", 1);
     nodes.push(run.node(&ticket, 3, &slow));
