@@ -334,6 +334,25 @@ fn a_killed_coordinator_restarts_from_disk_and_loses_nothing() {
 }
 
 #[test]
+fn a_node_that_computes_a_different_state_is_flagged_and_resyncs() {
+    let run = Run::new("diverge", config(2, 4));
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut good = run.node(&ticket, 1, &[]);
+    let mut bad = run.node(&ticket, 2, &["--fault-round", "1"]);
+    c.finish();
+    good.finish();
+    let states = node_states(&bad.finish());
+    // After round 1 (state 2) it disagreed, once; it took the checkpoint and agreed after.
+    assert_eq!(states.iter().filter(|s| !s.2).map(|s| s.0).collect::<Vec<_>>(), [2]);
+    assert!(states.iter().filter(|s| s.0 > 2).all(|s| s.2));
+    assert!(bad.log().contains("loaded checkpoint of round 2"), "{}", bad.log());
+    let flagged = run.count("SELECT COUNT(*) FROM reports WHERE agrees = 0");
+    assert_eq!(flagged, 1);
+    assert!(c.log().contains("DISAGREEMENT"), "{}", c.log());
+    assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
+}
+
+#[test]
 fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
     let run = Run::new("hostile", config(2, 3));
     let (mut c, ticket) = run.coordinator("coord");

@@ -200,6 +200,17 @@ impl Worker {
         })
     }
 
+    /// Fault injection (tests, drills): changes one parameter of the held state, as a flipped
+    /// bit or a miscomputing machine would, without updating its hash. The next `apply` then
+    /// reaches a state the coordinator does not, which it must flag.
+    pub fn inject_fault(&mut self) {
+        if let Some((g, _)) = self.global.as_mut() {
+            if let Some(x) = g.theta.first_mut() {
+                *x += 1.0;
+            }
+        }
+    }
+
     /// Closes `round` with the aggregate blob (or none); returns the new state hash.
     pub fn apply(&mut self, round: u64, aggregate: Option<&[u8]>) -> Result<Hash32, CoordError> {
         let (g, h) = self.global.as_mut().ok_or_else(|| CoordError::NotSynced("no state loaded".into()))?;

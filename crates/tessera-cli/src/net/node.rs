@@ -51,6 +51,10 @@ pub struct NodeArgs {
     /// Emulate a slower machine: sleep this long after every inner step (tests, demos).
     #[arg(long, default_value_t = 0)]
     pub slow_step_ms: u64,
+    /// Fault drill: corrupt one parameter before closing this round, so this node reaches a
+    /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
+    #[arg(long, hide = true)]
+    pub fault_round: Option<u64>,
 }
 
 /// Opens a dataset directory, building it from the embedded corpus if it has no manifest.
@@ -78,6 +82,7 @@ struct Node {
     window: SeqWindow,
     progress: Arc<[AtomicU64; 2]>,
     slow_step: Duration,
+    fault_round: Option<u64>,
     log: Log,
 }
 
@@ -113,6 +118,7 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
         window: SeqWindow::default(),
         progress: Arc::default(),
         slow_step: Duration::from_millis(a.slow_step_ms),
+        fault_round: a.fault_round,
         log,
     };
     let mut unreachable_since: Option<Instant> = None;
@@ -375,6 +381,10 @@ impl Node {
             }
         };
         let w = self.worker.as_mut().expect("checked above");
+        if self.fault_round == Some(round) {
+            self.log.warn(&format!("fault drill: corrupting my state before closing round {round}"));
+            w.inject_fault();
+        }
         match w.apply(round, blob.as_deref()) {
             Ok(mine) => {
                 self.report(conn, round + 1, mine, next).await;
