@@ -7,7 +7,7 @@ use tessera_model::{AdamWConfig, Gpt, GptConfig, OptState, Trainer};
 use tessera_sync::{encode_update, pseudo_gradient, Codec, Expected};
 use tessera_tensor::TraceMode;
 
-use crate::{Assignment, CoordError, GlobalState, Hash32, OuterRule, RunConfig};
+use crate::{Assignment, CoordError, GlobalState, Hash32, Message, OuterRule, RunConfig};
 
 /// The result of training one unit, kept so that a round re-announced after a coordinator
 /// restart is answered with the same commit instead of being trained twice.
@@ -22,6 +22,39 @@ pub struct Trained {
     pub start_hash: Hash32,
     pub end_hash: Hash32,
     pub mean_loss: f64,
+}
+
+impl Trained {
+    fn new(
+        round: u64,
+        start_state: Hash32,
+        unit: (u64, u64),
+        update: Vec<u8>,
+        local: [Hash32; 2],
+        loss: f64,
+    ) -> Self {
+        Self {
+            round,
+            start_state,
+            unit,
+            update_hash: *blake3::hash(&update).as_bytes(),
+            update,
+            start_hash: local[0],
+            end_hash: local[1],
+            mean_loss: loss,
+        }
+    }
+
+    /// The `Commit` that announces this update.
+    pub fn commit(&self) -> Message {
+        Message::Commit {
+            round: self.round,
+            update: self.update_hash,
+            update_len: self.update.len() as u64,
+            start_hash: self.start_hash,
+            end_hash: self.end_hash,
+        }
+    }
 }
 
 /// One trainer.
@@ -168,16 +201,14 @@ impl Worker {
             on_step(1);
             let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
             let update = encode_update(self.cfg.algorithm(), self.codec, self.layout_hash, round, &flat);
-            return Ok(Trained {
+            return Ok(Trained::new(
                 round,
-                start_state: *start_state,
-                unit: (data_round, slot),
-                update_hash: *blake3::hash(&update).as_bytes(),
+                *start_state,
+                (data_round, slot),
                 update,
-                start_hash,
-                end_hash: start_hash,
-                mean_loss: f64::from(loss),
-            });
+                [start_hash; 2],
+                f64::from(loss),
+            ));
         }
         let mut loss = 0.0;
         for s in 0..h_steps {
@@ -188,16 +219,8 @@ impl Worker {
         }
         let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
         let update = encode_update(self.cfg.algorithm(), self.codec, self.layout_hash, round, &delta);
-        Ok(Trained {
-            round,
-            start_state: *start_state,
-            unit: (data_round, slot),
-            update_hash: *blake3::hash(&update).as_bytes(),
-            update,
-            start_hash,
-            end_hash: tr.state_hash(),
-            mean_loss: loss / h_steps as f64,
-        })
+        let hashes = [start_hash, tr.state_hash()];
+        Ok(Trained::new(round, *start_state, (data_round, slot), update, hashes, loss / h_steps as f64))
     }
 
     /// Fault injection (tests, drills): changes one parameter of the held state, as a flipped

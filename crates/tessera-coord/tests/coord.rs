@@ -80,14 +80,13 @@ fn index_of(out: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
     out.iter().position(pred).expect("output present")
 }
 
+/// The trainer's commit, claiming `round` (tests send wrong rounds on purpose).
 fn commit_msg(round: u64, t: &Trained) -> Message {
-    Message::Commit {
-        round,
-        update: t.update_hash,
-        update_len: t.update.len() as u64,
-        start_hash: t.start_hash,
-        end_hash: t.end_hash,
+    let mut m = t.commit();
+    if let Message::Commit { round: r, .. } = &mut m {
+        *r = round;
     }
+    m
 }
 
 #[test]

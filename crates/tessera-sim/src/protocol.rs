@@ -206,13 +206,7 @@ impl<'a> ProtocolSim<'a> {
                 let p = self.peers.get_mut(&to).expect("known peer");
                 let t = p.w.train(round, &state_hash, &a, self.ds, &mut |_| {}).map_err(err)?.clone();
                 p.updates.insert(t.update_hash, t.update.clone());
-                let commit = Message::Commit {
-                    round,
-                    update: t.update_hash,
-                    update_len: t.update.len() as u64,
-                    start_hash: t.start_hash,
-                    end_hash: t.end_hash,
-                };
+                let commit = t.commit();
                 self.send_from(to, commit);
             }
             Message::Accept { round, aggregate, next_state_hash, .. } => {

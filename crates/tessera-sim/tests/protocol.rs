@@ -33,18 +33,11 @@ fn pid(i: u8) -> [u8; 32] {
     [i; 32]
 }
 
-#[test]
-fn the_protocol_computes_what_the_simulator_computes() {
-    let ds = dataset("equal");
-    let rc = run_cfg(3);
-    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
-    for i in 1..=3 {
-        p.join(pid(i)).unwrap();
-    }
-    p.run_until(rc.rounds).unwrap();
+/// θ after the plain simulator runs `rc` with `peers` peers.
+fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
     let sc = SimConfig {
-        peers: 3,
-        algo: "diloco".into(),
+        peers,
+        algo: rc.algo.clone(),
         codec: rc.codec.clone(),
         inner_steps: rc.inner_steps,
         rounds: rc.rounds,
@@ -60,12 +53,25 @@ fn the_protocol_computes_what_the_simulator_computes() {
         eval_batches: 1,
         ..SimConfig::default()
     };
-    let mut sim = Sim::new(sc, &ds).unwrap();
+    let mut sim = Sim::new(sc, ds).unwrap();
     for _ in 0..rc.rounds {
         sim.run_round().unwrap();
     }
+    sim.theta().to_vec()
+}
+
+#[test]
+fn the_protocol_computes_what_the_simulator_computes() {
+    let ds = dataset("equal");
+    let rc = run_cfg(3);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=3 {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let sim = plain_sim_theta(&rc, 3, &ds);
     let theta = &p.coordinator().global().theta;
-    assert!(theta.iter().zip(sim.theta()).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
     for i in 1..=3 {
         assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())));
     }
@@ -81,26 +87,9 @@ fn ddp_over_the_protocol_equals_the_simulators_ddp() {
     p.join(pid(1)).unwrap();
     p.join(pid(2)).unwrap();
     p.run_until(rc.rounds).unwrap();
-    let sc = SimConfig {
-        peers: 2,
-        algo: "ddp".into(),
-        rounds: rc.rounds,
-        preset: rc.preset.clone(),
-        batch: rc.batch,
-        seed: rc.seed,
-        inner_lr: rc.inner_lr,
-        inner_warmup: rc.inner_warmup,
-        max_update_norm: rc.max_update_norm,
-        eval_every: 0,
-        eval_batches: 1,
-        ..SimConfig::default()
-    };
-    let mut sim = Sim::new(sc, &ds).unwrap();
-    for _ in 0..rc.rounds {
-        sim.run_round().unwrap();
-    }
+    let sim = plain_sim_theta(&rc, 2, &ds);
     let theta = &p.coordinator().global().theta;
-    assert!(theta.iter().zip(sim.theta()).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
     assert_eq!(p.peer_state(&pid(2)), Some((rc.rounds, p.coordinator().state_hash())));
 }
 

@@ -2,7 +2,6 @@
 //! with its decisions in SQLite. Restarting it with the same `--dir` resumes the run.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use clap::Args;
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record, RunConfig, Worker};
-use tessera_net::{hex, peer_id, Net, NetConfig, NetError, Shaping};
+use tessera_net::{hex, peer_id, Net, NetError};
 use tokio::sync::mpsc;
 
 use super::store::Store;
@@ -26,15 +25,8 @@ pub struct CoordinatorArgs {
     /// Directory for the database, blobs, key and ticket (resumed if it holds a run).
     #[arg(long, default_value = "runs/coordinator")]
     pub dir: PathBuf,
-    /// Socket to listen on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub bind: SocketAddr,
-    /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
-    #[arg(long)]
-    pub shape: Option<Shaping>,
-    /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
-    #[arg(long)]
-    pub internet: bool,
+    #[command(flatten)]
+    pub net: super::NetArgs,
     /// Dataset whose manifest hash is pinned into the config (built from the embedded corpus
     /// if the directory does not exist); also used by --eval-every.
     #[arg(long)]
@@ -125,8 +117,7 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
         }
     };
     let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
-    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape, internet: a.internet })
-        .await?;
+    let net = Net::bind(key.to_bytes(), &a.net.config()).await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
     }

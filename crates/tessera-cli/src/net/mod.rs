@@ -13,6 +13,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
 
+/// The endpoint settings both daemons take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Socket to bind.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: std::net::SocketAddr,
+    /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
+    #[arg(long)]
+    pub shape: Option<tessera_net::Shaping>,
+    /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
+    #[arg(long)]
+    pub internet: bool,
+}
+
+impl NetArgs {
+    pub fn config(&self) -> tessera_net::NetConfig {
+        tessera_net::NetConfig { bind: self.bind, shaping: self.shape, internet: self.internet }
+    }
+}
+
 /// How often the daemons look at the clock.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Frames queued for one peer before new ones are dropped.

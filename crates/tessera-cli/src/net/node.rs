@@ -2,7 +2,6 @@
 //! checkpoint blob it names, trains the units it is assigned, serves its updates as blobs,
 //! closes each round with the aggregate and reports the state hash it computed.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{Hash32, Message, PeerId, RunConfig, SeqWindow, Worker};
 use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
-use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError, Shaping};
+use tessera_net::{hex, parse_ticket, Net, NetError};
 use tokio::sync::mpsc;
 
 use super::coordinator::short;
@@ -34,14 +33,8 @@ pub struct NodeArgs {
     /// Key file (hex ed25519 secret), created if missing; a fresh identity if not given.
     #[arg(long)]
     pub key: Option<PathBuf>,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub bind: SocketAddr,
-    /// Test-only link shaping of everything this process sends, e.g. `10mbit,50ms`.
-    #[arg(long)]
-    pub shape: Option<Shaping>,
-    /// Internet mode: use iroh's public relays and address lookup (contacts n0's servers).
-    #[arg(long)]
-    pub internet: bool,
+    #[command(flatten)]
+    pub net: super::NetArgs,
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -103,8 +96,7 @@ async fn main_loop(a: NodeArgs) -> Result<()> {
         None => fresh_key()?,
     };
     let ds = Arc::new(embedded_dataset(&a.data_dir)?);
-    let net = Net::bind(key.to_bytes(), &NetConfig { bind: a.bind, shaping: a.shape, internet: a.internet })
-        .await?;
+    let net = Net::bind(key.to_bytes(), &a.net.config()).await?;
     let log = Log::new(&format!("node {}", short(&net.id())));
     let mut node = Node {
         net,
@@ -338,13 +330,7 @@ impl Node {
             t0.elapsed().as_secs_f64(),
             t.mean_loss
         ));
-        let m = Message::Commit {
-            round,
-            update: t.update_hash,
-            update_len: t.update.len() as u64,
-            start_hash: t.start_hash,
-            end_hash: t.end_hash,
-        };
+        let m = t.commit();
         self.send(conn, &m).await;
         Ok(())
     }
