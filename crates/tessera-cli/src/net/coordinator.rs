@@ -342,7 +342,14 @@ impl Daemon {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Joined(p) => self.log.info(&format!("{} joined", short(&p))),
-            Event::Left(p) => self.log.info(&format!("{} left (silent)", short(&p))),
+            Event::Left(p) => {
+                // Forget its connection too, so churn does not grow these maps.
+                self.outboxes.remove(&p);
+                if let Some(c) = self.conns.lock().expect("conns").remove(&p) {
+                    c.close(0u32.into(), b"silent");
+                }
+                self.log.info(&format!("{} left (silent)", short(&p)))
+            }
             Event::Rejected { from, reason } => self.log.warn(&format!("message from {} refused: {reason}", short(&from))),
             Event::RoundClosed { round, accepted, rejected, reassigned } => self.log.info(&format!(
                 "round {round} closed: {accepted} accepted, {rejected} rejected, {reassigned} units reassigned"
