@@ -197,3 +197,71 @@ impl Store {
         Ok(Some(Restored { state, backlog, open, history }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_coord::{Assignment, RunConfig, Worker};
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tessera-store-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn start(round: u64) -> Message {
+        let peer = [1; 32];
+        Message::RoundStart {
+            round,
+            state_hash: [0; 32],
+            seed: 1,
+            members: vec![peer],
+            assignments: vec![Assignment { peer, data_round: round, slot: 0 }],
+            deadline_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_crash_between_blob_and_record_reopens_the_round_and_a_round_closes_once() {
+        let dir = tmp("crash");
+        let w = Worker::new(RunConfig::default()).unwrap();
+        let g0 = w.initial_state();
+        let (layout, n) = (g0.layout_hash, g0.theta.len());
+        {
+            let s = Store::open(&dir).unwrap();
+            assert!(s.restore(&layout, n, 1).unwrap().is_none(), "a fresh directory holds no run");
+            s.put_blob(&g0.hash(), &g0.encode()).unwrap();
+            s.set_meta("initial_state", &g0.hash()).unwrap();
+            let mut s = s;
+            s.persist(&Record::RoundStarted { round: 0, start: start(0) }).unwrap();
+            // The next state's blob is written, then the process dies before the record.
+            let mut g1 = g0.clone();
+            g1.round = 1;
+            s.put_blob(&g1.hash(), &g1.encode()).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let r = s.restore(&layout, n, 1).unwrap().unwrap();
+        assert_eq!(r.state, g0, "the undecided round is not applied");
+        assert_eq!(r.open, Some(start(0)), "the announced round is re-opened");
+        // Closing it works once; a second close of the same round is refused.
+        let mut s = s;
+        let mut g1 = g0.clone();
+        g1.round = 1;
+        let accept = Message::Accept {
+            round: 0,
+            accepted: vec![[1; 32]],
+            rejected: vec![],
+            aggregate: None,
+            next_state_hash: g1.hash(),
+        };
+        let rec = Record::RoundClosed { round: 0, accept, state_hash: g1.hash(), backlog: vec![(0, 3)] };
+        s.persist(&rec).unwrap();
+        assert!(s.persist(&rec).is_err(), "a round closes at most once");
+        let r = s.restore(&layout, n, 1).unwrap().unwrap();
+        assert_eq!((r.state.round, r.open, r.backlog), (1, None, vec![(0, 3)]));
+        assert_eq!(r.history, vec![(0, g0.hash()), (1, g1.hash())]);
+        // A blob corrupted on disk is refused, never loaded.
+        std::fs::write(dir.join("blobs").join(hex(&g1.hash())), b"garbage").unwrap();
+        assert!(s.restore(&layout, n, 1).is_err());
+    }
+}
