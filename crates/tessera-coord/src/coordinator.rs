@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use tessera_model::{Gpt, GptConfig};
-use tessera_sync::{decode_update, encode_update, weighted_mean, Codec, Contribution, Expected};
+use tessera_sync::{decode_update, encode_update, weighted_mean, Codec, Contribution};
 use tessera_wire::{Assignment, Message};
 
 use crate::{CoordError, GlobalState, Hash32, OuterRule, PeerId, Reject, RunConfig, SeqWindow, Signed};
@@ -103,9 +103,7 @@ struct OpenRound {
 /// The coordinator.
 pub struct Coordinator {
     cfg: RunConfig,
-    config_text: String,
     codec: Codec,
-    want: Expected,
     rule: OuterRule,
     update_len: u64,
     global: GlobalState,
@@ -135,7 +133,7 @@ impl Coordinator {
         let codec = cfg.update_codec()?;
         let model = Gpt::new(GptConfig::preset(&cfg.preset)?, cfg.seed)?;
         let rule = OuterRule::new(&cfg, &model.params);
-        let want = rule.expected().clone();
+        let want = rule.expected();
         let n = want.n;
         if r.state.layout_hash != want.layout_hash
             || r.state.theta.len() != n
@@ -148,11 +146,9 @@ impl Coordinator {
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
         history.insert(r.state.round, state_hash);
         let mut c = Self {
-            config_text: cfg.to_toml(),
             finished: r.state.round >= cfg.rounds,
             cfg,
             codec,
-            want,
             rule,
             update_len,
             global: r.state,
@@ -246,7 +242,7 @@ impl Coordinator {
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
-            Ok(b) => match decode_update(&b, &self.want) {
+            Ok(b) => match decode_update(&b, self.rule.expected()) {
                 Ok(d) if d.header.round == self.global.round => Slot::Accepted { hash, values: d.values },
                 Ok(d) => Slot::Rejected(
                     Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string(),
@@ -316,7 +312,7 @@ impl Coordinator {
             round: self.global.round,
             checkpoint: self.state_hash,
             state_hash: self.state_hash,
-            config: self.config_text.clone(),
+            config: self.cfg.to_toml(),
         };
         self.out.push(Output::Send { to: from, message: welcome });
         if let Some(open) = &self.open {
@@ -495,8 +491,9 @@ impl Coordinator {
         let aggregate = if contribs.is_empty() {
             None
         } else {
-            let mean = weighted_mean(&contribs, self.want.n)?;
-            Some(encode_update(self.cfg.algorithm(), self.codec, self.want.layout_hash, round, &mean))
+            let want = self.rule.expected();
+            let mean = weighted_mean(&contribs, want.n)?;
+            Some(encode_update(self.cfg.algorithm(), self.codec, want.layout_hash, round, &mean))
         };
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
         self.global.apply(aggregate.as_deref(), &self.rule)?;

@@ -3,7 +3,7 @@
 //! moves the blobs and messages.
 
 use tessera_data::{BatchKey, Dataset};
-use tessera_model::{AdamWConfig, Gpt, GptConfig, OptState, Trainer};
+use tessera_model::{Gpt, GptConfig, OptState, Trainer};
 use tessera_sync::{encode_update, pseudo_gradient, Codec, Expected};
 use tessera_tensor::TraceMode;
 
@@ -64,7 +64,6 @@ pub struct Worker {
     gcfg: GptConfig,
     model: Gpt,
     layout_hash: Hash32,
-    inner: AdamWConfig,
     rule: OuterRule,
     global: Option<(GlobalState, Hash32)>,
     trainer: Option<Trainer<Gpt>>,
@@ -78,7 +77,6 @@ impl Worker {
         cfg.validate()?;
         let gcfg = GptConfig::preset(&cfg.preset)?;
         let model = Gpt::new(gcfg.clone(), cfg.seed)?;
-        let inner = cfg.inner_adamw();
         Ok(Self {
             rule: OuterRule::new(&cfg, &model.params),
             codec: cfg.update_codec()?,
@@ -86,7 +84,6 @@ impl Worker {
             cfg,
             gcfg,
             model,
-            inner,
             global: None,
             trainer: None,
             snapshot: None,
@@ -182,7 +179,7 @@ impl Worker {
             let mut t = Trainer {
                 model: self.model.clone(),
                 opt: OptState::new(&self.model.params),
-                cfg: self.inner.clone(),
+                cfg: self.cfg.inner_adamw(),
             };
             // A trainer that joins late follows the run's learning-rate schedule.
             t.opt.step = round * h_steps;

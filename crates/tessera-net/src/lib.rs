@@ -190,21 +190,8 @@ pub fn peer_id(conn: &Connection) -> PeerId {
     *conn.remote_id().as_bytes()
 }
 
-/// Hex of a hash or id.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+pub use tessera_tensor::hex;
+use tessera_tensor::unhex32;
 
 /// Parses a `<hex id>@<ip:port>` ticket, or a bare `<hex id>` (internet mode: the address is
 /// looked up).

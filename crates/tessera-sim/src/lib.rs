@@ -37,4 +37,8 @@ pub enum SimError {
     Sync(#[from] tessera_sync::SyncError),
     #[error(transparent)]
     Tensor(#[from] tessera_tensor::TensorError),
+    #[error(transparent)]
+    Coord(#[from] tessera_coord::CoordError),
+    #[error("the protocol run is stuck at round {0} (no live members?)")]
+    Stuck(u64),
 }

@@ -42,17 +42,13 @@ pub struct ProtocolSim<'a> {
     pub events: Vec<Event>,
 }
 
-fn err(e: impl std::fmt::Display) -> SimError {
-    SimError::Config(e.to_string())
-}
-
 impl<'a> ProtocolSim<'a> {
     pub fn new(cfg: RunConfig, ds: &'a Dataset) -> Result<Self, SimError> {
-        let w = Worker::new(cfg.clone()).map_err(err)?;
+        let w = Worker::new(cfg.clone())?;
         let init = w.initial_state();
         let mut blobs = HashMap::new();
         blobs.insert(init.hash(), init.encode());
-        let coord = Coordinator::new(cfg.clone(), init).map_err(err)?;
+        let coord = Coordinator::new(cfg.clone(), init)?;
         Ok(Self {
             ds,
             cfg,
@@ -72,7 +68,7 @@ impl<'a> ProtocolSim<'a> {
 
     /// A new trainer sends its `Join` (delivered by the next [`ProtocolSim::run_until`]).
     pub fn join(&mut self, peer: PeerId) -> Result<(), SimError> {
-        let w = Worker::new(self.cfg.clone()).map_err(err)?;
+        let w = Worker::new(self.cfg.clone())?;
         self.peers.insert(peer, Peer { w, alive: true, seq: 0, updates: HashMap::new(), crash_in: None });
         self.send_from(peer, Message::Join { addrs: vec![] });
         Ok(())
@@ -105,7 +101,7 @@ impl<'a> ProtocolSim<'a> {
         while self.coord.round() < round && !self.coord.is_finished() {
             idle += 1;
             if idle > MAX_IDLE_TICKS {
-                return Err(err(format!("stuck at round {} (no live members?)", self.coord.round())));
+                return Err(SimError::Stuck(self.coord.round()));
             }
             self.now += self.cfg.heartbeat_ms;
             let alive: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.alive).map(|(k, _)| *k).collect();
@@ -179,7 +175,7 @@ impl<'a> ProtocolSim<'a> {
             return Ok(true);
         }
         match self.blobs.get(&hash) {
-            Some(b) => p.w.load_state(b, &hash).map_err(err).map(|_| true),
+            Some(b) => p.w.load_state(b, &hash).map(|_| true).map_err(SimError::from),
             None => Ok(false),
         }
     }
@@ -204,7 +200,7 @@ impl<'a> ProtocolSim<'a> {
                     return Ok(());
                 }
                 let p = self.peers.get_mut(&to).expect("known peer");
-                let t = p.w.train(round, &state_hash, &a, self.ds, &mut |_| {}).map_err(err)?.clone();
+                let t = p.w.train(round, &state_hash, &a, self.ds, &mut |_| {})?.clone();
                 p.updates.insert(t.update_hash, t.update.clone());
                 let commit = t.commit();
                 self.send_from(to, commit);
@@ -212,7 +208,7 @@ impl<'a> ProtocolSim<'a> {
             Message::Accept { round, aggregate, next_state_hash, .. } => {
                 let mine = if p.w.state().map(|s| s.0) == Some(round) {
                     let agg = aggregate.and_then(|h| self.blobs.get(&h));
-                    p.w.apply(round, agg.map(Vec::as_slice)).map_err(err)?
+                    p.w.apply(round, agg.map(Vec::as_slice))?
                 } else {
                     self.sync(to, round + 1, next_state_hash)?;
                     next_state_hash

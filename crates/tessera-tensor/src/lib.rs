@@ -36,7 +36,7 @@ pub use ops_basic::{dot_fixed, sum_fixed};
 pub use ops_nn::check_ids;
 pub use ops_optim::AdamWParams;
 pub use tape::{Grads, Graph, Var};
-pub use tensor::{hash_f32s, hex, Hash, Tensor, MAX_DIMS};
+pub use tensor::{hash_f32s, hex, unhex32, Hash, Tensor, MAX_DIMS};
 pub use trace::{Exec, Trace, TraceEntry, TraceMode, MAX_TRACE_ENTRIES};
 
 /// Everything that can go wrong in this crate. All of it comes from bad input; broken internal

@@ -120,9 +120,21 @@ pub fn hash_f32s(h: &mut blake3::Hasher, xs: &[f32]) {
     }
 }
 
-/// Lower-case hex of a hash.
-pub fn hex(h: &Hash) -> String {
+/// Lower-case hex of bytes (a hash or a key).
+pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses 64 hex digits (either case) back into 32 bytes; `None` for anything else.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn checked_numel(shape: &[usize]) -> Result<usize, TensorError> {

@@ -15,7 +15,7 @@ use tessera_net::{hex, peer_id, Net, NetError};
 use tokio::sync::mpsc;
 
 use super::store::Store;
-use super::{load_or_create_key, Log, Seq, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
+use super::{load_or_create_key, short, Log, Seq, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
 
 #[derive(Args, Debug, Clone)]
 pub struct CoordinatorArgs {
@@ -377,8 +377,4 @@ fn spawn_outbox(net: Net, conn: Connection) -> mpsc::Sender<Vec<u8>> {
         }
     });
     tx
-}
-
-pub fn short(p: &[u8]) -> String {
-    hex(&p[..4])
 }

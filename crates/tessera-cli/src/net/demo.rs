@@ -175,8 +175,8 @@ fn summary(
     peers: usize,
     took: Duration,
 ) -> Result<()> {
-    let db = Store::open_read_only(coord_dir)?;
     let store = Store::open(coord_dir)?;
+    let db = store.conn();
     let rounds: i64 =
         db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))?;
     let accepted: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0))?;

@@ -10,7 +10,7 @@ pub mod store;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
 
 /// The endpoint settings both daemons take.
@@ -67,15 +67,8 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
     if path.exists() {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
-        let t = text.trim();
-        if t.len() != 64 {
-            bail!("{} does not hold a 64-digit hex key", path.display());
-        }
-        let mut b = [0u8; 32];
-        for (i, o) in b.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
-                .with_context(|| format!("{} does not hold a hex key", path.display()))?;
-        }
+        let b = tessera_tensor::unhex32(text.trim())
+            .with_context(|| format!("{} does not hold a 64-digit hex key", path.display()))?;
         return Ok(SigningKey::from_bytes(&b));
     }
     let key = fresh_key()?;
@@ -107,6 +100,11 @@ impl Seq {
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
+}
+
+/// The first 8 hex digits of a peer id, for logs.
+pub fn short(p: &[u8]) -> String {
+    tessera_net::hex(&p[..4])
 }
 
 /// Timestamped log lines on stderr.

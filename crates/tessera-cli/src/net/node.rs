@@ -16,8 +16,7 @@ use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDD
 use tessera_net::{hex, parse_ticket, Net, NetError};
 use tokio::sync::mpsc;
 
-use super::coordinator::short;
-use super::{fresh_key, load_or_create_key, Log, Seq, FETCH_ATTEMPTS};
+use super::{fresh_key, load_or_create_key, short, Log, Seq, FETCH_ATTEMPTS};
 
 /// Default dataset directory: the embedded corpus, ingested on first use.
 pub const DEFAULT_DATA_DIR: &str = "runs/data/embedded";
@@ -340,13 +339,8 @@ impl Node {
         match w.state() {
             Some((r, _)) if r == round => {}
             Some((r, _)) if r > round => return, // already past it
-            _ => {
-                // Not holding this round's start state: take the new checkpoint.
-                if self.ensure_state(conn, round + 1, &next).await {
-                    self.report(conn, round + 1, next, next).await;
-                }
-                return;
-            }
+            // Not holding this round's start state: take the new checkpoint.
+            _ => return self.adopt(conn, round + 1, next).await,
         }
         let blob = match aggregate {
             None => None,
@@ -358,10 +352,7 @@ impl Node {
                         self.log.warn(&format!(
                             "fetching the aggregate of round {round}: {e}; taking the checkpoint"
                         ));
-                        if self.ensure_state(conn, round + 1, &next).await {
-                            self.report(conn, round + 1, next, next).await;
-                        }
-                        return;
+                        return self.adopt(conn, round + 1, next).await;
                     }
                 }
             }
@@ -379,6 +370,14 @@ impl Node {
                 }
             }
             Err(e) => self.log.warn(&format!("aggregate of round {round} refused: {e}")),
+        }
+    }
+
+    /// Takes the coordinator's checkpoint after `round` rounds instead of computing it, and
+    /// reports it.
+    async fn adopt(&mut self, conn: &Connection, round: u64, state: Hash32) {
+        if self.ensure_state(conn, round, &state).await {
+            self.report(conn, round, state, state).await;
         }
     }
 

@@ -53,6 +53,11 @@ impl Store {
         Ok(db)
     }
 
+    /// The database, for read-only queries (the demo's summary).
+    pub fn conn(&self) -> &Connection {
+        &self.db
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
