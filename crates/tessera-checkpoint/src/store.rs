@@ -31,6 +31,21 @@ pub struct ModelShape {
     pub context: usize,
 }
 
+impl ModelShape {
+    /// The shape of a GPT of preset `preset` with config `g`.
+    pub fn gpt(preset: &str, g: &tessera_model::GptConfig) -> Self {
+        ModelShape {
+            kind: "gpt".into(),
+            preset: preset.into(),
+            vocab: g.vocab,
+            d_model: g.d_model,
+            layers: g.layers,
+            heads: g.heads,
+            context: g.context,
+        }
+    }
+}
+
 /// The contents of `meta.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

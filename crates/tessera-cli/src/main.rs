@@ -45,9 +45,9 @@ enum Cmd {
     /// Run a coordinator and 4 trainers as local processes (DiLoCo + int8) and summarize.
     Demo(net::demo::DemoArgs),
     /// Coordinate a networked run (state in SQLite under --dir; restart resumes it).
-    Coordinator(net::coordinator::CoordinatorArgs),
+    Coordinator(net::CoordinatorArgs),
     /// Train in a networked run: `tessera node --join <ticket>`.
-    Node(net::node::NodeArgs),
+    Node(net::NodeArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -67,26 +67,14 @@ fn main() -> Result<()> {
         Cmd::Inspect(a) => tools::inspect(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Demo(a) => net::demo::run(a),
-        Cmd::Coordinator(a) => net::coordinator::run(a),
-        Cmd::Node(a) => net::node::run(a),
+        Cmd::Coordinator(a) => Ok(tessera_node::coordinator::run(a.options())?),
+        Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
     }
 }
 
-/// Writes one line to stdout; a closed pipe (`tessera … | head`) ends the process quietly.
-pub fn out(line: &str) {
-    use std::io::Write;
-    let mut so = std::io::stdout().lock();
-    if let Err(e) = writeln!(so, "{line}") {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error writing output: {e}");
-        std::process::exit(1);
-    }
-}
+pub use tessera_node::out;
 
 /// A rayon pool of `threads` threads (0: one per available core).
 pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().context("building the thread pool")
+    Ok(tessera_node::pool(threads)?)
 }

@@ -133,19 +133,6 @@ pub fn open_dataset(c: &RunConfig, log: &dyn Fn(&str)) -> Result<Dataset> {
     Ok(Dataset::open(&dir)?)
 }
 
-/// The shape record a checkpoint keeps for a preset.
-pub fn model_shape(preset: &str, g: &GptConfig) -> ModelShape {
-    ModelShape {
-        kind: "gpt".into(),
-        preset: preset.into(),
-        vocab: g.vocab,
-        d_model: g.d_model,
-        layers: g.layers,
-        heads: g.heads,
-        context: g.context,
-    }
-}
-
 /// Restores the trainer from a checkpoint after checking it belongs to this run.
 fn resume(tr: &mut Trainer<Gpt>, c: &RunConfig, ds: &Dataset, which: Option<&Path>) -> Result<PathBuf> {
     let path = match which {
@@ -282,7 +269,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut metrics = open_metrics(&metrics_path, start)?;
     let ckdir = c.checkpoint_dir();
     let run_toml = c.to_toml();
-    let shape = model_shape(&c.model.preset, &gcfg);
+    let shape = ModelShape::gpt(&c.model.preset, &gcfg);
     let dataset_hash = hex(&ds.manifest_hash());
     let save_now = |tr: &Trainer<Gpt>| -> Result<PathBuf> {
         let info = (&shape, Some(dataset_hash.clone()), run_toml.as_str());

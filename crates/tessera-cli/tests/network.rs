@@ -213,17 +213,23 @@ fn state_hash(stdout: &str) -> String {
     stdout.lines().find_map(|l| l.strip_prefix("state-hash: ")).expect("state-hash line").to_string()
 }
 
-/// The per-round state hashes a node printed.
-fn node_states(stdout: &str) -> Vec<(u64, String, bool)> {
+/// The per-round states a node printed: (round, hash, agrees, computed).
+fn node_states_full(stdout: &str) -> Vec<(u64, String, bool, bool)> {
     stdout
         .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("state round=")?;
             let (r, rest) = rest.split_once(" hash=")?;
-            let (h, a) = rest.split_once(" agrees=")?;
-            Some((r.parse().ok()?, h.to_string(), a == "true"))
+            let (h, rest) = rest.split_once(" agrees=")?;
+            let (a, c) = rest.split_once(" computed=")?;
+            Some((r.parse().ok()?, h.to_string(), a == "true", c == "true"))
         })
         .collect()
+}
+
+/// The per-round state hashes a node printed: (round, hash, agrees).
+fn node_states(stdout: &str) -> Vec<(u64, String, bool)> {
+    node_states_full(stdout).into_iter().map(|s| (s.0, s.1, s.2)).collect()
 }
 
 /// The protocol simulator's final state for peers `ids` all present from the start.
@@ -243,8 +249,12 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
     let (mut c, ticket) = run.coordinator("coord");
     let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &[])).collect();
     let final_hash = state_hash(&c.finish());
-    let per_node: Vec<Vec<(u64, String, bool)>> =
-        nodes.iter_mut().map(|n| node_states(&n.finish())).collect();
+    let outs: Vec<String> = nodes.iter_mut().map(|n| n.finish()).collect();
+    assert!(
+        outs.iter().all(|o| node_states_full(o).iter().all(|s| s.3)),
+        "every state computed, none adopted"
+    );
+    let per_node: Vec<Vec<(u64, String, bool)>> = outs.iter().map(|o| node_states(o)).collect();
     for r in 1..=run.cfg.rounds {
         let hashes: Vec<&(u64, String, bool)> =
             per_node.iter().map(|v| v.iter().find(|s| s.0 == r).unwrap()).collect();
@@ -252,7 +262,8 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
     }
     assert_eq!(per_node[0].last().unwrap().1, final_hash);
     run.check_ledger();
-    assert_eq!(run.count("SELECT COUNT(*) FROM reports WHERE agrees = 1"), 3 * run.cfg.rounds as i64);
+    let computed = "SELECT COUNT(*) FROM reports WHERE agrees = 1 AND computed = 1";
+    assert_eq!(run.count(computed), 3 * run.cfg.rounds as i64);
     assert_eq!(final_hash, simulated(&run, &[1, 2, 3]), "the networked run equals the simulator");
     // The final model is a standard checkpoint that `tessera sample` reads.
     let model = run.dir.join("coord").join("model");

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use tessera_model::{Gpt, GptConfig};
-use tessera_sync::{decode_update, encode_update, weighted_mean, Codec, Contribution};
+use std::sync::Arc;
+
+use tessera_sync::{decode_update, encode_update, weighted_mean, Contribution};
 use tessera_wire::{Assignment, Message};
 
-use crate::{CoordError, GlobalState, Hash32, OuterRule, PeerId, Reject, RunConfig, SeqWindow, Signed};
+use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, RunSpec, SeqWindow, Signed};
 
 /// Most peers whose sequence numbers are remembered (members and departed peers).
 pub const MAX_KNOWN_PEERS: usize = 65_536;
@@ -56,8 +57,9 @@ pub enum Record {
     RoundStarted { round: u64, start: Message },
     /// A round was closed: the `Accept` message, the new state and the backlog after it.
     RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit> },
-    /// A node reported the state hash it computed after `round` rounds.
-    Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool },
+    /// A node reported the state hash it holds after `round` rounds, computed by itself or
+    /// adopted from the checkpoint.
+    Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
 }
 
 /// Things worth logging.
@@ -103,9 +105,7 @@ struct OpenRound {
 /// The coordinator.
 pub struct Coordinator {
     cfg: RunConfig,
-    codec: Codec,
-    rule: OuterRule,
-    update_len: u64,
+    spec: Arc<RunSpec>,
     global: GlobalState,
     state_hash: Hash32,
     history: BTreeMap<u64, Hash32>,
@@ -120,37 +120,30 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator for a fresh run, starting from `initial` (see [`crate::Worker::initial_state`]).
-    pub fn new(cfg: RunConfig, initial: GlobalState) -> Result<Self, CoordError> {
-        let r = Restored { state: initial, backlog: Vec::new(), open: None, history: Vec::new() };
-        Self::restore(cfg, r, 0)
+    /// A coordinator for a fresh run, starting from the run's initial state.
+    pub fn new(spec: Arc<RunSpec>) -> Result<Self, CoordError> {
+        let r =
+            Restored { state: spec.initial_state(), backlog: Vec::new(), open: None, history: Vec::new() };
+        Self::restore(spec, r, 0)
     }
 
     /// A coordinator resuming from what it persisted; an announced round is re-opened with
     /// the same assignments, its members given `silence_ms` from `now_ms` to reconnect.
-    pub fn restore(cfg: RunConfig, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
-        cfg.validate()?;
-        let codec = cfg.update_codec()?;
-        let model = Gpt::new(GptConfig::preset(&cfg.preset)?, cfg.seed)?;
-        let rule = OuterRule::new(&cfg, &model.params);
-        let want = rule.expected();
-        let n = want.n;
-        if r.state.layout_hash != want.layout_hash
-            || r.state.theta.len() != n
-            || r.state.buffers.len() != rule.buffers()
+    pub fn restore(spec: Arc<RunSpec>, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
+        if r.state.layout_hash != spec.layout_hash
+            || r.state.theta.len() != spec.n()
+            || r.state.buffers.len() != spec.rule.buffers()
         {
             return Err(CoordError::State("the state does not fit this run's model and algorithm".into()));
         }
-        let update_len = (tessera_sync::HEADER_BYTES + codec.encoded_len(n)) as u64;
+        let cfg = spec.cfg.clone();
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
         history.insert(r.state.round, state_hash);
         let mut c = Self {
             finished: r.state.round >= cfg.rounds,
             cfg,
-            codec,
-            rule,
-            update_len,
+            spec,
             global: r.state,
             state_hash,
             history,
@@ -189,6 +182,10 @@ impl Coordinator {
 
     pub fn config(&self) -> &RunConfig {
         &self.cfg
+    }
+
+    pub fn spec(&self) -> &Arc<RunSpec> {
+        &self.spec
     }
 
     /// Rounds completed.
@@ -242,7 +239,7 @@ impl Coordinator {
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
-            Ok(b) => match decode_update(&b, self.rule.expected()) {
+            Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => Slot::Accepted { hash, values: d.values },
                 Ok(d) => Slot::Rejected(
                     Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string(),
@@ -293,8 +290,10 @@ impl Coordinator {
             Message::Commit { round, update, update_len, .. } => {
                 self.commit(now_ms, from, *round, update, *update_len)?
             }
-            Message::StateReport { round, state_hash } => self.report(from, *round, *state_hash),
-            other => return Err(Reject::Unexpected(kind(other))),
+            Message::StateReport { round, state_hash, computed } => {
+                self.report(from, *round, *state_hash, *computed)
+            }
+            other => return Err(Reject::Unexpected(crate::trainer::kind(other))),
         }
         self.members.insert(from, now_ms);
         Ok(())
@@ -342,9 +341,10 @@ impl Coordinator {
         };
         let slot = open.slots.get_mut(&from).ok_or(Reject::NotAssigned(round))?;
         match slot {
-            Slot::Waiting if len != self.update_len => {
-                *slot = Slot::Rejected(Reject::BadLength { got: len, want: self.update_len }.to_string());
-                return Err(Reject::BadLength { got: len, want: self.update_len });
+            Slot::Waiting if len != self.spec.update_len => {
+                let reject = Reject::BadLength { got: len, want: self.spec.update_len };
+                *slot = Slot::Rejected(reject.to_string());
+                return Err(reject);
             }
             Slot::Waiting => {
                 *slot = Slot::Fetching { hash: *update };
@@ -360,10 +360,11 @@ impl Coordinator {
         Ok(())
     }
 
-    fn report(&mut self, from: PeerId, round: u64, reported: Hash32) {
+    fn report(&mut self, from: PeerId, round: u64, reported: Hash32, computed: bool) {
         let expected = self.history.get(&round).copied();
         let agrees = expected == Some(reported);
-        self.out.push(Output::Persist(Record::Report { round, peer: from, state_hash: reported, agrees }));
+        let rec = Record::Report { round, peer: from, state_hash: reported, agrees, computed };
+        self.out.push(Output::Persist(rec));
         if !agrees {
             self.event(Event::Disagreement { round, peer: from, reported, expected });
             let ptr = Message::CheckpointPointer {
@@ -491,12 +492,11 @@ impl Coordinator {
         let aggregate = if contribs.is_empty() {
             None
         } else {
-            let want = self.rule.expected();
-            let mean = weighted_mean(&contribs, want.n)?;
-            Some(encode_update(self.cfg.algorithm(), self.codec, want.layout_hash, round, &mean))
+            let mean = weighted_mean(&contribs, self.spec.n())?;
+            Some(encode_update(self.cfg.algorithm(), self.spec.codec, self.spec.layout_hash, round, &mean))
         };
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
-        self.global.apply(aggregate.as_deref(), &self.rule)?;
+        self.global.apply(aggregate.as_deref(), &self.spec.rule)?;
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);
@@ -543,18 +543,4 @@ fn truncate(mut s: String) -> String {
         s.truncate(cut);
     }
     s
-}
-
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Join { .. } => "Join",
-        Message::Welcome { .. } => "Welcome",
-        Message::Heartbeat { .. } => "Heartbeat",
-        Message::RoundStart { .. } => "RoundStart",
-        Message::Commit { .. } => "Commit",
-        Message::Accept { .. } => "Accept",
-        Message::StateReport { .. } => "StateReport",
-        Message::CheckpointPointer { .. } => "CheckpointPointer",
-        Message::Done { .. } => "Done",
-    }
 }

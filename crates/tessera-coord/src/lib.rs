@@ -2,9 +2,12 @@
 //!
 //! **Role.** The round protocol of a networked run (DESIGN §6) as sans-IO state machines:
 //! [`Coordinator`] decides membership, data assignment, deadlines and acceptance and keeps the
-//! shared state; [`Worker`] is a trainer's side (sync to a state, train an assigned unit,
-//! apply an aggregate). Both are driven by events with explicit time: by the simulator on a
-//! virtual clock, and by the daemons over the network.
+//! shared state; [`Trainer`] is a trainer's side (sync to a state by hash, have its unit
+//! trained, commit, close the round with the aggregate, report). Both are driven by events
+//! with explicit time: by the simulator on a virtual clock, and by the daemons over the
+//! network. [`Worker`] is the trainer's computation (H inner steps into an encoded update),
+//! which the trainer's driver runs when the machine asks; [`RunSpec`] is what a run's config
+//! implies (layout, initial state, outer rule, blob sizes), derived once.
 //!
 //! **Invariants.**
 //! - A round's result is a pure function of the state it starts from, the assignments, and
@@ -25,7 +28,9 @@
 mod config;
 mod coordinator;
 mod seq;
+mod spec;
 mod state;
+mod trainer;
 mod worker;
 
 pub use config::{RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
@@ -33,8 +38,10 @@ pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
 pub use seq::{SeqWindow, SEQ_WINDOW};
+pub use spec::RunSpec;
 pub use state::{GlobalState, OuterRule, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
+pub use trainer::{Action, Trainer, TrainerConfig, TrainerError, TrainerEvent};
 pub use worker::{Trained, Worker};
 
 /// Errors of the protocol's own computations and of bad blobs or configs.

@@ -1,6 +1,7 @@
 //! The coordinator's state machine under scripted event sequences, with real trainers.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tessera_coord::*;
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
@@ -45,10 +46,10 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(cfg: RunConfig) -> (Self, Worker) {
-        let w = Worker::new(cfg.clone()).unwrap();
-        let c = Coordinator::new(cfg, w.initial_state()).unwrap();
-        (Self { c, seq: Default::default() }, w)
+    fn new(cfg: RunConfig) -> (Self, Arc<RunSpec>) {
+        let spec = Arc::new(RunSpec::new(cfg).unwrap());
+        let c = Coordinator::new(spec.clone()).unwrap();
+        (Self { c, seq: Default::default() }, spec)
     }
 
     fn send(&mut self, now: u64, from: PeerId, message: Message) -> Vec<Output> {
@@ -92,8 +93,8 @@ fn commit_msg(round: u64, t: &Trained) -> Message {
 #[test]
 fn a_round_starts_trains_closes_and_every_peer_agrees() {
     let ds = dataset();
-    let (mut h, w0) = Harness::new(cfg());
-    let initial = w0.initial_state().encode();
+    let (mut h, spec) = Harness::new(cfg());
+    let initial = spec.initial_state();
     assert!(h
         .send(0, pid(1), Message::Join { addrs: vec![] })
         .iter()
@@ -107,11 +108,10 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     assert!(persisted < announced, "decisions are written before they are announced");
     assert_eq!(assignments.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
 
-    let mut workers: Vec<Worker> = (0..2).map(|_| Worker::new(cfg()).unwrap()).collect();
     let mut trained = Vec::new();
-    for (w, a) in workers.iter_mut().zip(&assignments) {
-        w.load_state(&initial, &s0).unwrap();
-        trained.push(w.train(0, &s0, a, &ds, &mut |_| {}).unwrap().clone());
+    for a in &assignments {
+        let mut w = Worker::new(spec.clone());
+        trained.push(w.train(&initial, &s0, a, &ds, &mut |_| {}).unwrap());
     }
     let mut outs = Vec::new();
     for (i, t) in trained.iter().enumerate() {
@@ -121,7 +121,7 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
             _ => None,
         });
         assert_eq!(fetch, Some((assignments[i].peer, t.update_hash, t.update.len() as u64)));
-        outs.push(h.c.fetched(450, assignments[i].peer, t.update_hash, Ok(t.update.clone())));
+        outs.push(h.c.fetched(450, assignments[i].peer, t.update_hash, Ok(t.update.to_vec())));
     }
     let close = outs.pop().unwrap();
     let stored = index_of(&close, |o| matches!(o, Output::StoreBlob { .. }));
@@ -145,9 +145,9 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
             _ => None,
         })
         .unwrap();
-    for w in &mut workers {
-        assert_eq!(w.apply(0, Some(&agg_bytes)).unwrap(), next, "trainers reach the coordinator's state");
-    }
+    let mut mine = initial.clone();
+    mine.apply(Some(&agg_bytes), &spec.rule).unwrap();
+    assert_eq!(mine.hash(), next, "trainers reach the coordinator's state");
     assert_eq!(h.c.state_hash(), next);
     // The next round follows at once, with a deadline adapted to the observed speed.
     let (r1, s1, a1, d1) = round_start(&close).expect("next round");
@@ -155,14 +155,15 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     assert_eq!(a1.iter().map(|a| (a.data_round, a.slot)).collect::<Vec<_>>(), [(1, 0), (1, 1)]);
     assert_eq!(d1, (391.0 * 3.0) as u64, "slack × the slowest peer's 391 ms (round began at 10)");
     // Reports: agreement is recorded, disagreement flagged and answered with the pointer.
-    let ok = h.send(500, pid(1), Message::StateReport { round: 1, state_hash: next });
+    let ok = h.send(500, pid(1), Message::StateReport { round: 1, state_hash: next, computed: true });
     assert!(ok.contains(&Output::Persist(Record::Report {
         round: 1,
         peer: pid(1),
         state_hash: next,
-        agrees: true
+        agrees: true,
+        computed: true
     })));
-    let bad = h.send(500, pid(2), Message::StateReport { round: 1, state_hash: [9; 32] });
+    let bad = h.send(500, pid(2), Message::StateReport { round: 1, state_hash: [9; 32], computed: true });
     assert!(bad.iter().any(|o| matches!(o, Output::Event(Event::Disagreement { round: 1, .. }))));
     assert!(bad.iter().any(|o| matches!(o, Output::Send { message: Message::CheckpointPointer { .. }, .. })));
 }
@@ -170,17 +171,16 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
 #[test]
 fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     let ds = dataset();
-    let (mut h, w0) = Harness::new(cfg());
-    let initial = w0.initial_state().encode();
+    let (mut h, spec) = Harness::new(cfg());
+    let initial = spec.initial_state();
     h.send(0, pid(1), Message::Join { addrs: vec![] });
     let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // Peer 1 trains and commits; peer 2 goes silent.
-    let mut w = Worker::new(cfg()).unwrap();
-    w.load_state(&initial, &s0).unwrap();
-    let t = w.train(0, &s0, &a0[0], &ds, &mut |_| {}).unwrap().clone();
+    let mut w = Worker::new(spec.clone());
+    let t = w.train(&initial, &s0, &a0[0], &ds, &mut |_| {}).unwrap();
     h.send(200, pid(1), commit_msg(0, &t));
-    h.c.fetched(210, pid(1), t.update_hash, Ok(t.update.clone()));
+    h.c.fetched(210, pid(1), t.update_hash, Ok(t.update.to_vec()));
     h.send(900, pid(1), Message::Heartbeat { round: 0, step: 2 });
     assert!(h.c.tick(900).is_empty(), "peer 2 is not silent yet");
     let out = h.c.tick(1001);
@@ -202,13 +202,11 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     let out = h.send(1100, pid(3), Message::Join { addrs: vec![] });
     assert!(round_start(&out).is_none());
     let t1 = {
-        let s1 = h.c.state_hash();
-        let blob = h.c.global().encode();
-        w.load_state(&blob, &s1).unwrap();
-        w.train(1, &s1, &a1[0], &ds, &mut |_| {}).unwrap().clone()
+        let (s1, g1) = (h.c.state_hash(), h.c.global().clone());
+        w.train(&g1, &s1, &a1[0], &ds, &mut |_| {}).unwrap()
     };
     h.send(1200, pid(1), commit_msg(1, &t1));
-    let out = h.c.fetched(1210, pid(1), t1.update_hash, Ok(t1.update.clone()));
+    let out = h.c.fetched(1210, pid(1), t1.update_hash, Ok(t1.update.to_vec()));
     let (r, _, a2, _) = round_start(&out).unwrap();
     assert_eq!(r, 2);
     let units: Vec<_> = a2.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
@@ -218,8 +216,8 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
 #[test]
 fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     let ds = dataset();
-    let (mut h, w0) = Harness::new(cfg());
-    let initial = w0.initial_state().encode();
+    let (mut h, spec) = Harness::new(cfg());
+    let initial = spec.initial_state();
     // Not a member yet.
     let out =
         h.c.handle(0, Signed { sender: pid(7), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
@@ -234,9 +232,7 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     // Peers may not announce rounds.
     let out = h.send(2, pid(1), Message::Done { round: 0, state_hash: s0 });
     assert_eq!(rejections(&out), [Reject::Unexpected("Done")]);
-    let mut w = Worker::new(cfg()).unwrap();
-    w.load_state(&initial, &s0).unwrap();
-    let t = w.train(0, &s0, &a0[0], &ds, &mut |_| {}).unwrap().clone();
+    let t = Worker::new(spec.clone()).train(&initial, &s0, &a0[0], &ds, &mut |_| {}).unwrap();
     // The wrong round, and a commit of the wrong size.
     let out = h.send(3, pid(1), commit_msg(5, &t));
     assert_eq!(rejections(&out), [Reject::WrongRound { got: 5, want: Some(0) }]);
@@ -269,9 +265,8 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
 
 #[test]
 fn non_finite_and_huge_updates_are_rejected() {
-    let (mut h, w0) = Harness::new(RunConfig { max_update_norm: 10.0, ..cfg() });
-    let n = w0.initial_state().theta.len();
-    let layout = w0.initial_state().layout_hash;
+    let (mut h, spec) = Harness::new(RunConfig { max_update_norm: 10.0, ..cfg() });
+    let (n, layout) = (spec.n(), spec.layout_hash);
     h.send(0, pid(1), Message::Join { addrs: vec![] });
     h.send(0, pid(2), Message::Join { addrs: vec![] });
     let codec = cfg().update_codec().unwrap();
@@ -319,8 +314,8 @@ fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
 fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
     let ds = dataset();
     let c1 = RunConfig { rounds: 1, ..cfg() };
-    let (mut h, w0) = Harness::new(c1.clone());
-    let initial = w0.initial_state();
+    let (mut h, spec) = Harness::new(c1.clone());
+    let initial = spec.initial_state();
     h.send(0, pid(1), Message::Join { addrs: vec![] });
     let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
     let start = out
@@ -333,7 +328,7 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // The coordinator dies; a new one is restored from what was persisted.
     let restored = Restored { state: initial.clone(), backlog: vec![], open: Some(start), history: vec![] };
-    let mut c = Coordinator::restore(c1.clone(), restored, 5000).unwrap();
+    let mut c = Coordinator::restore(spec.clone(), restored, 5000).unwrap();
     // A member reconnects: it is welcomed and re-sent the open round.
     let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Welcome { round: 0, .. }, .. })));
@@ -342,11 +337,9 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
         .any(|o| matches!(o, Output::Send { message: Message::RoundStart { round: 0, .. }, .. })));
     let mut last = Vec::new();
     for (seq, a) in (11..).zip(&a0) {
-        let mut w = Worker::new(c1.clone()).unwrap();
-        w.load_state(&initial.encode(), &s0).unwrap();
-        let t = w.train(0, &s0, a, &ds, &mut |_| {}).unwrap().clone();
+        let t = Worker::new(spec.clone()).train(&initial, &s0, a, &ds, &mut |_| {}).unwrap();
         c.handle(5200, Signed { sender: a.peer, seq, message: commit_msg(0, &t) });
-        last = c.fetched(5300, a.peer, t.update_hash, Ok(t.update.clone()));
+        last = c.fetched(5300, a.peer, t.update_hash, Ok(t.update.to_vec()));
     }
     assert!(last.iter().any(|o| matches!(o, Output::Broadcast { message: Message::Done { round: 1, .. } })));
     assert!(c.is_finished());
@@ -358,34 +351,34 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
 #[test]
 fn retraining_a_round_gives_the_same_commit() {
     let ds = dataset();
-    let mut w = Worker::new(cfg()).unwrap();
-    let g = w.initial_state();
+    let spec = Arc::new(RunSpec::new(cfg()).unwrap());
+    let mut w = Worker::new(spec.clone());
+    let g = spec.initial_state();
     let s0 = g.hash();
-    w.load_state(&g.encode(), &s0).unwrap();
     let a = Assignment { peer: pid(1), data_round: 0, slot: 0 };
-    let first = w.train(0, &s0, &a, &ds, &mut |_| {}).unwrap().clone();
+    let first = w.train(&g, &s0, &a, &ds, &mut |_| {}).unwrap();
     // A different unit for the same round restarts from the round's inner state...
     let b = Assignment { slot: 1, ..a };
-    let other = w.train(0, &s0, &b, &ds, &mut |_| {}).unwrap().clone();
+    let other = w.train(&g, &s0, &b, &ds, &mut |_| {}).unwrap();
     assert_ne!(other.update_hash, first.update_hash);
     assert_eq!(other.start_hash, first.start_hash, "the same inner state starts the round");
     // ...so training the first unit again reproduces it bit for bit.
-    let again = w.train(0, &s0, &a, &ds, &mut |_| {}).unwrap().clone();
+    let again = w.train(&g, &s0, &a, &ds, &mut |_| {}).unwrap();
     assert_eq!(again.update, first.update);
     // A checkpoint that does not hash to the announced state is refused.
-    assert!(matches!(w.load_state(&g.encode(), &[0; 32]), Err(CoordError::State(_))));
+    assert!(matches!(spec.decode_state(&g.encode(), &[0; 32]), Err(CoordError::State(_))));
     let mut bad = g.encode();
     bad[0] = b'X';
     let h = *blake3::hash(&bad).as_bytes();
-    assert!(matches!(w.load_state(&bad, &h), Err(CoordError::State(_))));
+    assert!(matches!(spec.decode_state(&bad, &h), Err(CoordError::State(_))));
 }
 
 #[test]
 fn corrupted_state_blobs_are_refused_with_typed_errors() {
-    let w = Worker::new(cfg()).unwrap();
-    let g = w.initial_state();
+    let spec = RunSpec::new(cfg()).unwrap();
+    let g = spec.initial_state();
     let (blob, n, layout) = (g.encode(), g.theta.len(), g.layout_hash);
-    assert_eq!(blob.len(), w.state_len());
+    assert_eq!(blob.len(), spec.state_len);
     assert_eq!(GlobalState::decode(&blob, &layout, n, 1).unwrap(), g);
     assert!(GlobalState::decode(&blob, &layout, n, 2).is_err(), "wrong buffer count");
     assert!(GlobalState::decode(&blob, &[0; 32], n, 1).is_err(), "wrong layout");
@@ -442,11 +435,11 @@ fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
 #[test]
 fn an_aggregate_over_the_update_norm_bound_still_applies() {
     let c = RunConfig { max_update_norm: 1.0, ..cfg() };
-    let w = Worker::new(c.clone()).unwrap();
-    let mut g = w.initial_state();
+    let spec = RunSpec::new(c.clone()).unwrap();
+    let mut g = spec.initial_state();
     let n = g.theta.len();
     let agg = encode_update(Algorithm::DiLoCo, c.update_codec().unwrap(), g.layout_hash, 0, &vec![0.5f32; n]);
-    assert!(tessera_sync::decode_update(&agg, w.rule().expected()).is_err(), "over the update bound");
-    g.apply(Some(&agg), w.rule()).unwrap();
+    assert!(tessera_sync::decode_update(&agg, spec.expected()).is_err(), "over the update bound");
+    g.apply(Some(&agg), &spec.rule).unwrap();
     assert_eq!(g.round, 1);
 }

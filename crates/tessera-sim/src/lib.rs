@@ -5,8 +5,9 @@
 //! latency that counts every byte. Peers train the real model on their assigned batches and
 //! exchange real encoded updates, which are decoded and validated as a network peer would.
 //!
-//! [`ProtocolSim`] runs the networked run's protocol instead: the coordinator and trainers of
-//! `tessera-coord`, exchanging real messages and blobs, with scripted joins and crashes.
+//! [`ProtocolSim`] runs the networked run's protocol instead: the coordinator and trainer
+//! state machines of `tessera-coord` (the same ones the daemons drive), exchanging real
+//! messages and blobs, with scripted joins and crashes.
 //!
 //! **Invariants.** A run is a pure function of its config and dataset: the same seed gives the
 //! same bits (peers train in parallel, but each peer's work is independent and aggregation is
@@ -41,4 +42,6 @@ pub enum SimError {
     Coord(#[from] tessera_coord::CoordError),
     #[error("the protocol run is stuck at round {0} (no live members?)")]
     Stuck(u64),
+    #[error("trainer {peer}: {err}")]
+    Trainer { peer: String, err: tessera_coord::TrainerError },
 }

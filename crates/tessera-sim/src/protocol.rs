@@ -1,38 +1,51 @@
-//! The networked run's protocol in one process: the real [`Coordinator`] and real [`Worker`]s
-//! exchanging the real messages and blobs, on a virtual clock, with scripted joins and
-//! crashes. Training takes no virtual time; the clock moves (in heartbeat ticks) only while
-//! the run waits for a deadline or for silence to expose a crashed peer. Given the same
-//! membership history, it computes the same states as the daemons.
+//! The networked run's protocol in one process: the real [`Coordinator`] and real [`Trainer`]
+//! state machines (the ones the daemons drive) exchanging the real messages and blobs, on a
+//! virtual clock, with scripted joins and crashes. This driver only executes actions; every
+//! decision is the machines'. Training takes no virtual time; the clock moves (in heartbeat
+//! ticks) only while the run waits for a deadline or for silence to expose a crashed peer.
+//! Given the same membership history, it computes the same states as the daemons.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
-use tessera_coord::{Coordinator, Event, Hash32, Message, Output, PeerId, Record, RunConfig, Signed, Worker};
+use tessera_coord::{
+    Action, Coordinator, Event, Hash32, Message, Output, PeerId, Record, RunConfig, RunSpec, Signed, Trainer,
+    TrainerConfig, TrainerEvent, Worker,
+};
 use tessera_data::Dataset;
 
 use crate::SimError;
 
 /// Most idle ticks a run may wait before it is declared stuck.
 pub const MAX_IDLE_TICKS: u64 = 100_000;
+/// The simulated coordinator's identity.
+pub const SIM_COORDINATOR: PeerId = [0xC0; 32];
 
 struct Peer {
-    w: Worker,
+    t: Trainer,
+    w: Option<Worker>,
     alive: bool,
     seq: u64,
-    updates: HashMap<Hash32, Vec<u8>>,
-    /// Dies on receiving the `RoundStart` of this round, before committing.
+    served: HashMap<Hash32, Arc<Vec<u8>>>,
+    /// Dies when asked to train a unit of this round, before committing.
     crash_in: Option<u64>,
 }
 
+/// What travels, in order. Blobs come back through the queue like messages, so a message
+/// sent after a fetch began can arrive before the blob, as on a real network.
 enum Delivery {
     ToCoord(Signed),
-    ToPeer(PeerId, Message),
+    ToPeer(PeerId, Signed),
+    BlobToCoord(PeerId, Hash32, Result<Vec<u8>, String>),
+    BlobToPeer(PeerId, Hash32, Result<Vec<u8>, String>),
 }
 
 /// A scripted protocol run.
 pub struct ProtocolSim<'a> {
     ds: &'a Dataset,
-    cfg: RunConfig,
+    spec: Arc<RunSpec>,
     coord: Coordinator,
+    coord_seq: u64,
     peers: BTreeMap<PeerId, Peer>,
     blobs: HashMap<Hash32, Vec<u8>>,
     queue: VecDeque<Delivery>,
@@ -40,25 +53,29 @@ pub struct ProtocolSim<'a> {
     /// Everything the coordinator persisted and logged, in order.
     pub records: Vec<Record>,
     pub events: Vec<Event>,
+    /// What each trainer reported, in order.
+    pub trainer_events: Vec<(PeerId, TrainerEvent)>,
 }
 
 impl<'a> ProtocolSim<'a> {
     pub fn new(cfg: RunConfig, ds: &'a Dataset) -> Result<Self, SimError> {
-        let w = Worker::new(cfg.clone())?;
-        let init = w.initial_state();
+        let spec = Arc::new(RunSpec::new(cfg)?);
+        let init = spec.initial_state();
         let mut blobs = HashMap::new();
         blobs.insert(init.hash(), init.encode());
-        let coord = Coordinator::new(cfg.clone(), init)?;
+        let coord = Coordinator::new(spec.clone())?;
         Ok(Self {
             ds,
-            cfg,
+            spec,
             coord,
+            coord_seq: 0,
             peers: BTreeMap::new(),
             blobs,
             queue: VecDeque::new(),
             now: 0,
             records: Vec::new(),
             events: Vec::new(),
+            trainer_events: Vec::new(),
         })
     }
 
@@ -68,10 +85,29 @@ impl<'a> ProtocolSim<'a> {
 
     /// A new trainer sends its `Join` (delivered by the next [`ProtocolSim::run_until`]).
     pub fn join(&mut self, peer: PeerId) -> Result<(), SimError> {
-        let w = Worker::new(self.cfg.clone())?;
-        self.peers.insert(peer, Peer { w, alive: true, seq: 0, updates: HashMap::new(), crash_in: None });
-        self.send_from(peer, Message::Join { addrs: vec![] });
-        Ok(())
+        self.join_with(peer, None)
+    }
+
+    /// A new trainer that runs the fault drill in `fault_round` (see [`TrainerConfig`]).
+    pub fn join_with(&mut self, peer: PeerId, fault_round: Option<u64>) -> Result<(), SimError> {
+        let tc = TrainerConfig {
+            me: peer,
+            coordinator: SIM_COORDINATOR,
+            dataset: self.ds.manifest_hash(),
+            fault_round,
+        };
+        let p = Peer {
+            t: Trainer::new(tc),
+            w: None,
+            alive: true,
+            seq: 0,
+            served: HashMap::new(),
+            crash_in: None,
+        };
+        self.peers.insert(peer, p);
+        let now = self.now;
+        let acts = self.peer_mut(&peer).t.connected(now);
+        self.act(peer, acts)
     }
 
     /// The trainer stops responding from now on.
@@ -81,7 +117,7 @@ impl<'a> ProtocolSim<'a> {
         }
     }
 
-    /// The trainer dies when round `round` is announced, before it commits.
+    /// The trainer dies when asked to train round `round`, before it commits.
     pub fn crash_in_round(&mut self, peer: &PeerId, round: u64) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.crash_in = Some(round);
@@ -90,7 +126,7 @@ impl<'a> ProtocolSim<'a> {
 
     /// The state (round, hash) a trainer holds.
     pub fn peer_state(&self, peer: &PeerId) -> Option<(u64, Hash32)> {
-        self.peers.get(peer).and_then(|p| p.w.state())
+        self.peers.get(peer).and_then(|p| p.t.state())
     }
 
     /// Runs until `round` rounds are closed (or the run ends). Messages still in flight then
@@ -103,11 +139,12 @@ impl<'a> ProtocolSim<'a> {
             if idle > MAX_IDLE_TICKS {
                 return Err(SimError::Stuck(self.coord.round()));
             }
-            self.now += self.cfg.heartbeat_ms;
+            self.now += self.spec.cfg.heartbeat_ms;
             let alive: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.alive).map(|(k, _)| *k).collect();
             for p in alive {
-                let r = self.coord.round();
-                self.send_from(p, Message::Heartbeat { round: r, step: 0 });
+                let now = self.now;
+                let acts = self.peer_mut(&p).t.tick(now, 0);
+                self.act(p, acts)?;
             }
             let outs = self.coord.tick(self.now);
             self.execute(outs);
@@ -119,30 +156,91 @@ impl<'a> ProtocolSim<'a> {
         Ok(())
     }
 
-    fn send_from(&mut self, peer: PeerId, message: Message) {
-        let p = self.peers.get_mut(&peer).expect("known peer");
-        p.seq += 1;
-        self.queue.push_back(Delivery::ToCoord(Signed { sender: peer, seq: p.seq, message }));
+    fn peer_mut(&mut self, p: &PeerId) -> &mut Peer {
+        self.peers.get_mut(p).expect("a scripted peer")
+    }
+
+    /// Executes one trainer's actions in order.
+    fn act(&mut self, peer: PeerId, acts: Vec<Action>) -> Result<(), SimError> {
+        for a in acts {
+            if !self.peers[&peer].alive {
+                return Ok(());
+            }
+            match a {
+                Action::Send(message) => {
+                    let p = self.peer_mut(&peer);
+                    p.seq += 1;
+                    let s = Signed { sender: peer, seq: p.seq, message };
+                    self.queue.push_back(Delivery::ToCoord(s));
+                }
+                Action::Fetch { from, hash, len } => {
+                    let got = self.fetch(&from, &hash).filter(|b| b.len() as u64 <= len);
+                    let got = got.ok_or_else(|| "blob not available".to_string());
+                    self.queue.push_back(Delivery::BlobToPeer(peer, hash, got));
+                }
+                Action::Train { state, state_hash, unit } => {
+                    let (ds, now) = (self.ds, self.now);
+                    let p = self.peer_mut(&peer);
+                    if p.crash_in == Some(state.round) {
+                        p.alive = false;
+                        return Ok(());
+                    }
+                    let w = p.w.as_mut().expect("configured before training");
+                    let got = w.train(&state, &state_hash, &unit, ds, &mut |_| {});
+                    let more = p.t.trained(now, state.round, got);
+                    self.act(peer, more)?;
+                }
+                Action::Serve { hash, bytes } => {
+                    self.peer_mut(&peer).served.insert(hash, bytes);
+                }
+                Action::Event(e) => {
+                    match &e {
+                        TrainerEvent::Configured(spec) => {
+                            self.peer_mut(&peer).w = Some(Worker::new(spec.clone()))
+                        }
+                        TrainerEvent::Fatal(err) => {
+                            let peer = tessera_tensor::hex(&peer[..4]);
+                            return Err(SimError::Trainer { peer, err: err.clone() });
+                        }
+                        _ => {}
+                    }
+                    self.trainer_events.push((peer, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A blob from the coordinator's store or a live peer's served blobs.
+    fn fetch(&self, from: &PeerId, hash: &Hash32) -> Option<Vec<u8>> {
+        if *from == SIM_COORDINATOR {
+            return self.blobs.get(hash).cloned();
+        }
+        let p = self.peers.get(from).filter(|p| p.alive)?;
+        p.served.get(hash).map(|b| b.as_ref().clone())
+    }
+
+    fn signed_by_coord(&mut self, message: Message) -> Signed {
+        self.coord_seq += 1;
+        Signed { sender: SIM_COORDINATOR, seq: self.coord_seq, message }
     }
 
     fn execute(&mut self, outs: Vec<Output>) {
         for o in outs {
             match o {
-                Output::Send { to, message } => self.queue.push_back(Delivery::ToPeer(to, message)),
+                Output::Send { to, message } => {
+                    let s = self.signed_by_coord(message);
+                    self.queue.push_back(Delivery::ToPeer(to, s));
+                }
                 Output::Broadcast { message } => {
+                    let s = self.signed_by_coord(message);
                     for m in self.coord.members().copied().collect::<Vec<_>>() {
-                        self.queue.push_back(Delivery::ToPeer(m, message.clone()));
+                        self.queue.push_back(Delivery::ToPeer(m, s.clone()));
                     }
                 }
                 Output::Fetch { from, hash, .. } => {
-                    let got = self
-                        .peers
-                        .get(&from)
-                        .filter(|p| p.alive)
-                        .and_then(|p| p.updates.get(&hash).cloned())
-                        .ok_or_else(|| "peer unreachable".to_string());
-                    let outs = self.coord.fetched(self.now, from, hash, got);
-                    self.execute(outs);
+                    let got = self.fetch(&from, &hash).ok_or_else(|| "peer unreachable".to_string());
+                    self.queue.push_back(Delivery::BlobToCoord(from, hash, got));
                 }
                 Output::StoreBlob { hash, bytes } => {
                     self.blobs.insert(hash, bytes);
@@ -162,60 +260,21 @@ impl<'a> ProtocolSim<'a> {
                     let outs = self.coord.handle(self.now, s);
                     self.execute(outs);
                 }
-                Delivery::ToPeer(to, m) => self.deliver(to, m)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Loads the checkpoint `hash` into a trainer if it does not hold it.
-    fn sync(&mut self, to: PeerId, round: u64, hash: Hash32) -> Result<bool, SimError> {
-        let p = self.peers.get_mut(&to).expect("known peer");
-        if p.w.state() == Some((round, hash)) {
-            return Ok(true);
-        }
-        match self.blobs.get(&hash) {
-            Some(b) => p.w.load_state(b, &hash).map(|_| true).map_err(SimError::from),
-            None => Ok(false),
-        }
-    }
-
-    fn deliver(&mut self, to: PeerId, m: Message) -> Result<(), SimError> {
-        let Some(p) = self.peers.get_mut(&to) else { return Ok(()) };
-        if !p.alive {
-            return Ok(());
-        }
-        match m {
-            Message::Welcome { round, state_hash, .. }
-            | Message::CheckpointPointer { round, state_hash, .. } => {
-                self.sync(to, round, state_hash)?;
-            }
-            Message::RoundStart { round, state_hash, assignments, .. } => {
-                if p.crash_in == Some(round) {
-                    p.alive = false;
-                    return Ok(());
+                Delivery::ToPeer(to, s) => {
+                    let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };
+                    let acts = p.t.handle(self.now, s);
+                    self.act(to, acts)?;
                 }
-                let Some(a) = assignments.iter().find(|a| a.peer == to).copied() else { return Ok(()) };
-                if !self.sync(to, round, state_hash)? {
-                    return Ok(());
+                Delivery::BlobToCoord(from, hash, got) => {
+                    let outs = self.coord.fetched(self.now, from, hash, got);
+                    self.execute(outs);
                 }
-                let p = self.peers.get_mut(&to).expect("known peer");
-                let t = p.w.train(round, &state_hash, &a, self.ds, &mut |_| {})?.clone();
-                p.updates.insert(t.update_hash, t.update.clone());
-                let commit = t.commit();
-                self.send_from(to, commit);
+                Delivery::BlobToPeer(to, hash, got) => {
+                    let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };
+                    let acts = p.t.fetched(self.now, hash, got);
+                    self.act(to, acts)?;
+                }
             }
-            Message::Accept { round, aggregate, next_state_hash, .. } => {
-                let mine = if p.w.state().map(|s| s.0) == Some(round) {
-                    let agg = aggregate.and_then(|h| self.blobs.get(&h));
-                    p.w.apply(round, agg.map(Vec::as_slice))?
-                } else {
-                    self.sync(to, round + 1, next_state_hash)?;
-                    next_state_hash
-                };
-                self.send_from(to, Message::StateReport { round: round + 1, state_hash: mine });
-            }
-            _ => {}
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tessera_coord::{Event, Message, Record, RunConfig};
+use tessera_coord::{Event, Message, Record, RunConfig, TrainerEvent};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::{ProtocolSim, Sim, SimConfig};
@@ -77,6 +77,12 @@ fn the_protocol_computes_what_the_simulator_computes() {
     }
     let reports = p.records.iter().filter(|r| matches!(r, Record::Report { agrees: true, .. })).count();
     assert_eq!(reports, 3 * rc.rounds as usize, "every trainer reported every round, all agreeing");
+    // Regression: the next RoundStart overtakes the aggregate blob (blobs come back through
+    // the queue); the trainer must wait for its own close, not fetch the checkpoint instead.
+    let adopted = p.records.iter().filter(|r| matches!(r, Record::Report { computed: false, .. })).count();
+    assert_eq!(adopted, 0, "every state was computed by the trainer, none adopted");
+    let loads = p.trainer_events.iter().filter(|(_, e)| matches!(e, TrainerEvent::Loaded { .. })).count();
+    assert_eq!(loads, 3, "each trainer fetched one checkpoint, the initial state");
 }
 
 #[test]

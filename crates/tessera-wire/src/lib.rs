@@ -76,8 +76,9 @@ pub enum Message {
         aggregate: Option<Hash32>,
         next_state_hash: Hash32,
     },
-    /// A node reports the state hash it computed after applying a round.
-    StateReport { round: u64, state_hash: Hash32 },
+    /// A node reports the state hash it holds after `round` rounds: computed by applying the
+    /// round itself, or (`computed = false`) adopted from the coordinator's checkpoint.
+    StateReport { round: u64, state_hash: Hash32, computed: bool },
     /// The latest checkpoint blob.
     CheckpointPointer { round: u64, checkpoint: Hash32, state_hash: Hash32 },
     /// The run has finished after `round` rounds in the state `state_hash`.

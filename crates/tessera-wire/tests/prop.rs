@@ -46,7 +46,11 @@ fn message() -> impl Strategy<Value = Message> {
                 aggregate,
                 next_state_hash
             }),
-        (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::StateReport { round, state_hash }),
+        (any::<u64>(), id(), any::<bool>()).prop_map(|(round, state_hash, computed)| Message::StateReport {
+            round,
+            state_hash,
+            computed
+        }),
         (any::<u64>(), id(), id()).prop_map(|(round, checkpoint, state_hash)| Message::CheckpointPointer {
             round,
             checkpoint,

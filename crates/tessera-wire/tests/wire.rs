@@ -56,7 +56,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             aggregate: i.is_multiple_of(2).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),
         },
-        6 => Message::StateReport { round, state_hash: h(r, i) },
+        6 => Message::StateReport { round, state_hash: h(r, i), computed: i.is_multiple_of(2) },
         7 => Message::CheckpointPointer { round, checkpoint: h(r, i), state_hash: h(r, i + 3) },
         _ => Message::Done { round, state_hash: h(r, i) },
     }
@@ -77,7 +77,7 @@ fn random_messages_round_trip_and_encode_canonically() {
 
 #[test]
 fn forged_and_malformed_frames_are_refused_with_typed_errors() {
-    let m = Message::StateReport { round: 3, state_hash: [7; 32] };
+    let m = Message::StateReport { round: 3, state_hash: [7; 32], computed: true };
     let frame = encode(&key(1), 5, &m).unwrap();
     // A flipped bit anywhere in the signed part breaks the signature (or the decoding).
     let mut bad = frame.clone();

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tessera_coord::{GlobalState, RunConfig, Worker};
-use tessera_model::{Gpt, GptConfig, SampleConfig};
+use tessera_coord::{RunConfig, RunSpec};
+use tessera_model::{Gpt, SampleConfig};
 use tessera_net::hex;
-
-use super::node::{embedded_dataset, DEFAULT_DATA_DIR};
-use super::store::Store;
+use tessera_node::{embedded_dataset, Store, DEFAULT_DATA_DIR};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -143,13 +141,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         if t0.elapsed() > deadline {
             bail!("the demo did not finish within {} s", a.timeout_s);
         }
-        if let Ok(db) = Store::open_read_only(&coord_dir) {
-            let closed: i64 = db
-                .query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))
-                .unwrap_or(0);
-            bar.set_position(closed as u64);
-            let acc: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0)).unwrap_or(0);
-            bar.set_message(format!("{acc} updates accepted"));
+        if let Ok(p) = Store::open_read_only(&coord_dir).and_then(|s| s.progress()) {
+            bar.set_position(p.rounds_closed);
+            bar.set_message(format!("{} updates accepted", p.accepted));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -175,34 +169,20 @@ fn summary(
     peers: usize,
     took: Duration,
 ) -> Result<()> {
-    let store = Store::open(coord_dir)?;
-    let db = store.conn();
-    let rounds: i64 =
-        db.query_row("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", [], |r| r.get(0))?;
-    let accepted: i64 = db.query_row("SELECT COUNT(*) FROM accepted", [], |r| r.get(0))?;
-    let (reports, agree): (i64, i64) =
-        db.query_row("SELECT COUNT(*), COALESCE(SUM(agrees), 0) FROM reports", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    let last: Vec<u8> = db.query_row(
-        "SELECT state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
-        [],
-        |r| r.get(0),
-    )?;
-    let traffic: Vec<u8> = db.query_row("SELECT value FROM meta WHERE key = 'traffic'", [], |r| r.get(0))?;
-    let (sent, recv): (u64, u64) = postcard::from_bytes(&traffic)?;
-    let w = Worker::new(cfg.clone())?;
-    let init = w.initial_state();
-    let hash: [u8; 32] = last.as_slice().try_into().context("state hash")?;
-    let fin =
-        GlobalState::decode(&store.blob(&hash)?, &init.layout_hash, init.theta.len(), init.buffers.len())?;
-    let gcfg = GptConfig::preset(&cfg.preset)?;
-    let (l0, l1) = (super::val_loss(cfg, ds, &init.theta, 8)?, super::val_loss(cfg, ds, &fin.theta, 8)?);
-    let n = init.theta.len() as u64;
-    let ddp = accepted as u64 * cfg.inner_steps * 2 * (tessera_sync::HEADER_BYTES as u64 + 4 * n);
+    let store = Store::open_read_only(coord_dir)?;
+    let sum = store.summary()?;
+    let (rounds, accepted) = (sum.progress.rounds_closed, sum.progress.accepted);
+    let spec = RunSpec::new(cfg.clone())?;
+    let init = spec.initial_state();
+    let hash = sum.last_state.context("no round was closed")?;
+    let fin = store.state(&spec, &hash)?;
+    let (sent, recv) = sum.traffic.unwrap_or_default();
+    let val = |theta: &[f32]| tessera_node::val_loss(&spec, ds, theta, 8);
+    let (l0, l1) = (val(&init.theta)?, val(&fin.theta)?);
+    let n = spec.n() as u64;
+    let ddp = accepted * cfg.inner_steps * 2 * (tessera_sync::HEADER_BYTES as u64 + 4 * n);
     let moved = sent + recv;
-    let mut g = Gpt::new(gcfg.clone(), cfg.seed)?;
-    g.params.load_flat(&fin.theta)?;
+    let g = Gpt { cfg: spec.gpt.clone(), params: spec.params(&fin.theta)? };
     let prompt = b"ROMEO:\n";
     let p: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
     let out = g.generate(&p, 160, &SampleConfig { temperature: 0.8, top_k: 40, seed: 7 })?;
@@ -215,7 +195,10 @@ fn summary(
         cfg.rounds
     ));
     o(&format!("  validation loss    {l0:.4} -> {l1:.4} nats/byte"));
-    o(&format!("  state reports      {agree} of {reports} agree with the coordinator"));
+    o(&format!(
+        "  state reports      {} of {} agree with the coordinator; {} computed by the node itself, {} adopted",
+        sum.agreed, sum.reports, sum.computed_agreed, sum.adopted
+    ));
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));
     o(&format!(
         "  DDP would move     {:.2} MB for the same steps: {:.0}x more",
@@ -228,8 +211,11 @@ fn summary(
     for line in String::from_utf8_lossy(&text).lines() {
         o(&format!("    | {line}"));
     }
-    if agree != reports {
-        bail!("{} state reports disagreed with the coordinator", reports - agree);
+    if sum.agreed != sum.reports {
+        bail!("{} state reports disagreed with the coordinator", sum.reports - sum.agreed);
+    }
+    if sum.computed_agreed == 0 {
+        bail!("no node computed a state that agrees with the coordinator's");
     }
     Ok(())
 }

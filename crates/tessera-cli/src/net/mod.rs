@@ -1,20 +1,18 @@
-//! The networked run's daemons: `tessera coordinator`, `tessera node` and `tessera demo`.
-//! They wire the sans-IO state machines of `tessera-coord` to the `tessera-net` transport,
-//! the clock, the disk and the terminal.
+//! The networked run's commands: `tessera coordinator`, `tessera node` and `tessera demo`.
+//! The arguments live here and become the options of the `tessera-node` services; the demo's
+//! orchestration (processes, progress bar, summary) is the command line's own.
 
-pub mod coordinator;
 pub mod demo;
-pub mod node;
-pub mod store;
 
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use ed25519_dalek::SigningKey;
+use clap::Args;
+use tessera_node::coordinator::CoordinatorOptions;
+use tessera_node::trainer::NodeOptions;
+use tessera_node::DEFAULT_DATA_DIR;
 
 /// The endpoint settings both daemons take.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Args, Debug, Clone)]
 pub struct NetArgs {
     /// Socket to bind.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -33,101 +31,85 @@ impl NetArgs {
     }
 }
 
-/// How often the daemons look at the clock.
-pub const TICK: Duration = Duration::from_millis(100);
-/// Frames queued for one peer before new ones are dropped.
-pub const MAX_OUTBOX: usize = 256;
-/// Tries to fetch one blob.
-pub const FETCH_ATTEMPTS: usize = 5;
-
-/// Mean validation loss (nats per byte) of parameters `theta` on the first `batches`
-/// validation batches.
-pub fn val_loss(
-    cfg: &tessera_coord::RunConfig,
-    ds: &tessera_data::Dataset,
-    theta: &[f32],
-    batches: u64,
-) -> Result<f64> {
-    use tessera_model::{AdamWConfig, Gpt, GptConfig, Trainer};
-    let g = GptConfig::preset(&cfg.preset)?;
-    let ctx = g.context;
-    let mut model = Gpt::new(g, cfg.seed)?;
-    model.params.load_flat(theta)?;
-    let tr = Trainer::new(model, AdamWConfig::default())?;
-    let mut s = 0.0;
-    for i in 0..batches {
-        s += f64::from(tr.eval_loss(&ds.val_batch(i, cfg.batch, ctx)?)?);
-    }
-    Ok(s / batches.max(1) as f64)
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// The run's TOML config (see `RunConfig`; every field has a default).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory for the database, blobs, key and ticket (resumed if it holds a run).
+    #[arg(long, default_value = "runs/coordinator")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Dataset whose manifest hash is pinned into the config (built from the embedded corpus
+    /// if the directory does not exist); also used by --eval-every.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Evaluate the validation loss every N rounds (and at the end) into the `evals` table
+    /// (needs --data-dir; 0: never).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: u64,
+    /// Seconds to wait after the last round for the nodes' final reports.
+    #[arg(long, default_value_t = 5)]
+    pub linger_s: u64,
 }
 
-/// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if
-/// missing.
-pub fn load_or_create_key(path: &Path) -> Result<SigningKey> {
-    if path.exists() {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
-        let b = tessera_tensor::unhex32(text.trim())
-            .with_context(|| format!("{} does not hold a 64-digit hex key", path.display()))?;
-        return Ok(SigningKey::from_bytes(&b));
-    }
-    let key = fresh_key()?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(path, tessera_net::hex(&key.to_bytes()))?;
-    Ok(key)
-}
-
-/// A new identity from the OS's randomness (the binary edge may read it).
-pub fn fresh_key() -> Result<SigningKey> {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(SigningKey::from_bytes(&b))
-}
-
-/// Outgoing sequence numbers: start at the wall clock in microseconds, so a restarted process
-/// continues above what it sent before, then count up.
-pub struct Seq(std::sync::atomic::AtomicU64);
-
-impl Seq {
-    pub fn from_clock() -> Self {
-        let us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-        Self(std::sync::atomic::AtomicU64::new(us))
-    }
-
-    pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+impl CoordinatorArgs {
+    pub fn options(self) -> CoordinatorOptions {
+        CoordinatorOptions {
+            config: self.config,
+            dir: self.dir,
+            net: self.net.config(),
+            data_dir: self.data_dir,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            linger_s: self.linger_s,
+        }
     }
 }
 
-/// The first 8 hex digits of a peer id, for logs.
-pub fn short(p: &[u8]) -> String {
-    tessera_net::hex(&p[..4])
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The coordinator's ticket, `<hex id>@<ip:port>` (printed by `tessera coordinator`).
+    #[arg(long)]
+    pub join: String,
+    /// Dataset directory (built from the embedded corpus if it does not exist).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Key file (hex ed25519 secret), created if missing; a fresh identity if not given.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Compute threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Give up after the coordinator has been unreachable this long.
+    #[arg(long, default_value_t = 60)]
+    pub reconnect_s: u64,
+    /// Emulate a slower machine: sleep this long after every inner step (tests, demos).
+    #[arg(long, default_value_t = 0)]
+    pub slow_step_ms: u64,
+    /// Fault drill: corrupt one parameter before closing this round, so this node reaches a
+    /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
+    #[arg(long, hide = true)]
+    pub fault_round: Option<u64>,
 }
 
-/// Timestamped log lines on stderr.
-#[derive(Clone)]
-pub struct Log {
-    who: String,
-    t0: Instant,
-}
-
-impl Log {
-    pub fn new(who: &str) -> Self {
-        Self { who: who.to_string(), t0: Instant::now() }
-    }
-
-    fn line(&self, level: &str, msg: &str) {
-        eprintln!("{:>8.2}s {level} {}: {msg}", self.t0.elapsed().as_secs_f64(), self.who);
-    }
-
-    pub fn info(&self, msg: &str) {
-        self.line("INFO", msg);
-    }
-
-    pub fn warn(&self, msg: &str) {
-        self.line("WARN", msg);
+impl NodeArgs {
+    pub fn options(self) -> NodeOptions {
+        NodeOptions {
+            join: self.join,
+            data_dir: self.data_dir,
+            key: self.key,
+            net: self.net.config(),
+            threads: self.threads,
+            reconnect_s: self.reconnect_s,
+            slow_step_ms: self.slow_step_ms,
+            fault_round: self.fault_round,
+        }
     }
 }

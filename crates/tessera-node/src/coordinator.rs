@@ -1,47 +1,39 @@
-//! `tessera coordinator`: the round state machine of `tessera-coord` behind a QUIC endpoint,
-//! with its decisions in SQLite. Restarting it with the same `--dir` resumes the run.
+//! The coordinator service (`tessera coordinator`): the round state machine of
+//! `tessera-coord` behind a QUIC endpoint, with its decisions in the [`Store`]. Restarting it
+//! with the same directory resumes the run.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
-use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record, RunConfig, Worker};
-use tessera_net::{hex, peer_id, Net, NetError};
+use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record, RunConfig, RunSpec};
+use tessera_net::{hex, peer_id, Net, NetConfig, NetError};
 use tokio::sync::mpsc;
 
-use super::store::Store;
-use super::{load_or_create_key, short, Log, Seq, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
+use crate::{load_or_create_key, out, short, Log, NodeError, Seq, Store, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
 
-#[derive(Args, Debug, Clone)]
-pub struct CoordinatorArgs {
-    /// The run's TOML config (see `RunConfig`; every field has a default).
-    #[arg(long)]
+/// How to run a coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// The run's TOML config (every field has a default).
     pub config: Option<PathBuf>,
     /// Directory for the database, blobs, key and ticket (resumed if it holds a run).
-    #[arg(long, default_value = "runs/coordinator")]
     pub dir: PathBuf,
-    #[command(flatten)]
-    pub net: super::NetArgs,
-    /// Dataset whose manifest hash is pinned into the config (built from the embedded corpus
-    /// if the directory does not exist); also used by --eval-every.
-    #[arg(long)]
+    pub net: NetConfig,
+    /// Dataset whose manifest hash is pinned into the config; also used for evaluations.
     pub data_dir: Option<PathBuf>,
-    /// Evaluate the validation loss every N rounds (and at the end) into the `evals` table
-    /// (needs --data-dir; 0: never).
-    #[arg(long, default_value_t = 0)]
+    /// Evaluate the validation loss every N rounds (and at the end); 0: never.
     pub eval_every: u64,
     /// Validation batches per evaluation.
-    #[arg(long, default_value_t = 8)]
     pub eval_batches: u64,
     /// Seconds to wait after the last round for the nodes' final reports.
-    #[arg(long, default_value_t = 5)]
     pub linger_s: u64,
 }
+
+type Res<T> = std::result::Result<T, NodeError>;
 
 /// Inputs queued for the state machine before new frames are dropped (and logged).
 const MAX_INPUTS: usize = 4096;
@@ -68,27 +60,37 @@ struct Daemon {
     evaluated: u64,
 }
 
-pub fn run(a: CoordinatorArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+/// Runs a coordinator until its run is finished and the nodes' final reports are in.
+pub fn run(a: CoordinatorOptions) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::io("starting the runtime"))?;
     rt.block_on(serve(a))
 }
 
-fn load_config(a: &CoordinatorArgs, store: &Store) -> Result<RunConfig> {
+/// Reads a run config file (size-bounded by [`RunConfig::from_toml`]).
+pub fn read_config(p: &Path) -> Res<RunConfig> {
+    let text = std::fs::read_to_string(p).map_err(NodeError::io(format!("reading {}", p.display())))?;
+    Ok(RunConfig::from_toml(&text)?)
+}
+
+fn load_config(a: &CoordinatorOptions, store: &Store) -> Res<RunConfig> {
     let mut cfg = match &a.config {
-        Some(p) => RunConfig::from_toml(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?,
+        Some(p) => read_config(p)?,
         None => RunConfig::default(),
     };
     if let (Some(dir), true) = (&a.data_dir, cfg.dataset.is_empty()) {
-        let ds =
-            tessera_data::Dataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
-        cfg.dataset = hex(&ds.manifest_hash());
+        cfg.dataset = hex(&tessera_data::Dataset::open(dir)?.manifest_hash());
     }
     let text = cfg.to_toml();
     match store.meta("config")? {
         Some(old) if old != text.as_bytes() => {
-            bail!("{} holds a run with another config; use a new --dir to start a new run", a.dir.display())
+            let dir = a.dir.display();
+            return Err(NodeError::Run(format!(
+                "{dir} holds a run with another config; use a new --dir to start a new run"
+            )));
         }
         Some(_) => {}
         None => store.set_meta("config", text.as_bytes())?,
@@ -96,37 +98,35 @@ fn load_config(a: &CoordinatorArgs, store: &Store) -> Result<RunConfig> {
     Ok(cfg)
 }
 
-async fn serve(a: CoordinatorArgs) -> Result<()> {
+async fn serve(a: CoordinatorOptions) -> Res<()> {
     let log = Log::new("coordinator");
     let store = Store::open(&a.dir)?;
-    let cfg = load_config(&a, &store)?;
-    let worker = Worker::new(cfg.clone())?;
-    let initial = worker.initial_state();
-    let (layout, n, bufs) = (initial.layout_hash, initial.theta.len(), initial.buffers.len());
-    let coord = match store.restore(&layout, n, bufs)? {
+    let spec = Arc::new(RunSpec::new(load_config(&a, &store)?)?);
+    let coord = match store.restore(&spec)? {
         Some(r) => {
             log.info(&format!("resuming at round {} ({} rounds closed)", r.state.round, r.history.len() - 1));
-            Coordinator::restore(cfg.clone(), r, 0)?
+            Coordinator::restore(spec.clone(), r, 0)?
         }
         None => {
-            let blob = initial.encode();
+            let initial = spec.initial_state();
             let h = initial.hash();
-            store.put_blob(&h, &blob)?;
+            store.put_blob(&h, &initial.encode())?;
             store.set_meta("initial_state", &h)?;
-            Coordinator::new(cfg.clone(), initial)?
+            Coordinator::new(spec.clone())?
         }
     };
     let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
-    let net = Net::bind(key.to_bytes(), &a.net.config()).await?;
+    let net = Net::bind(key.to_bytes(), &a.net).await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
     }
     let ticket = net.ticket()?;
     let tmp = a.dir.join("ticket.tmp");
-    std::fs::write(&tmp, &ticket)?;
-    std::fs::rename(&tmp, a.dir.join("ticket"))?;
+    std::fs::write(&tmp, &ticket)
+        .and_then(|()| std::fs::rename(&tmp, a.dir.join("ticket")))
+        .map_err(NodeError::io("writing the ticket"))?;
     log.info(&format!("listening; join with: tessera node --join {ticket}"));
-    crate::out(&format!("ticket: {ticket}"));
+    out(&format!("ticket: {ticket}"));
     let (tx, mut rx) = mpsc::channel::<Input>(MAX_INPUTS);
     let mut d = Daemon {
         coord,
@@ -167,14 +167,13 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
             }
         }
     }
-    let (sent, recv) = d.net.traffic();
-    d.store.set_meta("traffic", &postcard::to_allocvec(&(sent, recv))?)?;
+    d.record_traffic()?;
     if d.coord.is_finished() {
         let path = export_model(&d.coord, &a.dir.join("model"))?;
         d.log.info(&format!("final model written to {} (tessera sample --checkpoint …)", path.display()));
     }
     d.log.info(&format!("done: {} rounds, state {}", d.coord.round(), hex(&d.coord.state_hash())));
-    crate::out(&format!("state-hash: {}", hex(&d.coord.state_hash())));
+    out(&format!("state-hash: {}", hex(&d.coord.state_hash())));
     tokio::time::sleep(Duration::from_millis(300)).await; // let the last frames drain
     net.close().await;
     Ok(())
@@ -183,20 +182,18 @@ async fn serve(a: CoordinatorArgs) -> Result<()> {
 /// Writes the final shared model as a standard checkpoint (safetensors + meta.json), so
 /// `tessera sample` and Python can read it. DDP's AdamW moments go along; DiLoCo's trainers'
 /// inner moments are their own, so its checkpoint carries zero moments.
-fn export_model(coord: &Coordinator, dir: &std::path::Path) -> Result<PathBuf> {
-    use tessera_model::{Gpt, GptConfig, OptState};
-    let cfg = coord.config();
-    let g = GptConfig::preset(&cfg.preset)?;
-    let mut params = Gpt::new(g.clone(), cfg.seed)?.params;
+fn export_model(coord: &Coordinator, dir: &Path) -> Res<PathBuf> {
+    use tessera_model::OptState;
+    let (spec, cfg) = (coord.spec(), coord.config());
     let state = coord.global();
-    params.load_flat(&state.theta)?;
+    let params = spec.params(&state.theta)?;
     let mut opt = OptState::new(&params);
     if let [m, v] = &state.buffers[..] {
         opt.m.load_flat(m)?;
         opt.v.load_flat(v)?;
     }
     opt.step = state.round * cfg.h();
-    let shape = crate::train::model_shape(&cfg.preset, &g);
+    let shape = tessera_checkpoint::ModelShape::gpt(&cfg.preset, &spec.gpt);
     let dataset = (!cfg.dataset.is_empty()).then(|| cfg.dataset.clone());
     let info = (&shape, dataset, cfg.to_toml());
     let path = tessera_checkpoint::save(dir, &params, &opt, (info.0, info.1, &info.2), &Default::default())?;
@@ -228,20 +225,20 @@ impl Daemon {
     }
 
     /// Evaluates the shared model when a round divisible by `eval_every` (or the last) closed.
-    fn maybe_eval(&mut self) -> Result<()> {
+    fn maybe_eval(&mut self) -> Res<()> {
         let Some((ds, every, batches)) = &self.eval else { return Ok(()) };
         let r = self.coord.round();
         if r == self.evaluated || !(r.is_multiple_of(*every) || self.coord.is_finished()) {
             return Ok(());
         }
-        let loss = super::val_loss(self.coord.config(), ds, &self.coord.global().theta, *batches)?;
+        let loss = crate::val_loss(self.coord.spec(), ds, &self.coord.global().theta, *batches)?;
         self.store.record_eval(r, self.now_ms(), loss)?;
         self.log.info(&format!("round {r}: validation loss {loss:.4}"));
         self.evaluated = r;
         Ok(())
     }
 
-    fn on_input(&mut self, input: Input) -> Result<()> {
+    fn on_input(&mut self, input: Input) -> Res<()> {
         let now = self.now_ms();
         let outs = match input {
             Input::Connected(peer, conn) => {
@@ -273,6 +270,11 @@ impl Daemon {
         self.execute(outs)
     }
 
+    fn record_traffic(&self) -> Res<()> {
+        let b = postcard::to_allocvec(&self.net.traffic()).map_err(|e| NodeError::Run(e.to_string()))?;
+        Ok(self.store.set_meta("traffic", &b)?)
+    }
+
     fn send(&mut self, to: &PeerId, frame: Vec<u8>) {
         if let Some(ob) = self.outboxes.get(to) {
             if ob.try_send(frame).is_err() {
@@ -281,7 +283,7 @@ impl Daemon {
         }
     }
 
-    fn execute(&mut self, outs: Vec<Output>) -> Result<()> {
+    fn execute(&mut self, outs: Vec<Output>) -> Res<()> {
         for o in outs {
             match o {
                 Output::Send { to, message } => {
@@ -306,10 +308,9 @@ impl Daemon {
                             self.final_reports += 1;
                         }
                     }
-                    self.store.persist(&rec).context("persisting a decision")?;
+                    self.store.persist(&rec)?;
                     if let Record::RoundClosed { .. } = rec {
-                        let (sent, recv) = self.net.traffic();
-                        self.store.set_meta("traffic", &postcard::to_allocvec(&(sent, recv))?)?;
+                        self.record_traffic()?;
                     }
                 }
                 Output::Event(e) => self.on_event(e),

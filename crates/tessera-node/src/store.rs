@@ -1,18 +1,62 @@
 //! The coordinator's durable state: an SQLite database in WAL mode for decisions, and a
 //! directory of content-addressed blob files (state checkpoints and aggregates). A blob is
 //! written and fsynced before the row that names it; a row is committed before the decision
-//! is announced.
+//! is announced. Readers (the demo, tests) use the query methods, so no SQL leaves this file.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use tessera_coord::{GlobalState, Hash32, Message, Record, Restored, Unit};
+use tessera_coord::{GlobalState, Hash32, Message, Record, Restored, RunSpec, Unit};
 use tessera_net::hex;
 
 pub const DB_FILE: &str = "coordinator.sqlite";
 /// State checkpoints kept on disk (older ones are deleted; aggregates are all kept).
 const KEEP_STATES: u64 = 3;
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("stored record does not decode: {0}")]
+    Encoding(#[from] postcard::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("round {0} was not open in the database (closed twice?)")]
+    ClosedTwice(u64),
+    #[error(transparent)]
+    State(#[from] tessera_coord::CoordError),
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { what, source }
+}
+
+/// How far a run has come (for progress displays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub rounds_closed: u64,
+    pub accepted: u64,
+}
+
+/// What a run did, from its records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub progress: Progress,
+    /// State reports received, and how many agreed with the coordinator.
+    pub reports: u64,
+    pub agreed: u64,
+    /// Agreeing reports of states the node computed itself (not adopted from a checkpoint).
+    pub computed_agreed: u64,
+    /// Reports of states adopted from the checkpoint.
+    pub adopted: u64,
+    /// The state after the last closed round.
+    pub last_state: Option<Hash32>,
+    /// The coordinator's bytes sent and received, as last recorded.
+    pub traffic: Option<(u64, u64)>,
+}
 
 pub struct Store {
     db: Connection,
@@ -27,42 +71,75 @@ CREATE TABLE IF NOT EXISTS rounds(
 CREATE TABLE IF NOT EXISTS accepted(round INTEGER NOT NULL, peer BLOB NOT NULL, PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL, val_loss REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
-    agrees INTEGER NOT NULL);
+    agrees INTEGER NOT NULL, computed INTEGER NOT NULL);
 ";
 
-fn h32(v: Vec<u8>) -> Result<Hash32> {
-    v.try_into().map_err(|_| anyhow::anyhow!("stored hash is not 32 bytes"))
+fn h32(v: Vec<u8>) -> Result<Hash32, StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt("stored hash is not 32 bytes".into()))
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir.join("blobs")).with_context(|| format!("creating {}", dir.display()))?;
-        let db = Connection::open(dir.join(DB_FILE)).context("opening the coordinator database")?;
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(io(format!("creating {}", blobs.display())))?;
+        let db = Connection::open(dir.join(DB_FILE))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
-        Ok(Self { db, blobs: dir.join("blobs") })
+        Ok(Self { db, blobs })
     }
 
-    /// Opens an existing database read-only (for the demo's progress and summary).
-    pub fn open_read_only(dir: &Path) -> Result<Connection> {
+    /// Opens an existing store read-only (for progress and summaries while it runs).
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
         let db = Connection::open_with_flags(dir.join(DB_FILE), flags)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(db)
+        Ok(Self { db, blobs: dir.join("blobs") })
     }
 
-    /// The database, for read-only queries (the demo's summary).
-    pub fn conn(&self) -> &Connection {
-        &self.db
+    fn count(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(self.db.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    /// Rounds closed and updates accepted so far.
+    pub fn progress(&self) -> Result<Progress, StoreError> {
+        Ok(Progress {
+            rounds_closed: self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL")?,
+            accepted: self.count("SELECT COUNT(*) FROM accepted")?,
+        })
+    }
+
+    /// What the run did: progress, state reports, the last state and the traffic.
+    pub fn summary(&self) -> Result<Summary, StoreError> {
+        let last: Option<Vec<u8>> = self
+            .db
+            .query_row(
+                "SELECT state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let traffic = match self.meta("traffic")? {
+            Some(b) => Some(postcard::from_bytes::<(u64, u64)>(&b)?),
+            None => None,
+        };
+        Ok(Summary {
+            progress: self.progress()?,
+            reports: self.count("SELECT COUNT(*) FROM reports")?,
+            agreed: self.count("SELECT COUNT(*) FROM reports WHERE agrees = 1")?,
+            computed_agreed: self.count("SELECT COUNT(*) FROM reports WHERE agrees = 1 AND computed = 1")?,
+            adopted: self.count("SELECT COUNT(*) FROM reports WHERE computed = 0")?,
+            last_state: last.map(h32).transpose()?,
+            traffic,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
-    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", params![key, value])?;
         Ok(())
     }
@@ -72,32 +149,39 @@ impl Store {
     }
 
     /// Writes a blob durably (temp file, fsync, rename, fsync the directory).
-    pub fn put_blob(&self, h: &Hash32, bytes: &[u8]) -> Result<()> {
+    pub fn put_blob(&self, h: &Hash32, bytes: &[u8]) -> Result<(), StoreError> {
         use std::io::Write;
         let path = self.blob_path(h);
         if path.exists() {
             return Ok(());
         }
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.blobs)?.sync_all()?;
-        Ok(())
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.blobs)?.sync_all()
+        };
+        write().map_err(io(format!("writing blob {}", path.display())))
     }
 
     /// Reads a blob and checks its hash.
-    pub fn blob(&self, h: &Hash32) -> Result<Vec<u8>> {
-        let b = std::fs::read(self.blob_path(h)).with_context(|| format!("reading blob {}", hex(h)))?;
+    pub fn blob(&self, h: &Hash32) -> Result<Vec<u8>, StoreError> {
+        let b = std::fs::read(self.blob_path(h)).map_err(io(format!("reading blob {}", hex(h))))?;
         if blake3::hash(&b).as_bytes() != h {
-            bail!("blob {} is corrupt on disk", hex(h));
+            return Err(StoreError::Corrupt(format!("blob {} is corrupt on disk", hex(h))));
         }
         Ok(b)
     }
 
+    /// The state blob `h` of the run `spec`, decoded and checked.
+    pub fn state(&self, spec: &RunSpec, h: &Hash32) -> Result<GlobalState, StoreError> {
+        Ok(spec.decode_state(&self.blob(h)?, h)?)
+    }
+
     /// Writes one decision; a round closes at most once.
-    pub fn persist(&mut self, rec: &Record) -> Result<()> {
+    pub fn persist(&mut self, rec: &Record) -> Result<(), StoreError> {
         match rec {
             Record::RoundStarted { round, start } => {
                 self.db.execute(
@@ -118,7 +202,7 @@ impl Store {
                     ],
                 )?;
                 if n != 1 {
-                    bail!("round {round} was not open in the database (closed twice?)");
+                    return Err(StoreError::ClosedTwice(*round));
                 }
                 if let Message::Accept { accepted, .. } = accept {
                     for p in accepted {
@@ -131,10 +215,10 @@ impl Store {
                 tx.commit()?;
                 self.collect_garbage(*round)?;
             }
-            Record::Report { round, peer, state_hash, agrees } => {
+            Record::Report { round, peer, state_hash, agrees, computed } => {
                 self.db.execute(
-                    "INSERT INTO reports(round, peer, state_hash, agrees) VALUES (?1, ?2, ?3, ?4)",
-                    params![*round as i64, &peer[..], &state_hash[..], *agrees],
+                    "INSERT INTO reports(round, peer, state_hash, agrees, computed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
                 )?;
             }
         }
@@ -142,7 +226,7 @@ impl Store {
     }
 
     /// Records the validation loss after `round` rounds, `ms` after this process started.
-    pub fn record_eval(&self, round: u64, ms: u64, val_loss: f64) -> Result<()> {
+    pub fn record_eval(&self, round: u64, ms: u64, val_loss: f64) -> Result<(), StoreError> {
         self.db.execute(
             "INSERT OR REPLACE INTO evals(round, ms, val_loss) VALUES (?1, ?2, ?3)",
             params![round as i64, ms as i64, val_loss],
@@ -151,7 +235,7 @@ impl Store {
     }
 
     /// Deletes the state checkpoint that fell out of the kept window.
-    fn collect_garbage(&self, round: u64) -> Result<()> {
+    fn collect_garbage(&self, round: u64) -> Result<(), StoreError> {
         let Some(old) = round.checked_sub(KEEP_STATES) else { return Ok(()) };
         let h: Option<Vec<u8>> = self
             .db
@@ -165,7 +249,7 @@ impl Store {
     }
 
     /// What a restarted coordinator resumes from (None for a fresh run).
-    pub fn restore(&self, layout_hash: &Hash32, n: usize, buffers: usize) -> Result<Option<Restored>> {
+    pub fn restore(&self, spec: &RunSpec) -> Result<Option<Restored>, StoreError> {
         let Some(initial) = self.meta("initial_state")? else { return Ok(None) };
         let initial = h32(initial)?;
         let mut history = vec![(0u64, initial)];
@@ -178,9 +262,12 @@ impl Store {
             history.push((r as u64 + 1, h32(h)?));
         }
         let (round, state_hash) = *history.last().expect("initial state");
-        let state = GlobalState::decode(&self.blob(&state_hash)?, layout_hash, n, buffers)?;
+        let state = self.state(spec, &state_hash)?;
         if state.round != round {
-            bail!("checkpoint for round {round} holds round {}", state.round);
+            return Err(StoreError::Corrupt(format!(
+                "checkpoint for round {round} holds round {}",
+                state.round
+            )));
         }
         let backlog: Vec<Unit> = match round.checked_sub(1) {
             Some(last) => {
@@ -206,7 +293,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_coord::{Assignment, RunConfig, Worker};
+    use tessera_coord::{Assignment, RunConfig};
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("tessera-store-test-{}-{name}", std::process::id()));
@@ -229,12 +316,11 @@ mod tests {
     #[test]
     fn a_crash_between_blob_and_record_reopens_the_round_and_a_round_closes_once() {
         let dir = tmp("crash");
-        let w = Worker::new(RunConfig::default()).unwrap();
-        let g0 = w.initial_state();
-        let (layout, n) = (g0.layout_hash, g0.theta.len());
+        let spec = RunSpec::new(RunConfig::default()).unwrap();
+        let g0 = spec.initial_state();
         {
             let s = Store::open(&dir).unwrap();
-            assert!(s.restore(&layout, n, 1).unwrap().is_none(), "a fresh directory holds no run");
+            assert!(s.restore(&spec).unwrap().is_none(), "a fresh directory holds no run");
             s.put_blob(&g0.hash(), &g0.encode()).unwrap();
             s.set_meta("initial_state", &g0.hash()).unwrap();
             let mut s = s;
@@ -245,7 +331,7 @@ mod tests {
             s.put_blob(&g1.hash(), &g1.encode()).unwrap();
         }
         let s = Store::open(&dir).unwrap();
-        let r = s.restore(&layout, n, 1).unwrap().unwrap();
+        let r = s.restore(&spec).unwrap().unwrap();
         assert_eq!(r.state, g0, "the undecided round is not applied");
         assert_eq!(r.open, Some(start(0)), "the announced round is re-opened");
         // Closing it works once; a second close of the same round is refused.
@@ -262,11 +348,11 @@ mod tests {
         let rec = Record::RoundClosed { round: 0, accept, state_hash: g1.hash(), backlog: vec![(0, 3)] };
         s.persist(&rec).unwrap();
         assert!(s.persist(&rec).is_err(), "a round closes at most once");
-        let r = s.restore(&layout, n, 1).unwrap().unwrap();
+        let r = s.restore(&spec).unwrap().unwrap();
         assert_eq!((r.state.round, r.open, r.backlog), (1, None, vec![(0, 3)]));
         assert_eq!(r.history, vec![(0, g0.hash()), (1, g1.hash())]);
         // A blob corrupted on disk is refused, never loaded.
         std::fs::write(dir.join("blobs").join(hex(&g1.hash())), b"garbage").unwrap();
-        assert!(s.restore(&layout, n, 1).is_err());
+        assert!(s.restore(&spec).is_err());
     }
 }

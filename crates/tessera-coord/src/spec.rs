@@ -1,0 +1,89 @@
+//! What a run's config implies, computed once: the model's parameter layout and initial
+//! values, the rule that closes a round, the codec, and the exact sizes of update and state
+//! blobs. Every participant (coordinator, trainer, worker, the daemons' evaluations and
+//! exports) builds one `RunSpec` from the config instead of constructing a model to read a
+//! layout.
+
+use tessera_model::{Gpt, GptConfig, ParamSet};
+use tessera_sync::{Codec, Expected};
+
+use crate::{CoordError, GlobalState, Hash32, OuterRule, RunConfig};
+
+/// A validated run config and everything derived from it.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub cfg: RunConfig,
+    pub gpt: GptConfig,
+    /// The initial parameters (round 0), in declaration order; also the layout template.
+    pub template: ParamSet,
+    pub layout_hash: Hash32,
+    pub rule: OuterRule,
+    pub codec: Codec,
+    /// Exact length of a trainer's encoded update (and of an aggregate).
+    pub update_len: u64,
+    /// Exact length of a state blob.
+    pub state_len: usize,
+}
+
+impl RunSpec {
+    /// Validates `cfg` and derives the rest.
+    pub fn new(cfg: RunConfig) -> Result<Self, CoordError> {
+        cfg.validate()?;
+        let gpt = GptConfig::preset(&cfg.preset)?;
+        let template = Gpt::new(gpt.clone(), cfg.seed)?.params;
+        let rule = OuterRule::new(&cfg, &template);
+        let codec = cfg.update_codec()?;
+        let n = template.numel();
+        let update_len = (tessera_sync::HEADER_BYTES + codec.encoded_len(n)) as u64;
+        let state_len = GlobalState::encoded_len(n, rule.buffers());
+        assert!(update_len > tessera_sync::HEADER_BYTES as u64, "an update carries a payload");
+        Ok(Self {
+            layout_hash: template.layout().hash(),
+            gpt,
+            template,
+            rule,
+            codec,
+            update_len,
+            state_len,
+            cfg,
+        })
+    }
+
+    /// Parameters in the model.
+    pub fn n(&self) -> usize {
+        self.template.numel()
+    }
+
+    /// The run's initial state (round 0), as every peer derives it from the config.
+    pub fn initial_state(&self) -> GlobalState {
+        GlobalState::initial(self.layout_hash, self.template.to_flat(), self.rule.buffers())
+    }
+
+    /// What a valid update must look like (layout, length, norm bound).
+    pub fn expected(&self) -> &Expected {
+        self.rule.expected()
+    }
+
+    /// Decodes a state blob of this run, which must hash to `want`.
+    pub fn decode_state(&self, blob: &[u8], want: &Hash32) -> Result<GlobalState, CoordError> {
+        if blob.len() != self.state_len {
+            return Err(CoordError::State(format!(
+                "blob of {} bytes, expected {}",
+                blob.len(),
+                self.state_len
+            )));
+        }
+        if blake3::hash(blob).as_bytes() != want {
+            return Err(CoordError::State("checkpoint does not hash to the announced state".into()));
+        }
+        GlobalState::decode(blob, &self.layout_hash, self.n(), self.rule.buffers())
+    }
+
+    /// The parameters `theta` in this run's layout, as a parameter set (for evaluation and
+    /// export).
+    pub fn params(&self, theta: &[f32]) -> Result<ParamSet, CoordError> {
+        let mut p = self.template.clone();
+        p.load_flat(theta)?;
+        Ok(p)
+    }
+}

@@ -1,0 +1,487 @@
+//! The trainer's side of the round protocol as a sans-IO state machine. Inputs are verified
+//! frames from the coordinator, fetched blobs, finished training results and ticks, each with
+//! the time; outputs are [`Action`]s, executed in order by a driver: send a message, fetch a
+//! blob (from whom), train a unit, serve a blob, log an event. The daemon (`tessera node`)
+//! and the protocol simulator drive this one machine, so they cannot decide differently.
+//!
+//! What it decides:
+//! - frames not signed by the coordinator, or replayed, are refused;
+//! - `Welcome` configures the run once (a changed config or another dataset is fatal);
+//! - a state it does not hold is fetched by hash and checked before use;
+//! - an assigned unit is trained from the round's start state, and committed once trained;
+//! - `Accept` closes the round with the aggregate blob; if that blob cannot be had, or this
+//!   trainer did not hold the round's start, it adopts the announced checkpoint instead;
+//! - every state it reaches is reported, saying whether it computed or adopted it.
+
+use std::sync::Arc;
+
+use crate::{
+    Assignment, CoordError, GlobalState, Hash32, Message, PeerId, Reject, RunConfig, RunSpec, SeqWindow,
+};
+use crate::{Signed, Trained};
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Sign and send to the coordinator.
+    Send(Message),
+    /// Fetch blob `hash` (exactly `len` bytes) from `from`, then call [`Trainer::fetched`].
+    Fetch {
+        from: PeerId,
+        hash: Hash32,
+        len: u64,
+    },
+    /// Train `unit` from `state` (see [`crate::Worker::train`]), then call [`Trainer::trained`].
+    Train {
+        state: Arc<GlobalState>,
+        state_hash: Hash32,
+        unit: Assignment,
+    },
+    /// Serve this blob to whoever asks for it by hash.
+    Serve {
+        hash: Hash32,
+        bytes: Arc<Vec<u8>>,
+    },
+    Event(TrainerEvent),
+}
+
+/// Things worth logging (or, for `Fatal` and `Finished`, acting on).
+#[derive(Debug, Clone)]
+pub enum TrainerEvent {
+    /// The run's config arrived; the driver builds its [`crate::Worker`] from it.
+    Configured(Arc<RunSpec>),
+    Loaded {
+        round: u64,
+        bytes: usize,
+    },
+    Committed {
+        round: u64,
+        unit: (u64, u64),
+        loss: f64,
+    },
+    /// This trainer reached `state_hash` after `round` rounds; `computed` is false when it
+    /// took the coordinator's checkpoint instead of computing the state.
+    Reported {
+        round: u64,
+        state_hash: Hash32,
+        agrees: bool,
+        computed: bool,
+    },
+    /// The fault drill changed the state before closing `round`.
+    FaultInjected {
+        round: u64,
+    },
+    Warning(TrainerError),
+    /// The run cannot go on for this trainer.
+    Fatal(TrainerError),
+    /// The run is over; `computed` says whether the final state was computed here.
+    Finished {
+        round: u64,
+        state_hash: Hash32,
+        computed: bool,
+    },
+}
+
+/// Why the trainer refused something or could not go on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrainerError {
+    #[error("frame refused: not signed by the coordinator")]
+    NotCoordinator,
+    #[error("frame refused: {0}")]
+    Replay(Reject),
+    #[error("the coordinator changed the run's config mid-run")]
+    ConfigChanged,
+    #[error("the run trains on dataset {run}, this node holds {mine} (--data-dir)")]
+    WrongDataset { run: String, mine: String },
+    #[error("the run's config is refused: {0}")]
+    Config(String),
+    #[error("unexpected message from the coordinator: {0}")]
+    Unexpected(&'static str),
+    #[error("message before the run's config: {0}")]
+    NotConfigured(&'static str),
+    #[error("checkpoint refused: {0}")]
+    Checkpoint(String),
+    #[error("fetching {what}: {err}")]
+    Fetch { what: &'static str, err: String },
+    #[error("training round {round} failed: {err}")]
+    Training { round: u64, err: String },
+    #[error("aggregate of round {round} refused: {err}; taking the checkpoint")]
+    Aggregate { round: u64, err: String },
+}
+
+/// Who this trainer is and what it holds.
+#[derive(Debug, Clone)]
+pub struct TrainerConfig {
+    pub me: PeerId,
+    pub coordinator: PeerId,
+    /// The manifest hash of the dataset this trainer holds.
+    pub dataset: Hash32,
+    /// Fault drill: corrupt one parameter before closing this round.
+    pub fault_round: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    state: Arc<GlobalState>,
+    hash: Hash32,
+    computed: bool,
+}
+
+/// A state this trainer is fetching, and what to do once it holds it.
+#[derive(Debug, Clone)]
+struct Want {
+    round: u64,
+    hash: Hash32,
+    train: Option<Assignment>,
+    report: bool,
+    finish: bool,
+}
+
+/// The trainer's state machine.
+pub struct Trainer {
+    tc: TrainerConfig,
+    window: SeqWindow,
+    spec: Option<(Arc<RunSpec>, String)>,
+    held: Option<Held>,
+    want: Option<Want>,
+    /// The round and start state of the unit being trained.
+    training: Option<(u64, Hash32)>,
+    /// The aggregate being fetched: (round, blob hash, the announced next state).
+    closing: Option<(u64, Hash32, Hash32)>,
+    /// What to do with the state that closing the round will produce (a `RoundStart` or
+    /// `Done` that overtook the aggregate): done once it is computed, not fetched.
+    after_close: Option<Want>,
+    round: u64,
+    last_heartbeat: Option<u64>,
+    finished: bool,
+    out: Vec<Action>,
+}
+
+impl Trainer {
+    pub fn new(tc: TrainerConfig) -> Self {
+        Self {
+            tc,
+            window: SeqWindow::default(),
+            spec: None,
+            held: None,
+            want: None,
+            training: None,
+            closing: None,
+            after_close: None,
+            round: 0,
+            last_heartbeat: None,
+            finished: false,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.tc.me
+    }
+
+    /// The run, once configured.
+    pub fn spec(&self) -> Option<&Arc<RunSpec>> {
+        self.spec.as_ref().map(|(s, _)| s)
+    }
+
+    /// The round and hash of the state held, if any.
+    pub fn state(&self) -> Option<(u64, Hash32)> {
+        self.held.as_ref().map(|h| (h.state.round, h.hash))
+    }
+
+    /// The state held.
+    pub fn global(&self) -> Option<&GlobalState> {
+        self.held.as_ref().map(|h| h.state.as_ref())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// A (new) connection to the coordinator: ask to join. Fetches in flight on an old
+    /// connection are answered with errors by the driver.
+    pub fn connected(&mut self, _now_ms: u64) -> Vec<Action> {
+        self.out.push(Action::Send(Message::Join { addrs: vec![] }));
+        self.take()
+    }
+
+    /// Time passed; `step` is the inner step of the unit being trained. Sends a heartbeat
+    /// when one is due.
+    pub fn tick(&mut self, now_ms: u64, step: u64) -> Vec<Action> {
+        if let Some((spec, _)) = &self.spec {
+            let due = self.last_heartbeat.is_none_or(|t| now_ms.saturating_sub(t) >= spec.cfg.heartbeat_ms);
+            if due && !self.finished {
+                self.last_heartbeat = Some(now_ms);
+                self.out.push(Action::Send(Message::Heartbeat { round: self.round, step }));
+            }
+        }
+        self.take()
+    }
+
+    /// A verified frame arrived from the transport.
+    pub fn handle(&mut self, _now_ms: u64, s: Signed) -> Vec<Action> {
+        if s.sender != self.tc.coordinator {
+            self.warn(TrainerError::NotCoordinator);
+        } else if let Err(e) = self.window.check(s.seq) {
+            self.warn(TrainerError::Replay(e));
+        } else if let Err(e) = self.on_message(s.message) {
+            let fatal = matches!(e, TrainerError::ConfigChanged | TrainerError::WrongDataset { .. })
+                || matches!(e, TrainerError::Config(_));
+            self.out.push(Action::Event(if fatal {
+                TrainerEvent::Fatal(e)
+            } else {
+                TrainerEvent::Warning(e)
+            }));
+        }
+        self.take()
+    }
+
+    /// The driver fetched (or failed to fetch) a blob asked for by [`Action::Fetch`].
+    pub fn fetched(&mut self, _now_ms: u64, hash: Hash32, got: Result<Vec<u8>, String>) -> Vec<Action> {
+        if self.want.as_ref().is_some_and(|w| w.hash == hash) {
+            let w = self.want.take().expect("checked");
+            self.on_state(w, got);
+        } else if let Some((round, agg, next)) = self.closing.filter(|c| c.1 == hash) {
+            assert_eq!(agg, hash, "the aggregate asked for");
+            self.closing = None;
+            match got {
+                Ok(b) => self.close(round, Some(&b), next),
+                Err(err) => {
+                    self.warn(TrainerError::Fetch { what: "the aggregate", err });
+                    self.adopt(round + 1, next);
+                }
+            }
+            if let Some(w) = self.after_close.take() {
+                self.need(w);
+            }
+        }
+        self.take()
+    }
+
+    /// The driver finished training the unit asked for by [`Action::Train`].
+    pub fn trained(&mut self, _now_ms: u64, round: u64, got: Result<Trained, CoordError>) -> Vec<Action> {
+        match got {
+            Ok(t) if self.training == Some((t.round, t.start_state)) => {
+                self.training = None;
+                self.out.push(Action::Serve { hash: t.update_hash, bytes: t.update.clone() });
+                self.out.push(Action::Send(t.commit()));
+                let e = TrainerEvent::Committed { round: t.round, unit: t.unit, loss: t.mean_loss };
+                self.out.push(Action::Event(e));
+            }
+            Ok(_) => {} // a unit of a round that has moved on
+            Err(e) => {
+                self.training = None;
+                self.warn(TrainerError::Training { round, err: e.to_string() });
+            }
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn warn(&mut self, e: TrainerError) {
+        self.out.push(Action::Event(TrainerEvent::Warning(e)));
+    }
+
+    fn on_message(&mut self, m: Message) -> Result<(), TrainerError> {
+        if !matches!(m, Message::Welcome { .. }) && self.spec.is_none() {
+            return Err(TrainerError::NotConfigured(kind(&m)));
+        }
+        match m {
+            Message::Welcome { round, state_hash, config, .. } => {
+                self.configure(config)?;
+                self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
+            }
+            Message::RoundStart { round, state_hash, assignments, .. } => {
+                self.round = self.round.max(round);
+                if let Some(a) = assignments.iter().find(|a| a.peer == self.tc.me).copied() {
+                    self.need(Want { round, hash: state_hash, train: Some(a), report: false, finish: false });
+                }
+            }
+            Message::Accept { round, aggregate, next_state_hash, .. } => {
+                self.on_accept(round, aggregate, next_state_hash)
+            }
+            Message::CheckpointPointer { round, state_hash, .. } => {
+                self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
+            }
+            Message::Done { round, state_hash } => {
+                self.need(Want { round, hash: state_hash, train: None, report: false, finish: true });
+            }
+            other => return Err(TrainerError::Unexpected(kind(&other))),
+        }
+        Ok(())
+    }
+
+    fn configure(&mut self, text: String) -> Result<(), TrainerError> {
+        if let Some((_, old)) = &self.spec {
+            return if *old == text { Ok(()) } else { Err(TrainerError::ConfigChanged) };
+        }
+        let cfg = RunConfig::from_toml(&text).map_err(|e| TrainerError::Config(e.to_string()))?;
+        let mine = tessera_tensor::hex(&self.tc.dataset);
+        if !cfg.dataset.is_empty() && cfg.dataset != mine {
+            return Err(TrainerError::WrongDataset { run: cfg.dataset, mine });
+        }
+        let spec = Arc::new(RunSpec::new(cfg).map_err(|e| TrainerError::Config(e.to_string()))?);
+        self.out.push(Action::Event(TrainerEvent::Configured(spec.clone())));
+        self.spec = Some((spec, text));
+        Ok(())
+    }
+
+    fn spec_ref(&self) -> &Arc<RunSpec> {
+        &self.spec.as_ref().expect("configured before any state is needed").0
+    }
+
+    /// Makes sure this trainer holds state `w.hash` after `w.round` rounds, fetching it if
+    /// not, then does what `w` asks.
+    fn need(&mut self, w: Want) {
+        if self.state() == Some((w.round, w.hash)) {
+            return self.then(w);
+        }
+        if self.closing.is_some_and(|(r, _, next)| r + 1 == w.round && next == w.hash) {
+            // Closing the round in hand will compute this state: wait for it, do not fetch it.
+            let merged = match self.after_close.take() {
+                Some(old) => Want {
+                    train: w.train.or(old.train),
+                    report: w.report | old.report,
+                    finish: w.finish | old.finish,
+                    ..w
+                },
+                None => w,
+            };
+            self.after_close = Some(merged);
+            return;
+        }
+        if let Some(old) = self.want.as_mut().filter(|o| o.hash == w.hash && o.round == w.round) {
+            // Already being fetched: add what is to be done once it is here.
+            old.train = w.train.or(old.train);
+            old.report |= w.report;
+            old.finish |= w.finish;
+            return;
+        }
+        let len = self.spec_ref().state_len as u64;
+        self.out.push(Action::Fetch { from: self.tc.coordinator, hash: w.hash, len });
+        self.want = Some(w);
+    }
+
+    fn on_state(&mut self, w: Want, got: Result<Vec<u8>, String>) {
+        let loaded = match got {
+            Err(err) => Err(TrainerError::Fetch { what: "the checkpoint", err }),
+            Ok(b) => match self.spec_ref().decode_state(&b, &w.hash) {
+                Ok(g) if g.round == w.round => Ok((g, b.len())),
+                Ok(g) => {
+                    Err(TrainerError::Checkpoint(format!("it is of round {}, not {}", g.round, w.round)))
+                }
+                Err(e) => Err(TrainerError::Checkpoint(e.to_string())),
+            },
+        };
+        match loaded {
+            Ok((g, bytes)) => {
+                if self.closing.is_some_and(|c| c.0 < g.round) {
+                    self.closing = None; // the loaded state is past the round being closed
+                    self.after_close = None;
+                }
+                self.held = Some(Held { state: Arc::new(g), hash: w.hash, computed: false });
+                self.out.push(Action::Event(TrainerEvent::Loaded { round: w.round, bytes }));
+                self.then(w);
+            }
+            Err(e) => {
+                self.warn(e);
+                if w.finish {
+                    // The run is over; report where it ended even without the state.
+                    self.finish(w.round, w.hash, false);
+                }
+            }
+        }
+    }
+
+    /// `w`'s state is held: train, report or finish as asked.
+    fn then(&mut self, w: Want) {
+        let held = self.held.clone().expect("then() runs once the state is held");
+        assert_eq!((held.state.round, held.hash), (w.round, w.hash), "the state asked for");
+        if w.report {
+            self.report(w.round, w.hash, true, held.computed);
+        }
+        if let Some(unit) = w.train {
+            if self.training != Some((w.round, w.hash)) {
+                self.training = Some((w.round, w.hash));
+                self.out.push(Action::Train { state: held.state, state_hash: w.hash, unit });
+            }
+        }
+        if w.finish {
+            self.finish(w.round, w.hash, held.computed);
+        }
+    }
+
+    fn finish(&mut self, round: u64, state_hash: Hash32, computed: bool) {
+        if !self.finished {
+            self.finished = true;
+            self.out.push(Action::Event(TrainerEvent::Finished { round, state_hash, computed }));
+        }
+    }
+
+    fn on_accept(&mut self, round: u64, aggregate: Option<Hash32>, next: Hash32) {
+        match self.state() {
+            Some((r, _)) if r == round => match aggregate {
+                None => self.close(round, None, next),
+                Some(h) => {
+                    let len = self.spec_ref().update_len;
+                    self.closing = Some((round, h, next));
+                    self.out.push(Action::Fetch { from: self.tc.coordinator, hash: h, len });
+                }
+            },
+            Some((r, _)) if r > round => {} // already past it
+            // Not holding this round's start state: take the new checkpoint.
+            _ => self.adopt(round + 1, next),
+        }
+    }
+
+    fn adopt(&mut self, round: u64, state: Hash32) {
+        self.need(Want { round, hash: state, train: None, report: true, finish: false });
+    }
+
+    /// Closes `round` with the aggregate blob (or none), reports the state reached, and takes
+    /// the coordinator's checkpoint if it differs.
+    fn close(&mut self, round: u64, aggregate: Option<&[u8]>, expected: Hash32) {
+        let held = self.held.as_ref().expect("closing needs the round's state");
+        assert_eq!(held.state.round, round, "a round is closed from its own start state");
+        let mut next = (*held.state).clone();
+        if self.tc.fault_round == Some(round) {
+            if let Some(x) = next.theta.first_mut() {
+                *x += 1.0; // a flipped bit or a miscomputing machine, its hash not updated
+            }
+            self.out.push(Action::Event(TrainerEvent::FaultInjected { round }));
+        }
+        if let Err(e) = next.apply(aggregate, &self.spec_ref().rule) {
+            self.warn(TrainerError::Aggregate { round, err: e.to_string() });
+            return self.adopt(round + 1, expected);
+        }
+        let mine = next.hash();
+        let agrees = mine == expected;
+        self.held = Some(Held { state: Arc::new(next), hash: mine, computed: true });
+        self.report(round + 1, mine, agrees, true);
+        if !agrees {
+            self.need(Want { round: round + 1, hash: expected, train: None, report: false, finish: false });
+        }
+    }
+
+    fn report(&mut self, round: u64, state_hash: Hash32, agrees: bool, computed: bool) {
+        self.out.push(Action::Event(TrainerEvent::Reported { round, state_hash, agrees, computed }));
+        self.out.push(Action::Send(Message::StateReport { round, state_hash, computed }));
+    }
+}
+
+pub(crate) fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Join { .. } => "Join",
+        Message::Welcome { .. } => "Welcome",
+        Message::Heartbeat { .. } => "Heartbeat",
+        Message::RoundStart { .. } => "RoundStart",
+        Message::Commit { .. } => "Commit",
+        Message::Accept { .. } => "Accept",
+        Message::StateReport { .. } => "StateReport",
+        Message::CheckpointPointer { .. } => "CheckpointPointer",
+        Message::Done { .. } => "Done",
+    }
+}

@@ -1,0 +1,283 @@
+//! The trainer's state machine under scripted frames, blobs and training results: what it
+//! refuses, what it fetches, when it trains, and what it reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tessera_coord::*;
+use tessera_data::{ingest_bytes, Dataset, IngestOptions};
+use tessera_model::fixtures::SONNETS;
+use tessera_sync::{encode_update, Algorithm};
+
+const COORD: PeerId = [0xC0; 32];
+const ME: PeerId = [1; 32];
+
+fn dataset() -> Dataset {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-trainer-test-{}", std::process::id()));
+    if let Ok(ds) = Dataset::open(&dir) {
+        return ds;
+    }
+    let tmp = dir.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
+    ingest_bytes(SONNETS, "sonnets", &tmp, &opts).unwrap();
+    let _ = std::fs::rename(&tmp, &dir);
+    Dataset::open(&dir).unwrap()
+}
+
+fn cfg() -> RunConfig {
+    RunConfig {
+        inner_steps: 2,
+        rounds: 2,
+        batch: 2,
+        heartbeat_ms: 100,
+        silence_ms: 1000,
+        ..RunConfig::default()
+    }
+}
+
+/// A trainer plus the coordinator's sequence counter.
+struct H {
+    t: Trainer,
+    seq: u64,
+    spec: Arc<RunSpec>,
+}
+
+impl H {
+    fn new(fault_round: Option<u64>) -> Self {
+        let ds = dataset();
+        let tc = TrainerConfig { me: ME, coordinator: COORD, dataset: ds.manifest_hash(), fault_round };
+        H { t: Trainer::new(tc), seq: 0, spec: Arc::new(RunSpec::new(cfg()).unwrap()) }
+    }
+
+    fn frame(&mut self, m: Message) -> Vec<Action> {
+        self.seq += 1;
+        self.t.handle(0, Signed { sender: COORD, seq: self.seq, message: m })
+    }
+
+    fn welcome(&mut self, config: String) -> Vec<Action> {
+        let s0 = self.spec.initial_state().hash();
+        self.frame(Message::Welcome { round: 0, checkpoint: s0, state_hash: s0, config })
+    }
+
+    /// Welcomed and holding the initial state.
+    fn synced(fault_round: Option<u64>) -> Self {
+        let mut h = H::new(fault_round);
+        h.welcome(cfg().to_toml());
+        let g = h.spec.initial_state();
+        h.t.fetched(0, g.hash(), Ok(g.encode()));
+        assert_eq!(h.t.state(), Some((0, g.hash())));
+        h
+    }
+}
+
+fn warnings(a: &[Action]) -> Vec<TrainerError> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Event(TrainerEvent::Warning(e) | TrainerEvent::Fatal(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fetches(a: &[Action]) -> Vec<(PeerId, Hash32, u64)> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Fetch { from, hash, len } => Some((*from, *hash, *len)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `StateReport`s sent, as (round, state hash, computed).
+fn reports(a: &[Action]) -> Vec<(u64, Hash32, bool)> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Send(Message::StateReport { round, state_hash, computed }) => {
+                Some((*round, *state_hash, *computed))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn reported(a: &[Action]) -> Vec<(u64, bool, bool)> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Event(TrainerEvent::Reported { round, agrees, computed, .. }) => {
+                Some((*round, *agrees, *computed))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn frames_from_strangers_replays_and_early_messages_are_refused() {
+    let mut h = H::new(None);
+    let hb = Message::Heartbeat { round: 0, step: 0 };
+    let out = h.t.handle(0, Signed { sender: [9; 32], seq: 1, message: hb.clone() });
+    assert_eq!(warnings(&out), [TrainerError::NotCoordinator]);
+    let done = Message::Done { round: 0, state_hash: [0; 32] };
+    assert_eq!(warnings(&h.frame(done)), [TrainerError::NotConfigured("Done")]);
+    let out = h.t.handle(0, Signed { sender: COORD, seq: 1, message: hb.clone() });
+    assert!(matches!(&warnings(&out)[..], [TrainerError::Replay(Reject::Replay { seq: 1, .. })]));
+    h.welcome(cfg().to_toml());
+    assert_eq!(warnings(&h.frame(hb)), [TrainerError::Unexpected("Heartbeat")]);
+}
+
+#[test]
+fn a_welcome_configures_once_and_fetches_the_checkpoint_by_hash() {
+    let mut h = H::new(None);
+    let out = h.welcome(cfg().to_toml());
+    assert!(matches!(out[0], Action::Event(TrainerEvent::Configured(_))));
+    let g = h.spec.initial_state();
+    assert_eq!(fetches(&out), [(COORD, g.hash(), h.spec.state_len as u64)]);
+    // A blob that does not hash to the announced state is refused; the state stays unheld.
+    let out = h.t.fetched(0, g.hash(), Ok(vec![0; h.spec.state_len]));
+    assert!(matches!(&warnings(&out)[..], [TrainerError::Checkpoint(_)]));
+    assert_eq!(h.t.state(), None);
+    // Another config mid-run, or another dataset, ends the run for this trainer.
+    let out = h.welcome(RunConfig { rounds: 9, ..cfg() }.to_toml());
+    assert!(matches!(&out[..], [Action::Event(TrainerEvent::Fatal(TrainerError::ConfigChanged))]));
+    let mut other = H::new(None);
+    let out = other.welcome(RunConfig { dataset: "ab".repeat(32), ..cfg() }.to_toml());
+    assert!(matches!(&warnings(&out)[..], [TrainerError::WrongDataset { .. }]));
+}
+
+#[test]
+fn an_assigned_unit_is_trained_served_then_committed() {
+    let ds = dataset();
+    let mut h = H::synced(None);
+    let g = h.spec.initial_state();
+    let unit = Assignment { peer: ME, data_round: 0, slot: 0 };
+    let other = Assignment { peer: [2; 32], data_round: 0, slot: 1 };
+    let start = Message::RoundStart {
+        round: 0,
+        state_hash: g.hash(),
+        seed: 1,
+        members: vec![ME, [2; 32]],
+        assignments: vec![unit, other],
+        deadline_ms: 1000,
+    };
+    let out = h.frame(start.clone());
+    let Some(Action::Train { state, state_hash, unit: u }) = out.first().cloned() else { panic!("{out:?}") };
+    assert_eq!((state_hash, u), (g.hash(), unit));
+    assert!(h.frame(start).is_empty(), "a re-announced round being trained is not trained twice");
+    let t = Worker::new(h.spec.clone()).train(&state, &state_hash, &u, &ds, &mut |_| {}).unwrap();
+    let out = h.t.trained(0, 0, Ok(t.clone()));
+    assert!(
+        matches!(&out[0], Action::Serve { hash, .. } if *hash == t.update_hash),
+        "served before announced"
+    );
+    assert!(matches!(&out[1], Action::Send(m) if *m == t.commit()));
+    // Heartbeats once configured, at the configured interval.
+    assert!(matches!(&h.t.tick(1000, 2)[..], [Action::Send(Message::Heartbeat { round: 0, step: 2 })]));
+    assert!(h.t.tick(1050, 2).is_empty());
+}
+
+#[test]
+fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
+    let mut h = H::synced(None);
+    let g = h.spec.initial_state();
+    let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
+    let agg_hash = *blake3::hash(&agg).as_bytes();
+    let mut next = g.clone();
+    next.apply(Some(&agg), &h.spec.rule).unwrap();
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![ME],
+        rejected: vec![],
+        aggregate: Some(agg_hash),
+        next_state_hash: next.hash(),
+    };
+    let out = h.frame(accept);
+    assert_eq!(fetches(&out), [(COORD, agg_hash, h.spec.update_len)]);
+    let out = h.t.fetched(0, agg_hash, Ok(agg));
+    assert_eq!(reported(&out), [(1, true, true)]);
+    assert_eq!(reports(&out), [(1, next.hash(), true)]);
+    assert_eq!(h.t.state(), Some((1, next.hash())));
+    // Done in the state it holds: finished, computed.
+    let out = h.frame(Message::Done { round: 1, state_hash: next.hash() });
+    assert!(matches!(&out[..], [Action::Event(TrainerEvent::Finished { round: 1, computed: true, .. })]));
+}
+
+#[test]
+fn a_missing_aggregate_means_adopting_the_checkpoint_and_saying_so() {
+    let mut h = H::synced(None);
+    let g = h.spec.initial_state();
+    let mut next = g.clone();
+    next.apply(None, &h.spec.rule).unwrap();
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![ME],
+        rejected: vec![],
+        aggregate: Some([5; 32]),
+        next_state_hash: next.hash(),
+    };
+    h.frame(accept);
+    let out = h.t.fetched(0, [5; 32], Err("gone".into()));
+    assert!(matches!(&warnings(&out)[..], [TrainerError::Fetch { .. }]));
+    assert_eq!(fetches(&out), [(COORD, next.hash(), h.spec.state_len as u64)]);
+    let out = h.t.fetched(0, next.hash(), Ok(next.encode()));
+    assert_eq!(reported(&out), [(1, true, false)], "adopted, not computed");
+    assert!(!reports(&out)[0].2);
+}
+
+#[test]
+fn the_fault_drill_reports_a_different_state_then_resyncs() {
+    let mut h = H::synced(Some(0));
+    let g = h.spec.initial_state();
+    let mut next = g.clone();
+    next.apply(None, &h.spec.rule).unwrap();
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![],
+        rejected: vec![],
+        aggregate: None,
+        next_state_hash: next.hash(),
+    };
+    let out = h.frame(accept);
+    assert!(out.iter().any(|a| matches!(a, Action::Event(TrainerEvent::FaultInjected { round: 0 }))));
+    assert_eq!(reported(&out), [(1, false, true)]);
+    assert_ne!(reports(&out)[0].1, next.hash());
+    assert_eq!(fetches(&out), [(COORD, next.hash(), h.spec.state_len as u64)], "takes the checkpoint");
+    h.t.fetched(0, next.hash(), Ok(next.encode()));
+    assert_eq!(h.t.state(), Some((1, next.hash())));
+}
+
+/// Regression: over the network the next `RoundStart` can arrive before the aggregate blob.
+/// The trainer fetched the announced state instead, trained on it, and then panicked closing
+/// a round it no longer held. It must wait for its own close and compute the state.
+#[test]
+fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
+    let mut h = H::synced(None);
+    let g = h.spec.initial_state();
+    let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
+    let agg_hash = *blake3::hash(&agg).as_bytes();
+    let mut next = g.clone();
+    next.apply(Some(&agg), &h.spec.rule).unwrap();
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![ME],
+        rejected: vec![],
+        aggregate: Some(agg_hash),
+        next_state_hash: next.hash(),
+    };
+    h.frame(accept);
+    let unit = Assignment { peer: ME, data_round: 1, slot: 0 };
+    let start = Message::RoundStart {
+        round: 1,
+        state_hash: next.hash(),
+        seed: 1,
+        members: vec![ME],
+        assignments: vec![unit],
+        deadline_ms: 1000,
+    };
+    let out = h.frame(start);
+    assert!(out.is_empty(), "no checkpoint fetch, no training yet: {out:?}");
+    let out = h.t.fetched(0, agg_hash, Ok(agg));
+    assert_eq!(reported(&out), [(1, true, true)]);
+    assert!(matches!(out.last(), Some(Action::Train { state_hash, .. }) if *state_hash == next.hash()));
+    assert!(fetches(&out).is_empty());
+}

@@ -1,0 +1,192 @@
+//! # tessera-node
+//!
+//! **Role.** The daemons of a networked run: the coordinator service ([`coordinator`]), the
+//! trainer service ([`trainer`], `tessera node`) and the coordinator's durable [`Store`]. They
+//! wire the sans-IO state machines of `tessera-coord` to the `tessera-net` transport, the
+//! clock, the disk and the thread pool. A driver here only executes the machines' outputs in
+//! order; what a message means is decided in `tessera-coord`, so the simulator and the
+//! daemons cannot diverge.
+//!
+//! **Invariants.** A coordinator decision is written to the store before it is announced
+//! (persist before announce), and a round closes at most once (a database constraint). Blobs
+//! are written and fsynced before the row that names them. Every queue, outbox and retry is
+//! bounded by a named constant.
+//!
+//! **Must not.** Parse command lines or draw progress bars (that is `tessera-cli`'s), decide
+//! protocol questions itself, or trust a byte from a peer or the disk unchecked.
+
+pub mod coordinator;
+mod store;
+pub mod trainer;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use tessera_coord::RunSpec;
+use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
+
+pub use store::{Progress, Store, StoreError, Summary, DB_FILE};
+
+/// How often the daemons look at the clock.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Frames queued for one peer before new ones are dropped.
+pub const MAX_OUTBOX: usize = 256;
+/// Tries to fetch one blob.
+pub const FETCH_ATTEMPTS: usize = 5;
+/// Default dataset directory: the embedded corpus, ingested on first use.
+pub const DEFAULT_DATA_DIR: &str = "runs/data/embedded";
+
+/// Why a daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Run(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Net(#[from] tessera_net::NetError),
+    #[error(transparent)]
+    Wire(#[from] tessera_wire::WireError),
+    #[error(transparent)]
+    Coord(#[from] tessera_coord::CoordError),
+    #[error(transparent)]
+    Data(#[from] tessera_data::DataError),
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] tessera_checkpoint::CkptError),
+    #[error(transparent)]
+    Trainer(#[from] tessera_coord::TrainerError),
+}
+
+impl NodeError {
+    /// An I/O error, saying what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+        let what = what.into();
+        move |source| NodeError::Io { what, source }
+    }
+}
+
+/// Opens a dataset directory, building it from the embedded corpus if it has no manifest.
+pub fn embedded_dataset(dir: &Path) -> Result<Dataset, NodeError> {
+    if !dir.join(tessera_data::MANIFEST_FILE).exists() {
+        let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        ingest_bytes(&embedded_corpus()?, EMBEDDED_CORPUS_NAME, &tmp, &IngestOptions::default())?;
+        if std::fs::rename(&tmp, dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp); // another process built it first
+        }
+    }
+    Ok(Dataset::open(dir)?)
+}
+
+/// Mean validation loss (nats per byte) of parameters `theta` on the first `batches`
+/// validation batches.
+pub fn val_loss(spec: &RunSpec, ds: &Dataset, theta: &[f32], batches: u64) -> Result<f64, NodeError> {
+    use tessera_model::{AdamWConfig, Gpt, Trainer};
+    let model = Gpt { cfg: spec.gpt.clone(), params: spec.params(theta)? };
+    let tr = Trainer::new(model, AdamWConfig::default())?;
+    let mut s = 0.0;
+    for i in 0..batches {
+        s += f64::from(tr.eval_loss(&ds.val_batch(i, spec.cfg.batch, spec.gpt.context)?)?);
+    }
+    Ok(s / batches.max(1) as f64)
+}
+
+/// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if
+/// missing.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, NodeError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(NodeError::io(format!("reading key {shown}")))?;
+        let b = tessera_tensor::unhex32(text.trim())
+            .ok_or_else(|| NodeError::Run(format!("{shown} does not hold a 64-digit hex key")))?;
+        return Ok(SigningKey::from_bytes(&b));
+    }
+    let key = fresh_key()?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(NodeError::io(format!("creating {}", d.display())))?;
+    }
+    std::fs::write(path, tessera_net::hex(&key.to_bytes()))
+        .map_err(NodeError::io(format!("writing {shown}")))?;
+    Ok(key)
+}
+
+/// A new identity from the OS's randomness (the daemons may read it).
+pub fn fresh_key() -> Result<SigningKey, NodeError> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    let io = NodeError::io("reading /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(io)?;
+    Ok(SigningKey::from_bytes(&b))
+}
+
+/// A rayon pool of `threads` threads (0: one per available core).
+pub fn pool(threads: usize) -> Result<rayon::ThreadPool, NodeError> {
+    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| NodeError::Run(format!("building the thread pool: {e}")))
+}
+
+/// Writes one line to stdout; a closed pipe (`tessera … | head`) ends the process quietly.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
+    if let Err(e) = writeln!(so, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error writing output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Outgoing sequence numbers: start at the wall clock in microseconds, so a restarted process
+/// continues above what it sent before, then count up.
+pub struct Seq(std::sync::atomic::AtomicU64);
+
+impl Seq {
+    pub fn from_clock() -> Self {
+        let us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        Self(std::sync::atomic::AtomicU64::new(us))
+    }
+
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+/// The first 8 hex digits of a peer id, for logs.
+pub fn short(p: &[u8]) -> String {
+    tessera_net::hex(&p[..4])
+}
+
+/// Timestamped log lines on stderr.
+#[derive(Clone)]
+pub struct Log {
+    who: String,
+    t0: Instant,
+}
+
+impl Log {
+    pub fn new(who: &str) -> Self {
+        Self { who: who.to_string(), t0: Instant::now() }
+    }
+
+    fn line(&self, level: &str, msg: &str) {
+        eprintln!("{:>8.2}s {level} {}: {msg}", self.t0.elapsed().as_secs_f64(), self.who);
+    }
+
+    pub fn info(&self, msg: &str) {
+        self.line("INFO", msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.line("WARN", msg);
+    }
+}

@@ -1,0 +1,330 @@
+//! The trainer service (`tessera node`). It drives the [`Trainer`] state machine of
+//! `tessera-coord` over a QUIC connection to the coordinator: frames, fetched blobs, finished
+//! training and ticks go in; the machine's actions (send, fetch, train, serve, log) are
+//! executed in order. It decides nothing itself. Training runs on a blocking thread, so
+//! heartbeats and frames keep flowing meanwhile.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use iroh::endpoint::Connection;
+use tessera_coord::{
+    Action, Assignment, CoordError, GlobalState, Hash32, PeerId, Trained, Trainer, TrainerConfig,
+    TrainerEvent, Worker,
+};
+use tessera_data::Dataset;
+use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError};
+use tokio::sync::mpsc;
+
+use crate::{
+    embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, FETCH_ATTEMPTS, TICK,
+};
+
+/// Fetch and training results queued for the event loop.
+const MAX_NODE_INPUTS: usize = 64;
+
+type Res<T> = std::result::Result<T, NodeError>;
+
+/// How to run a trainer.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The coordinator's ticket, `<hex id>@<ip:port>`.
+    pub join: String,
+    /// Dataset directory (built from the embedded corpus if it does not exist).
+    pub data_dir: PathBuf,
+    /// Key file (hex ed25519 secret), created if missing; a fresh identity if not given.
+    pub key: Option<PathBuf>,
+    pub net: NetConfig,
+    /// Compute threads (0: one per core).
+    pub threads: usize,
+    /// Give up after the coordinator has been unreachable this long.
+    pub reconnect_s: u64,
+    /// Emulate a slower machine: sleep this long after every inner step.
+    pub slow_step_ms: u64,
+    /// Fault drill: corrupt one parameter before closing this round.
+    pub fault_round: Option<u64>,
+}
+
+/// What comes back to the event loop from tasks it started.
+enum Input {
+    Fetched(Hash32, Result<Vec<u8>, String>),
+    Trained(Box<Worker>, u64, Result<Trained, CoordError>),
+}
+
+type TrainJob = (Arc<GlobalState>, Hash32, Assignment);
+
+struct Node {
+    net: Net,
+    key: SigningKey,
+    seq: Seq,
+    coord: PeerId,
+    ds: Arc<Dataset>,
+    pool: Arc<rayon::ThreadPool>,
+    t: Trainer,
+    /// Absent before the run is configured and while it is training.
+    worker: Option<Worker>,
+    /// A unit asked for while the worker was busy (the latest one wins).
+    queued: Option<TrainJob>,
+    train_started: Option<Instant>,
+    step: Arc<AtomicU64>,
+    slow_step: Duration,
+    inputs: mpsc::Sender<Input>,
+    started: Instant,
+    log: Log,
+}
+
+enum End {
+    Lost,
+    Done,
+}
+
+/// Runs a trainer until the run is done (or the coordinator stays unreachable).
+pub fn run(a: NodeOptions) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::io("starting the runtime"))?;
+    rt.block_on(main_loop(a))
+}
+
+async fn main_loop(a: NodeOptions) -> Res<()> {
+    let (coord, addr) = parse_ticket(&a.join)?;
+    let key = match &a.key {
+        Some(p) => load_or_create_key(p)?,
+        None => fresh_key()?,
+    };
+    let ds = Arc::new(embedded_dataset(&a.data_dir)?);
+    let net = Net::bind(key.to_bytes(), &a.net).await?;
+    let log = Log::new(&format!("node {}", short(&net.id())));
+    let tc = TrainerConfig {
+        me: net.id(),
+        coordinator: coord,
+        dataset: ds.manifest_hash(),
+        fault_round: a.fault_round,
+    };
+    let (tx, mut inputs) = mpsc::channel(MAX_NODE_INPUTS);
+    let mut node = Node {
+        net,
+        key,
+        seq: Seq::from_clock(),
+        coord,
+        ds,
+        pool: Arc::new(crate::pool(a.threads)?),
+        t: Trainer::new(tc),
+        worker: None,
+        queued: None,
+        train_started: None,
+        step: Arc::default(),
+        slow_step: Duration::from_millis(a.slow_step_ms),
+        inputs: tx,
+        started: Instant::now(),
+        log,
+    };
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let conn = match node.net.connect(coord, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let t = *unreachable_since.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(a.reconnect_s) {
+                    let why = format!("coordinator unreachable for {} s: {e}", a.reconnect_s);
+                    return Err(NodeError::Run(why));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        unreachable_since = None;
+        node.log.info("connected to the coordinator");
+        match node.session(conn, &mut inputs).await? {
+            End::Done => break,
+            End::Lost => node.log.warn("lost the coordinator; reconnecting"),
+        }
+        unreachable_since.get_or_insert_with(Instant::now);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.net.close().await;
+    Ok(())
+}
+
+impl Node {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn session(&mut self, conn: Connection, inputs: &mut mpsc::Receiver<Input>) -> Res<End> {
+        let (tx, mut frames) = mpsc::channel::<Result<Vec<u8>, NetError>>(1024);
+        let (net, c2) = (self.net.clone(), conn.clone());
+        tokio::spawn(async move { net.serve(c2, move |f| drop(tx.try_send(f))).await });
+        let acts = self.t.connected(self.now_ms());
+        if self.execute(&conn, acts).await? {
+            return Ok(End::Done);
+        }
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            let now = self.now_ms();
+            let acts = tokio::select! {
+                f = frames.recv() => match f {
+                    Some(Ok(b)) => match tessera_wire::decode(&b) {
+                        Ok(s) => self.t.handle(now, s),
+                        Err(e) => {
+                            self.log.warn(&format!("frame refused: {e}"));
+                            continue;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        self.log.warn(&format!("frame refused: {e}"));
+                        continue;
+                    }
+                    None => return Ok(End::Lost),
+                },
+                Some(i) = inputs.recv() => self.on_input(now, i),
+                _ = ticker.tick() => self.t.tick(now, self.step.load(Ordering::Relaxed)),
+                _ = conn.closed() => return Ok(End::Lost),
+            };
+            if self.execute(&conn, acts).await? {
+                return Ok(End::Done);
+            }
+        }
+    }
+
+    fn on_input(&mut self, now: u64, i: Input) -> Vec<Action> {
+        match i {
+            Input::Fetched(hash, got) => self.t.fetched(now, hash, got),
+            Input::Trained(w, round, got) => {
+                self.worker = Some(*w);
+                let mut acts = self.t.trained(now, round, got);
+                if let Some(job) = self.queued.take() {
+                    acts.push(Action::Train { state: job.0, state_hash: job.1, unit: job.2 });
+                }
+                acts
+            }
+        }
+    }
+
+    /// Executes the machine's actions in order; true when the run is over for this node.
+    async fn execute(&mut self, conn: &Connection, acts: Vec<Action>) -> Res<bool> {
+        let mut done = false;
+        for a in acts {
+            match a {
+                Action::Send(m) => self.send(conn, &m).await,
+                Action::Fetch { from, hash, len } => self.spawn_fetch(conn, from, hash, len),
+                Action::Train { state, state_hash, unit } => self.spawn_train((state, state_hash, unit)),
+                Action::Serve { bytes, .. } => {
+                    self.net.blobs().insert(bytes);
+                }
+                Action::Event(e) => done |= self.on_event(e)?,
+            }
+        }
+        Ok(done)
+    }
+
+    async fn send(&self, conn: &Connection, m: &tessera_coord::Message) {
+        match tessera_wire::encode(&self.key, self.seq.next(), m) {
+            Ok(f) => {
+                if let Err(e) = self.net.send_frame(conn, &f).await {
+                    self.log.warn(&format!("send failed: {e}"));
+                }
+            }
+            Err(e) => self.log.warn(&format!("cannot encode: {e}")),
+        }
+    }
+
+    fn spawn_fetch(&self, conn: &Connection, from: PeerId, hash: Hash32, len: u64) {
+        let (net, conn, tx, coord) = (self.net.clone(), conn.clone(), self.inputs.clone(), self.coord);
+        tokio::spawn(async move {
+            let mut last = String::from("no connection to that peer");
+            for _ in 0..FETCH_ATTEMPTS {
+                if from != coord {
+                    break;
+                }
+                match net.fetch_blob(&conn, &hash, len).await {
+                    Ok(b) => {
+                        let _ = tx.send(Input::Fetched(hash, Ok(b))).await;
+                        return;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = tx.send(Input::Fetched(hash, Err(last))).await;
+        });
+    }
+
+    fn spawn_train(&mut self, job: TrainJob) {
+        let Some(mut w) = self.worker.take() else {
+            self.queued = Some(job); // the worker is busy; train this when it is back
+            return;
+        };
+        let (ds, pool, step, slow, tx) =
+            (self.ds.clone(), self.pool.clone(), self.step.clone(), self.slow_step, self.inputs.clone());
+        self.train_started = Some(Instant::now());
+        step.store(0, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let (state, hash, unit) = job;
+            let got = pool.install(|| {
+                let mut on_step = |s| {
+                    step.store(s, Ordering::Relaxed);
+                    std::thread::sleep(slow);
+                };
+                w.train(&state, &hash, &unit, &ds, &mut on_step)
+            });
+            let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, got));
+        });
+    }
+
+    /// Logs an event; true when the run is over.
+    fn on_event(&mut self, e: TrainerEvent) -> Res<bool> {
+        match e {
+            TrainerEvent::Configured(spec) => {
+                let c = &spec.cfg;
+                let msg = format!(
+                    "run config: {} {} {} H={} rounds={}",
+                    c.preset,
+                    c.algo,
+                    c.codec,
+                    c.h(),
+                    c.rounds
+                );
+                self.log.info(&msg);
+                self.worker = Some(Worker::new(spec));
+            }
+            TrainerEvent::Loaded { round, bytes } => {
+                self.log.info(&format!("loaded checkpoint of round {round} ({bytes} bytes)"))
+            }
+            TrainerEvent::Committed { round, unit, loss } => {
+                let took = self.train_started.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+                self.log.info(&format!(
+                    "round {round}: trained unit ({}, {}) in {took:.2}s, loss {loss:.4}",
+                    unit.0, unit.1
+                ));
+            }
+            TrainerEvent::Reported { round, state_hash, agrees, computed } => {
+                out(&format!(
+                    "state round={round} hash={} agrees={agrees} computed={computed}",
+                    hex(&state_hash)
+                ));
+                if !agrees {
+                    self.log.warn(&format!("my state after round {round} differs from the coordinator's"));
+                }
+            }
+            TrainerEvent::FaultInjected { round } => {
+                self.log.warn(&format!("fault drill: corrupting my state before closing round {round}"))
+            }
+            TrainerEvent::Warning(e) => self.log.warn(&e.to_string()),
+            TrainerEvent::Fatal(e) => return Err(NodeError::Trainer(e)),
+            TrainerEvent::Finished { round, state_hash, computed } => {
+                self.log.info(&format!(
+                    "run done after {round} rounds; my final state computed here: {computed}"
+                ));
+                out(&format!("state-hash: {}", hex(&state_hash)));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
