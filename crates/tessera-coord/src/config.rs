@@ -3,7 +3,7 @@
 //! text to every node in its `Welcome`, so a node never trains on settings of its own.
 
 use serde::{Deserialize, Serialize};
-use tessera_sync::{Codec, ValueCodec};
+use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec, DCT_TILE};
 
 use crate::CoordError;
 
@@ -22,12 +22,28 @@ pub struct RunConfig {
     pub dataset: String,
     /// Seeds the initial model and the data order.
     pub seed: u64,
-    /// `diloco` (H inner AdamW steps, then Nesterov on the mean Δ) or `ddp` (every round is one
-    /// step: the mean f32 gradient feeds one global AdamW step; needs `inner_steps = 1`).
+    /// The outer algorithm:
+    /// - `diloco`: H inner AdamW steps, then Nesterov on the mean Δ;
+    /// - `ddp`: every round is one step, the mean f32 gradient feeds one global AdamW step
+    ///   (needs `inner_steps = 1`);
+    /// - `sparseloco`: H inner steps, top-k 2-bit Δ with error feedback, all-gathered;
+    /// - `demo`: one gradient per round, top-k DCT coefficients of the decoupled momentum,
+    ///   all-gathered, sign step (needs `inner_steps = 1`).
     pub algo: String,
-    /// Codec of DiLoCo's updates: f32 | int8 | 2bit | sign (DDP always sends f32).
+    /// Codec of DiLoCo's updates: f32 | int8 | 2bit | sign (DDP sends f32, SparseLoCo top-k
+    /// 2-bit, DeMo top-k f32 DCT coefficients).
     pub codec: String,
     pub chunk: usize,
+    /// Values kept per chunk by SparseLoCo and DeMo.
+    pub topk: usize,
+    /// SparseLoCo: error-feedback decay and outer step size.
+    pub ef_beta: f32,
+    pub sparse_lr: f32,
+    /// DeMo: momentum decay, peak learning rate (warmup = `inner_warmup` rounds, cosine over
+    /// the run) and weight decay.
+    pub demo_beta: f32,
+    pub demo_lr: f32,
+    pub demo_weight_decay: f32,
     /// Inner steps per round (H) and rounds in the run.
     pub inner_steps: u64,
     pub rounds: u64,
@@ -67,6 +83,12 @@ impl Default for RunConfig {
             algo: "diloco".into(),
             codec: "int8".into(),
             chunk: 4096,
+            topk: 64,
+            ef_beta: 0.95,
+            sparse_lr: 1.0,
+            demo_beta: 0.999,
+            demo_lr: 1e-3,
+            demo_weight_decay: 0.0,
             inner_steps: 20,
             rounds: 10,
             batch: 8,
@@ -107,18 +129,43 @@ impl RunConfig {
         toml::to_string(self).expect("a flat config always serializes")
     }
 
-    /// Inner steps per round.
+    /// The outer algorithm (see [`RunConfig::validate`] for the ones a networked run takes).
+    pub fn algorithm(&self) -> Result<Algorithm, CoordError> {
+        let a = Algorithm::parse(&self.algo).map_err(|e| CoordError::Config(e.to_string()))?;
+        if a == Algorithm::NoLoCo {
+            return Err(CoordError::Config(
+                "algo = \"noloco\" is not yet supported over the network (use tessera sim)".into(),
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Inner steps per round actually taken (1 for the gradient methods).
     pub fn h(&self) -> u64 {
         self.inner_steps
     }
 
-    /// The wire algorithm tag of the updates.
-    pub fn algorithm(&self) -> tessera_sync::Algorithm {
-        if self.algo == "ddp" {
-            tessera_sync::Algorithm::Ddp
-        } else {
-            tessera_sync::Algorithm::DiLoCo
-        }
+    /// The outer algorithm's settings (see [`tessera_sync::Outer`]).
+    pub fn outer_settings(&self) -> Result<OuterSettings, CoordError> {
+        Ok(OuterSettings {
+            algorithm: self.algorithm()?,
+            codec: self.update_codec()?,
+            outer_lr: self.outer_lr,
+            outer_momentum: self.outer_momentum,
+            noloco_alpha: 0.0,
+            noloco_beta: 0.0,
+            ef_beta: self.ef_beta,
+            sparse_lr: self.sparse_lr,
+            demo_beta: self.demo_beta,
+            demo_weight_decay: self.demo_weight_decay,
+            demo_schedule: tessera_model::AdamWConfig {
+                lr: self.demo_lr,
+                warmup_steps: self.inner_warmup,
+                total_steps: self.rounds,
+                ..tessera_model::AdamWConfig::default()
+            },
+            ddp: GlobalOptimizer::AdamW(self.inner_adamw()),
+        })
     }
 
     /// The inner AdamW of DiLoCo's trainers, which is DDP's global optimizer.
@@ -133,8 +180,15 @@ impl RunConfig {
 
     /// The update codec.
     pub fn update_codec(&self) -> Result<Codec, CoordError> {
-        if self.algo == "ddp" {
-            return Ok(Codec::dense(ValueCodec::F32, self.chunk));
+        let fixed = match self.algorithm()? {
+            Algorithm::Ddp => Some(Codec::dense(ValueCodec::F32, self.chunk)),
+            Algorithm::SparseLoCo => Some(Codec::sparse(ValueCodec::TwoBit, self.chunk, self.topk)),
+            Algorithm::DeMo => Some(Codec::sparse(ValueCodec::F32, DCT_TILE, self.topk)),
+            Algorithm::DiLoCo | Algorithm::NoLoCo => None,
+        };
+        if let Some(c) = fixed {
+            c.validate().map_err(|e| CoordError::Config(e.to_string()))?;
+            return Ok(c);
         }
         let v = match self.codec.as_str() {
             "f32" => ValueCodec::F32,
@@ -153,11 +207,9 @@ impl RunConfig {
     /// Rejects impossible settings, naming them.
     pub fn validate(&self) -> Result<(), CoordError> {
         let bad = |m: &str| Err(CoordError::Config(m.to_string()));
-        if self.algo != "diloco" && self.algo != "ddp" {
-            return bad("algo must be \"diloco\" or \"ddp\"");
-        }
-        if self.algo == "ddp" && self.inner_steps != 1 {
-            return bad("ddp takes one step per round: set inner_steps = 1");
+        let algo = self.algorithm()?;
+        if matches!(algo, Algorithm::Ddp | Algorithm::DeMo) && self.inner_steps != 1 {
+            return bad("ddp and demo take one gradient per round: set inner_steps = 1");
         }
         self.update_codec()?;
         tessera_model::GptConfig::preset(&self.preset).map_err(|e| CoordError::Config(e.to_string()))?;
@@ -176,7 +228,18 @@ impl RunConfig {
         if !(self.deadline_slack.is_finite() && self.deadline_slack >= 1.0) {
             return bad("deadline_slack must be at least 1");
         }
-        let rates = [self.inner_lr, self.outer_lr, self.outer_momentum, self.max_update_norm];
+        let rates = [
+            self.inner_lr,
+            self.outer_lr,
+            self.outer_momentum,
+            self.max_update_norm,
+            self.sparse_lr,
+            self.demo_lr,
+            self.demo_weight_decay,
+        ];
+        if !(0.0..1.0).contains(&self.ef_beta) || !(0.0..1.0).contains(&self.demo_beta) {
+            return bad("ef_beta and demo_beta must be in [0, 1)");
+        }
         if rates.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             return bad("learning rates, momentum and max_update_norm must be finite and non-negative");
         }

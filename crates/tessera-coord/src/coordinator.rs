@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use std::sync::Arc;
 
-use tessera_sync::{decode_update, encode_update, weighted_mean, Contribution};
+use tessera_sync::{decode_update, Contribution};
 use tessera_wire::{Assignment, Message};
 
 use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, RunSpec, SeqWindow, Signed};
@@ -88,8 +88,16 @@ pub struct Restored {
 #[derive(Debug, Clone, PartialEq)]
 enum Slot {
     Waiting,
-    Fetching { hash: Hash32 },
-    Accepted { hash: Hash32, values: Vec<f32> },
+    Fetching {
+        hash: Hash32,
+    },
+    /// Decoded; the bytes are kept when peers will fetch the update itself (all-gather).
+    Accepted {
+        hash: Hash32,
+        values: Vec<f32>,
+        support: Option<Vec<u32>>,
+        bytes: Option<Vec<u8>>,
+    },
     Rejected(String),
 }
 
@@ -132,7 +140,7 @@ impl Coordinator {
     pub fn restore(spec: Arc<RunSpec>, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
         if r.state.layout_hash != spec.layout_hash
             || r.state.theta.len() != spec.n()
-            || r.state.buffers.len() != spec.rule.buffers()
+            || r.state.buffers.len() != spec.outer.buffers()
         {
             return Err(CoordError::State("the state does not fit this run's model and algorithm".into()));
         }
@@ -240,7 +248,10 @@ impl Coordinator {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
-                Ok(d) if d.header.round == self.global.round => Slot::Accepted { hash, values: d.values },
+                Ok(d) if d.header.round == self.global.round => {
+                    let keep = self.spec.outer.exchange() == tessera_sync::Exchange::AllGather;
+                    Slot::Accepted { hash, values: d.values, support: d.support, bytes: keep.then_some(b) }
+                }
                 Ok(d) => Slot::Rejected(
                     Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string(),
                 ),
@@ -462,18 +473,19 @@ impl Coordinator {
         let open = self.open.take().expect("close needs an open round");
         let round = open.round;
         let mut accepted = Vec::new();
+        let mut updates = Vec::new();
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
         for (peer, slot) in open.slots {
             match slot {
-                Slot::Accepted { values, .. } => {
-                    contribs.push(Contribution {
-                        peer: accepted.len() as u64,
-                        weight: 1.0,
-                        values,
-                        support: None,
-                    });
+                Slot::Accepted { hash, values, support, bytes } => {
+                    let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
+                    contribs.push(c);
                     accepted.push(peer);
+                    updates.push(hash);
+                    if let Some(bytes) = bytes {
+                        self.out.push(Output::StoreBlob { hash, bytes }); // served to the peers
+                    }
                 }
                 Slot::Rejected(r) => rejected.push((peer, truncate(r))),
                 Slot::Waiting => rejected.push((peer, "no commit before the round closed".into())),
@@ -489,14 +501,13 @@ impl Coordinator {
                 reassigned += 1;
             }
         }
-        let aggregate = if contribs.is_empty() {
-            None
-        } else {
-            let mean = weighted_mean(&contribs, self.spec.n())?;
-            Some(encode_update(self.cfg.algorithm(), self.spec.codec, self.spec.layout_hash, round, &mean))
+        let combined = match contribs.is_empty() {
+            true => None,
+            false => Some(self.spec.outer.combine(round, &contribs)?),
         };
+        let aggregate = combined.as_ref().and_then(|c| c.blob.clone());
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
-        self.global.apply(aggregate.as_deref(), &self.spec.rule)?;
+        self.global.apply(&self.spec.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);
@@ -511,6 +522,7 @@ impl Coordinator {
         let accept = Message::Accept {
             round,
             accepted,
+            updates,
             rejected,
             aggregate: agg_hash,
             next_state_hash: self.state_hash,

@@ -11,9 +11,10 @@
 //!
 //! **Invariants.**
 //! - A round's result is a pure function of the state it starts from, the assignments, and
-//!   which updates were accepted. Contributions are combined in peer-id order, and the
-//!   coordinator and every trainer close a round with the same function
-//!   ([`GlobalState::apply`]), so all honest peers reach the same state hash.
+//!   which updates were accepted. Contributions are combined in peer-id order by the run's
+//!   outer algorithm (`tessera_sync::Outer`), and the coordinator and every trainer close a
+//!   round with the same function ([`GlobalState::apply`]), so all honest peers reach the
+//!   same state hash.
 //! - A decision is emitted as [`Output::Persist`] *before* the message that announces it; a
 //!   driver executes outputs in order and stops if persisting fails.
 //! - A unit of work that was not accepted (peer silent, late, or its update rejected) goes to
@@ -39,7 +40,7 @@ pub use coordinator::{
 };
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
-pub use state::{GlobalState, OuterRule, MAX_STATE_PARAMS};
+pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
 pub use trainer::{Action, Trainer, TrainerConfig, TrainerError, TrainerEvent};
 pub use worker::{Trained, Worker};

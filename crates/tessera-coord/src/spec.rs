@@ -5,9 +5,9 @@
 //! layout.
 
 use tessera_model::{Gpt, GptConfig, ParamSet};
-use tessera_sync::{Codec, Expected};
+use tessera_sync::{Codec, Expected, Outer};
 
-use crate::{CoordError, GlobalState, Hash32, OuterRule, RunConfig};
+use crate::{CoordError, GlobalState, Hash32, RunConfig};
 
 /// A validated run config and everything derived from it.
 #[derive(Clone, Debug)]
@@ -17,8 +17,11 @@ pub struct RunSpec {
     /// The initial parameters (round 0), in declaration order; also the layout template.
     pub template: ParamSet,
     pub layout_hash: Hash32,
-    pub rule: OuterRule,
+    /// The outer algorithm: what trainers compute and how a round closes.
+    pub outer: Outer,
     pub codec: Codec,
+    /// What a trainer's update must look like (layout, length, norm bound).
+    pub expected: Expected,
     /// Exact length of a trainer's encoded update (and of an aggregate).
     pub update_len: u64,
     /// Exact length of a state blob.
@@ -31,22 +34,14 @@ impl RunSpec {
         cfg.validate()?;
         let gpt = GptConfig::preset(&cfg.preset)?;
         let template = Gpt::new(gpt.clone(), cfg.seed)?.params;
-        let rule = OuterRule::new(&cfg, &template);
+        let outer = Outer::new(cfg.outer_settings()?, &template)?;
         let codec = cfg.update_codec()?;
-        let n = template.numel();
-        let update_len = (tessera_sync::HEADER_BYTES + codec.encoded_len(n)) as u64;
-        let state_len = GlobalState::encoded_len(n, rule.buffers());
+        let update_len = outer.update_len() as u64;
+        let state_len = GlobalState::encoded_len(template.numel(), outer.buffers());
         assert!(update_len > tessera_sync::HEADER_BYTES as u64, "an update carries a payload");
-        Ok(Self {
-            layout_hash: template.layout().hash(),
-            gpt,
-            template,
-            rule,
-            codec,
-            update_len,
-            state_len,
-            cfg,
-        })
+        let expected = outer.expected(Some(cfg.max_update_norm));
+        let layout_hash = template.layout().hash();
+        Ok(Self { layout_hash, gpt, template, outer, codec, expected, update_len, state_len, cfg })
     }
 
     /// Parameters in the model.
@@ -56,12 +51,12 @@ impl RunSpec {
 
     /// The run's initial state (round 0), as every peer derives it from the config.
     pub fn initial_state(&self) -> GlobalState {
-        GlobalState::initial(self.layout_hash, self.template.to_flat(), self.rule.buffers())
+        GlobalState::initial(self.layout_hash, self.template.to_flat(), self.outer.buffers())
     }
 
     /// What a valid update must look like (layout, length, norm bound).
     pub fn expected(&self) -> &Expected {
-        self.rule.expected()
+        &self.expected
     }
 
     /// Decodes a state blob of this run, which must hash to `want`.
@@ -76,7 +71,7 @@ impl RunSpec {
         if blake3::hash(blob).as_bytes() != want {
             return Err(CoordError::State("checkpoint does not hash to the announced state".into()));
         }
-        GlobalState::decode(blob, &self.layout_hash, self.n(), self.rule.buffers())
+        GlobalState::decode(blob, &self.layout_hash, self.n(), self.outer.buffers())
     }
 
     /// The parameters `theta` in this run's layout, as a parameter set (for evaluation and

@@ -7,12 +7,12 @@
 //!        | θ (n × f32) | each buffer (n × f32)
 //! ```
 //! All integers and floats little-endian. DiLoCo keeps one buffer (the outer momentum), DDP
-//! two (AdamW's m and v; its step count is the round).
+//! two (AdamW's m and v; its step count is the round), SparseLoCo and DeMo none (see
+//! [`tessera_sync::Outer::buffers`]).
 
-use tessera_model::{AdamWConfig, OptState, ParamSet};
-use tessera_sync::{decode_update, Expected, NesterovOuter};
+use tessera_sync::Outer;
 
-use crate::{CoordError, Hash32, RunConfig};
+use crate::{CoordError, Hash32};
 
 const MAGIC: &[u8; 4] = b"TSG1";
 const VERSION: u16 = 2;
@@ -29,53 +29,6 @@ pub struct GlobalState {
     pub layout_hash: Hash32,
     pub theta: Vec<f32>,
     pub buffers: Vec<Vec<f32>>,
-}
-
-/// How a round's aggregate changes the state.
-#[derive(Clone, Debug)]
-pub enum OuterRule {
-    /// DiLoCo: Nesterov SGD on the mean pseudo-gradient (one momentum buffer).
-    Nesterov { want: Expected, lr: f32, mu: f32 },
-    /// DDP: one AdamW step with the mean gradient (buffers m and v), through the same kernels
-    /// as single-machine training.
-    AdamW { want: Expected, cfg: AdamWConfig, template: ParamSet },
-}
-
-impl OuterRule {
-    pub fn new(cfg: &RunConfig, template: &ParamSet) -> Self {
-        let want = Expected {
-            layout_hash: template.layout().hash(),
-            n: template.numel(),
-            max_norm: Some(cfg.max_update_norm),
-        };
-        if cfg.algo == "ddp" {
-            OuterRule::AdamW { want, cfg: cfg.inner_adamw(), template: template.clone() }
-        } else {
-            OuterRule::Nesterov { want, lr: cfg.outer_lr, mu: cfg.outer_momentum }
-        }
-    }
-
-    /// What a trainer's update must look like (layout, length, norm bound).
-    pub fn expected(&self) -> &Expected {
-        match self {
-            OuterRule::Nesterov { want, .. } | OuterRule::AdamW { want, .. } => want,
-        }
-    }
-
-    /// What an aggregate must look like: the layout and length, but no norm bound. The mean of
-    /// updates within the bound is within it, but quantizing the mean again may push it a hair
-    /// over, and the aggregate is named by hash in a signed `Accept` anyway.
-    pub fn aggregate_expected(&self) -> Expected {
-        Expected { max_norm: None, ..self.expected().clone() }
-    }
-
-    /// Buffers the state keeps beside θ.
-    pub fn buffers(&self) -> usize {
-        match self {
-            OuterRule::Nesterov { .. } => 1,
-            OuterRule::AdamW { .. } => 2,
-        }
-    }
 }
 
 impl GlobalState {
@@ -151,45 +104,15 @@ impl GlobalState {
         Ok(Self { round, layout_hash: *layout_hash, theta, buffers: bufs })
     }
 
-    /// Closes the round: decodes the aggregate blob (if any update was accepted) and applies
-    /// the outer rule. Coordinator and trainers call this same function, so an honest peer's
-    /// state hash can only differ through its arithmetic.
-    pub fn apply(&mut self, aggregate: Option<&[u8]>, rule: &OuterRule) -> Result<(), CoordError> {
-        if let Some(blob) = aggregate {
-            let d = decode_update(blob, &rule.aggregate_expected())?;
-            if d.header.round != self.round {
-                return Err(CoordError::State(format!(
-                    "aggregate made for round {}, state is at {}",
-                    d.header.round, self.round
-                )));
-            }
-            match rule {
-                OuterRule::Nesterov { lr, mu, .. } => {
-                    let b = std::mem::take(&mut self.buffers[0]);
-                    let mut outer = NesterovOuter { lr: *lr, momentum: *mu, b };
-                    outer.step(&mut self.theta, &d.values);
-                    self.buffers[0] = outer.b;
-                }
-                OuterRule::AdamW { cfg, template, .. } => self.adamw(&d.values, cfg, template)?,
-            }
+    /// Closes the round with its combined values (none when nothing was accepted), through
+    /// the run's outer algorithm. Coordinator and trainers call this same function, so an
+    /// honest peer's state hash can only differ through its arithmetic.
+    pub fn apply(&mut self, outer: &Outer, combined: Option<&[f32]>) -> Result<(), CoordError> {
+        assert_eq!(self.buffers.len(), outer.buffers(), "the state holds the algorithm's buffers");
+        if let Some(v) = combined {
+            outer.apply(self.round, &mut self.theta, &mut self.buffers, v)?;
         }
-        self.round += 1;
-        Ok(())
-    }
-
-    /// One AdamW step of θ with gradient `g`, the moments in the two buffers.
-    fn adamw(&mut self, g: &[f32], cfg: &AdamWConfig, template: &ParamSet) -> Result<(), CoordError> {
-        let mut params = template.clone();
-        params.load_flat(&self.theta)?;
-        let mut opt = OptState { m: template.clone(), v: template.clone(), step: self.round };
-        opt.m.load_flat(&self.buffers[0])?;
-        opt.v.load_flat(&self.buffers[1])?;
-        let mut grads = template.clone();
-        grads.load_flat(g)?;
-        let mut ex = tessera_tensor::Exec::new(tessera_tensor::TraceMode::Off);
-        opt.update(cfg, &mut ex, &mut params, grads.tensors().to_vec());
-        self.theta = params.to_flat();
-        self.buffers = vec![opt.m.to_flat(), opt.v.to_flat()];
+        self.round = self.round.checked_add(1).ok_or_else(|| CoordError::State("round overflow".into()))?;
         Ok(())
     }
 }

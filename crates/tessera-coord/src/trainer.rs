@@ -137,6 +137,22 @@ struct Want {
     finish: bool,
 }
 
+/// A round whose close waits for blobs: a hub's aggregate, or every accepted update.
+#[derive(Debug, Clone)]
+struct Closing {
+    round: u64,
+    /// The state the coordinator announced.
+    next: Hash32,
+    blobs: Vec<(Hash32, Option<Vec<u8>>)>,
+    hub: bool,
+}
+
+impl Closing {
+    fn produces(&self, w: &Want) -> bool {
+        self.round + 1 == w.round && self.next == w.hash
+    }
+}
+
 /// The trainer's state machine.
 pub struct Trainer {
     tc: TrainerConfig,
@@ -146,8 +162,10 @@ pub struct Trainer {
     want: Option<Want>,
     /// The round and start state of the unit being trained.
     training: Option<(u64, Hash32)>,
-    /// The aggregate being fetched: (round, blob hash, the announced next state).
-    closing: Option<(u64, Hash32, Hash32)>,
+    /// The round being closed, while its blobs are fetched.
+    closing: Option<Closing>,
+    /// This trainer's latest update (not fetched back when all-gathering).
+    own: Option<(Hash32, Arc<Vec<u8>>)>,
     /// What to do with the state that closing the round will produce (a `RoundStart` or
     /// `Done` that overtook the aggregate): done once it is computed, not fetched.
     after_close: Option<Want>,
@@ -167,6 +185,7 @@ impl Trainer {
             want: None,
             training: None,
             closing: None,
+            own: None,
             after_close: None,
             round: 0,
             last_heartbeat: None,
@@ -241,18 +260,22 @@ impl Trainer {
         if self.want.as_ref().is_some_and(|w| w.hash == hash) {
             let w = self.want.take().expect("checked");
             self.on_state(w, got);
-        } else if let Some((round, agg, next)) = self.closing.filter(|c| c.1 == hash) {
-            assert_eq!(agg, hash, "the aggregate asked for");
-            self.closing = None;
+        } else if let Some(c) = self.closing.as_mut() {
+            let Some(slot) = c.blobs.iter_mut().find(|(h, b)| *h == hash && b.is_none()) else {
+                return self.take();
+            };
             match got {
-                Ok(b) => self.close(round, Some(&b), next),
-                Err(err) => {
-                    self.warn(TrainerError::Fetch { what: "the aggregate", err });
-                    self.adopt(round + 1, next);
+                Ok(b) => {
+                    slot.1 = Some(b);
+                    self.try_close();
                 }
-            }
-            if let Some(w) = self.after_close.take() {
-                self.need(w);
+                Err(err) => {
+                    let (round, next) = (c.round, c.next);
+                    self.closing = None;
+                    self.warn(TrainerError::Fetch { what: "an update of the round", err });
+                    self.adopt(round + 1, next);
+                    self.after_close_done();
+                }
             }
         }
         self.take()
@@ -263,6 +286,7 @@ impl Trainer {
         match got {
             Ok(t) if self.training == Some((t.round, t.start_state)) => {
                 self.training = None;
+                self.own = Some((t.update_hash, t.update.clone()));
                 self.out.push(Action::Serve { hash: t.update_hash, bytes: t.update.clone() });
                 self.out.push(Action::Send(t.commit()));
                 let e = TrainerEvent::Committed { round: t.round, unit: t.unit, loss: t.mean_loss };
@@ -300,8 +324,8 @@ impl Trainer {
                     self.need(Want { round, hash: state_hash, train: Some(a), report: false, finish: false });
                 }
             }
-            Message::Accept { round, aggregate, next_state_hash, .. } => {
-                self.on_accept(round, aggregate, next_state_hash)
+            Message::Accept { round, aggregate, updates, next_state_hash, .. } => {
+                self.on_accept(round, aggregate, updates, next_state_hash)
             }
             Message::CheckpointPointer { round, state_hash, .. } => {
                 self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
@@ -339,7 +363,7 @@ impl Trainer {
         if self.state() == Some((w.round, w.hash)) {
             return self.then(w);
         }
-        if self.closing.is_some_and(|(r, _, next)| r + 1 == w.round && next == w.hash) {
+        if self.closing.as_ref().is_some_and(|c| c.produces(&w)) {
             // Closing the round in hand will compute this state: wait for it, do not fetch it.
             let merged = match self.after_close.take() {
                 Some(old) => Want {
@@ -378,7 +402,7 @@ impl Trainer {
         };
         match loaded {
             Ok((g, bytes)) => {
-                if self.closing.is_some_and(|c| c.0 < g.round) {
+                if self.closing.as_ref().is_some_and(|c| c.round < g.round) {
                     self.closing = None; // the loaded state is past the round being closed
                     self.after_close = None;
                 }
@@ -421,19 +445,72 @@ impl Trainer {
         }
     }
 
-    fn on_accept(&mut self, round: u64, aggregate: Option<Hash32>, next: Hash32) {
+    fn on_accept(&mut self, round: u64, aggregate: Option<Hash32>, updates: Vec<Hash32>, next: Hash32) {
         match self.state() {
-            Some((r, _)) if r == round => match aggregate {
-                None => self.close(round, None, next),
-                Some(h) => {
-                    let len = self.spec_ref().update_len;
-                    self.closing = Some((round, h, next));
-                    self.out.push(Action::Fetch { from: self.tc.coordinator, hash: h, len });
-                }
-            },
-            Some((r, _)) if r > round => {} // already past it
+            Some((r, _)) if r == round => {}
+            Some((r, _)) if r > round => return, // already past it
             // Not holding this round's start state: take the new checkpoint.
-            _ => self.adopt(round + 1, next),
+            _ => return self.adopt(round + 1, next),
+        }
+        let hub = self.spec_ref().outer.exchange() == tessera_sync::Exchange::Hub;
+        let wanted: Vec<Hash32> = if hub { aggregate.into_iter().collect() } else { updates };
+        let own = self.own.clone();
+        let blobs: Vec<(Hash32, Option<Vec<u8>>)> = wanted
+            .into_iter()
+            .map(|h| (h, own.as_ref().filter(|o| o.0 == h).map(|o| o.1.to_vec())))
+            .collect();
+        let len = self.spec_ref().update_len;
+        for (h, _) in blobs.iter().filter(|b| b.1.is_none()) {
+            self.out.push(Action::Fetch { from: self.tc.coordinator, hash: *h, len });
+        }
+        self.closing = Some(Closing { round, next, blobs, hub });
+        self.try_close();
+    }
+
+    /// Closes the round once every blob it needs is here.
+    fn try_close(&mut self) {
+        let Some(c) = self.closing.as_ref().filter(|c| c.blobs.iter().all(|b| b.1.is_some())) else { return };
+        let c = c.clone();
+        self.closing = None;
+        match self.combine(&c) {
+            Ok(values) => self.close(c.round, values.as_deref(), c.next),
+            Err(err) => {
+                self.warn(TrainerError::Aggregate { round: c.round, err });
+                self.adopt(c.round + 1, c.next);
+            }
+        }
+        self.after_close_done();
+    }
+
+    /// The values a round's blobs combine to (none when nothing was accepted).
+    fn combine(&self, c: &Closing) -> Result<Option<Vec<f32>>, String> {
+        let outer = &self.spec_ref().outer;
+        let blobs: Vec<&[u8]> = c.blobs.iter().filter_map(|b| b.1.as_deref()).collect();
+        if blobs.is_empty() {
+            return Ok(None);
+        }
+        if c.hub {
+            return outer.decode_aggregate(c.round, blobs[0]).map(Some).map_err(|e| e.to_string());
+        }
+        let want = self.spec_ref().expected();
+        let mut contribs = Vec::with_capacity(blobs.len());
+        for (i, b) in blobs.iter().enumerate() {
+            let d = tessera_sync::decode_update(b, want).map_err(|e| e.to_string())?;
+            let support = d.support;
+            contribs.push(tessera_sync::Contribution {
+                peer: i as u64,
+                weight: 1.0,
+                values: d.values,
+                support,
+            });
+        }
+        outer.combine(c.round, &contribs).map(|x| Some(x.values)).map_err(|e| e.to_string())
+    }
+
+    /// A `RoundStart` or `Done` that waited for the close is handled now.
+    fn after_close_done(&mut self) {
+        if let Some(w) = self.after_close.take() {
+            self.need(w);
         }
     }
 
@@ -441,9 +518,9 @@ impl Trainer {
         self.need(Want { round, hash: state, train: None, report: true, finish: false });
     }
 
-    /// Closes `round` with the aggregate blob (or none), reports the state reached, and takes
+    /// Closes `round` with its combined values (or none), reports the state reached, and takes
     /// the coordinator's checkpoint if it differs.
-    fn close(&mut self, round: u64, aggregate: Option<&[u8]>, expected: Hash32) {
+    fn close(&mut self, round: u64, combined: Option<&[f32]>, expected: Hash32) {
         let held = self.held.as_ref().expect("closing needs the round's state");
         assert_eq!(held.state.round, round, "a round is closed from its own start state");
         let mut next = (*held.state).clone();
@@ -453,7 +530,7 @@ impl Trainer {
             }
             self.out.push(Action::Event(TrainerEvent::FaultInjected { round }));
         }
-        if let Err(e) = next.apply(aggregate, &self.spec_ref().rule) {
+        if let Err(e) = next.apply(&self.spec_ref().outer, combined) {
             self.warn(TrainerError::Aggregate { round, err: e.to_string() });
             return self.adopt(round + 1, expected);
         }

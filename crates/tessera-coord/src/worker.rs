@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tessera_data::{BatchKey, Dataset};
 use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
-use tessera_sync::{encode_update, pseudo_gradient};
+use tessera_sync::{pseudo_gradient, PeerState, Work};
 use tessera_tensor::TraceMode;
 
 use crate::{Assignment, CoordError, GlobalState, Hash32, Message, RunSpec};
@@ -58,14 +58,16 @@ impl Trained {
 pub struct Worker {
     spec: Arc<RunSpec>,
     trainer: Option<StepTrainer<Gpt>>,
-    /// The inner optimizer state at the start of `.0`'s round from state `.1`.
-    snapshot: Option<(u64, Hash32, OptState)>,
+    /// The algorithm's own state (SparseLoCo's error feedback, DeMo's momentum).
+    peer: Option<PeerState>,
+    /// The inner optimizer and algorithm state at the start of `.0`'s round from state `.1`.
+    snapshot: Option<(u64, Hash32, OptState, PeerState)>,
     cached: Option<Trained>,
 }
 
 impl Worker {
     pub fn new(spec: Arc<RunSpec>) -> Self {
-        Self { spec, trainer: None, snapshot: None, cached: None }
+        Self { spec, trainer: None, peer: None, snapshot: None, cached: None }
     }
 
     pub fn spec(&self) -> &RunSpec {
@@ -117,32 +119,43 @@ impl Worker {
             t.opt.step = round.saturating_mul(h_steps);
             t
         });
+        let st = self.peer.get_or_insert_with(|| spec.outer.peer_state(&g.theta));
         match &self.snapshot {
-            Some((r, s, opt)) if *r == round && s == state_hash => tr.opt = opt.clone(),
-            _ => self.snapshot = Some((round, *state_hash, tr.opt.clone())),
+            Some((r, s, opt, ps)) if *r == round && s == state_hash => {
+                tr.opt = opt.clone();
+                *st = ps.clone();
+            }
+            _ => self.snapshot = Some((round, *state_hash, tr.opt.clone(), st.clone())),
         }
         tr.model.params.load_flat(&g.theta)?;
         let start_hash = tr.state_hash();
         let at = (round, *state_hash, (data_round, slot));
-        let algo = cfg.algorithm();
-        if algo == tessera_sync::Algorithm::Ddp {
-            // One gradient of θ_r on the unit's batch; the coordinator averages them.
-            let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: 0 };
-            let (loss, grads) = tr.gradients(&ds.train_batch(&key, cfg.batch, spec.gpt.context)?)?;
-            on_step(1);
-            let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
-            let update = encode_update(algo, spec.codec, spec.layout_hash, round, &flat);
-            return Ok(Trained::new(at, update, [start_hash; 2], f64::from(loss)));
-        }
-        let mut loss = 0.0;
-        for s in 0..h_steps {
-            let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
-            let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
-            loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
-            on_step(s + 1);
-        }
-        let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
-        let update = encode_update(algo, spec.codec, spec.layout_hash, round, &delta);
-        Ok(Trained::new(at, update, [start_hash, tr.state_hash()], loss / h_steps as f64))
+        let (x, loss, end_hash) = match spec.outer.work() {
+            Work::Gradient => {
+                // One gradient of θ_r on the unit's first batch.
+                let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: 0 };
+                let (loss, grads) = tr.gradients(&ds.train_batch(&key, cfg.batch, spec.gpt.context)?)?;
+                on_step(1);
+                let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
+                (flat, f64::from(loss), start_hash)
+            }
+            Work::InnerSteps => {
+                let mut loss = 0.0;
+                for s in 0..h_steps {
+                    let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
+                    let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
+                    loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
+                    on_step(s + 1);
+                }
+                let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
+                (delta, loss / h_steps as f64, tr.state_hash())
+            }
+            Work::InnerStepsFromOwn => {
+                return Err(CoordError::Config("NoLoCo is not supported over the network".into()))
+            }
+        };
+        let update = spec.outer.contribute(st, round, &x)?;
+        assert_eq!(update.len() as u64, spec.update_len, "an update of the run's exact length");
+        Ok(Trained::new(at, update, [start_hash, end_hash], loss))
     }
 }

@@ -146,7 +146,7 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
         })
         .unwrap();
     let mut mine = initial.clone();
-    mine.apply(Some(&agg_bytes), &spec.rule).unwrap();
+    mine.apply(&spec.outer, Some(&spec.outer.decode_aggregate(0, &agg_bytes).unwrap())).unwrap();
     assert_eq!(mine.hash(), next, "trainers reach the coordinator's state");
     assert_eq!(h.c.state_hash(), next);
     // The next round follows at once, with a deadline adapted to the observed speed.
@@ -415,8 +415,11 @@ fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
     assert_eq!(RunConfig::from_toml(&c.to_toml()).unwrap(), c, "the canonical text round-trips");
     for (text, want) in [
         ("roundz = 3", "unknown field"),
-        ("algo = \"noloco\"", "algo must be"),
-        ("algo = \"ddp\"\ninner_steps = 5", "one step per round"),
+        ("algo = \"noloco\"", "not yet supported over the network"),
+        ("algo = \"adam\"", "unknown algorithm"),
+        ("algo = \"ddp\"\ninner_steps = 5", "one gradient per round"),
+        ("algo = \"demo\"", "one gradient per round"),
+        ("algo = \"sparseloco\"\nef_beta = 1.5", "ef_beta"),
         ("codec = \"int4\"", "unknown codec"),
         ("heartbeat_ms = 500\nsilence_ms = 400", "heartbeat_ms < silence_ms"),
         ("min_peers = 5\nmax_peers = 2", "min_peers"),
@@ -440,6 +443,6 @@ fn an_aggregate_over_the_update_norm_bound_still_applies() {
     let n = g.theta.len();
     let agg = encode_update(Algorithm::DiLoCo, c.update_codec().unwrap(), g.layout_hash, 0, &vec![0.5f32; n]);
     assert!(tessera_sync::decode_update(&agg, spec.expected()).is_err(), "over the update bound");
-    g.apply(Some(&agg), &spec.rule).unwrap();
+    g.apply(&spec.outer, Some(&spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
     assert_eq!(g.round, 1);
 }

@@ -183,10 +183,11 @@ fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
     let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
     let agg_hash = *blake3::hash(&agg).as_bytes();
     let mut next = g.clone();
-    next.apply(Some(&agg), &h.spec.rule).unwrap();
+    next.apply(&h.spec.outer, Some(&h.spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
     let accept = Message::Accept {
         round: 0,
         accepted: vec![ME],
+        updates: vec![[7; 32]],
         rejected: vec![],
         aggregate: Some(agg_hash),
         next_state_hash: next.hash(),
@@ -207,10 +208,11 @@ fn a_missing_aggregate_means_adopting_the_checkpoint_and_saying_so() {
     let mut h = H::synced(None);
     let g = h.spec.initial_state();
     let mut next = g.clone();
-    next.apply(None, &h.spec.rule).unwrap();
+    next.apply(&h.spec.outer, None).unwrap();
     let accept = Message::Accept {
         round: 0,
         accepted: vec![ME],
+        updates: vec![[7; 32]],
         rejected: vec![],
         aggregate: Some([5; 32]),
         next_state_hash: next.hash(),
@@ -229,10 +231,11 @@ fn the_fault_drill_reports_a_different_state_then_resyncs() {
     let mut h = H::synced(Some(0));
     let g = h.spec.initial_state();
     let mut next = g.clone();
-    next.apply(None, &h.spec.rule).unwrap();
+    next.apply(&h.spec.outer, None).unwrap();
     let accept = Message::Accept {
         round: 0,
         accepted: vec![],
+        updates: vec![],
         rejected: vec![],
         aggregate: None,
         next_state_hash: next.hash(),
@@ -256,10 +259,11 @@ fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
     let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
     let agg_hash = *blake3::hash(&agg).as_bytes();
     let mut next = g.clone();
-    next.apply(Some(&agg), &h.spec.rule).unwrap();
+    next.apply(&h.spec.outer, Some(&h.spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
     let accept = Message::Accept {
         round: 0,
         accepted: vec![ME],
+        updates: vec![[7; 32]],
         rejected: vec![],
         aggregate: Some(agg_hash),
         next_state_hash: next.hash(),

@@ -341,6 +341,7 @@ mod tests {
         let accept = Message::Accept {
             round: 0,
             accepted: vec![[1; 32]],
+            updates: vec![[2; 32]],
             rejected: vec![],
             aggregate: None,
             next_state_hash: g1.hash(),

@@ -1,7 +1,8 @@
 //! The simulator's configuration (one flat TOML table in `tessera sim` configs).
 
 use serde::{Deserialize, Serialize};
-use tessera_sync::{Algorithm, Codec, ValueCodec, DCT_TILE};
+use tessera_model::AdamWConfig;
+use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec, DCT_TILE};
 
 use crate::SimError;
 
@@ -127,6 +128,43 @@ impl SimConfig {
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// The inner AdamW of the peers (DDP's global optimizer).
+    pub fn inner_adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.inner_lr,
+            warmup_steps: self.inner_warmup,
+            total_steps: self.rounds * self.h(),
+            ..AdamWConfig::default()
+        }
+    }
+
+    /// The outer algorithm's settings (see [`tessera_sync::Outer`]).
+    pub fn outer_settings(&self) -> Result<OuterSettings, SimError> {
+        let ddp = match self.inner_optimizer.as_str() {
+            "sgd" => GlobalOptimizer::Sgd { lr: self.inner_lr },
+            _ => GlobalOptimizer::AdamW(self.inner_adamw()),
+        };
+        Ok(OuterSettings {
+            algorithm: self.algorithm()?,
+            codec: self.update_codec()?,
+            outer_lr: self.outer_lr,
+            outer_momentum: self.outer_momentum,
+            noloco_alpha: self.noloco_alpha,
+            noloco_beta: self.noloco_beta,
+            ef_beta: self.ef_beta,
+            sparse_lr: self.sparse_lr,
+            demo_beta: self.demo_beta,
+            demo_weight_decay: self.demo_weight_decay,
+            demo_schedule: AdamWConfig {
+                lr: self.demo_lr,
+                warmup_steps: self.inner_warmup,
+                total_steps: self.rounds,
+                ..AdamWConfig::default()
+            },
+            ddp,
+        })
     }
 
     /// Rejects impossible settings, naming them.

@@ -3,11 +3,10 @@
 
 use rayon::prelude::*;
 use tessera_data::{BatchKey, Dataset};
-use tessera_model::{AdamWConfig, Gpt, GptConfig, ParamSet, Trainer};
+use tessera_model::{Gpt, GptConfig, Trainer};
 use tessera_sync::{
-    decode_update, demo_apply, encode_update, frame_update, mean_of, noloco_groups, pseudo_gradient,
-    replica_spread, sparse_mean, weighted_mean, Algorithm, Codec, Contribution, DemoPeer, ErrorFeedback,
-    Expected, NesterovOuter, NoLoCoPeer, ValueCodec, DCT_TILE,
+    decode_update, encode_update, mean_of, noloco_groups, pseudo_gradient, replica_spread, Algorithm, Codec,
+    Contribution, Exchange, Outer, PeerState, ValueCodec, Work,
 };
 use tessera_tensor::{Hash, Kernel, Tensor, TraceMode};
 
@@ -40,10 +39,11 @@ pub struct RoundReport {
 
 struct Peer {
     tr: Trainer<Gpt>,
-    ef: Option<ErrorFeedback>,
-    noloco: Option<NoLoCoPeer>,
-    demo: Option<DemoPeer>,
+    st: PeerState,
 }
+
+/// A round's mean training loss, every peer's encoded contribution, and what each computed.
+type Contributed = (f64, Vec<Vec<u8>>, Vec<Vec<f32>>);
 
 /// The read-only context of a round, borrowed field by field so peers can be borrowed mutably.
 macro_rules! ctx {
@@ -62,14 +62,13 @@ struct Ctx<'a> {
 /// A simulated run.
 pub struct Sim<'a> {
     cfg: SimConfig,
-    algo: Algorithm,
-    codec: Codec,
+    outer: Outer,
     ds: &'a Dataset,
     gcfg: GptConfig,
-    template: ParamSet,
-    layout_hash: Hash,
+    /// The shared state: θ and the algorithm's buffers (see [`Outer::buffers`]).
     theta: Vec<f32>,
-    outer: NesterovOuter,
+    bufs: Vec<Vec<f32>>,
+    /// Computes the shared model's gradients and losses (DDP, DeMo, evaluation).
     global: Trainer<Gpt>,
     peers: Vec<Peer>,
     net: Network,
@@ -81,8 +80,6 @@ impl<'a> Sim<'a> {
     /// Sets up `cfg.peers` peers, all starting from the same initial model.
     pub fn new(cfg: SimConfig, ds: &'a Dataset) -> Result<Self, SimError> {
         cfg.validate()?;
-        let algo = cfg.algorithm()?;
-        let codec = cfg.update_codec()?;
         let gcfg = GptConfig::preset(&cfg.preset)?;
         if ds.manifest().vocab > gcfg.vocab {
             return Err(SimError::Config(format!(
@@ -92,24 +89,13 @@ impl<'a> Sim<'a> {
             )));
         }
         let model = Gpt::new(gcfg.clone(), cfg.seed)?;
-        let template = model.params.clone();
-        let theta = template.to_flat();
-        let n = theta.len();
-        let inner = AdamWConfig {
-            lr: cfg.inner_lr,
-            warmup_steps: cfg.inner_warmup,
-            total_steps: cfg.rounds * cfg.h(),
-            ..AdamWConfig::default()
-        };
+        let outer = Outer::new(cfg.outer_settings()?, &model.params)?;
+        let theta = model.params.to_flat();
+        let inner = cfg.inner_adamw();
         let global = Trainer::new(model.clone(), inner.clone())?;
         let peers = (0..cfg.peers)
             .map(|_| -> Result<Peer, SimError> {
-                Ok(Peer {
-                    tr: Trainer::new(model.clone(), inner.clone())?,
-                    ef: (algo == Algorithm::SparseLoCo).then(|| ErrorFeedback::new(cfg.ef_beta, n)),
-                    noloco: (algo == Algorithm::NoLoCo).then(|| NoLoCoPeer::new(theta.clone())),
-                    demo: (algo == Algorithm::DeMo).then(|| DemoPeer::new(cfg.demo_beta, n)),
-                })
+                Ok(Peer { tr: Trainer::new(model.clone(), inner.clone())?, st: outer.peer_state(&theta) })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let peer_link = Link { up_bps: cfg.bandwidth_mbps * 1e6, down_bps: cfg.bandwidth_mbps * 1e6 };
@@ -118,14 +104,11 @@ impl<'a> Sim<'a> {
         links.push(hub_link);
         let net = Network::new(links, cfg.rtt_ms / 2000.0);
         Ok(Self {
-            outer: NesterovOuter::new(cfg.outer_lr, cfg.outer_momentum, n),
-            layout_hash: template.layout().hash(),
+            bufs: vec![vec![0.0; theta.len()]; outer.buffers()],
+            outer,
             cfg,
-            algo,
-            codec,
             ds,
             gcfg,
-            template,
             theta,
             global,
             peers,
@@ -148,21 +131,15 @@ impl<'a> Sim<'a> {
         self.cfg.peers
     }
 
-    fn expected(&self, n: usize) -> Expected {
-        Expected { layout_hash: self.layout_hash, n, max_norm: Some(self.cfg.max_update_norm) }
-    }
-
     /// Runs one round and reports it.
     pub fn run_round(&mut self) -> Result<RoundReport, SimError> {
         let t_start = self.clock;
         let h = self.cfg.h();
         let compute_end = t_start + h as f64 * self.cfg.step_compute_s;
-        let (train_loss, rejected, end) = match self.algo {
-            Algorithm::Ddp => self.round_ddp(compute_end)?,
-            Algorithm::DiLoCo => self.round_diloco(compute_end)?,
-            Algorithm::SparseLoCo => self.round_sparseloco(compute_end)?,
-            Algorithm::NoLoCo => self.round_noloco(compute_end)?,
-            Algorithm::DeMo => self.round_demo(compute_end)?,
+        let (train_loss, rejected, end) = match self.outer.exchange() {
+            Exchange::Hub => self.round_hub(compute_end)?,
+            Exchange::AllGather => self.round_all_gather(compute_end)?,
+            Exchange::Pairs => self.round_pairs(compute_end)?,
         };
         self.clock = end.max(compute_end);
         self.round += 1;
@@ -211,8 +188,8 @@ impl<'a> Sim<'a> {
     }
 
     /// Decodes every message, returning valid contributions (weight 1) and the rejection count.
-    fn decode_all(&self, msgs: &[Vec<u8>], n: usize) -> (Vec<Contribution>, usize) {
-        let want = self.expected(n);
+    fn decode_all(&self, msgs: &[Vec<u8>]) -> (Vec<Contribution>, usize) {
+        let want = self.outer.expected(Some(self.cfg.max_update_norm));
         let mut out = Vec::new();
         let mut rejected = 0;
         for (peer, m) in msgs.iter().enumerate() {
@@ -229,145 +206,116 @@ impl<'a> Sim<'a> {
         (out, rejected)
     }
 
-    fn round_ddp(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let ctx = ctx!(self);
-        let global = &self.global;
+    /// Every peer computes what the algorithm asks of it (see [`Work`]) and encodes its
+    /// contribution; returns the mean loss, the encoded messages and what was computed.
+    fn contributions(&mut self) -> Result<Contributed, SimError> {
         let r = self.round;
-        let grads: Vec<(f64, Vec<f32>)> = (0..self.cfg.peers)
-            .into_par_iter()
-            .map(|i| {
-                let (loss, g) = global.gradients(&ctx.batch(r, i, 0)?)?;
-                Ok((f64::from(loss), flatten(&g)))
-            })
-            .collect::<Result<_, SimError>>()?;
-        let msgs: Vec<Vec<u8>> = grads
-            .iter()
-            .map(|(_, g)| encode_update(Algorithm::Ddp, self.codec, self.layout_hash, r, g))
-            .collect();
-        let n = self.theta.len();
-        let (end, rejected) = self.hub_aggregate(t, &msgs, n, |agg, sim| {
-            let g = unflatten(&sim.template, agg)?;
-            if sim.cfg.inner_optimizer == "sgd" {
-                sgd_apply(&mut sim.global, &g, sim.cfg.inner_lr)?;
-            } else {
-                sim.global.apply_gradients(g);
+        let results = match self.outer.work() {
+            Work::Gradient => {
+                self.global.model.params.load_flat(&self.theta)?;
+                let (ctx, global) = (ctx!(self), &self.global);
+                (0..self.cfg.peers)
+                    .into_par_iter()
+                    .map(|i| {
+                        let (loss, g) = global.gradients(&ctx.batch(r, i, 0)?)?;
+                        Ok((f64::from(loss), flatten(&g)))
+                    })
+                    .collect::<Result<Vec<_>, SimError>>()?
             }
-            sim.theta = sim.global.model.params.to_flat();
-            Ok(())
-        })?;
-        Ok((mean(grads.iter().map(|g| g.0)), rejected, end))
+            Work::InnerSteps => train_peers(&mut self.peers, &ctx!(self), r, Some(&self.theta))?,
+            Work::InnerStepsFromOwn => {
+                // Δ = trained − φ (NoLoCo's sign convention), per replica.
+                let mut res = train_peers(&mut self.peers, &ctx!(self), r, None)?;
+                res.iter_mut().for_each(|(_, d)| d.iter_mut().for_each(|x| *x = -*x));
+                res
+            }
+        };
+        let mut msgs = Vec::with_capacity(results.len());
+        for (p, (_, x)) in self.peers.iter_mut().zip(&results) {
+            msgs.push(self.outer.contribute(&mut p.st, r, x)?);
+        }
+        let loss = mean(results.iter().map(|r| r.0));
+        Ok((loss, msgs, results.into_iter().map(|r| r.1).collect()))
     }
 
-    /// Uploads `msgs` to the hub, which averages the valid ones, re-encodes the mean with the
-    /// same codec and broadcasts it; `apply` receives the decoded mean.
-    fn hub_aggregate(
-        &mut self,
-        t: f64,
-        msgs: &[Vec<u8>],
-        n: usize,
-        apply: impl FnOnce(&[f32], &mut Self) -> Result<(), SimError>,
-    ) -> Result<(f64, usize), SimError> {
+    /// After the shared state changed: the global model follows it.
+    fn sync_global(&mut self) -> Result<(), SimError> {
+        match self.outer.algorithm() {
+            Algorithm::Ddp => {
+                self.global.model.params.load_flat(&self.theta)?;
+                if let [m, v] = &self.bufs[..] {
+                    self.global.opt.m.load_flat(m)?;
+                    self.global.opt.v.load_flat(v)?;
+                    self.global.opt.step = self.round + 1;
+                }
+            }
+            Algorithm::DeMo => self.global.model.params.load_flat(&self.theta)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// DDP, DiLoCo: peers upload to the hub, which combines the valid contributions and
+    /// broadcasts the mean in the same codec.
+    fn round_hub(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
+        let (loss, msgs, _) = self.contributions()?;
         let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
         let at_hub = self.upload(t, &sizes);
-        let (contribs, rejected) = self.decode_all(msgs, n);
+        let (contribs, rejected) = self.decode_all(&msgs);
         if contribs.is_empty() {
-            return Ok((at_hub, rejected));
+            return Ok((loss, rejected, at_hub));
         }
-        let mean = weighted_mean(&contribs, n)?;
-        let agg = encode_update(self.algo, self.codec, self.layout_hash, self.round, &mean);
-        let end = self.broadcast(at_hub, agg.len() as u64);
-        let decoded = decode_update(&agg, &self.expected(n))?;
-        apply(&decoded.values, self)?;
-        Ok((end, rejected))
+        let c = self.outer.combine(self.round, &contribs)?;
+        let blob_len = c.blob.as_ref().map_or(0, |b| b.len() as u64);
+        let end = self.broadcast(at_hub, blob_len);
+        self.outer.apply(self.round, &mut self.theta, &mut self.bufs, &c.values)?;
+        self.sync_global()?;
+        Ok((loss, rejected, end))
     }
 
-    fn round_diloco(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let results = train_peers(&mut self.peers, &ctx!(self), self.round, Some(&self.theta))?;
-        let msgs: Vec<Vec<u8>> = results
-            .iter()
-            .map(|(_, d)| encode_update(Algorithm::DiLoCo, self.codec, self.layout_hash, self.round, d))
-            .collect();
-        let n = self.theta.len();
-        let (end, rejected) = self.hub_aggregate(t, &msgs, n, |delta, sim| {
-            sim.outer.step(&mut sim.theta, delta);
-            Ok(())
-        })?;
-        Ok((mean(results.iter().map(|r| r.0)), rejected, end))
-    }
-
-    fn round_sparseloco(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let results = train_peers(&mut self.peers, &ctx!(self), self.round, Some(&self.theta))?;
-        let n = self.theta.len();
-        let mut msgs = Vec::with_capacity(results.len());
-        for (p, (_, delta)) in self.peers.iter_mut().zip(&results) {
-            let ef = p.ef.as_mut().expect("sparseloco peers have error feedback");
-            let payload = ef.compress(delta, &self.codec)?;
-            msgs.push(frame_update(
-                Algorithm::SparseLoCo,
-                self.codec,
-                self.layout_hash,
-                self.round,
-                n,
-                &payload,
-            ));
-        }
+    /// SparseLoCo, DeMo: every contribution reaches every peer, which combines them itself.
+    fn round_all_gather(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
+        let (loss, msgs, _) = self.contributions()?;
         let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
         let end = self.all_gather(t, &sizes);
-        let (contribs, rejected) = self.decode_all(&msgs, n);
+        let (contribs, rejected) = self.decode_all(&msgs);
         if !contribs.is_empty() {
-            let agg = sparse_mean(&contribs, n, true)?;
-            let lr = self.cfg.sparse_lr;
-            self.theta.iter_mut().zip(&agg).for_each(|(t, &a)| *t -= lr * a);
+            let c = self.outer.combine(self.round, &contribs)?;
+            self.outer.apply(self.round, &mut self.theta, &mut self.bufs, &c.values)?;
+            self.sync_global()?;
         }
-        Ok((mean(results.iter().map(|r| r.0)), rejected, end))
+        Ok((loss, rejected, end))
     }
 
-    fn round_noloco(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let results = train_peers(&mut self.peers, &ctx!(self), self.round, None)?;
-        let n = self.theta.len();
-        // Δ = trained − φ (NoLoCo's sign convention), per replica.
-        let deltas: Vec<Vec<f32>> = self
-            .peers
-            .iter()
-            .zip(&results)
-            .map(|(_, (_, start_minus_end))| start_minus_end.iter().map(|d| -d).collect())
-            .collect();
-        let phis: Vec<Vec<f32>> =
-            self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco peer").phi.clone()).collect();
-        let want_delta = self.expected(n);
-        let want_phi = Expected { max_norm: None, ..want_delta.clone() };
+    /// NoLoCo: seeded groups exchange (Δ, φ); each replica steps toward its group's means.
+    fn round_pairs(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
+        let (loss, delta_msgs, deltas) = self.contributions()?;
+        let want_delta = self.outer.expected(Some(self.cfg.max_update_norm));
+        let want_phi = self.outer.expected(None);
         let phi_codec = Codec::dense(ValueCodec::F32, self.cfg.chunk);
+        let layout = self.outer.layout_hash;
+        let phis: Vec<Vec<f32>> = self.peers.iter().map(|p| p.st.buffers()[0].to_vec()).collect();
         let mut end = t;
         let mut rejected = 0;
         for group in noloco_groups(self.cfg.seed, self.round, self.cfg.peers) {
             let mut members = group.clone();
             members.sort_unstable();
-            let msgs: Vec<(Vec<u8>, Vec<u8>)> = members
+            let phi_msgs: Vec<Vec<u8>> = members
                 .iter()
-                .map(|&i| {
-                    (
-                        encode_update(
-                            Algorithm::NoLoCo,
-                            self.codec,
-                            self.layout_hash,
-                            self.round,
-                            &deltas[i],
-                        ),
-                        encode_update(Algorithm::NoLoCo, phi_codec, self.layout_hash, self.round, &phis[i]),
-                    )
-                })
+                .map(|&i| encode_update(Algorithm::NoLoCo, phi_codec, layout, self.round, &phis[i]))
                 .collect();
             for &i in &members {
                 let (mut ds, mut ps): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (Vec::new(), Vec::new());
                 for (b, &j) in members.iter().enumerate() {
+                    let dm = &delta_msgs[j];
                     if i == j {
                         ds.push(deltas[i].clone());
                         ps.push(phis[i].clone());
                         continue;
                     }
-                    let bytes = (msgs[b].0.len() + msgs[b].1.len()) as u64;
+                    let bytes = (dm.len() + phi_msgs[b].len()) as u64;
                     end = end.max(self.net.transfer(t, j, i, bytes));
-                    match (decode_update(&msgs[b].0, &want_delta), decode_update(&msgs[b].1, &want_phi)) {
+                    match (decode_update(dm, &want_delta), decode_update(&phi_msgs[b], &want_phi)) {
                         (Ok(d), Ok(p)) => {
                             ds.push(d.values);
                             ps.push(p.values);
@@ -379,53 +327,11 @@ impl<'a> Sim<'a> {
                 let pref: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
                 let (dm, pm) = (mean_of(&dref), mean_of(&pref));
                 let peer = &mut self.peers[i];
-                let phi = peer.noloco.as_mut().expect("noloco peer").outer_step(
-                    self.cfg.noloco_alpha,
-                    self.cfg.noloco_beta,
-                    &dm,
-                    &pm,
-                );
+                let phi = self.outer.noloco_step(&mut peer.st, &dm, &pm).expect("noloco peer");
                 peer.tr.model.params.load_flat(phi)?;
             }
         }
-        Ok((mean(results.iter().map(|r| r.0)), rejected, end))
-    }
-
-    fn round_demo(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let ctx = ctx!(self);
-        let r = self.round;
-        let sched = AdamWConfig {
-            lr: self.cfg.demo_lr,
-            warmup_steps: self.cfg.inner_warmup,
-            total_steps: self.cfg.rounds,
-            ..AdamWConfig::default()
-        };
-        let lr = sched.lr_at(r + 1);
-        let global = &self.global;
-        let (codec, layout) = (self.codec, self.layout_hash);
-        let n = self.theta.len();
-        let coeffs = n.div_ceil(DCT_TILE) * DCT_TILE;
-        let out: Vec<(f64, Vec<u8>)> = self
-            .peers
-            .par_iter_mut()
-            .enumerate()
-            .map(|(i, p)| {
-                let (loss, g) = global.gradients(&ctx.batch(r, i, 0)?)?;
-                let demo = p.demo.as_mut().expect("demo peer");
-                let payload = demo.compress(&flatten(&g), lr, &codec)?;
-                Ok((f64::from(loss), frame_update(Algorithm::DeMo, codec, layout, r, coeffs, &payload)))
-            })
-            .collect::<Result<_, SimError>>()?;
-        let (losses, msgs): (Vec<f64>, Vec<Vec<u8>>) = out.into_iter().unzip();
-        let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
-        let end = self.all_gather(t, &sizes);
-        let (contribs, rejected) = self.decode_all(&msgs, coeffs);
-        if !contribs.is_empty() {
-            let agg = sparse_mean(&contribs, coeffs, false)?;
-            demo_apply(&mut self.theta, &agg, lr, self.cfg.demo_weight_decay);
-            self.global.model.params.load_flat(&self.theta)?;
-        }
-        Ok((mean(losses.into_iter()), rejected, end))
+        Ok((loss, rejected, end))
     }
 
     /// Validation loss of the shared model (NoLoCo: mean over replicas) and the replica spread.
@@ -439,10 +345,9 @@ impl<'a> Sim<'a> {
             }
             Ok(s / k as f64)
         };
-        if self.algo == Algorithm::NoLoCo {
+        if self.outer.exchange() == Exchange::Pairs {
             let losses: Vec<f64> = self.peers.par_iter().map(|p| eval(&p.tr)).collect::<Result<_, _>>()?;
-            let phis: Vec<&[f32]> =
-                self.peers.iter().map(|p| p.noloco.as_ref().expect("noloco").phi.as_slice()).collect();
+            let phis: Vec<&[f32]> = self.peers.iter().map(|p| p.st.buffers()[0]).collect();
             return Ok((Some(mean(losses.into_iter())), Some(replica_spread(&phis))));
         }
         self.global.model.params.load_flat(&self.theta)?;
@@ -454,19 +359,19 @@ impl<'a> Sim<'a> {
     pub fn state_hash(&self) -> Hash {
         let mut h = blake3::Hasher::new();
         h.update(b"tessera-sim-v1");
-        h.update(self.algo.name().as_bytes());
+        h.update(self.outer.algorithm().name().as_bytes());
         h.update(&self.round.to_le_bytes());
         tessera_tensor::hash_f32s(&mut h, &self.theta);
-        tessera_tensor::hash_f32s(&mut h, &self.outer.b);
+        // The outer momentum (zeros for the algorithms without one, as it always was).
+        match self.outer.algorithm() {
+            Algorithm::DiLoCo => tessera_tensor::hash_f32s(&mut h, &self.bufs[0]),
+            _ => tessera_tensor::hash_f32s(&mut h, &vec![0.0; self.theta.len()]),
+        }
         h.update(&self.global.state_hash());
         for p in &self.peers {
             h.update(&p.tr.state_hash());
-            for buf in [p.ef.as_ref().map(|e| &e.e), p.demo.as_ref().map(|d| &d.e)].into_iter().flatten() {
+            for buf in p.st.buffers() {
                 tessera_tensor::hash_f32s(&mut h, buf);
-            }
-            if let Some(nl) = &p.noloco {
-                tessera_tensor::hash_f32s(&mut h, &nl.phi);
-                tessera_tensor::hash_f32s(&mut h, &nl.m);
             }
         }
         *h.finalize().as_bytes()
@@ -532,12 +437,6 @@ fn flatten(ts: &[Tensor]) -> Vec<f32> {
     let mut out = Vec::with_capacity(ts.iter().map(Tensor::numel).sum());
     ts.iter().for_each(|t| out.extend_from_slice(t.data()));
     out
-}
-
-fn unflatten(template: &ParamSet, flat: &[f32]) -> Result<Vec<Tensor>, SimError> {
-    let mut p = template.clone();
-    p.load_flat(flat)?;
-    Ok(p.tensors().to_vec())
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {

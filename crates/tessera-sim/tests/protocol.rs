@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tessera_coord::{Event, Message, Record, RunConfig, TrainerEvent};
+use tessera_coord::{Event, Message, Record, RunConfig, RunSpec, TrainerEvent};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::{ProtocolSim, Sim, SimConfig};
@@ -49,6 +49,13 @@ fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
         outer_lr: rc.outer_lr,
         outer_momentum: rc.outer_momentum,
         max_update_norm: rc.max_update_norm,
+        topk: rc.topk,
+        chunk: rc.chunk,
+        ef_beta: rc.ef_beta,
+        sparse_lr: rc.sparse_lr,
+        demo_beta: rc.demo_beta,
+        demo_lr: rc.demo_lr,
+        demo_weight_decay: rc.demo_weight_decay,
         eval_every: 0,
         eval_batches: 1,
         ..SimConfig::default()
@@ -97,6 +104,40 @@ fn ddp_over_the_protocol_equals_the_simulators_ddp() {
     let theta = &p.coordinator().global().theta;
     assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
     assert_eq!(p.peer_state(&pid(2)), Some((rc.rounds, p.coordinator().state_hash())));
+}
+
+/// The all-gather algorithms: every trainer fetches every accepted update and combines them
+/// itself, in peer-id order, reaching the coordinator's state and the simulator's.
+#[test]
+fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
+    let ds = dataset("allgather");
+    for rc in [
+        RunConfig { algo: "sparseloco".into(), ..run_cfg(3) },
+        RunConfig { algo: "demo".into(), inner_steps: 1, demo_lr: 3e-3, ..run_cfg(3) },
+    ] {
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        for i in 1..=3 {
+            p.join(pid(i)).unwrap();
+        }
+        p.run_until(rc.rounds).unwrap();
+        let sim = plain_sim_theta(&rc, 3, &ds);
+        let theta = &p.coordinator().global().theta;
+        assert!(
+            theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: bit-identical θ",
+            rc.algo
+        );
+        for i in 1..=3 {
+            assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())), "{}", rc.algo);
+        }
+        let computed =
+            p.records.iter().filter(|r| matches!(r, Record::Report { agrees: true, computed: true, .. }));
+        assert_eq!(computed.count(), 3 * rc.rounds as usize, "{}: every state computed and agreed", rc.algo);
+        assert!(theta
+            .iter()
+            .zip(&RunSpec::new(rc.clone()).unwrap().initial_state().theta)
+            .any(|(a, b)| a != b));
+    }
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //!
 //! **Role.** The low-communication outer algorithms (DDP, DiLoCo, NoLoCo, SparseLoCo, DeMo),
 //! the update codecs (int8 with a per-chunk scale, top-k with error feedback, 2-bit, sign), the
-//! encoded-update wire format, and deterministic aggregation. It works on the flat f32
+//! encoded-update wire format, and deterministic aggregation. [`Outer`] is the one table of
+//! the five algorithms (what a peer computes and keeps, how it encodes, how contributions
+//! combine, how the shared state changes) that the simulator and the networked run share. It works on the flat f32
 //! parameter layout of `tessera-model` and knows nothing about peers' transport.
 //!
 //! **Invariants.** Encoding and decoding are exact and deterministic; every payload length is a
@@ -14,11 +16,13 @@
 //! **Must not.** Do I/O, read clocks or OS randomness, or trust any byte it decodes.
 
 mod aggregate;
+mod algo;
 mod codec;
 mod outer;
 mod update;
 
 pub use aggregate::{sparse_mean, weighted_mean, Contribution};
+pub use algo::{Combined, Exchange, GlobalOptimizer, Outer, OuterSettings, PeerState, Work};
 pub use codec::{top_k_indices, Codec, ValueCodec, MAX_CHUNK};
 pub use outer::{
     dct_tiles, demo_apply, idct_tiles, mean_of, noloco_groups, pseudo_gradient, replica_spread, DemoPeer,

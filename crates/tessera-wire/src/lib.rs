@@ -67,11 +67,14 @@ pub enum Message {
     },
     /// A trainer commits to its update blob and its start and end states.
     Commit { round: u64, update: Hash32, update_len: u64, start_hash: Hash32, end_hash: Hash32 },
-    /// The coordinator's decision for a round, with a reason for each rejection.
-    /// `aggregate` names the blob of the combined update (absent when nothing was accepted).
+    /// The coordinator's decision for a round, with a reason for each rejection. `updates`
+    /// names the accepted update blobs, in the order of `accepted` (peer-id order); for a hub
+    /// algorithm `aggregate` names the blob of their combination (absent when nothing was
+    /// accepted, and for all-gather algorithms, whose peers combine `updates` themselves).
     Accept {
         round: u64,
         accepted: Vec<PeerId>,
+        updates: Vec<Hash32>,
         rejected: Vec<(PeerId, String)>,
         aggregate: Option<Hash32>,
         next_state_hash: Hash32,
@@ -146,8 +149,15 @@ impl Message {
                 lim("members", members.len(), MAX_MEMBERS)?;
                 lim("assignments", assignments.len(), MAX_MEMBERS)
             }
-            Message::Accept { accepted, rejected, .. } => {
+            Message::Accept { accepted, updates, rejected, .. } => {
                 lim("accepted", accepted.len(), MAX_MEMBERS)?;
+                if updates.len() != accepted.len() {
+                    return Err(WireError::Limit {
+                        what: "updates (one per accepted peer)",
+                        got: updates.len(),
+                        limit: accepted.len(),
+                    });
+                }
                 lim("rejected", rejected.len(), MAX_MEMBERS)?;
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
             }

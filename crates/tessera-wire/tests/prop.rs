@@ -41,6 +41,14 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(round, accepted, rejected, aggregate, next_state_hash)| Message::Accept {
                 round,
+                updates: accepted
+                    .iter()
+                    .map(|p: &[u8; 32]| {
+                        let mut h = *p;
+                        h[0] ^= 1;
+                        h
+                    })
+                    .collect(),
                 accepted,
                 rejected,
                 aggregate,

@@ -52,6 +52,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
         5 => Message::Accept {
             round,
             rejected: ids.iter().map(|p| (*p, "norm too large".to_string())).collect(),
+            updates: ids.clone(),
             accepted: ids,
             aggregate: i.is_multiple_of(2).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),

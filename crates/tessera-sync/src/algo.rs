@@ -1,0 +1,334 @@
+//! The one table of outer algorithms. Each of DDP, DiLoCo, NoLoCo, SparseLoCo and DeMo is
+//! defined here once: what a peer computes, the per-peer state it keeps, how it encodes its
+//! contribution, how contributions are combined (in peer-id order) and how the combination
+//! changes the shared state. The simulator and the networked run both call [`Outer`], so they
+//! cannot compute different bits for the same inputs.
+
+use tessera_model::{AdamWConfig, OptState, ParamSet};
+use tessera_tensor::{Exec, Hash, Kernel, TraceMode};
+
+use crate::{
+    decode_update, demo_apply, encode_update, frame_update, sparse_mean, weighted_mean, Algorithm, Codec,
+    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, DCT_TILE,
+};
+
+/// What a peer computes in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// One gradient of the shared parameters on the unit's first batch (DDP, DeMo).
+    Gradient,
+    /// H inner steps from the shared parameters; the contribution is `start − end` (DiLoCo,
+    /// SparseLoCo).
+    InnerSteps,
+    /// H inner steps from the replica's own outer weights φ (NoLoCo).
+    InnerStepsFromOwn,
+}
+
+/// How contributions travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// To one aggregator, which re-encodes the mean in the same codec and sends it back.
+    Hub,
+    /// Every peer combines every accepted contribution itself.
+    AllGather,
+    /// Seeded pairs (or a triple) exchange with each other only; no shared state.
+    Pairs,
+}
+
+/// DDP's global optimizer for the mean gradient.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GlobalOptimizer {
+    AdamW(AdamWConfig),
+    Sgd { lr: f32 },
+}
+
+/// The settings of the outer algorithms (each uses its own few).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OuterSettings {
+    pub algorithm: Algorithm,
+    /// The codec contributions are sent in.
+    pub codec: Codec,
+    /// DiLoCo's Nesterov outer step.
+    pub outer_lr: f32,
+    pub outer_momentum: f32,
+    /// NoLoCo's outer step.
+    pub noloco_alpha: f32,
+    pub noloco_beta: f32,
+    /// SparseLoCo's error-feedback decay and step size.
+    pub ef_beta: f32,
+    pub sparse_lr: f32,
+    /// DeMo's momentum decay, weight decay and learning-rate schedule (over rounds).
+    pub demo_beta: f32,
+    pub demo_weight_decay: f32,
+    pub demo_schedule: AdamWConfig,
+    /// DDP's global optimizer.
+    pub ddp: GlobalOptimizer,
+}
+
+/// A peer's own algorithm state, kept across rounds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerState {
+    None,
+    ErrorFeedback(ErrorFeedback),
+    Demo(DemoPeer),
+    NoLoCo(NoLoCoPeer),
+}
+
+impl PeerState {
+    /// The buffers it holds, for state hashes.
+    pub fn buffers(&self) -> Vec<&[f32]> {
+        match self {
+            PeerState::None => vec![],
+            PeerState::ErrorFeedback(e) => vec![&e.e],
+            PeerState::Demo(d) => vec![&d.e],
+            PeerState::NoLoCo(p) => vec![&p.phi, &p.m],
+        }
+    }
+}
+
+/// Contributions combined: the values every peer applies, and for a hub algorithm the blob the
+/// hub sends (the mean re-encoded in the contribution codec).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Combined {
+    pub blob: Option<Vec<u8>>,
+    pub values: Vec<f32>,
+}
+
+/// One run's outer algorithm.
+#[derive(Clone, Debug)]
+pub struct Outer {
+    pub s: OuterSettings,
+    pub layout_hash: Hash,
+    template: ParamSet,
+}
+
+impl Outer {
+    /// The algorithm for parameters shaped like `template`.
+    pub fn new(s: OuterSettings, template: &ParamSet) -> Result<Self, SyncError> {
+        s.codec.validate()?;
+        if s.algorithm == Algorithm::DeMo && (s.codec.chunk != DCT_TILE || s.codec.top_k.is_none()) {
+            return Err(SyncError::BadCodec("DeMo needs top-k over 4096-coefficient tiles".into()));
+        }
+        if s.algorithm == Algorithm::SparseLoCo && s.codec.top_k.is_none() {
+            return Err(SyncError::BadCodec("SparseLoCo needs a top-k codec".into()));
+        }
+        Ok(Self { layout_hash: template.layout().hash(), template: template.zeros_like(), s })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.s.algorithm
+    }
+
+    /// Parameters.
+    pub fn n(&self) -> usize {
+        self.template.numel()
+    }
+
+    /// Values one contribution carries (DeMo: DCT coefficients of whole tiles).
+    pub fn values(&self) -> usize {
+        match self.s.algorithm {
+            Algorithm::DeMo => self.n().div_ceil(DCT_TILE) * DCT_TILE,
+            _ => self.n(),
+        }
+    }
+
+    pub fn work(&self) -> Work {
+        match self.s.algorithm {
+            Algorithm::Ddp | Algorithm::DeMo => Work::Gradient,
+            Algorithm::NoLoCo => Work::InnerStepsFromOwn,
+            Algorithm::DiLoCo | Algorithm::SparseLoCo => Work::InnerSteps,
+        }
+    }
+
+    pub fn exchange(&self) -> Exchange {
+        match self.s.algorithm {
+            Algorithm::Ddp | Algorithm::DiLoCo => Exchange::Hub,
+            Algorithm::SparseLoCo | Algorithm::DeMo => Exchange::AllGather,
+            Algorithm::NoLoCo => Exchange::Pairs,
+        }
+    }
+
+    /// Buffers the shared state keeps beside θ (DiLoCo: the outer momentum; DDP with AdamW:
+    /// its m and v, its step count being the round).
+    pub fn buffers(&self) -> usize {
+        match (&self.s.algorithm, &self.s.ddp) {
+            (Algorithm::DiLoCo, _) => 1,
+            (Algorithm::Ddp, GlobalOptimizer::AdamW(_)) => 2,
+            _ => 0,
+        }
+    }
+
+    /// What a contribution must look like.
+    pub fn expected(&self, max_norm: Option<f32>) -> Expected {
+        Expected { layout_hash: self.layout_hash, n: self.values(), max_norm }
+    }
+
+    /// The exact length of an encoded contribution.
+    pub fn update_len(&self) -> usize {
+        crate::HEADER_BYTES + self.s.codec.encoded_len(self.values())
+    }
+
+    /// A new peer's own state, its replica starting at `theta`.
+    pub fn peer_state(&self, theta: &[f32]) -> PeerState {
+        let n = theta.len();
+        match self.s.algorithm {
+            Algorithm::SparseLoCo => PeerState::ErrorFeedback(ErrorFeedback::new(self.s.ef_beta, n)),
+            Algorithm::DeMo => PeerState::Demo(DemoPeer::new(self.s.demo_beta, n)),
+            Algorithm::NoLoCo => PeerState::NoLoCo(NoLoCoPeer::new(theta.to_vec())),
+            Algorithm::Ddp | Algorithm::DiLoCo => PeerState::None,
+        }
+    }
+
+    /// DeMo's step size in `round` (its schedule counts rounds from 1).
+    pub fn demo_lr(&self, round: u64) -> f32 {
+        self.s.demo_schedule.lr_at(round.saturating_add(1))
+    }
+
+    /// Encodes a peer's contribution for `round` from what it computed: Δ = start − end after
+    /// inner steps, or the gradient (see [`Outer::work`]). NoLoCo's Δ is `end − start`.
+    pub fn contribute(&self, st: &mut PeerState, round: u64, x: &[f32]) -> Result<Vec<u8>, SyncError> {
+        let (alg, codec, layout) = (self.s.algorithm, self.s.codec, self.layout_hash);
+        if x.len() != self.n() {
+            return Err(SyncError::Length { what: "contribution", want: self.n(), got: x.len() });
+        }
+        Ok(match (alg, st) {
+            (Algorithm::SparseLoCo, PeerState::ErrorFeedback(ef)) => {
+                frame_update(alg, codec, layout, round, x.len(), &ef.compress(x, &codec)?)
+            }
+            (Algorithm::DeMo, PeerState::Demo(d)) => {
+                let payload = d.compress(x, self.demo_lr(round), &codec)?;
+                frame_update(alg, codec, layout, round, self.values(), &payload)
+            }
+            (Algorithm::Ddp | Algorithm::DiLoCo | Algorithm::NoLoCo, _) => {
+                encode_update(alg, codec, layout, round, x)
+            }
+            (_, other) => {
+                return Err(SyncError::Malformed(format!("{} cannot use peer state {other:?}", alg.name())))
+            }
+        })
+    }
+
+    /// Combines decoded contributions of `round` in peer-id order.
+    pub fn combine(&self, round: u64, contribs: &[Contribution]) -> Result<Combined, SyncError> {
+        let n = self.values();
+        match self.s.algorithm {
+            Algorithm::Ddp | Algorithm::DiLoCo => {
+                let mean = weighted_mean(contribs, n)?;
+                let blob = encode_update(self.s.algorithm, self.s.codec, self.layout_hash, round, &mean);
+                let values = self.decode_aggregate(round, &blob)?;
+                Ok(Combined { blob: Some(blob), values })
+            }
+            Algorithm::SparseLoCo => Ok(Combined { blob: None, values: sparse_mean(contribs, n, true)? }),
+            Algorithm::DeMo => Ok(Combined { blob: None, values: sparse_mean(contribs, n, false)? }),
+            Algorithm::NoLoCo => Err(SyncError::Malformed("NoLoCo combines within its pairs".into())),
+        }
+    }
+
+    /// Decodes a hub's aggregate blob for `round`: checked for layout and length, not against
+    /// the per-update norm bound (the mean of updates within it, quantized again, may be a
+    /// hair over, and the blob is named by hash in a signed message anyway).
+    pub fn decode_aggregate(&self, round: u64, blob: &[u8]) -> Result<Vec<f32>, SyncError> {
+        let d = decode_update(blob, &self.expected(None))?;
+        if d.header.round != round {
+            return Err(SyncError::Malformed(format!(
+                "aggregate of round {}, expected {round}",
+                d.header.round
+            )));
+        }
+        Ok(d.values)
+    }
+
+    /// Applies a round's combined values to the shared state (θ and the buffers).
+    pub fn apply(
+        &self,
+        round: u64,
+        theta: &mut [f32],
+        bufs: &mut [Vec<f32>],
+        agg: &[f32],
+    ) -> Result<(), SyncError> {
+        if bufs.len() != self.buffers() || theta.len() != self.n() || agg.len() != self.values() {
+            return Err(SyncError::Length { what: "shared state", want: self.n(), got: theta.len() });
+        }
+        match (self.s.algorithm, &self.s.ddp) {
+            (Algorithm::DiLoCo, _) => {
+                let b = std::mem::take(&mut bufs[0]);
+                let mut outer = NesterovOuter { lr: self.s.outer_lr, momentum: self.s.outer_momentum, b };
+                outer.step(theta, agg);
+                bufs[0] = outer.b;
+            }
+            (Algorithm::Ddp, GlobalOptimizer::AdamW(cfg)) => self.adamw(round, cfg, theta, bufs, agg)?,
+            (Algorithm::Ddp, GlobalOptimizer::Sgd { lr }) => self.sgd(*lr, theta, agg)?,
+            (Algorithm::SparseLoCo, _) => {
+                let lr = self.s.sparse_lr;
+                theta.iter_mut().zip(agg).for_each(|(t, &a)| *t -= lr * a);
+            }
+            (Algorithm::DeMo, _) => demo_apply(theta, agg, self.demo_lr(round), self.s.demo_weight_decay),
+            (Algorithm::NoLoCo, _) => {
+                return Err(SyncError::Malformed("NoLoCo has no shared state to apply to".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// NoLoCo's outer step of one replica from its group's mean Δ and mean φ; returns the new
+    /// φ, from which the replica's inner training restarts.
+    pub fn noloco_step<'a>(
+        &self,
+        st: &'a mut PeerState,
+        delta_mean: &[f32],
+        phi_mean: &[f32],
+    ) -> Option<&'a [f32]> {
+        match st {
+            PeerState::NoLoCo(p) => {
+                Some(p.outer_step(self.s.noloco_alpha, self.s.noloco_beta, delta_mean, phi_mean))
+            }
+            _ => None,
+        }
+    }
+
+    /// One AdamW step of θ with gradient `g`, moments in the two buffers, step count = round,
+    /// through the same kernels as single-machine training.
+    fn adamw(
+        &self,
+        round: u64,
+        cfg: &AdamWConfig,
+        theta: &mut [f32],
+        bufs: &mut [Vec<f32>],
+        g: &[f32],
+    ) -> Result<(), SyncError> {
+        let load = |v: &[f32]| -> Result<ParamSet, SyncError> {
+            let mut p = self.template.clone();
+            p.load_flat(v).map_err(|e| SyncError::Malformed(e.to_string()))?;
+            Ok(p)
+        };
+        let mut params = load(theta)?;
+        let mut opt = OptState { m: load(&bufs[0])?, v: load(&bufs[1])?, step: round };
+        let grads = load(g)?;
+        let mut ex = Exec::new(TraceMode::Off);
+        opt.update(cfg, &mut ex, &mut params, grads.tensors().to_vec());
+        theta.copy_from_slice(&params.to_flat());
+        bufs[0] = opt.m.to_flat();
+        bufs[1] = opt.v.to_flat();
+        assert_eq!(opt.step, round + 1, "one optimizer step per round");
+        Ok(())
+    }
+
+    /// `p ← p − lr·g` per parameter tensor, through the engine's SGD kernel.
+    fn sgd(&self, lr: f32, theta: &mut [f32], g: &[f32]) -> Result<(), SyncError> {
+        let mut off = 0;
+        for t in self.template.tensors() {
+            let k = t.numel();
+            let shape = t.shape();
+            let p = tessera_tensor::Tensor::new(shape, theta[off..off + k].to_vec())
+                .map_err(|e| SyncError::Malformed(e.to_string()))?;
+            let gi = tessera_tensor::Tensor::new(shape, g[off..off + k].to_vec())
+                .map_err(|e| SyncError::Malformed(e.to_string()))?;
+            let out =
+                Kernel::Sgd { lr }.execute(&[&p, &gi]).map_err(|e| SyncError::Malformed(e.to_string()))?;
+            theta[off..off + k].copy_from_slice(out[0].data());
+            off += k;
+        }
+        assert_eq!(off, theta.len(), "the template covers every parameter");
+        Ok(())
+    }
+}
