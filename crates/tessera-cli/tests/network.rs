@@ -243,9 +243,10 @@ fn simulated(run: &Run, ids: &[u8]) -> String {
     tessera_net::hex(&p.coordinator().state_hash())
 }
 
-#[test]
-fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
-    let run = Run::new("agree", config(3, 4));
+/// Three nodes from the start: every round, every node computes the coordinator's state, and
+/// the run ends where the protocol simulator ends. Returns the run for further checks.
+fn three_nodes_agree(name: &str, cfg: RunConfig) -> Run {
+    let run = Run::new(name, cfg);
     let (mut c, ticket) = run.coordinator("coord");
     let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &[])).collect();
     let final_hash = state_hash(&c.finish());
@@ -264,7 +265,18 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
     run.check_ledger();
     let computed = "SELECT COUNT(*) FROM reports WHERE agrees = 1 AND computed = 1";
     assert_eq!(run.count(computed), 3 * run.cfg.rounds as i64);
-    assert_eq!(final_hash, simulated(&run, &[1, 2, 3]), "the networked run equals the simulator");
+    assert_eq!(
+        final_hash,
+        simulated(&run, &[1, 2, 3]),
+        "{}: the networked run equals the simulator",
+        run.cfg.algo
+    );
+    run
+}
+
+#[test]
+fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
+    let run = three_nodes_agree("agree", config(3, 4));
     // The final model is a standard checkpoint that `tessera sample` reads.
     let model = run.dir.join("coord").join("model");
     let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -273,6 +285,13 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).len() >= 2);
+}
+
+#[test]
+fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
+    three_nodes_agree("ddp", RunConfig { algo: "ddp".into(), inner_steps: 1, ..config(3, 3) });
+    three_nodes_agree("sparseloco", RunConfig { algo: "sparseloco".into(), ..config(3, 3) });
+    three_nodes_agree("demo", RunConfig { algo: "demo".into(), inner_steps: 1, ..config(3, 3) });
 }
 
 #[test]
