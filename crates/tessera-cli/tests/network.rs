@@ -13,6 +13,7 @@ use tessera_coord::{Message, RunConfig};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::ProtocolSim;
+use tessera_tensor::simd::best_path;
 
 const WAIT: Duration = Duration::from_secs(240);
 
@@ -54,9 +55,14 @@ struct Proc {
 
 impl Proc {
     fn start(dir: &Path, name: &str, args: &[String]) -> Proc {
+        Self::start_env(dir, name, args, &[])
+    }
+
+    fn start_env(dir: &Path, name: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
         let (out, err) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.log")));
         let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -97,6 +103,24 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a node computes: threads and a forced SIMD path (None: the fastest the CPU has).
+#[derive(Clone, Copy)]
+struct Machine {
+    threads: usize,
+    simd: Option<&'static str>,
+}
+
+/// Three different machines: the CPU's fastest path on one thread, the scalar path on two
+/// threads, and AVX2 where the CPU has it (else scalar) on one. Their bits must agree.
+fn three_machines() -> [Machine; 3] {
+    let avx2 = tessera_tensor::simd::SimdPath::Avx2.supported();
+    [
+        Machine { threads: 1, simd: None },
+        Machine { threads: 2, simd: Some("scalar") },
+        Machine { threads: 1, simd: Some(if avx2 { "avx2" } else { "scalar" }) },
+    ]
 }
 
 struct Run {
@@ -153,15 +177,31 @@ impl Run {
     }
 
     fn node(&self, ticket: &str, i: u8, extra: &[&str]) -> Proc {
+        self.node_on(ticket, i, extra, Machine { threads: 1, simd: None })
+    }
+
+    /// A node computing with `m`'s thread count and SIMD path.
+    fn node_on(&self, ticket: &str, i: u8, extra: &[&str], m: Machine) -> Proc {
         let key = self.dir.join(format!("node{i}.key"));
         std::fs::write(&key, tessera_net::hex(&secret(i))).unwrap();
         let s = |p: &Path| p.display().to_string();
-        let mut args: Vec<String> =
-            ["node", "--join", ticket, "--data-dir", &s(&self.data), "--key", &s(&key), "--threads", "1"]
-                .map(String::from)
-                .to_vec();
+        let threads = m.threads.to_string();
+        let mut args: Vec<String> = [
+            "node",
+            "--join",
+            ticket,
+            "--data-dir",
+            &s(&self.data),
+            "--key",
+            &s(&key),
+            "--threads",
+            &threads,
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(extra.iter().map(|a| a.to_string()));
-        Proc::start(&self.dir, &format!("node{i}"), &args)
+        let env: Vec<(&str, &str)> = m.simd.iter().map(|p| ("TESSERA_SIMD", *p)).collect();
+        Proc::start_env(&self.dir, &format!("node{i}"), &args, &env)
     }
 
     fn db(&self) -> Connection {
@@ -243,12 +283,15 @@ fn simulated(run: &Run, ids: &[u8]) -> String {
     tessera_net::hex(&p.coordinator().state_hash())
 }
 
-/// Three nodes from the start: every round, every node computes the coordinator's state, and
-/// the run ends where the protocol simulator ends. Returns the run for further checks.
+/// Three nodes from the start, on different thread counts and SIMD paths: every round, every
+/// node computes the coordinator's state, and the run ends where the protocol simulator ends.
+/// Returns the run for further checks.
 fn three_nodes_agree(name: &str, cfg: RunConfig) -> Run {
     let run = Run::new(name, cfg);
     let (mut c, ticket) = run.coordinator("coord");
-    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &[])).collect();
+    let machines = three_machines();
+    let mut nodes: Vec<Proc> =
+        (1..=3).map(|i| run.node_on(&ticket, i, &[], machines[i as usize - 1])).collect();
     let final_hash = state_hash(&c.finish());
     let outs: Vec<String> = nodes.iter_mut().map(|n| n.finish()).collect();
     assert!(
@@ -262,6 +305,11 @@ fn three_nodes_agree(name: &str, cfg: RunConfig) -> Run {
         assert!(hashes.iter().all(|s| s.2 && s.1 == hashes[0].1), "round {r}: {hashes:?}");
     }
     assert_eq!(per_node[0].last().unwrap().1, final_hash);
+    for (n, m) in nodes.iter().zip(machines) {
+        let want =
+            format!("computing on {} with {} threads", m.simd.unwrap_or(best_path().name()), m.threads);
+        assert!(n.log().contains(&want), "the node says how it computed: {want}\n{}", n.log());
+    }
     run.check_ledger();
     let computed = "SELECT COUNT(*) FROM reports WHERE agrees = 1 AND computed = 1";
     assert_eq!(run.count(computed), 3 * run.cfg.rounds as i64);

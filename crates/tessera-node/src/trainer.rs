@@ -282,8 +282,10 @@ impl Node {
         match e {
             TrainerEvent::Configured(spec) => {
                 let c = &spec.cfg;
+                let simd = tessera_tensor::simd::active_path().name();
+                let threads = self.pool.current_num_threads();
                 let msg = format!(
-                    "run config: {} {} {} H={} rounds={}",
+                    "run config: {} {} {} H={} rounds={}; computing on {simd} with {threads} threads",
                     c.preset,
                     c.algo,
                     c.codec,
