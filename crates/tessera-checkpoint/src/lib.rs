@@ -13,6 +13,8 @@
 //!
 //! **Must not.** Read clocks or randomness, or trust any byte it reads.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod store;
 
 pub use store::{

@@ -6,6 +6,8 @@
 //! **Must not.** Hold training logic of its own: everything reproducible lives in the
 //! libraries, so the simulator and the daemons compute the same bits as this tool.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod bench;
 mod config;
 mod net;

@@ -26,6 +26,8 @@
 //! **Must not.** Open sockets, read clocks or draw OS randomness; keep unbounded state (peers,
 //! history and backlog are capped by named constants).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod config;
 mod coordinator;
 mod seq;

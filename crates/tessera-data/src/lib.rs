@@ -14,6 +14,8 @@
 //! randomness, or touch the network. File I/O is limited to the dataset directory and the
 //! corpus paths it is given.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod corpus;
 mod dataset;
 mod ingest;

@@ -12,6 +12,8 @@
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or know about networking or peers.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod fixtures;
 mod gpt;
 mod mlp;

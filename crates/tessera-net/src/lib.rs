@@ -24,6 +24,8 @@
 //! **Must not.** Interpret frames (that is the coordinator's and node's job) or decide
 //! membership.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;

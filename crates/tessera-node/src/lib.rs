@@ -15,6 +15,8 @@
 //! **Must not.** Parse command lines or draw progress bars (that is `tessera-cli`'s), decide
 //! protocol questions itself, or trust a byte from a peer or the disk unchecked.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod coordinator;
 mod store;
 pub mod trainer;

@@ -15,6 +15,8 @@
 //!
 //! **Must not.** Open sockets, read the wall clock or OS randomness.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod config;
 mod net;
 mod protocol;

@@ -15,6 +15,8 @@
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or trust any byte it decodes.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod aggregate;
 mod algo;
 mod codec;

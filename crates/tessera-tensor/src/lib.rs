@@ -18,6 +18,8 @@
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or depend on anything above it.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod kernel;
 pub mod math;
 mod matmul;

@@ -20,6 +20,8 @@
 //! **Must not.** Do I/O or read clocks; decide whether a message is fresh (sequence numbers
 //! and rounds are checked by the coordinator's state machine).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
