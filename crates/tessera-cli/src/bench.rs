@@ -43,6 +43,16 @@ pub enum BenchCmd {
         out_dir: std::path::PathBuf,
         csvs: Vec<std::path::PathBuf>,
     },
+    /// The test-only link shaper measured on loopback: one-way time of lone small frames and
+    /// fetch time of a blob through a shaped uplink, against the figures it is set to.
+    Link {
+        #[arg(long, default_value = "10mbit,50ms")]
+        shape: tessera_net::Shaping,
+        #[arg(long, default_value_t = 4_000_000)]
+        blob_bytes: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -56,6 +66,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
         BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
         BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),
+        BenchCmd::Link { shape, blob_bytes, rounds } => run_link(shape, blob_bytes, rounds),
         BenchCmd::ReferenceRun { threads } => {
             let h = crate::pool(threads)?.install(|| tessera_model::fixtures::reference_run(20))?;
             crate::out(&format!("state-hash: {}", tessera_tensor::hex(&h)));
@@ -218,5 +229,28 @@ fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result
     }
     .write(&png)?;
     eprintln!("plot: {}", png.display());
+    Ok(())
+}
+
+fn run_link(shape: tessera_net::Shaping, blob_bytes: usize, rounds: usize) -> Result<()> {
+    let r = tessera_net::measure_link(shape, blob_bytes, rounds)?;
+    let delay = shape.delay_ms as f64 / 1e3;
+    let frame_want = delay + (64.0 + 4.0) * 8.0 / shape.rate_bps;
+    let blob_want = delay + blob_bytes as f64 * 8.0 / shape.rate_bps;
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    crate::out(&format!("link: {:.1} Mbit/s, {} ms one-way (set)", shape.rate_bps / 1e6, shape.delay_ms));
+    crate::out("what\tset_s\tmeasured_median_s\tmin_s\tmax_s\tmeasured_mbit_s");
+    let row = |what: &str, want: f64, v: &[f64], bytes: usize| {
+        let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(0.0, f64::max));
+        let m = median(v);
+        let rate = bytes as f64 * 8.0 / (m - delay).max(1e-9) / 1e6;
+        crate::out(&format!("{what}\t{want:.4}\t{m:.4}\t{lo:.4}\t{hi:.4}\t{rate:.2}"));
+    };
+    row("frame-64B", frame_want, &r.frame_s, 64);
+    row(&format!("blob-{blob_bytes}B"), blob_want, &r.blob_s, blob_bytes);
     Ok(())
 }

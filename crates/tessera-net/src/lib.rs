@@ -14,9 +14,11 @@
 //! or a LAN address) and are dialed by `id@ip:port` tickets. For internet runs, iroh's relay
 //! and address lookup can be switched on in [`NetConfig`].
 //!
-//! **Test-only shaping.** This kernel has no `netem`, so [`Shaping`] paces every byte an
-//! endpoint sends through a token bucket at a given rate and adds a one-way delay, to emulate
-//! slow links in tests and benchmarks. It is off unless configured.
+//! **Test-only shaping.** This kernel has no `netem`, so [`Shaping`] emulates an endpoint's
+//! uplink in tests and benchmarks: each message it sends is serialized after the ones before
+//! it at the given rate, then handed over once the one-way delay has passed, once per message
+//! ([`LinkSchedule`]). Messages queued back to back pipeline, as on a real link. It is off
+//! unless configured.
 //!
 //! **Invariants.** Every wait is bounded by a named timeout; blob sizes are checked before
 //! allocation; a blob is handed out only after its hash was verified.
@@ -53,8 +55,6 @@ pub const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
 /// A connection with no packets for this long is dead (keep-alives every [`KEEP_ALIVE`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
-/// Bytes paced at a time by the shaper.
-const SHAPE_CHUNK: usize = 64 * 1024;
 
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]
@@ -106,23 +106,43 @@ impl FromStr for Shaping {
     }
 }
 
-/// The uplink pacer of one endpoint.
+/// The emulated link's timetable, on a clock given as time since the link was made: each
+/// message is serialized after the ones before it at `rate_bps`, then travels the one-way
+/// delay once. Back-to-back messages pipeline: the link is busy only while serializing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkSchedule {
+    pub cfg: Shaping,
+    /// When the link has serialized everything reserved so far.
+    busy_until: Duration,
+}
+
+impl LinkSchedule {
+    pub fn new(cfg: Shaping) -> Self {
+        Self { cfg, busy_until: Duration::ZERO }
+    }
+
+    /// Reserves the link at `now` for a message of `bytes`; returns when its last byte arrives
+    /// at the other end (the time to hand it over).
+    pub fn reserve(&mut self, now: Duration, bytes: usize) -> Duration {
+        let serialize = Duration::from_secs_f64(bytes as f64 * 8.0 / self.cfg.rate_bps);
+        let start = self.busy_until.max(now);
+        self.busy_until = start + serialize;
+        assert!(self.busy_until >= now, "the link is never free in the past");
+        self.busy_until + Duration::from_millis(self.cfg.delay_ms)
+    }
+}
+
+/// The uplink emulation of one endpoint: its schedule on the wall clock.
 struct Shaper {
-    cfg: Shaping,
-    free_at: Mutex<Instant>,
+    origin: Instant,
+    schedule: Mutex<LinkSchedule>,
 }
 
 impl Shaper {
-    /// Waits until `bytes` more may leave, plus the one-way delay.
-    async fn pace(&self, bytes: usize) {
-        let secs = bytes as f64 * 8.0 / self.cfg.rate_bps;
-        let done = {
-            let mut free = self.free_at.lock().expect("shaper lock");
-            let start = (*free).max(Instant::now());
-            *free = start + Duration::from_secs_f64(secs);
-            *free
-        };
-        sleep_until(done + Duration::from_millis(self.cfg.delay_ms)).await;
+    /// Reserves the link for one message; returns when to hand it over.
+    fn reserve(&self, bytes: usize) -> Instant {
+        let now = self.origin.elapsed();
+        self.origin + self.schedule.lock().expect("shaper lock").reserve(now, bytes)
     }
 }
 
@@ -236,7 +256,9 @@ impl Net {
             .bind()
             .await
             .map_err(|e| NetError::Bind(e.to_string()))?;
-        let shaper = cfg.shaping.map(|c| Arc::new(Shaper { cfg: c, free_at: Mutex::new(Instant::now()) }));
+        let shaper = cfg
+            .shaping
+            .map(|c| Arc::new(Shaper { origin: Instant::now(), schedule: Mutex::new(LinkSchedule::new(c)) }));
         Ok(Self {
             endpoint,
             blobs: BlobStore::default(),
@@ -310,13 +332,24 @@ impl Net {
         self.endpoint.close().await;
     }
 
-    async fn write_paced(&self, s: &mut SendStream, bytes: &[u8]) -> Result<(), NetError> {
-        for chunk in bytes.chunks(SHAPE_CHUNK) {
-            if let Some(sh) = &self.shaper {
-                sh.pace(chunk.len()).await;
-            }
-            s.write_all(chunk).await.map_err(|e| NetError::Stream(e.to_string()))?;
-            self.traffic[0].fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    /// When a message of `bytes` may be handed to the stream (now, without shaping).
+    fn reserve(&self, bytes: usize) -> Option<Instant> {
+        self.shaper.as_ref().map(|sh| sh.reserve(bytes))
+    }
+
+    /// Writes one whole message, handed over at its scheduled time (see [`LinkSchedule`]).
+    async fn write_message(
+        &self,
+        s: &mut SendStream,
+        at: Option<Instant>,
+        parts: &[&[u8]],
+    ) -> Result<(), NetError> {
+        if let Some(t) = at {
+            sleep_until(t).await;
+        }
+        for p in parts {
+            s.write_all(p).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            self.traffic[0].fetch_add(p.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -341,9 +374,10 @@ impl Net {
         }
         let go = async {
             let s = self.control_stream(conn).await?;
+            // Reserved before queueing for the stream, so queued frames pipeline on the link.
+            let at = self.reserve(4 + frame.len());
             let mut s = s.lock().await;
-            self.write_paced(&mut s, &(frame.len() as u32).to_le_bytes()).await?;
-            self.write_paced(&mut s, frame).await
+            self.write_message(&mut s, at, &[&(frame.len() as u32).to_le_bytes(), frame]).await
         };
         let r = timeout(FRAME_TIMEOUT, go).await.map_err(|_| NetError::Timeout("send frame")).and_then(|r| r);
         if r.is_err() {
@@ -421,11 +455,10 @@ impl Net {
         self.count_recv(h.len());
         match self.blobs.get(&h) {
             Some(b) => {
-                self.write_paced(&mut s, &[1]).await?;
-                self.write_paced(&mut s, &(b.len() as u64).to_le_bytes()).await?;
-                self.write_paced(&mut s, &b).await?;
+                let at = self.reserve(9 + b.len());
+                self.write_message(&mut s, at, &[&[1], &(b.len() as u64).to_le_bytes(), &b]).await?;
             }
-            None => self.write_paced(&mut s, &[0]).await?,
+            None => self.write_message(&mut s, self.reserve(1), &[&[0]]).await?,
         }
         s.finish().map_err(|e| NetError::Stream(e.to_string()))
     }
@@ -440,7 +473,7 @@ impl Net {
         let limit = limit.min(MAX_BLOB);
         let go = async {
             let (mut s, mut r) = conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
-            self.write_paced(&mut s, hash).await?;
+            self.write_message(&mut s, self.reserve(hash.len()), &[hash]).await?;
             s.finish().map_err(|e| NetError::Stream(e.to_string()))?;
             let mut head = [0u8; 1];
             r.read_exact(&mut head).await.map_err(|e| NetError::Stream(e.to_string()))?;
@@ -463,4 +496,73 @@ impl Net {
         };
         timeout(BLOB_TIMEOUT, go).await.map_err(|_| NetError::Timeout("fetch blob"))?
     }
+}
+
+/// What [`measure_link`] saw through a shaped uplink on loopback.
+#[derive(Clone, Debug)]
+pub struct LinkReport {
+    pub shaping: Shaping,
+    /// One-way times of small frames (seconds), each sent alone.
+    pub frame_s: Vec<f64>,
+    /// Time to fetch each blob of `blob_bytes` from the shaped endpoint (seconds).
+    pub blob_s: Vec<f64>,
+    pub blob_bytes: usize,
+}
+
+/// Measures a shaped link on loopback: `rounds` lone 64-byte frames (their one-way time), and
+/// `rounds` fetches of a `blob_bytes` blob served by the shaped endpoint. A benchmark, not a
+/// test: the figures depend on the machine's load.
+pub fn measure_link(shaping: Shaping, blob_bytes: usize, rounds: usize) -> Result<LinkReport, NetError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Bind(e.to_string()))?;
+    rt.block_on(async move {
+        let shaped = NetConfig { shaping: Some(shaping), ..NetConfig::default() };
+        let (plain, slow) =
+            (Net::bind([1; 32], &NetConfig::default()).await?, Net::bind([2; 32], &shaped).await?);
+        let blob = slow.blobs().insert(Arc::new(vec![7u8; blob_bytes]));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = plain.clone();
+        tokio::spawn(async move {
+            if let Some(Ok(conn)) = server.accept().await {
+                server
+                    .serve(conn, move |_| {
+                        let _ = tx.send(std::time::Instant::now());
+                    })
+                    .await;
+            }
+        });
+        let (id, addr) = parse_ticket(&plain.ticket()?)?;
+        let to_plain = slow.connect(id, addr).await?;
+        let mut frame_s = Vec::new();
+        for _ in 0..rounds {
+            let t0 = std::time::Instant::now();
+            slow.send_frame(&to_plain, &[0u8; 64]).await?;
+            let at = rx.recv().await.ok_or_else(|| NetError::Stream("receiver gone".into()))?;
+            frame_s.push((at - t0).as_secs_f64());
+            tokio::time::sleep(Duration::from_millis(shaping.delay_ms + 20)).await;
+            // the link idles
+        }
+        let serve = slow.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(conn)) = serve.accept().await {
+                let s = serve.clone();
+                tokio::spawn(async move { s.serve(conn, |_| {}).await });
+            }
+        });
+        let (sid, saddr) = parse_ticket(&slow.ticket()?)?;
+        let to_slow = plain.connect(sid, saddr).await?;
+        let mut blob_s = Vec::new();
+        for _ in 0..rounds {
+            let t0 = std::time::Instant::now();
+            let b = plain.fetch_blob(&to_slow, &blob, blob_bytes as u64).await?;
+            assert_eq!(b.len(), blob_bytes, "the blob asked for");
+            blob_s.push(t0.elapsed().as_secs_f64());
+        }
+        plain.close().await;
+        slow.close().await;
+        Ok(LinkReport { shaping, frame_s, blob_s, blob_bytes })
+    })
 }

@@ -63,3 +63,57 @@ fn tickets_and_shaping_specs_parse_or_fail_clearly() {
         assert!(bad.parse::<Shaping>().is_err(), "{bad}");
     }
 }
+
+/// Regression: the shaper added its one-way delay after every write and every 64 KiB chunk,
+/// so a 1 MB blob over `10mbit,50ms` took 0.8 s + 16 × 50 ms. The delay now comes once per
+/// message, and back-to-back messages pipeline.
+#[test]
+fn the_link_schedule_serializes_at_the_rate_and_delays_each_message_once() {
+    use std::time::Duration;
+    let ms = |x: f64| Duration::from_secs_f64(x / 1000.0);
+    let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_micros(1);
+    let mut l = LinkSchedule::new("10mbit,50ms".parse().unwrap());
+    // A small frame: its serialization (1000 bytes = 0.8 ms) plus the delay.
+    assert!(close(l.reserve(Duration::ZERO, 1000), ms(50.8)));
+    // A 1 MB blob right behind it: serialized after the frame, one delay.
+    let blob = l.reserve(Duration::ZERO, 1_000_000);
+    assert!(close(blob, ms(0.8 + 800.0 + 50.0)), "{blob:?}");
+    // An idle link starts afresh.
+    assert!(close(l.reserve(Duration::from_secs(10), 125), ms(10_000.0 + 0.1 + 50.0)));
+}
+
+/// On loopback a shaped message never arrives before its schedule says it can.
+#[test]
+fn a_shaped_endpoint_delivers_no_sooner_than_its_link_allows() {
+    rt().block_on(async {
+        let shaped = NetConfig { shaping: Some("20mbit,40ms".parse().unwrap()), ..NetConfig::default() };
+        let a = Net::bind([1; 32], &NetConfig::default()).await.unwrap();
+        let b = Net::bind([2; 32], &shaped).await.unwrap();
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (server, sink) = (a.clone(), got.clone());
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().unwrap();
+            server
+                .serve(conn, move |f| sink.lock().unwrap().push((std::time::Instant::now(), f.is_ok())))
+                .await;
+        });
+        let conn = b.connect(id, addr).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let frame = vec![5u8; 250_000]; // 100 ms at 20 Mbit/s
+        b.send_frame(&conn, &frame).await.unwrap();
+        for _ in 0..200 {
+            if !got.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (at, ok) = got.lock().unwrap()[0];
+        assert!(ok);
+        let took = at - t0;
+        assert!(
+            took >= std::time::Duration::from_millis(140),
+            "arrived after {took:?}, before serialization + delay"
+        );
+    });
+}
