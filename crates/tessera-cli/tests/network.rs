@@ -464,6 +464,7 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
         send(join).await;
         let bad = Message::Commit {
             round: 999,
+            state: [0; 32],
             update: [1; 32],
             update_len: 10,
             start_hash: [0; 32],

@@ -298,9 +298,7 @@ impl Coordinator {
         match &s.message {
             Message::Join { .. } => self.join(now_ms, from)?,
             Message::Heartbeat { .. } => {}
-            Message::Commit { round, update, update_len, .. } => {
-                self.commit(now_ms, from, *round, update, *update_len)?
-            }
+            Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
             }
@@ -337,14 +335,40 @@ impl Coordinator {
         Ok(())
     }
 
-    fn commit(
-        &mut self,
-        now_ms: u64,
-        from: PeerId,
-        round: u64,
-        update: &Hash32,
-        len: u64,
-    ) -> Result<(), Reject> {
+    /// What a commit claims that can be checked before its update is fetched: the round's
+    /// start state, the exact length, and local hashes that fit the algorithm's work.
+    fn check_commit(&self, m: &Message) -> Result<(), Reject> {
+        let Message::Commit { state, update_len, start_hash, end_hash, .. } = m else {
+            return Err(Reject::Unexpected("a commit"));
+        };
+        if *state != self.state_hash {
+            return Err(Reject::WrongStart {
+                got: tessera_tensor::hex(state),
+                want: tessera_tensor::hex(&self.state_hash),
+            });
+        }
+        if *update_len != self.spec.update_len {
+            return Err(Reject::BadLength { got: *update_len, want: self.spec.update_len });
+        }
+        match self.spec.outer.work() {
+            tessera_sync::Work::Gradient if start_hash != end_hash => {
+                Err(Reject::LocalHashes("a gradient leaves the local state as it was"))
+            }
+            tessera_sync::Work::InnerSteps | tessera_sync::Work::InnerStepsFromOwn
+                if start_hash == end_hash =>
+            {
+                Err(Reject::LocalHashes("inner steps change the local state"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
+        let Message::Commit { round, update, update_len: len, .. } = m else {
+            return Err(Reject::Unexpected("a commit"));
+        };
+        let (round, len) = (*round, *len);
+        let checked = self.check_commit(m);
         let open_round = self.open.as_ref().map(|o| o.round);
         let open = match self.open.as_mut() {
             Some(o) if o.round == round => o,
@@ -352,8 +376,8 @@ impl Coordinator {
         };
         let slot = open.slots.get_mut(&from).ok_or(Reject::NotAssigned(round))?;
         match slot {
-            Slot::Waiting if len != self.spec.update_len => {
-                let reject = Reject::BadLength { got: len, want: self.spec.update_len };
+            Slot::Waiting if checked.is_err() => {
+                let reject = checked.expect_err("checked above");
                 *slot = Slot::Rejected(reject.to_string());
                 return Err(reject);
             }

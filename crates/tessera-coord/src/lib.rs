@@ -81,6 +81,10 @@ pub enum Reject {
     Equivocation(u64),
     #[error("update of {got} bytes, expected {want}")]
     BadLength { got: u64, want: u64 },
+    #[error("trained from state {got}, the round starts from {want}")]
+    WrongStart { got: String, want: String },
+    #[error("local state hashes do not fit the algorithm: {0}")]
+    LocalHashes(&'static str),
     #[error("update blob does not match its committed hash")]
     HashMismatch,
     #[error("update refused: {0}")]

@@ -46,6 +46,7 @@ impl Trained {
     pub fn commit(&self) -> Message {
         Message::Commit {
             round: self.round,
+            state: self.start_state,
             update: self.update_hash,
             update_len: self.update.len() as u64,
             start_hash: self.start_hash,

@@ -242,6 +242,20 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     }
     let out = h.send(4, pid(2), short);
     assert!(matches!(rejections(&out)[..], [Reject::BadLength { .. }]));
+    // Trained from another state, or local hashes that inner steps would have changed.
+    let mut h2 = Harness::new(cfg()).0;
+    h2.send(0, pid(1), Message::Join { addrs: vec![] });
+    h2.send(0, pid(2), Message::Join { addrs: vec![] });
+    let mut wrong = commit_msg(0, &t);
+    if let Message::Commit { state, .. } = &mut wrong {
+        *state = [3; 32];
+    }
+    assert!(matches!(rejections(&h2.send(1, pid(1), wrong))[..], [Reject::WrongStart { .. }]));
+    let mut same = commit_msg(0, &t);
+    if let Message::Commit { end_hash, start_hash, .. } = &mut same {
+        *end_hash = *start_hash;
+    }
+    assert!(matches!(rejections(&h2.send(1, pid(2), same))[..], [Reject::LocalHashes(_)]));
     // A good commit, then a different one for the same round: equivocation.
     h.send(5, pid(1), commit_msg(0, &t));
     let mut other = commit_msg(0, &t);
@@ -278,10 +292,11 @@ fn non_finite_and_huge_updates_are_rejected() {
         let hash = *blake3::hash(&blob).as_bytes();
         let m = Message::Commit {
             round: 0,
+            state: h.c.state_hash(),
             update: hash,
             update_len: blob.len() as u64,
-            start_hash: [0; 32],
-            end_hash: [0; 32],
+            start_hash: [1; 32],
+            end_hash: [2; 32],
         };
         h.send(10, p, m);
         let out = h.c.fetched(20, p, hash, Ok(blob));

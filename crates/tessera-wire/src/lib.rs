@@ -67,8 +67,16 @@ pub enum Message {
         assignments: Vec<Assignment>,
         deadline_ms: u64,
     },
-    /// A trainer commits to its update blob and its start and end states.
-    Commit { round: u64, update: Hash32, update_len: u64, start_hash: Hash32, end_hash: Hash32 },
+    /// A trainer commits to its update blob, the shared state `state` it trained from, and the
+    /// hashes of its local state (parameters and inner optimizer) before and after.
+    Commit {
+        round: u64,
+        state: Hash32,
+        update: Hash32,
+        update_len: u64,
+        start_hash: Hash32,
+        end_hash: Hash32,
+    },
     /// The coordinator's decision for a round, with a reason for each rejection. `updates`
     /// names the accepted update blobs, in the order of `accepted` (peer-id order); for a hub
     /// algorithm `aggregate` names the blob of their combination (absent when nothing was

@@ -27,9 +27,9 @@ fn message() -> impl Strategy<Value = Message> {
                 Message::RoundStart { round, state_hash, seed, members, assignments, deadline_ms }
             }
         ),
-        (any::<u64>(), id(), any::<u64>(), id(), id()).prop_map(
-            |(round, update, update_len, start_hash, end_hash)| {
-                Message::Commit { round, update, update_len, start_hash, end_hash }
+        (any::<u64>(), id(), id(), any::<u64>(), id(), id()).prop_map(
+            |(round, state, update, update_len, start_hash, end_hash)| {
+                Message::Commit { round, state, update, update_len, start_hash, end_hash }
             }
         ),
         (

@@ -44,6 +44,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
         },
         4 => Message::Commit {
             round,
+            state: h(r, i + 3),
             update: h(r, i),
             update_len: r.u64(7, i),
             start_hash: h(r, i + 1),
