@@ -249,6 +249,16 @@ impl Run {
     }
 }
 
+/// Blob bytes a node fetched from other nodes and from the coordinator (its last line).
+fn blob_sources(stdout: &str) -> (u64, u64) {
+    let l = stdout.lines().find(|l| l.starts_with("traffic ")).expect("a traffic line");
+    let field = |k: &str| -> u64 {
+        let v = l.split(' ').find_map(|f| f.strip_prefix(k)).expect("field");
+        v.parse().expect("number")
+    };
+    (field("blob_bytes_from_peers="), field("from_coordinator="))
+}
+
 fn state_hash(stdout: &str) -> String {
     stdout.lines().find_map(|l| l.strip_prefix("state-hash: ")).expect("state-hash line").to_string()
 }
@@ -338,7 +348,13 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
 #[test]
 fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
     three_nodes_agree("ddp", RunConfig { algo: "ddp".into(), inner_steps: 1, ..config(3, 3) });
-    three_nodes_agree("sparseloco", RunConfig { algo: "sparseloco".into(), ..config(3, 3) });
+    let run = three_nodes_agree("sparseloco", RunConfig { algo: "sparseloco".into(), ..config(3, 3) });
+    // Updates travel peer to peer: every node fetched the others' from their authors.
+    for i in 1..=3 {
+        let (peers, _) =
+            blob_sources(&std::fs::read_to_string(run.dir.join(format!("node{i}.out"))).unwrap());
+        assert!(peers > 0, "node {i} fetched nothing from its peers");
+    }
     three_nodes_agree("demo", RunConfig { algo: "demo".into(), inner_steps: 1, ..config(3, 3) });
 }
 
@@ -384,8 +400,11 @@ fn a_node_joining_mid_run_syncs_and_contributes() {
         .query_row("SELECT COUNT(*) FROM accepted WHERE hex(peer) = upper(?1)", [&late], |r| r.get(0))
         .unwrap();
     assert!(contributed >= 1, "the late node's updates were accepted");
-    let states = node_states(&nodes[2].finish());
+    let out = nodes[2].finish();
+    let states = node_states(&out);
     assert!(nodes[2].log().contains("loaded checkpoint of round"));
+    let (from_peers, _) = blob_sources(&out);
+    assert!(from_peers > 0, "the late node fetched (part of) its checkpoint from the members");
     assert_eq!(states.last().map(|s| (s.0, s.2)), Some((run.cfg.rounds, true)));
 }
 

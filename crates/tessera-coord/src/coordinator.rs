@@ -119,6 +119,8 @@ pub struct Coordinator {
     history: BTreeMap<u64, Hash32>,
     /// Members and when each was last heard from.
     members: BTreeMap<PeerId, u64>,
+    /// Where each member serves blobs (its first `Join` address), for the others to fetch from.
+    addrs: BTreeMap<PeerId, String>,
     seqs: BTreeMap<PeerId, SeqWindow>,
     speed_ms: BTreeMap<PeerId, f64>,
     backlog: VecDeque<Unit>,
@@ -156,6 +158,7 @@ impl Coordinator {
             state_hash,
             history,
             members: BTreeMap::new(),
+            addrs: BTreeMap::new(),
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
             backlog: r.backlog.into_iter().collect(),
@@ -296,7 +299,7 @@ impl Coordinator {
         }
         self.seqs.entry(from).or_default().check(s.seq)?;
         match &s.message {
-            Message::Join { .. } => self.join(now_ms, from)?,
+            Message::Join { addrs } => self.join(now_ms, from, addrs.first())?,
             Message::Heartbeat { .. } => {}
             Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
             Message::StateReport { round, state_hash, computed } => {
@@ -308,7 +311,7 @@ impl Coordinator {
         Ok(())
     }
 
-    fn join(&mut self, now_ms: u64, from: PeerId) -> Result<(), Reject> {
+    fn join(&mut self, now_ms: u64, from: PeerId, addr: Option<&String>) -> Result<(), Reject> {
         if !self.members.contains_key(&from) {
             if self.members.len() >= self.cfg.max_peers {
                 return Err(Reject::Full(self.members.len()));
@@ -316,11 +319,23 @@ impl Coordinator {
             self.members.insert(from, now_ms);
             self.event(Event::Joined(from));
         }
+        if let Some(a) = addr {
+            self.addrs.insert(from, truncate(a.clone()));
+        }
+        assert!(self.addrs.len() <= self.members.len(), "addresses are kept for members only");
+        let peers: Vec<(PeerId, String)> = self
+            .addrs
+            .iter()
+            .filter(|(p, a)| **p != from && !a.is_empty())
+            .take(tessera_wire::MAX_MEMBERS)
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
         let welcome = Message::Welcome {
             round: self.global.round,
             checkpoint: self.state_hash,
             state_hash: self.state_hash,
             config: self.cfg.to_toml(),
+            peers,
         };
         self.out.push(Output::Send { to: from, message: welcome });
         if let Some(open) = &self.open {
@@ -421,6 +436,7 @@ impl Coordinator {
             .collect();
         for p in silent {
             self.members.remove(&p);
+            self.addrs.remove(&p);
             self.event(Event::Left(p));
         }
         if let Some(open) = &self.open {
@@ -461,6 +477,7 @@ impl Coordinator {
             round,
             state_hash: self.state_hash,
             seed: self.cfg.seed,
+            addrs: peers.iter().map(|p| self.addrs.get(p).cloned().unwrap_or_default()).collect(),
             members: peers.clone(),
             assignments: assignments.clone(),
             deadline_ms,

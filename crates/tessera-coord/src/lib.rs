@@ -44,7 +44,7 @@ pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
-pub use trainer::{Action, Trainer, TrainerConfig, TrainerError, TrainerEvent};
+pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
 pub use worker::{Trained, Worker};
 
 /// Errors of the protocol's own computations and of bad blobs or configs.

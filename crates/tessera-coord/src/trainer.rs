@@ -25,11 +25,14 @@ use crate::{Signed, Trained};
 pub enum Action {
     /// Sign and send to the coordinator.
     Send(Message),
-    /// Fetch blob `hash` (exactly `len` bytes) from `from`, then call [`Trainer::fetched`].
+    /// Fetch blob `hash` (exactly `len` bytes) from the first of `sources` that has it, or
+    /// (`split`) in parts from several of them at once; check it against its hash; then call
+    /// [`Trainer::fetched`]. The coordinator is always the last source.
     Fetch {
-        from: PeerId,
+        sources: Vec<Source>,
         hash: Hash32,
         len: u64,
+        split: bool,
     },
     /// Train `unit` from `state` (see [`crate::Worker::train`]), then call [`Trainer::trained`].
     Train {
@@ -44,6 +47,17 @@ pub enum Action {
     },
     Event(TrainerEvent),
 }
+
+/// Where a blob may be fetched from: a peer at the address it serves blobs at, or (no
+/// address) the coordinator, over the connection the trainer already has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub peer: PeerId,
+    pub addr: Option<String>,
+}
+
+/// Most peers tried for one blob besides the coordinator.
+pub const MAX_SOURCES: usize = 4;
 
 /// Things worth logging (or, for `Fatal` and `Finished`, acting on).
 #[derive(Debug, Clone)]
@@ -118,6 +132,8 @@ pub struct TrainerConfig {
     pub dataset: Hash32,
     /// Fault drill: corrupt one parameter before closing this round.
     pub fault_round: Option<u64>,
+    /// Where this trainer serves blobs to other members (announced in `Join`).
+    pub addr: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +180,8 @@ pub struct Trainer {
     training: Option<(u64, Hash32)>,
     /// The round being closed, while its blobs are fetched.
     closing: Option<Closing>,
+    /// Where other members serve blobs, as the coordinator last said.
+    peers: std::collections::BTreeMap<PeerId, String>,
     /// This trainer's latest update (not fetched back when all-gathering).
     own: Option<(Hash32, Arc<Vec<u8>>)>,
     /// What to do with the state that closing the round will produce (a `RoundStart` or
@@ -185,6 +203,7 @@ impl Trainer {
             want: None,
             training: None,
             closing: None,
+            peers: Default::default(),
             own: None,
             after_close: None,
             round: 0,
@@ -220,7 +239,8 @@ impl Trainer {
     /// A (new) connection to the coordinator: ask to join. Fetches in flight on an old
     /// connection are answered with errors by the driver.
     pub fn connected(&mut self, _now_ms: u64) -> Vec<Action> {
-        self.out.push(Action::Send(Message::Join { addrs: vec![] }));
+        let addrs = self.tc.addr.iter().cloned().collect();
+        self.out.push(Action::Send(Message::Join { addrs }));
         self.take()
     }
 
@@ -314,18 +334,20 @@ impl Trainer {
             return Err(TrainerError::NotConfigured(kind(&m)));
         }
         match m {
-            Message::Welcome { round, state_hash, config, .. } => {
+            Message::Welcome { round, state_hash, config, peers, .. } => {
                 self.configure(config)?;
+                self.learn(peers.into_iter());
                 self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
             }
-            Message::RoundStart { round, state_hash, assignments, .. } => {
+            Message::RoundStart { round, state_hash, assignments, members, addrs, .. } => {
                 self.round = self.round.max(round);
+                self.learn(members.into_iter().zip(addrs));
                 if let Some(a) = assignments.iter().find(|a| a.peer == self.tc.me).copied() {
                     self.need(Want { round, hash: state_hash, train: Some(a), report: false, finish: false });
                 }
             }
-            Message::Accept { round, aggregate, updates, next_state_hash, .. } => {
-                self.on_accept(round, aggregate, updates, next_state_hash)
+            Message::Accept { round, accepted, aggregate, updates, next_state_hash, .. } => {
+                self.on_accept(round, accepted, aggregate, updates, next_state_hash)
             }
             Message::CheckpointPointer { round, state_hash, .. } => {
                 self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
@@ -385,7 +407,12 @@ impl Trainer {
             return;
         }
         let len = self.spec_ref().state_len as u64;
-        self.out.push(Action::Fetch { from: self.tc.coordinator, hash: w.hash, len });
+        // Any member may hold the state: fetch parts from several at once, and the rest (or
+        // all of it, if a part fails) from the coordinator.
+        let holders: Vec<PeerId> = self.peers.keys().copied().collect();
+        let sources = self.sources(&holders);
+        let split = sources.len() > 1;
+        self.out.push(Action::Fetch { sources, hash: w.hash, len, split });
         self.want = Some(w);
     }
 
@@ -406,6 +433,7 @@ impl Trainer {
                     self.closing = None; // the loaded state is past the round being closed
                     self.after_close = None;
                 }
+                self.serve_state(&g, w.hash);
                 self.held = Some(Held { state: Arc::new(g), hash: w.hash, computed: false });
                 self.out.push(Action::Event(TrainerEvent::Loaded { round: w.round, bytes }));
                 self.then(w);
@@ -445,7 +473,35 @@ impl Trainer {
         }
     }
 
-    fn on_accept(&mut self, round: u64, aggregate: Option<Hash32>, updates: Vec<Hash32>, next: Hash32) {
+    /// Remembers where members serve blobs (bounded by the wire's member limit).
+    fn learn(&mut self, peers: impl Iterator<Item = (PeerId, String)>) {
+        for (p, a) in peers.filter(|(p, a)| *p != self.tc.me && !a.is_empty()) {
+            if self.peers.len() < tessera_wire::MAX_MEMBERS || self.peers.contains_key(&p) {
+                self.peers.insert(p, a);
+            }
+        }
+    }
+
+    /// Up to [`MAX_SOURCES`] of `peers` whose address is known, then the coordinator.
+    fn sources(&self, peers: &[PeerId]) -> Vec<Source> {
+        let mut v: Vec<Source> = peers
+            .iter()
+            .filter(|p| **p != self.tc.me && **p != self.tc.coordinator)
+            .filter_map(|p| self.peers.get(p).map(|a| Source { peer: *p, addr: Some(a.clone()) }))
+            .take(MAX_SOURCES)
+            .collect();
+        v.push(Source { peer: self.tc.coordinator, addr: None });
+        v
+    }
+
+    fn on_accept(
+        &mut self,
+        round: u64,
+        accepted: Vec<PeerId>,
+        aggregate: Option<Hash32>,
+        updates: Vec<Hash32>,
+        next: Hash32,
+    ) {
         match self.state() {
             Some((r, _)) if r == round => {}
             Some((r, _)) if r > round => return, // already past it
@@ -460,8 +516,12 @@ impl Trainer {
             .map(|h| (h, own.as_ref().filter(|o| o.0 == h).map(|o| o.1.to_vec())))
             .collect();
         let len = self.spec_ref().update_len;
-        for (h, _) in blobs.iter().filter(|b| b.1.is_none()) {
-            self.out.push(Action::Fetch { from: self.tc.coordinator, hash: *h, len });
+        let authors: Vec<PeerId> = if hub { vec![] } else { accepted };
+        for (i, (h, _)) in blobs.iter().enumerate().filter(|(_, b)| b.1.is_none()) {
+            // An all-gathered update comes from its author first; a hub's aggregate from the hub.
+            let author: Vec<PeerId> = authors.get(i).copied().into_iter().collect();
+            let sources = self.sources(&author);
+            self.out.push(Action::Fetch { sources, hash: *h, len, split: false });
         }
         self.closing = Some(Closing { round, next, blobs, hub });
         self.try_close();
@@ -536,11 +596,17 @@ impl Trainer {
         }
         let mine = next.hash();
         let agrees = mine == expected;
+        self.serve_state(&next, mine);
         self.held = Some(Held { state: Arc::new(next), hash: mine, computed: true });
         self.report(round + 1, mine, agrees, true);
         if !agrees {
             self.need(Want { round: round + 1, hash: expected, train: None, report: false, finish: false });
         }
+    }
+
+    /// Offers a state it holds to the other members (they may fetch checkpoints from it).
+    fn serve_state(&mut self, g: &GlobalState, hash: Hash32) {
+        self.out.push(Action::Serve { hash, bytes: Arc::new(g.encode()) });
     }
 
     fn report(&mut self, round: u64, state_hash: Hash32, agrees: bool, computed: bool) {

@@ -46,7 +46,13 @@ struct H {
 impl H {
     fn new(fault_round: Option<u64>) -> Self {
         let ds = dataset();
-        let tc = TrainerConfig { me: ME, coordinator: COORD, dataset: ds.manifest_hash(), fault_round };
+        let tc = TrainerConfig {
+            me: ME,
+            coordinator: COORD,
+            dataset: ds.manifest_hash(),
+            fault_round,
+            addr: None,
+        };
         H { t: Trainer::new(tc), seq: 0, spec: Arc::new(RunSpec::new(cfg()).unwrap()) }
     }
 
@@ -57,7 +63,7 @@ impl H {
 
     fn welcome(&mut self, config: String) -> Vec<Action> {
         let s0 = self.spec.initial_state().hash();
-        self.frame(Message::Welcome { round: 0, checkpoint: s0, state_hash: s0, config })
+        self.frame(Message::Welcome { round: 0, checkpoint: s0, state_hash: s0, config, peers: vec![] })
     }
 
     /// Welcomed and holding the initial state.
@@ -80,10 +86,11 @@ fn warnings(a: &[Action]) -> Vec<TrainerError> {
         .collect()
 }
 
+/// The fetches asked for, as (the first source, hash, length).
 fn fetches(a: &[Action]) -> Vec<(PeerId, Hash32, u64)> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Fetch { from, hash, len } => Some((*from, *hash, *len)),
+            Action::Fetch { sources, hash, len, .. } => Some((sources[0].peer, *hash, *len)),
             _ => None,
         })
         .collect()
@@ -157,6 +164,7 @@ fn an_assigned_unit_is_trained_served_then_committed() {
         state_hash: g.hash(),
         seed: 1,
         members: vec![ME, [2; 32]],
+        addrs: vec![String::new(), String::new()],
         assignments: vec![unit, other],
         deadline_ms: 1000,
     };
@@ -275,6 +283,7 @@ fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
         state_hash: next.hash(),
         seed: 1,
         members: vec![ME],
+        addrs: vec![String::new()],
         assignments: vec![unit],
         deadline_ms: 1000,
     };

@@ -7,8 +7,10 @@
 //!   were sent; a length over [`tessera_wire::MAX_FRAME`] is refused before allocating and
 //!   ends that stream;
 //! - **blobs** (updates, aggregates, checkpoints), content-addressed: a bidirectional stream
-//!   asks for a BLAKE3 hash, the answer is checked against the announced length limit while
-//!   it streams and against the hash before it is returned.
+//!   asks for a BLAKE3 hash and a byte range; the answer's whole length is checked against the
+//!   caller's limit before allocating, and a whole blob against its hash before it is
+//!   returned. Parts of one blob can come from several holders ([`Net::fetch_part`]); the
+//!   caller verifies the assembled blob.
 //!
 //! Relays, discovery and the port mapper are off: endpoints bind to a direct address (loopback
 //! or a LAN address) and are dialed by `id@ip:port` tickets. For internet runs, iroh's relay
@@ -52,6 +54,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time to move one blob (generous: a checkpoint over a shaped link).
 pub const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// A blob request: the hash, then the offset and the most bytes wanted (little-endian u64s).
+const BLOB_REQUEST: usize = 32 + 8 + 8;
 /// A connection with no packets for this long is dead (keep-alives every [`KEEP_ALIVE`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
@@ -450,15 +454,21 @@ impl Net {
     }
 
     async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream) -> Result<(), NetError> {
-        let mut h = [0u8; 32];
-        r.read_exact(&mut h).await.map_err(|e| NetError::Stream(e.to_string()))?;
-        self.count_recv(h.len());
+        let mut req = [0u8; BLOB_REQUEST];
+        r.read_exact(&mut req).await.map_err(|e| NetError::Stream(e.to_string()))?;
+        self.count_recv(req.len());
+        let h: Hash32 = req[..32].try_into().expect("32 bytes");
+        let offset = u64::from_le_bytes(req[32..40].try_into().expect("8 bytes"));
+        let want = u64::from_le_bytes(req[40..48].try_into().expect("8 bytes"));
         match self.blobs.get(&h) {
-            Some(b) => {
-                let at = self.reserve(9 + b.len());
-                self.write_message(&mut s, at, &[&[1], &(b.len() as u64).to_le_bytes(), &b]).await?;
+            Some(b) if offset <= b.len() as u64 => {
+                let start = offset as usize;
+                let end = start + (b.len() - start).min(want.min(MAX_BLOB) as usize);
+                let part = &b[start..end];
+                let at = self.reserve(9 + part.len());
+                self.write_message(&mut s, at, &[&[1], &(b.len() as u64).to_le_bytes(), part]).await?;
             }
-            None => self.write_message(&mut s, self.reserve(1), &[&[0]]).await?,
+            _ => self.write_message(&mut s, self.reserve(1), &[&[0]]).await?,
         }
         s.finish().map_err(|e| NetError::Stream(e.to_string()))
     }
@@ -470,29 +480,49 @@ impl Net {
         hash: &Hash32,
         limit: u64,
     ) -> Result<Vec<u8>, NetError> {
+        let (total, buf) = self.fetch_part(conn, hash, 0, u64::MAX, limit).await?;
+        if buf.len() as u64 != total {
+            return Err(NetError::Stream(format!("blob {} cut short", hex(hash))));
+        }
+        if blake3::hash(&buf).as_bytes() != hash {
+            return Err(NetError::HashMismatch(hex(hash)));
+        }
+        Ok(buf)
+    }
+
+    /// Fetches `len` bytes at `offset` of blob `hash`, whose whole length must be at most
+    /// `limit`; returns the whole length and the part. Unverified: the caller checks the hash
+    /// of the assembled blob.
+    pub async fn fetch_part(
+        &self,
+        conn: &Connection,
+        hash: &Hash32,
+        offset: u64,
+        len: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<u8>), NetError> {
         let limit = limit.min(MAX_BLOB);
         let go = async {
             let (mut s, mut r) = conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
-            self.write_message(&mut s, self.reserve(hash.len()), &[hash]).await?;
+            let (o, l) = (offset.to_le_bytes(), len.to_le_bytes());
+            self.write_message(&mut s, self.reserve(BLOB_REQUEST), &[hash, &o, &l]).await?;
             s.finish().map_err(|e| NetError::Stream(e.to_string()))?;
             let mut head = [0u8; 1];
             r.read_exact(&mut head).await.map_err(|e| NetError::Stream(e.to_string()))?;
             if head[0] != 1 {
                 return Err(NetError::Missing(hex(hash)));
             }
-            let mut len = [0u8; 8];
-            r.read_exact(&mut len).await.map_err(|e| NetError::Stream(e.to_string()))?;
-            let len = u64::from_le_bytes(len);
-            if len > limit {
-                return Err(NetError::BlobTooLarge { got: len, limit });
+            let mut total = [0u8; 8];
+            r.read_exact(&mut total).await.map_err(|e| NetError::Stream(e.to_string()))?;
+            let total = u64::from_le_bytes(total);
+            if total > limit {
+                return Err(NetError::BlobTooLarge { got: total, limit });
             }
-            let mut buf = vec![0u8; len as usize];
+            let expect = total.saturating_sub(offset).min(len);
+            let mut buf = vec![0u8; expect as usize];
             r.read_exact(&mut buf).await.map_err(|e| NetError::Stream(e.to_string()))?;
             self.count_recv(9 + buf.len());
-            if blake3::hash(&buf).as_bytes() != hash {
-                return Err(NetError::HashMismatch(hex(hash)));
-            }
-            Ok(buf)
+            Ok((total, buf))
         };
         timeout(BLOB_TIMEOUT, go).await.map_err(|_| NetError::Timeout("fetch blob"))?
     }

@@ -117,3 +117,29 @@ fn a_shaped_endpoint_delivers_no_sooner_than_its_link_allows() {
         );
     });
 }
+
+#[test]
+fn a_blob_can_be_fetched_in_parts_and_assembled() {
+    rt().block_on(async {
+        let a = Net::bind([1; 32], &NetConfig::default()).await.unwrap();
+        let b = Net::bind([2; 32], &NetConfig::default()).await.unwrap();
+        let blob = Arc::new((0..100_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        let h = a.blobs().insert(blob.clone());
+        let server = a.clone();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().unwrap();
+            server.serve(conn, |_| {}).await;
+        });
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        let conn = b.connect(id, addr).await.unwrap();
+        let mut whole = Vec::new();
+        for (off, len) in [(0u64, 40_000u64), (40_000, 40_000), (80_000, 40_000)] {
+            let (total, part) = b.fetch_part(&conn, &h, off, len, 1 << 20).await.unwrap();
+            assert_eq!(total, 100_000);
+            whole.extend(part);
+        }
+        assert_eq!(whole, *blob, "the last part is cut at the blob's end");
+        assert!(matches!(b.fetch_part(&conn, &h, 0, 10, 99_999).await, Err(NetError::BlobTooLarge { .. })));
+        assert!(matches!(b.fetch_part(&conn, &h, 200_000, 10, 1 << 20).await, Err(NetError::Missing(_))));
+    });
+}

@@ -18,6 +18,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod coordinator;
+mod fetch;
 mod store;
 pub mod trainer;
 

@@ -308,6 +308,7 @@ mod tests {
             state_hash: [0; 32],
             seed: 1,
             members: vec![peer],
+            addrs: vec!["127.0.0.1:1".into()],
             assignments: vec![Assignment { peer, data_round: round, slot: 0 }],
             deadline_ms: 1000,
         }

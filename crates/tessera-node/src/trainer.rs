@@ -12,16 +12,14 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{
-    Action, Assignment, CoordError, GlobalState, Hash32, PeerId, Trained, Trainer, TrainerConfig,
+    Action, Assignment, CoordError, GlobalState, Hash32, Source, Trained, Trainer, TrainerConfig,
     TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError};
 use tokio::sync::mpsc;
 
-use crate::{
-    embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, FETCH_ATTEMPTS, TICK,
-};
+use crate::{embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, TICK};
 
 /// Fetch and training results queued for the event loop.
 const MAX_NODE_INPUTS: usize = 64;
@@ -60,10 +58,10 @@ struct Node {
     net: Net,
     key: SigningKey,
     seq: Seq,
-    coord: PeerId,
     ds: Arc<Dataset>,
     pool: Arc<rayon::ThreadPool>,
     t: Trainer,
+    fetcher: crate::fetch::Fetcher,
     /// Absent before the run is configured and while it is training.
     worker: Option<Worker>,
     /// A unit asked for while the worker was busy (the latest one wins).
@@ -74,6 +72,16 @@ struct Node {
     inputs: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
+}
+
+/// Serves this trainer's blobs (its updates and the states it holds) to the other members.
+/// Control frames from them mean nothing and are dropped.
+async fn serve_peers(net: Net) {
+    while let Some(conn) = net.accept().await {
+        let Ok(conn) = conn else { continue };
+        let n = net.clone();
+        tokio::spawn(async move { n.serve(conn, |_| {}).await });
+    }
 }
 
 enum End {
@@ -105,16 +113,19 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         coordinator: coord,
         dataset: ds.manifest_hash(),
         fault_round: a.fault_round,
+        addr: Some(net.local_addr()?.to_string()),
     };
+    tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_NODE_INPUTS);
     let mut node = Node {
+        fetcher: crate::fetch::Fetcher::new(net.clone(), coord),
         net,
         key,
         seq: Seq::from_clock(),
-        coord,
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
         t: Trainer::new(tc),
+
         worker: None,
         queued: None,
         train_started: None,
@@ -147,6 +158,12 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         unreachable_since.get_or_insert_with(Instant::now);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let (sent, recv) = node.net.traffic();
+    node.log.info(&format!("traffic: {sent} bytes sent, {recv} received"));
+    let (peers, coordinator) = node.fetcher.fetched();
+    out(&format!(
+        "traffic sent={sent} received={recv} blob_bytes_from_peers={peers} from_coordinator={coordinator}"
+    ));
     node.net.close().await;
     Ok(())
 }
@@ -212,7 +229,9 @@ impl Node {
         for a in acts {
             match a {
                 Action::Send(m) => self.send(conn, &m).await,
-                Action::Fetch { from, hash, len } => self.spawn_fetch(conn, from, hash, len),
+                Action::Fetch { sources, hash, len, split } => {
+                    self.spawn_fetch(conn, sources, hash, len, split)
+                }
                 Action::Train { state, state_hash, unit } => self.spawn_train((state, state_hash, unit)),
                 Action::Serve { bytes, .. } => {
                     self.net.blobs().insert(bytes);
@@ -234,24 +253,14 @@ impl Node {
         }
     }
 
-    fn spawn_fetch(&self, conn: &Connection, from: PeerId, hash: Hash32, len: u64) {
-        let (net, conn, tx, coord) = (self.net.clone(), conn.clone(), self.inputs.clone(), self.coord);
+    fn spawn_fetch(&self, conn: &Connection, sources: Vec<Source>, hash: Hash32, len: u64, split: bool) {
+        let (f, conn, tx) = (self.fetcher.clone(), conn.clone(), self.inputs.clone());
         tokio::spawn(async move {
-            let mut last = String::from("no connection to that peer");
-            for _ in 0..FETCH_ATTEMPTS {
-                if from != coord {
-                    break;
-                }
-                match net.fetch_blob(&conn, &hash, len).await {
-                    Ok(b) => {
-                        let _ = tx.send(Input::Fetched(hash, Ok(b))).await;
-                        return;
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let _ = tx.send(Input::Fetched(hash, Err(last))).await;
+            let got = match split {
+                true => f.split(&conn, &sources, &hash, len).await,
+                false => f.whole(&conn, &sources, &hash, len).await,
+            };
+            let _ = tx.send(Input::Fetched(hash, got)).await;
         });
     }
 

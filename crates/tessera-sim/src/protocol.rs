@@ -55,6 +55,8 @@ pub struct ProtocolSim<'a> {
     pub events: Vec<Event>,
     /// What each trainer reported, in order.
     pub trainer_events: Vec<(PeerId, TrainerEvent)>,
+    /// Blobs trainers fetched from another trainer rather than the coordinator.
+    pub peer_fetches: u64,
 }
 
 impl<'a> ProtocolSim<'a> {
@@ -76,6 +78,7 @@ impl<'a> ProtocolSim<'a> {
             records: Vec::new(),
             events: Vec::new(),
             trainer_events: Vec::new(),
+            peer_fetches: 0,
         })
     }
 
@@ -90,10 +93,12 @@ impl<'a> ProtocolSim<'a> {
 
     /// A new trainer that runs the fault drill in `fault_round` (see [`TrainerConfig`]).
     pub fn join_with(&mut self, peer: PeerId, fault_round: Option<u64>) -> Result<(), SimError> {
+        let addr = Some(format!("sim:{}", tessera_tensor::hex(&peer[..4])));
         let tc = TrainerConfig {
             me: peer,
             coordinator: SIM_COORDINATOR,
             dataset: self.ds.manifest_hash(),
+            addr,
             fault_round,
         };
         let p = Peer {
@@ -173,8 +178,13 @@ impl<'a> ProtocolSim<'a> {
                     let s = Signed { sender: peer, seq: p.seq, message };
                     self.queue.push_back(Delivery::ToCoord(s));
                 }
-                Action::Fetch { from, hash, len } => {
-                    let got = self.fetch(&from, &hash).filter(|b| b.len() as u64 <= len);
+                Action::Fetch { sources, hash, len, .. } => {
+                    // The first source that holds it; the coordinator is the last.
+                    let from = sources.iter().find(|s| self.fetch(&s.peer, &hash).is_some());
+                    if from.is_some_and(|s| s.peer != SIM_COORDINATOR) {
+                        self.peer_fetches += 1;
+                    }
+                    let got = from.and_then(|s| self.fetch(&s.peer, &hash)).filter(|b| b.len() as u64 == len);
                     let got = got.ok_or_else(|| "blob not available".to_string());
                     self.queue.push_back(Delivery::BlobToPeer(peer, hash, got));
                 }

@@ -137,6 +137,8 @@ fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
             .iter()
             .zip(&RunSpec::new(rc.clone()).unwrap().initial_state().theta)
             .any(|(a, b)| a != b));
+        // Each trainer fetched the others' updates from their authors: 3 × 2 per round.
+        assert_eq!(p.peer_fetches, 6 * rc.rounds, "{}: updates come peer to peer", rc.algo);
     }
 }
 
@@ -196,5 +198,6 @@ fn a_late_joiner_syncs_from_the_checkpoint_and_contributes() {
             if *round >= 2 && accepted.contains(&pid(3)))
     });
     assert!(accepted_late, "the late joiner's updates were accepted");
+    assert!(p.peer_fetches >= 1, "the joiner took the checkpoint from a member, not the coordinator");
     assert_eq!(p.peer_state(&pid(3)), Some((rc.rounds, p.coordinator().state_hash())));
 }

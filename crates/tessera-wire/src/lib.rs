@@ -54,16 +54,26 @@ pub enum Message {
     Join { addrs: Vec<String> },
     /// The coordinator admits a peer: where the run is, which checkpoint to fetch, and the
     /// run's configuration (TOML text).
-    Welcome { round: u64, checkpoint: Hash32, state_hash: Hash32, config: String },
+    /// `peers` are the members that serve blobs, with their addresses, so a joiner can fetch
+    /// the checkpoint from several of them.
+    Welcome {
+        round: u64,
+        checkpoint: Hash32,
+        state_hash: Hash32,
+        config: String,
+        peers: Vec<(PeerId, String)>,
+    },
     /// Liveness, with the peer's progress in the current round.
     Heartbeat { round: u64, step: u64 },
-    /// A round begins: the state it starts from, its seed, members, the work each assigned
-    /// trainer does, and its deadline (milliseconds after the round started).
+    /// A round begins: the state it starts from, its seed, members (with the address each
+    /// serves blobs at, "" if unknown), the work each assigned trainer does, and its deadline
+    /// (milliseconds after the round started).
     RoundStart {
         round: u64,
         state_hash: Hash32,
         seed: u64,
         members: Vec<PeerId>,
+        addrs: Vec<String>,
         assignments: Vec<Assignment>,
         deadline_ms: u64,
     },
@@ -154,9 +164,21 @@ impl Message {
                 lim("addresses", addrs.len(), MAX_ADDRS)?;
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))
             }
-            Message::Welcome { config, .. } => lim("config length", config.len(), MAX_CONFIG),
-            Message::RoundStart { members, assignments, .. } => {
+            Message::Welcome { config, peers, .. } => {
+                lim("config length", config.len(), MAX_CONFIG)?;
+                lim("peers", peers.len(), MAX_MEMBERS)?;
+                peers.iter().try_for_each(|(_, a)| lim("address length", a.len(), MAX_TEXT))
+            }
+            Message::RoundStart { members, addrs, assignments, .. } => {
                 lim("members", members.len(), MAX_MEMBERS)?;
+                if addrs.len() != members.len() {
+                    return Err(WireError::Limit {
+                        what: "addresses (one per member)",
+                        got: addrs.len(),
+                        limit: members.len(),
+                    });
+                }
+                addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))?;
                 lim("assignments", assignments.len(), MAX_MEMBERS)
             }
             Message::Accept { accepted, updates, rejected, .. } => {

@@ -13,9 +13,14 @@ fn message() -> impl Strategy<Value = Message> {
     let ids = proptest::collection::vec(id(), 0..8);
     prop_oneof![
         proptest::collection::vec("[a-z0-9.:]{0,40}", 0..MAX_ADDRS).prop_map(|addrs| Message::Join { addrs }),
-        (any::<u64>(), id(), id(), "[ -~]{0,200}").prop_map(|(round, checkpoint, state_hash, config)| {
-            Message::Welcome { round, checkpoint, state_hash, config }
-        }),
+        (any::<u64>(), id(), id(), "[ -~]{0,200}", proptest::collection::vec((id(), "[0-9.:]{0,21}"), 0..4))
+            .prop_map(|(round, checkpoint, state_hash, config, peers)| Message::Welcome {
+                round,
+                checkpoint,
+                state_hash,
+                config,
+                peers
+            }),
         (any::<u64>(), any::<u64>()).prop_map(|(round, step)| Message::Heartbeat { round, step }),
         (any::<u64>(), id(), any::<u64>(), ids.clone(), any::<u64>()).prop_map(
             |(round, state_hash, seed, members, deadline_ms)| {
@@ -24,7 +29,8 @@ fn message() -> impl Strategy<Value = Message> {
                     .enumerate()
                     .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
                     .collect();
-                Message::RoundStart { round, state_hash, seed, members, assignments, deadline_ms }
+                let addrs = members.iter().map(|p| format!("127.0.0.1:{}", p[0])).collect();
+                Message::RoundStart { round, state_hash, seed, members, addrs, assignments, deadline_ms }
             }
         ),
         (any::<u64>(), id(), id(), any::<u64>(), id(), id()).prop_map(

@@ -28,6 +28,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             checkpoint: h(r, i),
             state_hash: h(r, i + 1),
             config: format!("preset = \"tiny\"\nrounds = {round}\n"),
+            peers: vec![(h(r, i), "127.0.0.1:9".into())],
         },
         2 => Message::Heartbeat { round, step: r.u64(4, i) },
         3 => Message::RoundStart {
@@ -39,6 +40,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 .enumerate()
                 .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
                 .collect(),
+            addrs: ids.iter().map(|p| format!("10.0.0.{}:4000", p[0])).collect(),
             members: ids,
             deadline_ms: r.u64(6, i),
         },
