@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# DDP against DiLoCo + int8 as real processes (a coordinator and 4 trainers on this machine),
-# every process's uplink shaped by tessera-net's test-only shaper (default 10 Mbit/s and 50 ms
-# one-way delay): wall-clock until the validation loss first reaches the same target.
-# Usage: bench/net.sh [SHAPE]     e.g. bench/net.sh 10mbit,50ms
+# Every networked algorithm against DDP, as real processes (a coordinator and 4 trainers on
+# this machine), every process's uplink shaped by tessera-net's test-only shaper (default
+# 10 Mbit/s and 50 ms one-way delay). For each: wall-clock until the validation loss first
+# reaches DDP's final loss, compute utilisation (each trainer's time training ÷ the span from
+# its first training to the end of the run), and bytes (the coordinator's, and each
+# trainer's sent + received).
+# Usage: bench/net.sh [SHAPE] [ALGO…]     e.g. bench/net.sh 10mbit,50ms ddp diloco
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shape=${1:-10mbit,50ms}
+shift || true
+algos=("$@")
+[ ${#algos[@]} -eq 0 ] && algos=(ddp diloco sparseloco demo)
 cargo build --release -q -p tessera-cli
 bin=target/release/tessera
 data=runs/data/embedded
@@ -25,26 +31,67 @@ run() {
     pids+=($!)
   done
   wait "$coord"
-  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" || true
   echo "$name: $(tail -1 "$dir/coordinator.log")"
 }
-run ddp bench/net/ddp.toml 10
-run diloco bench/net/diloco.toml 1
-python3 - "$out" "$shape" <<'PY'
-import sqlite3, sys
-out, shape = sys.argv[1], sys.argv[2]
+for a in "${algos[@]}"; do
+  case $a in
+    ddp|demo) run "$a" "bench/net/$a.toml" 10 ;;
+    *) run "$a" "bench/net/$a.toml" 1 ;;
+  esac
+done
+python3 - "$out" "$shape" "${algos[@]}" <<'PY'
+import re, sqlite3, sys
+out, shape, algos = sys.argv[1], sys.argv[2], sys.argv[3:]
 def evals(name):
     db = sqlite3.connect(f"{out}/{name}/coord/coordinator.sqlite")
     return db.execute("SELECT round, ms, val_loss FROM evals ORDER BY round").fetchall()
-runs = {n: evals(n) for n in ("ddp", "diloco")}
-target = max(r[-1][2] for r in runs.values())  # the loss both runs reach
+def coord_traffic(name):
+    db = sqlite3.connect(f"{out}/{name}/coord/coordinator.sqlite")
+    b = db.execute("SELECT value FROM meta WHERE key = 'traffic'").fetchone()[0]
+    # postcard varints: (sent, received)
+    vals, cur, shift = [], 0, 0
+    for byte in b:
+        cur |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            vals.append(cur); cur, shift = 0, 0
+    return vals[0], vals[1]
+def reports(name):
+    db = sqlite3.connect(f"{out}/{name}/coord/coordinator.sqlite")
+    return db.execute("SELECT COUNT(*), SUM(agrees), SUM(agrees AND computed) FROM reports").fetchone()
+def nodes(name):
+    rows = []
+    for i in range(1, 5):
+        text = open(f"{out}/{name}/node{i}.out").read()
+        t = dict(re.findall(r"(\w+)=([0-9.]+)", " ".join(l for l in text.splitlines() if l.startswith(("traffic", "compute")))))
+        rows.append({k: float(v) for k, v in t.items()})
+    return rows
+runs = {n: evals(n) for n in algos}
 print(f"links: {shape} per process uplink; 4 trainers + coordinator on one machine")
-print(f"target validation loss: {target:.4f} nats/byte (the higher of the two final losses)")
+target = runs["ddp"][-1][2] if "ddp" in runs else None
+if target is not None:
+    print(f"target validation loss: {target:.4f} nats/byte (DDP's final)")
+print("| method | rounds | final val loss | wall to DDP's final loss | speed-up vs DDP | utilisation (min–max over trainers) | coordinator sent + received | per trainer sent + received (mean) | blob bytes from peers (mean) | reports agreed (computed) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 times = {}
-for n, rows in runs.items():
-    hit = next((ms for _, ms, l in rows if l <= target + 1e-12), None)
+for n in algos:
+    rows = runs[n]
+    hit = next((ms for _, ms, l in rows if target is not None and l <= target + 1e-12), None)
     times[n] = hit
-    print(f"{n:7s} final loss {rows[-1][2]:.4f} after {rows[-1][0]} rounds, {rows[-1][1]/1e3:7.1f} s; "
-          f"reaches target at {hit/1e3:7.1f} s")
-print(f"DiLoCo int8 reaches it {times['ddp']/times['diloco']:.1f}x sooner than DDP")
+    cs, cr = coord_traffic(n)
+    nd = nodes(n)
+    util = [r["train_s"] / r["run_s"] for r in nd if r.get("run_s")]
+    per = sum(r["sent"] + r["received"] for r in nd) / len(nd)
+    peers = sum(r.get("blob_bytes_from_peers", 0) for r in nd) / len(nd)
+    total, agreed, computed = reports(n)
+    speed = f"{times['ddp'] / hit:.1f}x" if hit and times.get("ddp") else "—"
+    reach = f"{hit / 1e3:.1f} s" if hit else "not reached"
+    print(f"| {n} | {rows[-1][0]} | {rows[-1][2]:.4f} | {reach} | {speed} | {100*min(util):.0f}–{100*max(util):.0f}% | "
+          f"{(cs + cr) / 1e6:.2f} MB | {per / 1e6:.2f} MB | {peers / 1e6:.3f} MB | {agreed} of {total} ({computed}) |")
+print("validation loss over time (round, seconds, nats/byte):")
+for n in algos:
+    pts = runs[n]
+    step = max(1, len(pts) // 5)
+    print(f"{n:10s} " + " ".join(f"({r}, {ms/1e3:.1f}, {l:.3f})" for r, ms, l in pts[step - 1::step]))
 PY

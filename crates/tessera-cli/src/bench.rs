@@ -155,17 +155,26 @@ struct Curve {
     label: String,
     /// (bytes sent per peer, simulated seconds, validation loss) at each evaluation.
     evals: Vec<(f64, f64, f64)>,
+    /// At the last row: bytes sent + received per peer, and the hub's (None in older CSVs).
+    moved: f64,
+    hub: Option<f64>,
 }
 
 fn read_curve(path: &std::path::Path) -> Result<Curve> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut label = String::new();
     let mut evals = Vec::new();
+    let (mut moved, mut hub) = (0.0, None);
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 12 {
             anyhow::bail!("{}: malformed row {line:?}", path.display());
         }
+        moved = f[9].parse::<f64>()? + f[10].parse::<f64>()?;
+        hub = match (f.get(12), f.get(13)) {
+            (Some(s), Some(r)) => Some(s.parse::<f64>()? + r.parse::<f64>()?),
+            _ => None,
+        };
         label =
             if matches!(f[0], "diloco" | "noloco") { format!("{} {}", f[0], f[1]) } else { f[0].to_string() };
         if let Ok(v) = f[7].parse::<f64>() {
@@ -173,7 +182,7 @@ fn read_curve(path: &std::path::Path) -> Result<Curve> {
         }
     }
     anyhow::ensure!(!evals.is_empty(), "{}: no validation rows", path.display());
-    Ok(Curve { label, evals })
+    Ok(Curve { label, evals, moved, hub })
 }
 
 fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result<()> {
@@ -183,8 +192,8 @@ fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result
     let (ddp_bytes, _, ddp_loss) = *ddp.evals.last().expect("non-empty");
     let target = 1.02 * ddp_loss;
     crate::out(&format!("target loss: {target:.4} (1.02 × DDP's final {ddp_loss:.4})"));
-    crate::out("| method | final val loss | vs DDP | bytes sent per peer | DDP bytes ÷ method bytes | sim. time to target |");
-    crate::out("|---|---|---|---|---|---|");
+    crate::out("| method | final val loss | vs DDP | bytes sent per peer | DDP bytes ÷ method bytes | sent + received per peer | DDP ÷ method (sent + received) | hub (coordinator) sent + received | sim. time to target |");
+    crate::out("|---|---|---|---|---|---|---|---|---|");
     for c in &curves {
         let (bytes, _, loss) = *c.evals.last().expect("non-empty");
         let reach = c
@@ -192,12 +201,15 @@ fn comm_report(out_dir: &std::path::Path, csvs: &[std::path::PathBuf]) -> Result
             .iter()
             .find(|e| e.2 <= target)
             .map_or("not reached".to_string(), |e| format!("{:.0} s", e.1));
+        let hub = c.hub.map_or("—".to_string(), |h| format!("{:.3} MB", h / 1e6));
         crate::out(&format!(
-            "| {} | {loss:.4} | {:+.1}% | {:.3} MB | {:.0}× | {reach} |",
+            "| {} | {loss:.4} | {:+.1}% | {:.3} MB | {:.0}× | {:.3} MB | {:.0}× | {hub} | {reach} |",
             c.label,
             100.0 * (loss / ddp_loss - 1.0),
             bytes / 1e6,
-            ddp_bytes / bytes
+            ddp_bytes / bytes,
+            c.moved / 1e6,
+            ddp.moved / c.moved
         ));
     }
     let colors = [

@@ -114,7 +114,7 @@ pub fn run(a: SimArgs) -> Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let mut csv = std::fs::File::create(&a.csv).with_context(|| format!("creating {}", a.csv.display()))?;
-    writeln!(csv, "algo,codec,round,steps,tokens,sim_time_s,train_loss,val_loss,spread,bytes_sent_per_peer,bytes_recv_per_peer,rejected")?;
+    writeln!(csv, "algo,codec,round,steps,tokens,sim_time_s,train_loss,val_loss,spread,bytes_sent_per_peer,bytes_recv_per_peer,rejected,hub_bytes_sent,hub_bytes_recv")?;
     let pb = crate::train::make_bar(c.rounds, 0);
     pool.install(|| -> Result<()> {
         for _ in 0..c.rounds {
@@ -125,7 +125,7 @@ pub fn run(a: SimArgs) -> Result<()> {
             let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.5}"));
             writeln!(
                 csv,
-                "{},{},{},{},{},{:.3},{:.5},{},{},{sent:.0},{recv:.0},{}",
+                "{},{},{},{},{},{:.3},{:.5},{},{},{sent:.0},{recv:.0},{},{},{}",
                 c.algo,
                 c.codec,
                 r.round,
@@ -135,7 +135,9 @@ pub fn run(a: SimArgs) -> Result<()> {
                 r.train_loss,
                 opt(r.val_loss),
                 opt(r.spread),
-                r.rejected
+                r.rejected,
+                r.hub_sent,
+                r.hub_recv
             )?;
             pb.set_position(r.round);
             pb.set_message(format!("loss {:.3}  sim {:.0}s", r.train_loss, r.sim_time_s));

@@ -82,7 +82,7 @@ fn load_config(a: &CoordinatorOptions, store: &Store) -> Res<RunConfig> {
         None => RunConfig::default(),
     };
     if let (Some(dir), true) = (&a.data_dir, cfg.dataset.is_empty()) {
-        cfg.dataset = hex(&tessera_data::Dataset::open(dir)?.manifest_hash());
+        cfg.dataset = hex(&crate::embedded_dataset(dir)?.manifest_hash());
     }
     let text = cfg.to_toml();
     match store.meta("config")? {

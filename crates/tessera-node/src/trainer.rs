@@ -49,7 +49,8 @@ pub struct NodeOptions {
 /// What comes back to the event loop from tasks it started.
 enum Input {
     Fetched(Hash32, Result<Vec<u8>, String>),
-    Trained(Box<Worker>, u64, Result<Trained, CoordError>),
+    /// The worker back, the round, the result, and the seconds spent training.
+    Trained(Box<Worker>, u64, Result<Trained, CoordError>, f64),
 }
 
 type TrainJob = (Arc<GlobalState>, Hash32, Assignment);
@@ -67,6 +68,11 @@ struct Node {
     /// A unit asked for while the worker was busy (the latest one wins).
     queued: Option<TrainJob>,
     train_started: Option<Instant>,
+    /// Seconds spent training (on the blocking thread), and the span from the first training
+    /// to the end of the run: the utilisation figure.
+    busy_s: f64,
+    first_train: Option<Instant>,
+    run_s: f64,
     step: Arc<AtomicU64>,
     slow_step: Duration,
     inputs: mpsc::Sender<Input>,
@@ -129,6 +135,9 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         worker: None,
         queued: None,
         train_started: None,
+        busy_s: 0.0,
+        first_train: None,
+        run_s: 0.0,
         step: Arc::default(),
         slow_step: Duration::from_millis(a.slow_step_ms),
         inputs: tx,
@@ -160,6 +169,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (sent, recv) = node.net.traffic();
     node.log.info(&format!("traffic: {sent} bytes sent, {recv} received"));
+    out(&format!("compute train_s={:.3} run_s={:.3}", node.busy_s, node.run_s));
     let (peers, coordinator) = node.fetcher.fetched();
     out(&format!(
         "traffic sent={sent} received={recv} blob_bytes_from_peers={peers} from_coordinator={coordinator}"
@@ -212,8 +222,9 @@ impl Node {
     fn on_input(&mut self, now: u64, i: Input) -> Vec<Action> {
         match i {
             Input::Fetched(hash, got) => self.t.fetched(now, hash, got),
-            Input::Trained(w, round, got) => {
+            Input::Trained(w, round, got, took) => {
                 self.worker = Some(*w);
+                self.busy_s += took;
                 let mut acts = self.t.trained(now, round, got);
                 if let Some(job) = self.queued.take() {
                     acts.push(Action::Train { state: job.0, state_hash: job.1, unit: job.2 });
@@ -272,9 +283,11 @@ impl Node {
         let (ds, pool, step, slow, tx) =
             (self.ds.clone(), self.pool.clone(), self.step.clone(), self.slow_step, self.inputs.clone());
         self.train_started = Some(Instant::now());
+        self.first_train.get_or_insert_with(Instant::now);
         step.store(0, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let (state, hash, unit) = job;
+            let t0 = Instant::now();
             let got = pool.install(|| {
                 let mut on_step = |s| {
                     step.store(s, Ordering::Relaxed);
@@ -282,7 +295,8 @@ impl Node {
                 };
                 w.train(&state, &hash, &unit, &ds, &mut on_step)
             });
-            let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, got));
+            let took = t0.elapsed().as_secs_f64();
+            let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, got, took));
         });
     }
 
@@ -329,6 +343,7 @@ impl Node {
             TrainerEvent::Warning(e) => self.log.warn(&e.to_string()),
             TrainerEvent::Fatal(e) => return Err(NodeError::Trainer(e)),
             TrainerEvent::Finished { round, state_hash, computed } => {
+                self.run_s = self.first_train.map_or(0.0, |t| t.elapsed().as_secs_f64());
                 self.log.info(&format!(
                     "run done after {round} rounds; my final state computed here: {computed}"
                 ));

@@ -33,6 +33,9 @@ pub struct RoundReport {
     /// Cumulative bytes sent and received by each peer.
     pub bytes_sent: Vec<u64>,
     pub bytes_recv: Vec<u64>,
+    /// Cumulative bytes the hub (the coordinator's role) sent and received.
+    pub hub_sent: u64,
+    pub hub_recv: u64,
     /// Updates rejected by the decoder this round.
     pub rejected: usize,
 }
@@ -157,6 +160,8 @@ impl<'a> Sim<'a> {
             spread,
             bytes_sent: self.net.sent[..n].to_vec(),
             bytes_recv: self.net.recv[..n].to_vec(),
+            hub_sent: self.net.sent[n],
+            hub_recv: self.net.recv[n],
             rejected,
         })
     }
