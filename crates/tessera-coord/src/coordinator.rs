@@ -98,7 +98,8 @@ enum Slot {
         support: Option<Vec<u32>>,
         bytes: Option<Vec<u8>>,
     },
-    Rejected(String),
+    /// Refused, with its typed reason (turned into text only for `Accept`).
+    Rejected(Reject),
 }
 
 struct OpenRound {
@@ -248,24 +249,24 @@ impl Coordinator {
         got: Result<Vec<u8>, String>,
     ) -> Vec<Output> {
         let verdict = match got {
-            Err(e) => Slot::Rejected(Reject::FetchFailed(e).to_string()),
-            Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch.to_string()),
+            Err(e) => Slot::Rejected(Reject::FetchFailed(e)),
+            Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => {
                     let keep = self.spec.outer.exchange() == tessera_sync::Exchange::AllGather;
                     Slot::Accepted { hash, values: d.values, support: d.support, bytes: keep.then_some(b) }
                 }
-                Ok(d) => Slot::Rejected(
-                    Reject::WrongRound { got: d.header.round, want: Some(self.global.round) }.to_string(),
-                ),
-                Err(e) => Slot::Rejected(Reject::Update(e.to_string()).to_string()),
+                Ok(d) => {
+                    Slot::Rejected(Reject::WrongRound { got: d.header.round, want: Some(self.global.round) })
+                }
+                Err(e) => Slot::Rejected(Reject::Update(e)),
             },
         };
         if let Some(open) = self.open.as_mut() {
             if let Some(slot) = open.slots.get_mut(&from) {
                 if *slot == (Slot::Fetching { hash }) {
-                    if let Slot::Rejected(r) = &verdict {
-                        let reason = Reject::Update(r.clone());
+                    if let Slot::Rejected(reason) = &verdict {
+                        let reason = reason.clone();
                         self.out.push(Output::Event(Event::Rejected { from, reason }));
                     }
                     *slot = verdict;
@@ -393,7 +394,7 @@ impl Coordinator {
         match slot {
             Slot::Waiting if checked.is_err() => {
                 let reject = checked.expect_err("checked above");
-                *slot = Slot::Rejected(reject.to_string());
+                *slot = Slot::Rejected(reject.clone());
                 return Err(reject);
             }
             Slot::Waiting => {
@@ -528,11 +529,9 @@ impl Coordinator {
                         self.out.push(Output::StoreBlob { hash, bytes }); // served to the peers
                     }
                 }
-                Slot::Rejected(r) => rejected.push((peer, truncate(r))),
-                Slot::Waiting => rejected.push((peer, "no commit before the round closed".into())),
-                Slot::Fetching { .. } => {
-                    rejected.push((peer, "update not fetched before the deadline".into()))
-                }
+                Slot::Rejected(r) => rejected.push((peer, truncate(r.to_string()))),
+                Slot::Waiting => rejected.push((peer, Reject::NoCommit.to_string())),
+                Slot::Fetching { .. } => rejected.push((peer, Reject::NotFetched.to_string())),
             }
         }
         let mut reassigned = 0;

@@ -88,7 +88,11 @@ pub enum Reject {
     #[error("update blob does not match its committed hash")]
     HashMismatch,
     #[error("update refused: {0}")]
-    Update(String),
+    Update(tessera_sync::SyncError),
+    #[error("no commit before the round closed")]
+    NoCommit,
+    #[error("update not fetched before the deadline")]
+    NotFetched,
     #[error("update could not be fetched: {0}")]
     FetchFailed(String),
     #[error("peers may not send {0}")]

@@ -294,3 +294,54 @@ fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
     assert!(matches!(out.last(), Some(Action::Train { state_hash, .. }) if *state_hash == next.hash()));
     assert!(fetches(&out).is_empty());
 }
+
+/// Peer-to-peer blobs: the trainer learns where members serve blobs, fetches a state in parts
+/// from them (the coordinator last), and an all-gathered update from its author first.
+#[test]
+fn blobs_are_fetched_from_members_with_the_coordinator_last() {
+    let mut h = H::new(None);
+    let s0 = h.spec.initial_state().hash();
+    let peers =
+        vec![([2; 32], "127.0.0.1:2".to_string()), ([3; 32], "127.0.0.1:3".to_string()), (ME, "me".into())];
+    let out = h.frame(Message::Welcome {
+        round: 0,
+        checkpoint: s0,
+        state_hash: s0,
+        config: cfg().to_toml(),
+        peers,
+    });
+    let Some(Action::Fetch { sources, split, .. }) = out.iter().find(|a| matches!(a, Action::Fetch { .. }))
+    else {
+        panic!("{out:?}")
+    };
+    let order: Vec<PeerId> = sources.iter().map(|s| s.peer).collect();
+    assert_eq!(order, [[2; 32], [3; 32], COORD], "members first, never itself, the coordinator last");
+    assert!(sources.last().is_some_and(|s| s.addr.is_none()) && *split, "split over the holders");
+    // SparseLoCo: each accepted update comes from its author first.
+    let mut sl = H::new(None);
+    sl.spec = Arc::new(RunSpec::new(RunConfig { algo: "sparseloco".into(), ..cfg() }).unwrap());
+    let g = sl.spec.initial_state();
+    let config = RunConfig { algo: "sparseloco".into(), ..cfg() }.to_toml();
+    let peers = vec![([2; 32], "127.0.0.1:2".to_string())];
+    sl.frame(Message::Welcome { round: 0, checkpoint: g.hash(), state_hash: g.hash(), config, peers });
+    sl.t.fetched(0, g.hash(), Ok(g.encode()));
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![[2; 32]],
+        updates: vec![[8; 32]],
+        rejected: vec![],
+        aggregate: None,
+        next_state_hash: [0; 32],
+    };
+    let out = sl.frame(accept);
+    let f: Vec<(Vec<PeerId>, Hash32, bool)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { sources, hash, split, .. } => {
+                Some((sources.iter().map(|s| s.peer).collect(), *hash, *split))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(f, [(vec![[2; 32], COORD], [8; 32], false)]);
+}

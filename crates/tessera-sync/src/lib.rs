@@ -36,7 +36,7 @@ pub use update::{
 };
 
 /// Why an update or a codec was refused.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SyncError {
     #[error("bad codec: {0}")]
     BadCodec(String),
