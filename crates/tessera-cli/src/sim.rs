@@ -22,10 +22,10 @@ pub struct SimArgs {
     pub peers: Option<usize>,
     /// ddp | diloco | noloco | sparseloco | demo.
     #[arg(long)]
-    pub algo: Option<String>,
+    pub algo: Option<tessera_sync::Algorithm>,
     /// f32 | int8 | 2bit | sign (diloco and noloco).
     #[arg(long)]
-    pub codec: Option<String>,
+    pub codec: Option<tessera_sync::ValueCodec>,
     #[arg(long)]
     pub inner_steps: Option<u64>,
     #[arg(long)]

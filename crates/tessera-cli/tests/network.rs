@@ -13,6 +13,7 @@ use tessera_coord::{Message, RunConfig};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::ProtocolSim;
+use tessera_sync::Algorithm;
 use tessera_tensor::simd::best_path;
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -347,15 +348,15 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
 
 #[test]
 fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
-    three_nodes_agree("ddp", RunConfig { algo: "ddp".into(), inner_steps: 1, ..config(3, 3) });
-    let run = three_nodes_agree("sparseloco", RunConfig { algo: "sparseloco".into(), ..config(3, 3) });
+    three_nodes_agree("ddp", RunConfig { algo: Algorithm::Ddp, inner_steps: 1, ..config(3, 3) });
+    let run = three_nodes_agree("sparseloco", RunConfig { algo: Algorithm::SparseLoCo, ..config(3, 3) });
     // Updates travel peer to peer: every node fetched the others' from their authors.
     for i in 1..=3 {
         let (peers, _) =
             blob_sources(&std::fs::read_to_string(run.dir.join(format!("node{i}.out"))).unwrap());
         assert!(peers > 0, "node {i} fetched nothing from its peers");
     }
-    three_nodes_agree("demo", RunConfig { algo: "demo".into(), inner_steps: 1, ..config(3, 3) });
+    three_nodes_agree("demo", RunConfig { algo: Algorithm::DeMo, inner_steps: 1, ..config(3, 3) });
 }
 
 #[test]

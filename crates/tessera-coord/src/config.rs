@@ -29,10 +29,10 @@ pub struct RunConfig {
     /// - `sparseloco`: H inner steps, top-k 2-bit Δ with error feedback, all-gathered;
     /// - `demo`: one gradient per round, top-k DCT coefficients of the decoupled momentum,
     ///   all-gathered, sign step (needs `inner_steps = 1`).
-    pub algo: String,
+    pub algo: Algorithm,
     /// Codec of DiLoCo's updates: f32 | int8 | 2bit | sign (DDP sends f32, SparseLoCo top-k
     /// 2-bit, DeMo top-k f32 DCT coefficients).
-    pub codec: String,
+    pub codec: ValueCodec,
     pub chunk: usize,
     /// Values kept per chunk by SparseLoCo and DeMo.
     pub topk: usize,
@@ -80,8 +80,8 @@ impl Default for RunConfig {
             preset: "tiny".into(),
             dataset: String::new(),
             seed: 1,
-            algo: "diloco".into(),
-            codec: "int8".into(),
+            algo: Algorithm::DiLoCo,
+            codec: ValueCodec::Int8,
             chunk: 4096,
             topk: 64,
             ef_beta: 0.95,
@@ -131,7 +131,7 @@ impl RunConfig {
 
     /// The outer algorithm (see [`RunConfig::validate`] for the ones a networked run takes).
     pub fn algorithm(&self) -> Result<Algorithm, CoordError> {
-        let a = Algorithm::parse(&self.algo).map_err(|e| CoordError::Config(e.to_string()))?;
+        let a = self.algo;
         if a == Algorithm::NoLoCo {
             return Err(CoordError::Config(
                 "algo = \"noloco\" is not yet supported over the network (use tessera sim)".into(),
@@ -190,15 +190,7 @@ impl RunConfig {
             c.validate().map_err(|e| CoordError::Config(e.to_string()))?;
             return Ok(c);
         }
-        let v = match self.codec.as_str() {
-            "f32" => ValueCodec::F32,
-            "int8" => ValueCodec::Int8,
-            "2bit" => ValueCodec::TwoBit,
-            "sign" => ValueCodec::Sign,
-            other => {
-                return Err(CoordError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)")))
-            }
-        };
+        let v = self.codec;
         let c = Codec::dense(v, self.chunk);
         c.validate().map_err(|e| CoordError::Config(e.to_string()))?;
         Ok(c)

@@ -429,16 +429,16 @@ fn corrupted_state_blobs_are_refused_with_typed_errors() {
 #[test]
 fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
     let c = RunConfig::from_toml("rounds = 3\ncodec = \"2bit\"\n").unwrap();
-    assert_eq!((c.rounds, c.codec.as_str(), c.inner_steps), (3, "2bit", RunConfig::default().inner_steps));
+    assert_eq!((c.rounds, c.codec.name(), c.inner_steps), (3, "2bit", RunConfig::default().inner_steps));
     assert_eq!(RunConfig::from_toml(&c.to_toml()).unwrap(), c, "the canonical text round-trips");
     for (text, want) in [
         ("roundz = 3", "unknown field"),
         ("algo = \"noloco\"", "not yet supported over the network"),
-        ("algo = \"adam\"", "unknown algorithm"),
+        ("algo = \"adam\"", "unknown variant `adam`, expected one of `ddp`, `diloco`"),
         ("algo = \"ddp\"\ninner_steps = 5", "one gradient per round"),
         ("algo = \"demo\"", "one gradient per round"),
         ("algo = \"sparseloco\"\nef_beta = 1.5", "ef_beta"),
-        ("codec = \"int4\"", "unknown codec"),
+        ("codec = \"int4\"", "unknown variant `int4`, expected one of `f32`, `int8`, `2bit`, `sign`"),
         ("heartbeat_ms = 500\nsilence_ms = 400", "heartbeat_ms < silence_ms"),
         ("min_peers = 5\nmax_peers = 2", "min_peers"),
         ("preset = \"huge\"", "huge"),

@@ -319,9 +319,9 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
     assert!(sources.last().is_some_and(|s| s.addr.is_none()) && *split, "split over the holders");
     // SparseLoCo: each accepted update comes from its author first.
     let mut sl = H::new(None);
-    sl.spec = Arc::new(RunSpec::new(RunConfig { algo: "sparseloco".into(), ..cfg() }).unwrap());
+    sl.spec = Arc::new(RunSpec::new(RunConfig { algo: Algorithm::SparseLoCo, ..cfg() }).unwrap());
     let g = sl.spec.initial_state();
-    let config = RunConfig { algo: "sparseloco".into(), ..cfg() }.to_toml();
+    let config = RunConfig { algo: Algorithm::SparseLoCo, ..cfg() }.to_toml();
     let peers = vec![([2; 32], "127.0.0.1:2".to_string())];
     sl.frame(Message::Welcome { round: 0, checkpoint: g.hash(), state_hash: g.hash(), config, peers });
     sl.t.fetched(0, g.hash(), Ok(g.encode()));

@@ -9,16 +9,24 @@ use crate::SimError;
 /// Most peers one simulation may hold.
 pub const MAX_PEERS: usize = 1024;
 
+/// The peers' inner optimizer (and DDP's global one).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerOptimizer {
+    AdamW,
+    Sgd,
+}
+
 /// Everything a simulated run depends on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
     pub peers: usize,
     /// ddp | diloco | noloco | sparseloco | demo.
-    pub algo: String,
+    pub algo: Algorithm,
     /// Codec of the exchanged update for diloco and noloco: f32 | int8 | 2bit | sign.
     /// (ddp sends f32; sparseloco sends top-k + 2-bit; demo sends top-k DCT coefficients.)
-    pub codec: String,
+    pub codec: ValueCodec,
     /// Inner steps per round (H). ddp and demo synchronize every step and ignore it.
     pub inner_steps: u64,
     pub rounds: u64,
@@ -27,7 +35,7 @@ pub struct SimConfig {
     pub batch: usize,
     pub seed: u64,
     /// adamw | sgd.
-    pub inner_optimizer: String,
+    pub inner_optimizer: InnerOptimizer,
     pub inner_lr: f32,
     pub inner_warmup: u64,
     /// DiLoCo's outer Nesterov step (η, μ); SparseLoCo's outer rate is `outer_lr` too.
@@ -62,14 +70,14 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             peers: 8,
-            algo: "diloco".into(),
-            codec: "int8".into(),
+            algo: Algorithm::DiLoCo,
+            codec: ValueCodec::Int8,
             inner_steps: 50,
             rounds: 20,
             preset: "tiny".into(),
             batch: 8,
             seed: 1,
-            inner_optimizer: "adamw".into(),
+            inner_optimizer: InnerOptimizer::AdamW,
             inner_lr: 3e-3,
             inner_warmup: 50,
             outer_lr: 0.7,
@@ -96,7 +104,7 @@ impl Default for SimConfig {
 
 impl SimConfig {
     pub fn algorithm(&self) -> Result<Algorithm, SimError> {
-        Ok(Algorithm::parse(&self.algo)?)
+        Ok(self.algo)
     }
 
     /// Inner steps per round actually used (1 for ddp and demo).
@@ -109,20 +117,9 @@ impl SimConfig {
 
     /// The codec the algorithm sends with.
     pub fn update_codec(&self) -> Result<Codec, SimError> {
-        let dense = |name: &str| -> Result<ValueCodec, SimError> {
-            Ok(match name {
-                "f32" => ValueCodec::F32,
-                "int8" => ValueCodec::Int8,
-                "2bit" => ValueCodec::TwoBit,
-                "sign" => ValueCodec::Sign,
-                other => {
-                    return Err(SimError::Config(format!("unknown codec {other:?} (f32, int8, 2bit, sign)")))
-                }
-            })
-        };
         let c = match self.algorithm()? {
             Algorithm::Ddp => Codec::dense(ValueCodec::F32, self.chunk),
-            Algorithm::DiLoCo | Algorithm::NoLoCo => Codec::dense(dense(&self.codec)?, self.chunk),
+            Algorithm::DiLoCo | Algorithm::NoLoCo => Codec::dense(self.codec, self.chunk),
             Algorithm::SparseLoCo => Codec::sparse(ValueCodec::TwoBit, self.chunk, self.topk),
             Algorithm::DeMo => Codec::sparse(ValueCodec::F32, DCT_TILE, self.topk),
         };
@@ -142,9 +139,9 @@ impl SimConfig {
 
     /// The outer algorithm's settings (see [`tessera_sync::Outer`]).
     pub fn outer_settings(&self) -> Result<OuterSettings, SimError> {
-        let ddp = match self.inner_optimizer.as_str() {
-            "sgd" => GlobalOptimizer::Sgd { lr: self.inner_lr },
-            _ => GlobalOptimizer::AdamW(self.inner_adamw()),
+        let ddp = match self.inner_optimizer {
+            InnerOptimizer::Sgd => GlobalOptimizer::Sgd { lr: self.inner_lr },
+            InnerOptimizer::AdamW => GlobalOptimizer::AdamW(self.inner_adamw()),
         };
         Ok(OuterSettings {
             algorithm: self.algorithm()?,
@@ -177,9 +174,6 @@ impl SimConfig {
         }
         if self.rounds == 0 || self.inner_steps == 0 || self.batch == 0 || self.eval_batches == 0 {
             return bad("rounds, inner_steps, batch and eval_batches must be at least 1");
-        }
-        if !matches!(self.inner_optimizer.as_str(), "adamw" | "sgd") {
-            return bad("inner_optimizer must be adamw or sgd");
         }
         let pos = [self.bandwidth_mbps, self.hub_bandwidth_mbps];
         if pos.iter().any(|v| !(v.is_finite() && *v > 0.0))

@@ -22,7 +22,7 @@ mod net;
 mod protocol;
 mod run;
 
-pub use config::{SimConfig, MAX_PEERS};
+pub use config::{InnerOptimizer, SimConfig, MAX_PEERS};
 pub use net::{Link, Network};
 pub use protocol::{ProtocolSim, MAX_IDLE_TICKS};
 pub use run::{RoundReport, Sim};

@@ -415,7 +415,7 @@ fn train_peers(
             let mut loss = 0.0;
             for s in 0..h {
                 let b = ctx.batch(round, i, s)?;
-                loss += f64::from(if ctx.cfg.inner_optimizer == "sgd" {
+                loss += f64::from(if ctx.cfg.inner_optimizer == crate::InnerOptimizer::Sgd {
                     let (l, g) = p.tr.gradients(&b)?;
                     sgd_apply(&mut p.tr, &g, ctx.cfg.inner_lr)?;
                     l

@@ -7,6 +7,7 @@ use tessera_coord::{Event, Message, Record, RunConfig, RunSpec, TrainerEvent};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::{ProtocolSim, Sim, SimConfig};
+use tessera_sync::Algorithm;
 
 fn dataset(name: &str) -> Dataset {
     let dir: PathBuf = std::env::temp_dir().join(format!("tessera-proto-test-{}-{name}", std::process::id()));
@@ -37,8 +38,8 @@ fn pid(i: u8) -> [u8; 32] {
 fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
     let sc = SimConfig {
         peers,
-        algo: rc.algo.clone(),
-        codec: rc.codec.clone(),
+        algo: rc.algo,
+        codec: rc.codec,
         inner_steps: rc.inner_steps,
         rounds: rc.rounds,
         preset: rc.preset.clone(),
@@ -95,7 +96,7 @@ fn the_protocol_computes_what_the_simulator_computes() {
 #[test]
 fn ddp_over_the_protocol_equals_the_simulators_ddp() {
     let ds = dataset("ddp");
-    let rc = RunConfig { algo: "ddp".into(), inner_steps: 1, rounds: 5, ..run_cfg(2) };
+    let rc = RunConfig { algo: Algorithm::Ddp, inner_steps: 1, rounds: 5, ..run_cfg(2) };
     let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
     p.join(pid(1)).unwrap();
     p.join(pid(2)).unwrap();
@@ -112,8 +113,8 @@ fn ddp_over_the_protocol_equals_the_simulators_ddp() {
 fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
     let ds = dataset("allgather");
     for rc in [
-        RunConfig { algo: "sparseloco".into(), ..run_cfg(3) },
-        RunConfig { algo: "demo".into(), inner_steps: 1, demo_lr: 3e-3, ..run_cfg(3) },
+        RunConfig { algo: Algorithm::SparseLoCo, ..run_cfg(3) },
+        RunConfig { algo: Algorithm::DeMo, inner_steps: 1, demo_lr: 3e-3, ..run_cfg(3) },
     ] {
         let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
         for i in 1..=3 {

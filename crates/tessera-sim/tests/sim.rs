@@ -6,7 +6,7 @@ use tessera_data::{ingest_bytes, BatchKey, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_model::{AdamWConfig, Gpt, GptConfig, Trainer};
 use tessera_sim::{Sim, SimConfig};
-use tessera_sync::{Codec, ValueCodec, HEADER_BYTES};
+use tessera_sync::{Algorithm, Codec, ValueCodec, HEADER_BYTES};
 use tessera_tensor::TraceMode;
 
 fn dataset(name: &str) -> Dataset {
@@ -20,8 +20,8 @@ fn dataset(name: &str) -> Dataset {
 fn small(algo: &str) -> SimConfig {
     SimConfig {
         peers: 4,
-        algo: algo.into(),
-        codec: "f32".into(),
+        algo: algo.parse().unwrap(),
+        codec: ValueCodec::F32,
         inner_steps: 3,
         rounds: 3,
         batch: 2,
@@ -77,12 +77,12 @@ fn diloco_h1_sgd_unit_outer_step_matches_ddp() {
     let base = SimConfig {
         inner_steps: 1,
         rounds: 4,
-        inner_optimizer: "sgd".into(),
+        inner_optimizer: tessera_sim::InnerOptimizer::Sgd,
         inner_lr: 0.05,
         ..small("ddp")
     };
     let (ddp, _) = run(base.clone(), &ds);
-    let diloco = SimConfig { algo: "diloco".into(), outer_lr: 1.0, outer_momentum: 0.0, ..base };
+    let diloco = SimConfig { algo: Algorithm::DiLoCo, outer_lr: 1.0, outer_momentum: 0.0, ..base };
     let (dl, _) = run(diloco, &ds);
     let (a, b) = (ddp.theta(), dl.theta());
     let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1e-3)).fold(0.0f32, f32::max);
@@ -131,7 +131,7 @@ fn one_peer_with_unit_outer_step_is_local_training() {
 #[test]
 fn bytes_are_counted_exactly() {
     let ds = dataset("bytes");
-    let (sim, reports) = run(SimConfig { codec: "int8".into(), ..small("diloco") }, &ds);
+    let (sim, reports) = run(SimConfig { codec: ValueCodec::Int8, ..small("diloco") }, &ds);
     let n = sim.num_params();
     let update = (HEADER_BYTES + Codec::dense(ValueCodec::Int8, 4096).encoded_len(n)) as u64;
     let last = reports.last().unwrap();
@@ -152,8 +152,8 @@ fn golden_state_hashes_of_every_algorithm() {
     let ds = dataset("golden");
     let mut got = Vec::new();
     for algo in ["ddp", "diloco", "noloco", "sparseloco", "demo"] {
-        let codec = if algo == "diloco" || algo == "noloco" { "int8" } else { "f32" };
-        let (sim, _) = run(SimConfig { rounds: 2, codec: codec.into(), ..small(algo) }, &ds);
+        let codec = if algo == "diloco" || algo == "noloco" { ValueCodec::Int8 } else { ValueCodec::F32 };
+        let (sim, _) = run(SimConfig { rounds: 2, codec, ..small(algo) }, &ds);
         got.push(format!("{algo} {}", tessera_tensor::hex(&sim.state_hash())));
     }
     let want = GOLDEN_SIM.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>();

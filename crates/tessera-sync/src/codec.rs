@@ -17,13 +17,49 @@
 
 use crate::SyncError;
 
-/// How values are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How values are written. In configs: `f32`, `int8`, `2bit`, `sign`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ValueCodec {
+    #[serde(rename = "f32")]
     F32,
+    #[serde(rename = "int8")]
     Int8,
+    #[serde(rename = "2bit")]
     TwoBit,
+    #[serde(rename = "sign")]
     Sign,
+}
+
+impl ValueCodec {
+    pub const ALL: [ValueCodec; 4] =
+        [ValueCodec::F32, ValueCodec::Int8, ValueCodec::TwoBit, ValueCodec::Sign];
+
+    /// The name configs and flags use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueCodec::F32 => "f32",
+            ValueCodec::Int8 => "int8",
+            ValueCodec::TwoBit => "2bit",
+            ValueCodec::Sign => "sign",
+        }
+    }
+}
+
+impl std::fmt::Display for ValueCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ValueCodec {
+    type Err = crate::SyncError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| crate::SyncError::UnknownCodec(s.to_string()))
+    }
 }
 
 /// A codec: a value codec applied per chunk, optionally after top-k selection.

@@ -40,6 +40,10 @@ pub use update::{
 pub enum SyncError {
     #[error("bad codec: {0}")]
     BadCodec(String),
+    #[error("unknown algorithm {0:?} (ddp, diloco, noloco, sparseloco, demo)")]
+    UnknownAlgorithm(String),
+    #[error("unknown codec {0:?} (f32, int8, 2bit, sign)")]
+    UnknownCodec(String),
     #[error("{what} has length {got}, expected {want}")]
     Length { what: &'static str, want: usize, got: usize },
     #[error("malformed update: {0}")]

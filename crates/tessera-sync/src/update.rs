@@ -18,8 +18,10 @@ pub const HEADER_BYTES: usize = 4 + 4 + 8 + 32 + 8 + 8 + 8;
 /// Most values one update may carry.
 pub const MAX_UPDATE_VALUES: u64 = 1 << 32;
 
-/// Which algorithm produced an update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Which algorithm produced an update. In configs: `ddp`, `diloco`, `noloco`, `sparseloco`,
+/// `demo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     Ddp = 1,
     DiLoCo = 2,
@@ -46,11 +48,25 @@ impl Algorithm {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| SyncError::BadCodec(format!("unknown algorithm {s:?}")))
+            .ok_or_else(|| SyncError::UnknownAlgorithm(s.to_string()))
     }
 
-    fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|a| *a as u8 == v)
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = SyncError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
