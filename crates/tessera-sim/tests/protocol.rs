@@ -202,3 +202,43 @@ fn a_late_joiner_syncs_from_the_checkpoint_and_contributes() {
     assert!(p.peer_fetches >= 1, "the joiner took the checkpoint from a member, not the coordinator");
     assert_eq!(p.peer_state(&pid(3)), Some((rc.rounds, p.coordinator().state_hash())));
 }
+
+/// Churn for every networked algorithm: a trainer dies mid-round and another joins late; the
+/// run goes on, each round closes once, and every live trainer holds the coordinator's state.
+#[test]
+fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
+    let ds = dataset("churn");
+    for (algo, h) in
+        [(Algorithm::Ddp, 1), (Algorithm::DiLoCo, 3), (Algorithm::SparseLoCo, 3), (Algorithm::DeMo, 1)]
+    {
+        let rc =
+            RunConfig { algo, inner_steps: h, rounds: 5, silence_ms: 300, min_round_ms: 2000, ..run_cfg(3) };
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        for i in 1..=3 {
+            p.join(pid(i)).unwrap();
+        }
+        p.crash_in_round(&pid(2), 1);
+        p.run_until(2).unwrap();
+        p.join(pid(4)).unwrap();
+        p.run_until(rc.rounds).unwrap();
+        assert!(p.events.contains(&Event::Left(pid(2))), "{algo}");
+        let closes: Vec<u64> = p
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::RoundClosed { round, .. } => Some(*round),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closes, (0..rc.rounds).collect::<Vec<_>>(), "{algo}: each round closes once");
+        for i in [1, 3, 4] {
+            assert_eq!(
+                p.peer_state(&pid(i)),
+                Some((rc.rounds, p.coordinator().state_hash())),
+                "{algo}: peer {i}"
+            );
+        }
+        let bad = p.records.iter().filter(|r| matches!(r, Record::Report { agrees: false, .. })).count();
+        assert_eq!(bad, 0, "{algo}: no disagreement");
+    }
+}
