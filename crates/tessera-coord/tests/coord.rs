@@ -1,24 +1,15 @@
 //! The coordinator's state machine under scripted event sequences, with real trainers.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use tessera_coord::*;
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
-use tessera_model::fixtures::SONNETS;
+use tessera_data::Dataset;
 use tessera_sync::{encode_update, Algorithm, SyncError};
 
 fn dataset() -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-coord-test-{}", std::process::id()));
-    if let Ok(ds) = Dataset::open(&dir) {
-        return ds;
-    }
-    let tmp = dir.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &tmp, &opts).unwrap();
-    let _ = std::fs::rename(&tmp, &dir);
-    Dataset::open(&dir).unwrap()
+    common::dataset("coord")
 }
 
 fn cfg() -> RunConfig {

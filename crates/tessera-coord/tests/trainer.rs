@@ -1,28 +1,19 @@
 //! The trainer's state machine under scripted frames, blobs and training results: what it
 //! refuses, what it fetches, when it trains, and what it reports.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use tessera_coord::*;
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
-use tessera_model::fixtures::SONNETS;
+use tessera_data::Dataset;
 use tessera_sync::{encode_update, Algorithm};
 
 const COORD: PeerId = [0xC0; 32];
 const ME: PeerId = [1; 32];
 
 fn dataset() -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-trainer-test-{}", std::process::id()));
-    if let Ok(ds) = Dataset::open(&dir) {
-        return ds;
-    }
-    let tmp = dir.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &tmp, &opts).unwrap();
-    let _ = std::fs::rename(&tmp, &dir);
-    Dataset::open(&dir).unwrap()
+    common::dataset("trainer")
 }
 
 fn cfg() -> RunConfig {

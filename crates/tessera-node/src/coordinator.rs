@@ -62,12 +62,7 @@ struct Daemon {
 
 /// Runs a coordinator until its run is finished and the nodes' final reports are in.
 pub fn run(a: CoordinatorOptions) -> Res<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(NodeError::io("starting the runtime"))?;
-    rt.block_on(serve(a))
+    crate::runtime()?.block_on(serve(a))
 }
 
 /// Reads a run config file (size-bounded by [`RunConfig::from_toml`]).

@@ -73,6 +73,15 @@ impl NodeError {
     }
 }
 
+/// The daemons' async runtime: two worker threads (the compute runs on its own pool).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, NodeError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::io("starting the runtime"))
+}
+
 /// Opens a dataset directory, building it from the embedded corpus if it has no manifest.
 pub fn embedded_dataset(dir: &Path) -> Result<Dataset, NodeError> {
     if !dir.join(tessera_data::MANIFEST_FILE).exists() {

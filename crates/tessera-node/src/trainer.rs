@@ -97,12 +97,7 @@ enum End {
 
 /// Runs a trainer until the run is done (or the coordinator stays unreachable).
 pub fn run(a: NodeOptions) -> Res<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(NodeError::io("starting the runtime"))?;
-    rt.block_on(main_loop(a))
+    crate::runtime()?.block_on(main_loop(a))
 }
 
 async fn main_loop(a: NodeOptions) -> Res<()> {

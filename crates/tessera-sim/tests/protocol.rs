@@ -30,6 +30,17 @@ fn run_cfg(peers: usize) -> RunConfig {
     }
 }
 
+/// The rounds the coordinator closed, in order.
+fn closes(p: &ProtocolSim) -> Vec<u64> {
+    p.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::RoundClosed { round, .. } => Some(*round),
+            _ => None,
+        })
+        .collect()
+}
+
 fn pid(i: u8) -> [u8; 32] {
     [i; 32]
 }
@@ -170,15 +181,7 @@ fn a_crash_mid_round_is_survived_and_its_unit_reassigned() {
     let units: Vec<_> = r2.iter().map(|a| (a.peer, a.data_round, a.slot)).collect();
     assert_eq!(units, [(pid(1), 1, 1), (pid(3), 2, 0)]);
     // Each round closed exactly once, and the survivors agree with the coordinator.
-    let closes: Vec<u64> = p
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::RoundClosed { round, .. } => Some(*round),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(closes, [0, 1, 2, 3]);
+    assert_eq!(closes(&p), [0, 1, 2, 3]);
     for i in [1, 3] {
         assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())));
     }
@@ -222,15 +225,7 @@ fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
         p.join(pid(4)).unwrap();
         p.run_until(rc.rounds).unwrap();
         assert!(p.events.contains(&Event::Left(pid(2))), "{algo}");
-        let closes: Vec<u64> = p
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::RoundClosed { round, .. } => Some(*round),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(closes, (0..rc.rounds).collect::<Vec<_>>(), "{algo}: each round closes once");
+        assert_eq!(closes(&p), (0..rc.rounds).collect::<Vec<_>>(), "{algo}: each round closes once");
         for i in [1, 3, 4] {
             assert_eq!(
                 p.peer_state(&pid(i)),
