@@ -165,6 +165,10 @@ impl Run {
             &s(&self.data),
             "--bind",
             &format!("127.0.0.1:{}", self.port),
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
         ];
         let p = Proc::start(&self.dir, name, &args.map(String::from));
         let t0 = Instant::now();
@@ -246,6 +250,9 @@ impl Run {
         assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
         assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NULL"), 0);
         assert_eq!(self.count("SELECT COUNT(*) FROM reports WHERE agrees = 0"), 0, "a node disagreed");
+        // Evaluations run off the coordinator's loop; the last one is in before it exits.
+        let last_eval = self.count("SELECT MAX(round) FROM evals");
+        assert_eq!(last_eval, rounds, "the final state was evaluated");
         assert!(self.count("SELECT COUNT(*) FROM reports") > 0);
     }
 }

@@ -42,6 +42,8 @@ enum Input {
     Frame(PeerId, Result<Vec<u8>, NetError>),
     Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
     Connected(PeerId, Connection),
+    /// A validation loss computed off the loop: the round, when its state was reached, the loss.
+    Evaluated(u64, u64, Result<f64, String>),
 }
 
 struct Daemon {
@@ -56,8 +58,10 @@ struct Daemon {
     started: Instant,
     log: Log,
     final_reports: usize,
-    eval: Option<(tessera_data::Dataset, u64, u64)>,
+    eval: Option<(Arc<tessera_data::Dataset>, u64, u64)>,
     evaluated: u64,
+    /// Evaluations running on blocking threads; the daemon exits only once they are recorded.
+    evals_pending: usize,
 }
 
 /// Runs a coordinator until its run is finished and the nodes' final reports are in.
@@ -136,10 +140,11 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         log,
         final_reports: 0,
         eval: match (&a.data_dir, a.eval_every) {
-            (Some(dir), n) if n > 0 => Some((tessera_data::Dataset::open(dir)?, n, a.eval_batches)),
+            (Some(dir), n) if n > 0 => Some((Arc::new(tessera_data::Dataset::open(dir)?), n, a.eval_batches)),
             _ => None,
         },
         evaluated: u64::MAX,
+        evals_pending: 0,
     };
     d.maybe_eval()?;
     tokio::spawn(accept_loop(net.clone(), tx.clone(), d.log.clone()));
@@ -157,7 +162,8 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         if d.coord.is_finished() {
             let t = *finished_at.get_or_insert_with(Instant::now);
             let members = d.coord.members().count();
-            if d.final_reports >= members || t.elapsed() > Duration::from_secs(a.linger_s) {
+            let reported = d.final_reports >= members || t.elapsed() > Duration::from_secs(a.linger_s);
+            if reported && d.evals_pending == 0 {
                 break;
             }
         }
@@ -226,9 +232,16 @@ impl Daemon {
         if r == self.evaluated || !(r.is_multiple_of(*every) || self.coord.is_finished()) {
             return Ok(());
         }
-        let loss = crate::val_loss(self.coord.spec(), ds, &self.coord.global().theta, *batches)?;
-        self.store.record_eval(r, self.now_ms(), loss)?;
-        self.log.info(&format!("round {r}: validation loss {loss:.4}"));
+        // Off the event loop, so heartbeats and commits are handled while it runs; timed at
+        // the moment the state was reached.
+        let (spec, ds, theta, batches) =
+            (self.coord.spec().clone(), ds.clone(), self.coord.global().theta.clone(), *batches);
+        let (tx, ms) = (self.tx.clone(), self.now_ms());
+        tokio::task::spawn_blocking(move || {
+            let loss = crate::val_loss(&spec, &ds, &theta, batches).map_err(|e| e.to_string());
+            let _ = tx.blocking_send(Input::Evaluated(r, ms, loss));
+        });
+        self.evals_pending += 1;
         self.evaluated = r;
         Ok(())
     }
@@ -236,6 +249,17 @@ impl Daemon {
     fn on_input(&mut self, input: Input) -> Res<()> {
         let now = self.now_ms();
         let outs = match input {
+            Input::Evaluated(r, ms, loss) => {
+                self.evals_pending = self.evals_pending.checked_sub(1).expect("an evaluation was pending");
+                match loss {
+                    Ok(l) => {
+                        self.store.record_eval(r, ms, l)?;
+                        self.log.info(&format!("round {r}: validation loss {l:.4}"));
+                    }
+                    Err(e) => self.log.warn(&format!("evaluating round {r}: {e}")),
+                }
+                return Ok(());
+            }
             Input::Connected(peer, conn) => {
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
