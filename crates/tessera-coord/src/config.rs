@@ -3,7 +3,7 @@
 //! text to every node in its `Welcome`, so a node never trains on settings of its own.
 
 use serde::{Deserialize, Serialize};
-use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec, DCT_TILE};
+use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec};
 
 use crate::CoordError;
 
@@ -180,20 +180,9 @@ impl RunConfig {
 
     /// The update codec.
     pub fn update_codec(&self) -> Result<Codec, CoordError> {
-        let fixed = match self.algorithm()? {
-            Algorithm::Ddp => Some(Codec::dense(ValueCodec::F32, self.chunk)),
-            Algorithm::SparseLoCo => Some(Codec::sparse(ValueCodec::TwoBit, self.chunk, self.topk)),
-            Algorithm::DeMo => Some(Codec::sparse(ValueCodec::F32, DCT_TILE, self.topk)),
-            Algorithm::DiLoCo | Algorithm::NoLoCo => None,
-        };
-        if let Some(c) = fixed {
-            c.validate().map_err(|e| CoordError::Config(e.to_string()))?;
-            return Ok(c);
-        }
-        let v = self.codec;
-        let c = Codec::dense(v, self.chunk);
-        c.validate().map_err(|e| CoordError::Config(e.to_string()))?;
-        Ok(c)
+        self.algorithm()?
+            .codec(self.codec, self.chunk, self.topk)
+            .map_err(|e| CoordError::Config(e.to_string()))
     }
 
     /// Rejects impossible settings, naming them.

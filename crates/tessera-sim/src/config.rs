@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tessera_model::AdamWConfig;
-use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec, DCT_TILE};
+use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec};
 
 use crate::SimError;
 
@@ -117,14 +117,7 @@ impl SimConfig {
 
     /// The codec the algorithm sends with.
     pub fn update_codec(&self) -> Result<Codec, SimError> {
-        let c = match self.algorithm()? {
-            Algorithm::Ddp => Codec::dense(ValueCodec::F32, self.chunk),
-            Algorithm::DiLoCo | Algorithm::NoLoCo => Codec::dense(self.codec, self.chunk),
-            Algorithm::SparseLoCo => Codec::sparse(ValueCodec::TwoBit, self.chunk, self.topk),
-            Algorithm::DeMo => Codec::sparse(ValueCodec::F32, DCT_TILE, self.topk),
-        };
-        c.validate()?;
-        Ok(c)
+        Ok(self.algorithm()?.codec(self.codec, self.chunk, self.topk)?)
     }
 
     /// The inner AdamW of the peers (DDP's global optimizer).

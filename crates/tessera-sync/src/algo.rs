@@ -9,7 +9,8 @@ use tessera_tensor::{Exec, Hash, Kernel, TraceMode};
 
 use crate::{
     decode_update, demo_apply, encode_update, frame_update, sparse_mean, weighted_mean, Algorithm, Codec,
-    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, DCT_TILE,
+    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, ValueCodec,
+    DCT_TILE,
 };
 
 /// What a peer computes in a round.
@@ -63,6 +64,22 @@ pub struct OuterSettings {
     pub demo_schedule: AdamWConfig,
     /// DDP's global optimizer.
     pub ddp: GlobalOptimizer,
+}
+
+impl Algorithm {
+    /// The codec this algorithm's contributions travel in: DDP f32; DiLoCo and NoLoCo the
+    /// configured `values` codec; SparseLoCo top-`top_k` per `chunk` as 2-bit; DeMo top-`top_k`
+    /// f32 DCT coefficients per 64×64 tile. Validated.
+    pub fn codec(self, values: ValueCodec, chunk: usize, top_k: usize) -> Result<Codec, SyncError> {
+        let c = match self {
+            Algorithm::Ddp => Codec::dense(ValueCodec::F32, chunk),
+            Algorithm::DiLoCo | Algorithm::NoLoCo => Codec::dense(values, chunk),
+            Algorithm::SparseLoCo => Codec::sparse(ValueCodec::TwoBit, chunk, top_k),
+            Algorithm::DeMo => Codec::sparse(ValueCodec::F32, DCT_TILE, top_k),
+        };
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 /// A peer's own algorithm state, kept across rounds.
