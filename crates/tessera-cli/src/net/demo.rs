@@ -71,6 +71,17 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> Result<Child> {
         .with_context(|| format!("starting {name}"))
 }
 
+/// How the run's updates travel, for the banner (e.g. `int8`, `top-64/4096 2bit`).
+fn spec_codec(cfg: &RunConfig) -> String {
+    match cfg.update_codec() {
+        Ok(c) => match c.top_k {
+            Some(k) => format!("top-{k}/{} {}", c.chunk, c.values),
+            None => c.values.to_string(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
 fn wait_for_file(p: &Path, timeout: Duration) -> Result<String> {
     let t0 = Instant::now();
     while t0.elapsed() < timeout {
@@ -107,8 +118,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     kids.0.push(("coordinator".into(), spawn(&a.dir, "coordinator", &coord_args.map(String::from))?));
     let ticket = wait_for_file(&coord_dir.join("ticket"), Duration::from_secs(60))?;
     crate::out(&format!(
-        "demo: coordinator at {ticket}; {} trainers, {} preset, DiLoCo H={} + {} updates, {} rounds",
-        a.peers, cfg.preset, cfg.inner_steps, cfg.codec, cfg.rounds
+        "demo: coordinator at {ticket}; {} trainers, {} preset, {} H={} with {} updates, {} rounds",
+        a.peers,
+        cfg.preset,
+        cfg.algo,
+        cfg.inner_steps,
+        spec_codec(&cfg),
+        cfg.rounds
     ));
     for i in 0..a.peers {
         let key = a.dir.join(format!("node-{i}.key"));
