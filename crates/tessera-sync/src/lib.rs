@@ -4,8 +4,9 @@
 //! the update codecs (int8 with a per-chunk scale, top-k with error feedback, 2-bit, sign), the
 //! encoded-update wire format, and deterministic aggregation. [`Outer`] is the one table of
 //! the five algorithms (what a peer computes and keeps, how it encodes, how contributions
-//! combine, how the shared state changes) that the simulator and the networked run share. It works on the flat f32
-//! parameter layout of `tessera-model` and knows nothing about peers' transport.
+//! combine, how the shared state changes) that the simulator and the networked run share.
+//! It works on the flat f32 parameter layout of `tessera-model` and knows nothing about
+//! peers' transport.
 //!
 //! **Invariants.** Encoding and decoding are exact and deterministic; every payload length is a
 //! pure function of (codec, value count) and is checked before decoding. A decoded update with
