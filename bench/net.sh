@@ -67,9 +67,14 @@ def nodes(name):
         t = dict(re.findall(r"(\w+)=([0-9.]+)", " ".join(l for l in text.splitlines() if l.startswith(("traffic", "compute")))))
         rows.append({k: float(v) for k, v in t.items()})
     return rows
+import os
 runs = {n: evals(n) for n in algos}
 print(f"links: {shape} per process uplink; 4 trainers + coordinator on one machine")
-target = runs["ddp"][-1][2] if "ddp" in runs else None
+ddp = runs.get("ddp")
+if ddp is None and os.path.exists(f"{out}/ddp/coord/coordinator.sqlite"):
+    ddp = evals("ddp")  # the target from an earlier DDP run in the same output directory
+    print("(DDP's target and time from its earlier run in", f"{out}/ddp)")
+target = ddp[-1][2] if ddp else None
 if target is not None:
     print(f"target validation loss: {target:.4f} nats/byte (DDP's final)")
 print("| method | rounds | final val loss | wall to DDP's final loss | speed-up vs DDP | utilisation (min–max over trainers) | coordinator sent + received | per trainer sent + received (mean) | blob bytes from peers (mean) | reports agreed (computed) |")
@@ -79,6 +84,8 @@ for n in algos:
     rows = runs[n]
     hit = next((ms for _, ms, l in rows if target is not None and l <= target + 1e-12), None)
     times[n] = hit
+    if ddp and "ddp" not in times:
+        times["ddp"] = next((ms for _, ms, l in ddp if l <= target + 1e-12), None)
     cs, cr = coord_traffic(n)
     nd = nodes(n)
     util = [r["train_s"] / r["run_s"] for r in nd if r.get("run_s")]
