@@ -48,6 +48,9 @@ pub const ALPN: &[u8] = b"tessera/1";
 pub const MAX_BLOB: u64 = 1 << 30;
 /// Most blobs kept in memory for serving by one endpoint.
 pub const MAX_SERVED_BLOBS: usize = 64;
+/// Most bytes of blobs one endpoint serves from memory (the oldest go first; the newest blob
+/// is always kept). Trainers serve a state every round, and a state of a large model is big.
+pub const MAX_SERVED_BYTES: usize = 1 << 30;
 /// Time to establish a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to send or receive one control frame.
@@ -172,13 +175,26 @@ impl Default for NetConfig {
 /// Served blobs by hash, and their hashes oldest first.
 type Served = (HashMap<Hash32, Arc<Vec<u8>>>, Vec<Hash32>);
 
-/// Blobs this endpoint serves, by hash (most recent [`MAX_SERVED_BLOBS`]).
-#[derive(Clone, Default)]
+/// Blobs this endpoint serves, by hash (the most recent [`MAX_SERVED_BLOBS`], and at most
+/// [`MAX_SERVED_BYTES`] of them).
+#[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<Mutex<Served>>,
+    max_bytes: usize,
+}
+
+impl Default for BlobStore {
+    fn default() -> Self {
+        Self::with_byte_cap(MAX_SERVED_BYTES)
+    }
 }
 
 impl BlobStore {
+    /// A store that holds at most `max_bytes` of blobs (the newest is always kept).
+    pub fn with_byte_cap(max_bytes: usize) -> Self {
+        Self { inner: Arc::default(), max_bytes }
+    }
+
     /// Serves `bytes` under their BLAKE3 hash, which is returned.
     pub fn insert(&self, bytes: Arc<Vec<u8>>) -> Hash32 {
         let h = *blake3::hash(&bytes).as_bytes();
@@ -187,10 +203,12 @@ impl BlobStore {
         if map.insert(h, bytes).is_none() {
             order.push(h);
         }
-        while order.len() > MAX_SERVED_BLOBS {
+        let mut bytes_held: usize = map.values().map(|b| b.len()).sum();
+        while order.len() > MAX_SERVED_BLOBS || (bytes_held > self.max_bytes && order.len() > 1) {
             let old = order.remove(0);
-            map.remove(&old);
+            bytes_held -= map.remove(&old).map_or(0, |b| b.len());
         }
+        assert!(map.contains_key(&h), "the newest blob is always served");
         h
     }
 

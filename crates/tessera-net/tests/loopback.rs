@@ -143,3 +143,19 @@ fn a_blob_can_be_fetched_in_parts_and_assembled() {
         assert!(matches!(b.fetch_part(&conn, &h, 200_000, 10, 1 << 20).await, Err(NetError::Missing(_))));
     });
 }
+
+/// Trainers serve a state every round: the store is bounded in bytes as well as in count, the
+/// oldest blobs going first and the newest always kept.
+#[test]
+fn the_blob_store_is_bounded_in_bytes_and_keeps_the_newest() {
+    let s = BlobStore::with_byte_cap(1000);
+    let a = s.insert(Arc::new(vec![1; 400]));
+    let b = s.insert(Arc::new(vec![2; 400]));
+    assert!(s.get(&a).is_some() && s.get(&b).is_some());
+    let c = s.insert(Arc::new(vec![3; 400]));
+    assert!(s.get(&a).is_none(), "the oldest went first");
+    assert!(s.get(&b).is_some() && s.get(&c).is_some());
+    let big = s.insert(Arc::new(vec![4; 5000]));
+    assert!(s.get(&big).is_some(), "a blob over the cap is still served, alone");
+    assert!(s.get(&b).is_none() && s.get(&c).is_none());
+}
