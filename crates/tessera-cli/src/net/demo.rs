@@ -26,6 +26,11 @@ pub struct DemoArgs {
     /// Rounds (overrides the config).
     #[arg(long)]
     pub rounds: Option<u64>,
+    /// The outer algorithm (overrides the config): diloco, sparseloco, ddp or demo. The
+    /// gradient methods (ddp, demo) take one step per round, so they get H times the rounds:
+    /// the same training steps.
+    #[arg(long)]
+    pub algo: Option<tessera_sync::Algorithm>,
     /// Dataset directory (built from the embedded corpus if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -105,6 +110,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Some(p) => RunConfig::from_toml(&std::fs::read_to_string(p)?)?,
         None => demo_config(a.peers),
     };
+    if let Some(algo) = a.algo {
+        cfg.algo = algo;
+        if matches!(algo, tessera_sync::Algorithm::Ddp | tessera_sync::Algorithm::DeMo) {
+            cfg.rounds = cfg.rounds.saturating_mul(cfg.inner_steps);
+            cfg.inner_steps = 1;
+        }
+    }
     if let Some(r) = a.rounds {
         cfg.rounds = r;
     }
