@@ -368,11 +368,23 @@ fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
 
 #[test]
 fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
-    let run = Run::new("kill-node", config(3, 4));
+    killed_node("kill-node", config(3, 4));
+}
+
+/// The same for an all-gather algorithm: the survivors combine the two accepted updates.
+#[test]
+fn a_node_killed_mid_round_of_a_demo_run_is_left_out() {
+    killed_node("kill-node-demo", RunConfig { algo: Algorithm::DeMo, inner_steps: 1, ..config(3, 4) });
+}
+
+fn killed_node(name: &str, cfg: RunConfig) {
+    // A round's training takes about 1 s whatever H is, so the kill lands mid-round.
+    let step_ms = (1000 / cfg.inner_steps.max(1)).to_string();
+    let run = Run::new(name, cfg);
     let (mut c, ticket) = run.coordinator("coord");
-    let slow = ["--slow-step-ms", "250"];
+    let slow = ["--slow-step-ms", &step_ms];
     let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &slow)).collect();
-    // Round 1 is announced: the nodes are training it (4 steps × 250 ms). Kill one.
+    // Round 1 is announced: the nodes are training it (about 1 s). Kill one.
     run.wait_count("SELECT COUNT(*) FROM rounds WHERE round = 1", 1);
     std::thread::sleep(Duration::from_millis(300));
     nodes[1].kill9();
@@ -418,7 +430,17 @@ fn a_node_joining_mid_run_syncs_and_contributes() {
 
 #[test]
 fn a_killed_coordinator_restarts_from_disk_and_loses_nothing() {
-    let run = Run::new("kill-coord", config(3, 5));
+    killed_coordinator("kill-coord", config(3, 5));
+}
+
+/// The same for an all-gather algorithm, whose trainers fetch every accepted update.
+#[test]
+fn a_killed_coordinator_of_a_sparseloco_run_restarts_and_loses_nothing() {
+    killed_coordinator("kill-coord-sl", RunConfig { algo: Algorithm::SparseLoCo, ..config(3, 5) });
+}
+
+fn killed_coordinator(name: &str, cfg: RunConfig) {
+    let run = Run::new(name, cfg);
     let (mut c, ticket) = run.coordinator("coord1");
     let slow = ["--slow-step-ms", "150"];
     let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &slow)).collect();
