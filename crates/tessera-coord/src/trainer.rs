@@ -474,12 +474,14 @@ impl Trainer {
     }
 
     /// Remembers where members serve blobs (bounded by the wire's member limit).
+    /// The coordinator's latest word on who the members are replaces the last: a member that
+    /// left is not tried again (a dead address would cost a connect timeout per fetch).
     fn learn(&mut self, peers: impl Iterator<Item = (PeerId, String)>) {
-        for (p, a) in peers.filter(|(p, a)| *p != self.tc.me && !a.is_empty()) {
-            if self.peers.len() < tessera_wire::MAX_MEMBERS || self.peers.contains_key(&p) {
-                self.peers.insert(p, a);
-            }
-        }
+        self.peers.clear();
+        let me = self.tc.me;
+        let live = peers.filter(|(p, a)| *p != me && !a.is_empty()).take(tessera_wire::MAX_MEMBERS);
+        self.peers.extend(live);
+        assert!(!self.peers.contains_key(&me), "a trainer never fetches from itself");
     }
 
     /// Up to [`MAX_SOURCES`] of `peers` whose address is known, then the coordinator.

@@ -308,6 +308,25 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
     let order: Vec<PeerId> = sources.iter().map(|s| s.peer).collect();
     assert_eq!(order, [[2; 32], [3; 32], COORD], "members first, never itself, the coordinator last");
     assert!(sources.last().is_some_and(|s| s.addr.is_none()) && *split, "split over the holders");
+    // A later member list replaces the earlier one: a member that left is not tried again.
+    let start = Message::RoundStart {
+        round: 0,
+        state_hash: s0,
+        seed: 1,
+        members: vec![ME, [3; 32]],
+        addrs: vec!["me".into(), "127.0.0.1:3".into()],
+        assignments: vec![Assignment { peer: ME, data_round: 0, slot: 0 }],
+        deadline_ms: 1000,
+    };
+    h.frame(start);
+    let out = h.t.fetched(0, s0, Err("gone".into()));
+    assert!(matches!(&warnings(&out)[..], [TrainerError::Fetch { .. }]));
+    let next = Message::CheckpointPointer { round: 0, checkpoint: s0, state_hash: s0 };
+    let out = h.frame(next);
+    let Some(Action::Fetch { sources, .. }) = out.iter().find(|a| matches!(a, Action::Fetch { .. })) else {
+        panic!("{out:?}")
+    };
+    assert_eq!(sources.iter().map(|s| s.peer).collect::<Vec<_>>(), [[3; 32], COORD]);
     // SparseLoCo: each accepted update comes from its author first.
     let mut sl = H::new(None);
     sl.spec = Arc::new(RunSpec::new(RunConfig { algo: Algorithm::SparseLoCo, ..cfg() }).unwrap());
