@@ -19,6 +19,9 @@ use crate::FETCH_ATTEMPTS;
 pub const MAX_PEER_CONNS: usize = 64;
 /// Pause between tries of the coordinator.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a peer may take to answer a connection: a peer is an optional source, so an
+/// unreachable one must not hold a fetch up for long before the next source is tried.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connections a trainer fetches over.
 #[derive(Clone)]
@@ -51,7 +54,10 @@ impl Fetcher {
             return Ok(c.clone());
         }
         let sock = addr.parse().map_err(|_| format!("bad peer address {addr:?}"))?;
-        let c = self.net.connect(s.peer, Some(sock)).await.map_err(|e| e.to_string())?;
+        let c = tokio::time::timeout(PEER_CONNECT_TIMEOUT, self.net.connect(s.peer, Some(sock)))
+            .await
+            .map_err(|_| format!("peer {addr} did not answer within {PEER_CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
         let mut peers = self.peers.lock().await;
         if peers.len() >= MAX_PEER_CONNS {
             peers.clear(); // bounded: start afresh rather than grow
