@@ -306,7 +306,7 @@ impl Coordinator {
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
             }
-            other => return Err(Reject::Unexpected(crate::trainer::kind(other))),
+            other => return Err(Reject::Unexpected(other.kind())),
         }
         self.members.insert(from, now_ms);
         Ok(())

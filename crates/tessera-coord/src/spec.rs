@@ -1,11 +1,11 @@
 //! What a run's config implies, computed once: the model's parameter layout and initial
-//! values, the rule that closes a round, the codec, and the exact sizes of update and state
+//! values, the outer algorithm (with its codec), and the exact sizes of update and state
 //! blobs. Every participant (coordinator, trainer, worker, the daemons' evaluations and
 //! exports) builds one `RunSpec` from the config instead of constructing a model to read a
 //! layout.
 
 use tessera_model::{Gpt, GptConfig, ParamSet};
-use tessera_sync::{Codec, Expected, Outer};
+use tessera_sync::{Expected, Outer};
 
 use crate::{CoordError, GlobalState, Hash32, RunConfig};
 
@@ -19,7 +19,6 @@ pub struct RunSpec {
     pub layout_hash: Hash32,
     /// The outer algorithm: what trainers compute and how a round closes.
     pub outer: Outer,
-    pub codec: Codec,
     /// What a trainer's update must look like (layout, length, norm bound).
     pub expected: Expected,
     /// Exact length of a trainer's encoded update (and of an aggregate).
@@ -35,13 +34,12 @@ impl RunSpec {
         let gpt = GptConfig::preset(&cfg.preset)?;
         let template = Gpt::new(gpt.clone(), cfg.seed)?.params;
         let outer = Outer::new(cfg.outer_settings()?, &template)?;
-        let codec = cfg.update_codec()?;
         let update_len = outer.update_len() as u64;
         let state_len = GlobalState::encoded_len(template.numel(), outer.buffers());
         assert!(update_len > tessera_sync::HEADER_BYTES as u64, "an update carries a payload");
         let expected = outer.expected(Some(cfg.max_update_norm));
         let layout_hash = template.layout().hash();
-        Ok(Self { layout_hash, gpt, template, outer, codec, expected, update_len, state_len, cfg })
+        Ok(Self { layout_hash, gpt, template, outer, expected, update_len, state_len, cfg })
     }
 
     /// Parameters in the model.

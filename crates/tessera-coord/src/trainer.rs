@@ -123,6 +123,16 @@ pub enum TrainerError {
     Aggregate { round: u64, err: String },
 }
 
+impl TrainerError {
+    /// Whether the run cannot go on for this trainer.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            TrainerError::ConfigChanged | TrainerError::WrongDataset { .. } | TrainerError::Config(_)
+        )
+    }
+}
+
 /// Who this trainer is and what it holds.
 #[derive(Debug, Clone)]
 pub struct TrainerConfig {
@@ -153,6 +163,15 @@ struct Want {
     finish: bool,
 }
 
+impl Want {
+    /// Adds what `other` asks to be done once the state is held.
+    fn absorb(&mut self, other: &Want) {
+        self.train = self.train.or(other.train);
+        self.report |= other.report;
+        self.finish |= other.finish;
+    }
+}
+
 /// A round whose close waits for blobs: a hub's aggregate, or every accepted update.
 #[derive(Debug, Clone)]
 struct Closing {
@@ -160,7 +179,6 @@ struct Closing {
     /// The state the coordinator announced.
     next: Hash32,
     blobs: Vec<(Hash32, Option<Vec<u8>>)>,
-    hub: bool,
 }
 
 impl Closing {
@@ -213,27 +231,9 @@ impl Trainer {
         }
     }
 
-    pub fn id(&self) -> PeerId {
-        self.tc.me
-    }
-
-    /// The run, once configured.
-    pub fn spec(&self) -> Option<&Arc<RunSpec>> {
-        self.spec.as_ref().map(|(s, _)| s)
-    }
-
     /// The round and hash of the state held, if any.
     pub fn state(&self) -> Option<(u64, Hash32)> {
         self.held.as_ref().map(|h| (h.state.round, h.hash))
-    }
-
-    /// The state held.
-    pub fn global(&self) -> Option<&GlobalState> {
-        self.held.as_ref().map(|h| h.state.as_ref())
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.finished
     }
 
     /// A (new) connection to the coordinator: ask to join. Fetches in flight on an old
@@ -264,9 +264,7 @@ impl Trainer {
         } else if let Err(e) = self.window.check(s.seq) {
             self.warn(TrainerError::Replay(e));
         } else if let Err(e) = self.on_message(s.message) {
-            let fatal = matches!(e, TrainerError::ConfigChanged | TrainerError::WrongDataset { .. })
-                || matches!(e, TrainerError::Config(_));
-            self.out.push(Action::Event(if fatal {
+            self.out.push(Action::Event(if e.is_fatal() {
                 TrainerEvent::Fatal(e)
             } else {
                 TrainerEvent::Warning(e)
@@ -331,7 +329,7 @@ impl Trainer {
 
     fn on_message(&mut self, m: Message) -> Result<(), TrainerError> {
         if !matches!(m, Message::Welcome { .. }) && self.spec.is_none() {
-            return Err(TrainerError::NotConfigured(kind(&m)));
+            return Err(TrainerError::NotConfigured(m.kind()));
         }
         match m {
             Message::Welcome { round, state_hash, config, peers, .. } => {
@@ -355,7 +353,7 @@ impl Trainer {
             Message::Done { round, state_hash } => {
                 self.need(Want { round, hash: state_hash, train: None, report: false, finish: true });
             }
-            other => return Err(TrainerError::Unexpected(kind(&other))),
+            other => return Err(TrainerError::Unexpected(other.kind())),
         }
         Ok(())
     }
@@ -387,23 +385,14 @@ impl Trainer {
         }
         if self.closing.as_ref().is_some_and(|c| c.produces(&w)) {
             // Closing the round in hand will compute this state: wait for it, do not fetch it.
-            let merged = match self.after_close.take() {
-                Some(old) => Want {
-                    train: w.train.or(old.train),
-                    report: w.report | old.report,
-                    finish: w.finish | old.finish,
-                    ..w
-                },
-                None => w,
-            };
-            self.after_close = Some(merged);
+            match self.after_close.as_mut() {
+                Some(old) => old.absorb(&w),
+                None => self.after_close = Some(w),
+            }
             return;
         }
         if let Some(old) = self.want.as_mut().filter(|o| o.hash == w.hash && o.round == w.round) {
-            // Already being fetched: add what is to be done once it is here.
-            old.train = w.train.or(old.train);
-            old.report |= w.report;
-            old.finish |= w.finish;
+            old.absorb(&w); // already being fetched: add what is to be done once it is here
             return;
         }
         let len = self.spec_ref().state_len as u64;
@@ -420,7 +409,7 @@ impl Trainer {
         let loaded = match got {
             Err(err) => Err(TrainerError::Fetch { what: "the checkpoint", err }),
             Ok(b) => match self.spec_ref().decode_state(&b, &w.hash) {
-                Ok(g) if g.round == w.round => Ok((g, b.len())),
+                Ok(g) if g.round == w.round => Ok((g, b)),
                 Ok(g) => {
                     Err(TrainerError::Checkpoint(format!("it is of round {}, not {}", g.round, w.round)))
                 }
@@ -428,12 +417,13 @@ impl Trainer {
             },
         };
         match loaded {
-            Ok((g, bytes)) => {
+            Ok((g, b)) => {
+                let bytes = b.len();
                 if self.closing.as_ref().is_some_and(|c| c.round < g.round) {
                     self.closing = None; // the loaded state is past the round being closed
                     self.after_close = None;
                 }
-                self.serve_state(&g, w.hash);
+                self.out.push(Action::Serve { hash: w.hash, bytes: Arc::new(b) }); // as fetched
                 self.held = Some(Held { state: Arc::new(g), hash: w.hash, computed: false });
                 self.out.push(Action::Event(TrainerEvent::Loaded { round: w.round, bytes }));
                 self.then(w);
@@ -525,7 +515,7 @@ impl Trainer {
             let sources = self.sources(&author);
             self.out.push(Action::Fetch { sources, hash: *h, len, split: false });
         }
-        self.closing = Some(Closing { round, next, blobs, hub });
+        self.closing = Some(Closing { round, next, blobs });
         self.try_close();
     }
 
@@ -551,7 +541,7 @@ impl Trainer {
         if blobs.is_empty() {
             return Ok(None);
         }
-        if c.hub {
+        if outer.exchange() == tessera_sync::Exchange::Hub {
             return outer.decode_aggregate(c.round, blobs[0]).map(Some).map_err(|e| e.to_string());
         }
         let want = self.spec_ref().expected();
@@ -596,9 +586,11 @@ impl Trainer {
             self.warn(TrainerError::Aggregate { round, err: e.to_string() });
             return self.adopt(round + 1, expected);
         }
-        let mine = next.hash();
+        let blob = next.encode();
+        let mine = *blake3::hash(&blob).as_bytes();
         let agrees = mine == expected;
-        self.serve_state(&next, mine);
+        // Offered to the other members, who may fetch checkpoints from it.
+        self.out.push(Action::Serve { hash: mine, bytes: Arc::new(blob) });
         self.held = Some(Held { state: Arc::new(next), hash: mine, computed: true });
         self.report(round + 1, mine, agrees, true);
         if !agrees {
@@ -606,27 +598,8 @@ impl Trainer {
         }
     }
 
-    /// Offers a state it holds to the other members (they may fetch checkpoints from it).
-    fn serve_state(&mut self, g: &GlobalState, hash: Hash32) {
-        self.out.push(Action::Serve { hash, bytes: Arc::new(g.encode()) });
-    }
-
     fn report(&mut self, round: u64, state_hash: Hash32, agrees: bool, computed: bool) {
         self.out.push(Action::Event(TrainerEvent::Reported { round, state_hash, agrees, computed }));
         self.out.push(Action::Send(Message::StateReport { round, state_hash, computed }));
-    }
-}
-
-pub(crate) fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Join { .. } => "Join",
-        Message::Welcome { .. } => "Welcome",
-        Message::Heartbeat { .. } => "Heartbeat",
-        Message::RoundStart { .. } => "RoundStart",
-        Message::Commit { .. } => "Commit",
-        Message::Accept { .. } => "Accept",
-        Message::StateReport { .. } => "StateReport",
-        Message::CheckpointPointer { .. } => "CheckpointPointer",
-        Message::Done { .. } => "Done",
     }
 }

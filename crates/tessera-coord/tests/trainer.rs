@@ -175,14 +175,15 @@ fn an_assigned_unit_is_trained_served_then_committed() {
     assert!(h.t.tick(1050, 2).is_empty());
 }
 
-#[test]
-fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
-    let mut h = H::synced(None);
-    let g = h.spec.initial_state();
-    let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
+/// Round 0 closed by a hub with a small aggregate: the blob, its hash, the state it leads to,
+/// and the `Accept` announcing it.
+fn round_zero_accept(h: &H) -> (Vec<u8>, Hash32, GlobalState, Message) {
+    let spec = &h.spec;
+    let agg =
+        encode_update(Algorithm::DiLoCo, spec.outer.s.codec, spec.layout_hash, 0, &vec![1e-3; spec.n()]);
     let agg_hash = *blake3::hash(&agg).as_bytes();
-    let mut next = g.clone();
-    next.apply(&h.spec.outer, Some(&h.spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
+    let mut next = spec.initial_state();
+    next.apply(&spec.outer, Some(&spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
     let accept = Message::Accept {
         round: 0,
         accepted: vec![ME],
@@ -191,6 +192,13 @@ fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
         aggregate: Some(agg_hash),
         next_state_hash: next.hash(),
     };
+    (agg, agg_hash, next, accept)
+}
+
+#[test]
+fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
+    let mut h = H::synced(None);
+    let (agg, agg_hash, next, accept) = round_zero_accept(&h);
     let out = h.frame(accept);
     assert_eq!(fetches(&out), [(COORD, agg_hash, h.spec.update_len)]);
     let out = h.t.fetched(0, agg_hash, Ok(agg));
@@ -254,19 +262,7 @@ fn the_fault_drill_reports_a_different_state_then_resyncs() {
 #[test]
 fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
     let mut h = H::synced(None);
-    let g = h.spec.initial_state();
-    let agg = encode_update(Algorithm::DiLoCo, h.spec.codec, h.spec.layout_hash, 0, &vec![1e-3; h.spec.n()]);
-    let agg_hash = *blake3::hash(&agg).as_bytes();
-    let mut next = g.clone();
-    next.apply(&h.spec.outer, Some(&h.spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
-    let accept = Message::Accept {
-        round: 0,
-        accepted: vec![ME],
-        updates: vec![[7; 32]],
-        rejected: vec![],
-        aggregate: Some(agg_hash),
-        next_state_hash: next.hash(),
-    };
+    let (agg, agg_hash, next, accept) = round_zero_accept(&h);
     h.frame(accept);
     let unit = Assignment { peer: ME, data_round: 1, slot: 0 };
     let start = Message::RoundStart {

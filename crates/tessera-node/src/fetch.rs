@@ -127,6 +127,7 @@ impl Fetcher {
         self.whole(coord, &[coordinator], hash, len).await
     }
 
+    /// One range of the blob from `s`, else from the coordinator.
     async fn part(
         &self,
         coord: &Connection,
@@ -140,19 +141,32 @@ impl Fetcher {
             return Ok(Vec::new());
         }
         let want = n.min(len - off);
-        if let Ok(c) = self.conn(s, coord).await {
-            if let Ok((total, b)) = self.net.fetch_part(&c, hash, off, want, len).await {
-                if total == len && b.len() as u64 == want {
-                    self.count(s, b.len());
-                    return Ok(b);
-                }
+        let coordinator = Source { peer: self.coordinator, addr: None };
+        let mut last = String::new();
+        for src in [s, &coordinator] {
+            match self.range(coord, src, hash, (off, want), len).await {
+                Ok(b) => return Ok(b),
+                Err(e) => last = e,
             }
         }
-        let (total, b) = self.net.fetch_part(coord, hash, off, want, len).await.map_err(|e| e.to_string())?;
+        Err(last)
+    }
+
+    /// Exactly `want` bytes at `off` of the blob of whole length `len`, from `s`.
+    async fn range(
+        &self,
+        coord: &Connection,
+        s: &Source,
+        hash: &Hash32,
+        (off, want): (u64, u64),
+        len: u64,
+    ) -> Result<Vec<u8>, String> {
+        let c = self.conn(s, coord).await?;
+        let (total, b) = self.net.fetch_part(&c, hash, off, want, len).await.map_err(|e| e.to_string())?;
         if total != len || b.len() as u64 != want {
-            return Err(format!("part of {} bytes at {off}, expected {want}", b.len()));
+            return Err(format!("part of {} bytes at {off} of {total}, expected {want} of {len}", b.len()));
         }
-        self.count(&Source { peer: self.coordinator, addr: None }, b.len());
+        self.count(s, b.len());
         Ok(b)
     }
 }

@@ -67,7 +67,8 @@ struct Node {
     worker: Option<Worker>,
     /// A unit asked for while the worker was busy (the latest one wins).
     queued: Option<TrainJob>,
-    train_started: Option<Instant>,
+    /// Seconds the last unit took to train (for the log).
+    last_train_s: f64,
     /// Seconds spent training (on the blocking thread), and the span from the first training
     /// to the end of the run: the utilisation figure.
     busy_s: f64,
@@ -129,7 +130,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
 
         worker: None,
         queued: None,
-        train_started: None,
+        last_train_s: 0.0,
         busy_s: 0.0,
         first_train: None,
         run_s: 0.0,
@@ -220,6 +221,7 @@ impl Node {
             Input::Trained(w, round, got, took) => {
                 self.worker = Some(*w);
                 self.busy_s += took;
+                self.last_train_s = took;
                 let mut acts = self.t.trained(now, round, got);
                 if let Some(job) = self.queued.take() {
                     acts.push(Action::Train { state: job.0, state_hash: job.1, unit: job.2 });
@@ -277,7 +279,6 @@ impl Node {
         };
         let (ds, pool, step, slow, tx) =
             (self.ds.clone(), self.pool.clone(), self.step.clone(), self.slow_step, self.inputs.clone());
-        self.train_started = Some(Instant::now());
         self.first_train.get_or_insert_with(Instant::now);
         step.store(0, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
@@ -317,7 +318,7 @@ impl Node {
                 self.log.info(&format!("loaded checkpoint of round {round} ({bytes} bytes)"))
             }
             TrainerEvent::Committed { round, unit, loss } => {
-                let took = self.train_started.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let took = self.last_train_s;
                 self.log.info(&format!(
                     "round {round}: trained unit ({}, {}) in {took:.2}s, loss {loss:.4}",
                     unit.0, unit.1

@@ -18,6 +18,8 @@ use crate::SimError;
 
 /// Most idle ticks a run may wait before it is declared stuck.
 pub const MAX_IDLE_TICKS: u64 = 100_000;
+/// Most blobs one simulated trainer serves (the oldest go first), as a real endpoint bounds.
+pub const MAX_SERVED: usize = 64;
 /// The simulated coordinator's identity.
 pub const SIM_COORDINATOR: PeerId = [0xC0; 32];
 
@@ -27,6 +29,8 @@ struct Peer {
     alive: bool,
     seq: u64,
     served: HashMap<Hash32, Arc<Vec<u8>>>,
+    /// The served blobs' hashes, oldest first (at most [`MAX_SERVED`]).
+    served_order: VecDeque<Hash32>,
     /// Dies when asked to train a unit of this round, before committing.
     crash_in: Option<u64>,
 }
@@ -107,6 +111,7 @@ impl<'a> ProtocolSim<'a> {
             alive: true,
             seq: 0,
             served: HashMap::new(),
+            served_order: VecDeque::new(),
             crash_in: None,
         };
         self.peers.insert(peer, p);
@@ -180,11 +185,11 @@ impl<'a> ProtocolSim<'a> {
                 }
                 Action::Fetch { sources, hash, len, .. } => {
                     // The first source that holds it; the coordinator is the last.
-                    let from = sources.iter().find(|s| self.fetch(&s.peer, &hash).is_some());
-                    if from.is_some_and(|s| s.peer != SIM_COORDINATOR) {
+                    let found = sources.iter().find_map(|s| self.fetch(&s.peer, &hash).map(|b| (s.peer, b)));
+                    if found.as_ref().is_some_and(|(from, _)| *from != SIM_COORDINATOR) {
                         self.peer_fetches += 1;
                     }
-                    let got = from.and_then(|s| self.fetch(&s.peer, &hash)).filter(|b| b.len() as u64 == len);
+                    let got = found.map(|(_, b)| b).filter(|b| b.len() as u64 == len);
                     let got = got.ok_or_else(|| "blob not available".to_string());
                     self.queue.push_back(Delivery::BlobToPeer(peer, hash, got));
                 }
@@ -201,7 +206,14 @@ impl<'a> ProtocolSim<'a> {
                     self.act(peer, more)?;
                 }
                 Action::Serve { hash, bytes } => {
-                    self.peer_mut(&peer).served.insert(hash, bytes);
+                    let p = self.peer_mut(&peer);
+                    if p.served.insert(hash, bytes).is_none() {
+                        p.served_order.push_back(hash);
+                    }
+                    while p.served_order.len() > MAX_SERVED {
+                        let old = p.served_order.pop_front().expect("non-empty");
+                        p.served.remove(&old);
+                    }
                 }
                 Action::Event(e) => {
                     match &e {

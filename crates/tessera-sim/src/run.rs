@@ -217,7 +217,7 @@ impl<'a> Sim<'a> {
         let r = self.round;
         let results = match self.outer.work() {
             Work::Gradient => {
-                self.global.model.params.load_flat(&self.theta)?;
+                // The global model holds θ: it starts there and `sync_global` keeps it there.
                 let (ctx, global) = (ctx!(self), &self.global);
                 (0..self.cfg.peers)
                     .into_par_iter()

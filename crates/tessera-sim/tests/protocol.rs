@@ -79,18 +79,29 @@ fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
     sim.theta().to_vec()
 }
 
+/// Runs `rc` with `peers` trainers present from the start and checks that the coordinator's
+/// θ equals the plain simulator's bit for bit; returns the run for further checks.
+fn peers_from_the_start_equal_the_simulator<'a>(
+    rc: &RunConfig,
+    peers: u8,
+    ds: &'a Dataset,
+) -> ProtocolSim<'a> {
+    let mut p = ProtocolSim::new(rc.clone(), ds).unwrap();
+    for i in 1..=peers {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let sim = plain_sim_theta(rc, peers as usize, ds);
+    let theta = &p.coordinator().global().theta;
+    assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: bit-identical θ", rc.algo);
+    p
+}
+
 #[test]
 fn the_protocol_computes_what_the_simulator_computes() {
     let ds = dataset("equal");
     let rc = run_cfg(3);
-    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
-    for i in 1..=3 {
-        p.join(pid(i)).unwrap();
-    }
-    p.run_until(rc.rounds).unwrap();
-    let sim = plain_sim_theta(&rc, 3, &ds);
-    let theta = &p.coordinator().global().theta;
-    assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    let p = peers_from_the_start_equal_the_simulator(&rc, 3, &ds);
     for i in 1..=3 {
         assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())));
     }
@@ -108,13 +119,7 @@ fn the_protocol_computes_what_the_simulator_computes() {
 fn ddp_over_the_protocol_equals_the_simulators_ddp() {
     let ds = dataset("ddp");
     let rc = RunConfig { algo: Algorithm::Ddp, inner_steps: 1, rounds: 5, ..run_cfg(2) };
-    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
-    p.join(pid(1)).unwrap();
-    p.join(pid(2)).unwrap();
-    p.run_until(rc.rounds).unwrap();
-    let sim = plain_sim_theta(&rc, 2, &ds);
-    let theta = &p.coordinator().global().theta;
-    assert!(theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()), "bit-identical θ");
+    let p = peers_from_the_start_equal_the_simulator(&rc, 2, &ds);
     assert_eq!(p.peer_state(&pid(2)), Some((rc.rounds, p.coordinator().state_hash())));
 }
 
@@ -127,18 +132,8 @@ fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
         RunConfig { algo: Algorithm::SparseLoCo, ..run_cfg(3) },
         RunConfig { algo: Algorithm::DeMo, inner_steps: 1, demo_lr: 3e-3, ..run_cfg(3) },
     ] {
-        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
-        for i in 1..=3 {
-            p.join(pid(i)).unwrap();
-        }
-        p.run_until(rc.rounds).unwrap();
-        let sim = plain_sim_theta(&rc, 3, &ds);
+        let p = peers_from_the_start_equal_the_simulator(&rc, 3, &ds);
         let theta = &p.coordinator().global().theta;
-        assert!(
-            theta.iter().zip(&sim).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{}: bit-identical θ",
-            rc.algo
-        );
         for i in 1..=3 {
             assert_eq!(p.peer_state(&pid(i)), Some((rc.rounds, p.coordinator().state_hash())), "{}", rc.algo);
         }

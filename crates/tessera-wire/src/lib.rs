@@ -108,6 +108,23 @@ pub enum Message {
     Done { round: u64, state_hash: Hash32 },
 }
 
+impl Message {
+    /// The message's kind, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Join { .. } => "Join",
+            Message::Welcome { .. } => "Welcome",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::RoundStart { .. } => "RoundStart",
+            Message::Commit { .. } => "Commit",
+            Message::Accept { .. } => "Accept",
+            Message::StateReport { .. } => "StateReport",
+            Message::CheckpointPointer { .. } => "CheckpointPointer",
+            Message::Done { .. } => "Done",
+        }
+    }
+}
+
 /// One unit of training work: H inner steps on the batches of `(data_round, slot)`. A unit
 /// that was not delivered is handed to another trainer in a later round, so no data is
 /// skipped.
