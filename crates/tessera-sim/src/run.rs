@@ -5,8 +5,8 @@ use rayon::prelude::*;
 use tessera_data::{BatchKey, Dataset};
 use tessera_model::{Gpt, GptConfig, Trainer};
 use tessera_sync::{
-    decode_update, encode_update, mean_of, noloco_groups, pseudo_gradient, replica_spread, Algorithm, Codec,
-    Contribution, Exchange, Outer, PeerState, ValueCodec, Work,
+    decode_update, noloco_groups, pseudo_gradient, replica_spread, Algorithm, Contribution, Exchange, Outer,
+    PeerState, Work,
 };
 use tessera_tensor::{Hash, Kernel, Tensor, TraceMode};
 
@@ -293,47 +293,47 @@ impl<'a> Sim<'a> {
     }
 
     /// NoLoCo: seeded groups exchange (Δ, φ); each replica steps toward its group's means.
+    /// A replica's own Δ enters decoded, like its partners', so every member of a group (and
+    /// a coordinator checking them) combines the same bits.
     fn round_pairs(&mut self, t: f64) -> Result<(f64, usize, f64), SimError> {
-        let (loss, delta_msgs, deltas) = self.contributions()?;
+        let (loss, delta_msgs, _) = self.contributions()?;
         let want_delta = self.outer.expected(Some(self.cfg.max_update_norm));
-        let want_phi = self.outer.expected(None);
-        let phi_codec = Codec::dense(ValueCodec::F32, self.cfg.chunk);
-        let layout = self.outer.layout_hash;
-        let phis: Vec<Vec<f32>> = self.peers.iter().map(|p| p.st.buffers()[0].to_vec()).collect();
+        let r = self.round;
+        let phi_msgs: Vec<Vec<u8>> =
+            self.peers.iter().map(|p| self.outer.phi_message(r, p.st.buffers()[0])).collect();
         let mut end = t;
         let mut rejected = 0;
-        for group in noloco_groups(self.cfg.seed, self.round, self.cfg.peers) {
+        for group in noloco_groups(self.cfg.seed, r, self.cfg.peers) {
             let mut members = group.clone();
             members.sort_unstable();
-            let phi_msgs: Vec<Vec<u8>> = members
-                .iter()
-                .map(|&i| encode_update(Algorithm::NoLoCo, phi_codec, layout, self.round, &phis[i]))
-                .collect();
             for &i in &members {
                 let (mut ds, mut ps): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (Vec::new(), Vec::new());
-                for (b, &j) in members.iter().enumerate() {
-                    let dm = &delta_msgs[j];
-                    if i == j {
-                        ds.push(deltas[i].clone());
-                        ps.push(phis[i].clone());
-                        continue;
+                for &j in &members {
+                    if i != j {
+                        let bytes = (delta_msgs[j].len() + phi_msgs[j].len()) as u64;
+                        end = end.max(self.net.transfer(t, j, i, bytes));
                     }
-                    let bytes = (dm.len() + phi_msgs[b].len()) as u64;
-                    end = end.max(self.net.transfer(t, j, i, bytes));
-                    match (decode_update(dm, &want_delta), decode_update(&phi_msgs[b], &want_phi)) {
+                    match (decode_update(&delta_msgs[j], &want_delta), self.outer.decode_phi(r, &phi_msgs[j]))
+                    {
                         (Ok(d), Ok(p)) => {
                             ds.push(d.values);
-                            ps.push(p.values);
+                            ps.push(p);
                         }
-                        _ => rejected += 1,
+                        _ => rejected += usize::from(i != j),
                     }
+                }
+                let peer = &mut self.peers[i];
+                let PeerState::NoLoCo(rep) = &mut peer.st else {
+                    return Err(SimError::Config("a NoLoCo peer without a replica".into()));
+                };
+                if ds.is_empty() {
+                    continue; // its own Δ was refused: the replica stays where it was
                 }
                 let dref: Vec<&[f32]> = ds.iter().map(Vec::as_slice).collect();
                 let pref: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
-                let (dm, pm) = (mean_of(&dref), mean_of(&pref));
-                let peer = &mut self.peers[i];
-                let phi = self.outer.noloco_step(&mut peer.st, &dm, &pm).expect("noloco peer");
-                peer.tr.model.params.load_flat(phi)?;
+                let values = self.outer.combine_group(&dref, &pref)?;
+                self.outer.apply(r, &mut rep.phi, std::slice::from_mut(&mut rep.m), &values)?;
+                peer.tr.model.params.load_flat(&rep.phi)?;
             }
         }
         Ok((loss, rejected, end))

@@ -165,11 +165,12 @@ impl Outer {
         }
     }
 
-    /// Buffers the shared state keeps beside θ (DiLoCo: the outer momentum; DDP with AdamW:
-    /// its m and v, its step count being the round).
+    /// Buffers the state a trainer holds keeps beside θ (DiLoCo: the outer momentum; DDP with
+    /// AdamW: its m and v, its step count being the round; NoLoCo: the replica's momentum m,
+    /// its θ being the replica's φ).
     pub fn buffers(&self) -> usize {
         match (&self.s.algorithm, &self.s.ddp) {
-            (Algorithm::DiLoCo, _) => 1,
+            (Algorithm::DiLoCo | Algorithm::NoLoCo, _) => 1,
             (Algorithm::Ddp, GlobalOptimizer::AdamW(_)) => 2,
             _ => 0,
         }
@@ -241,6 +242,44 @@ impl Outer {
         }
     }
 
+    /// NoLoCo: one group's decoded Δs and φs (the group's accepted members in peer-id order,
+    /// a replica's own Δ decoded like its partners') combined into the values a member
+    /// applies: the mean Δ̄, then the mean φ̄ (`2n` values). Every member of the group computes
+    /// the same bits, and so does the coordinator that checks them.
+    pub fn combine_group(&self, deltas: &[&[f32]], phis: &[&[f32]]) -> Result<Vec<f32>, SyncError> {
+        let n = self.n();
+        if deltas.is_empty() || deltas.len() != phis.len() {
+            return Err(SyncError::Malformed(format!(
+                "{} Δs and {} φs in a group",
+                deltas.len(),
+                phis.len()
+            )));
+        }
+        if let Some(v) = deltas.iter().chain(phis).find(|v| v.len() != n) {
+            return Err(SyncError::Length { what: "group member", want: n, got: v.len() });
+        }
+        let mut out = crate::mean_of(deltas);
+        out.extend(crate::mean_of(phis));
+        assert_eq!(out.len(), 2 * n, "Δ̄ then φ̄");
+        Ok(out)
+    }
+
+    /// NoLoCo: the blob a replica offers its partners for its outer weights φ in `round`
+    /// (f32, lossless; the same framing as an update).
+    pub fn phi_message(&self, round: u64, phi: &[f32]) -> Vec<u8> {
+        let f32s = Codec::dense(ValueCodec::F32, self.s.codec.chunk);
+        encode_update(Algorithm::NoLoCo, f32s, self.layout_hash, round, phi)
+    }
+
+    /// Decodes a partner's φ blob of `round` (see [`Outer::phi_message`]).
+    pub fn decode_phi(&self, round: u64, blob: &[u8]) -> Result<Vec<f32>, SyncError> {
+        let d = decode_update(blob, &self.expected(None))?;
+        if d.header.round != round || d.header.algorithm != Algorithm::NoLoCo {
+            return Err(SyncError::Malformed(format!("φ of round {}, expected {round}", d.header.round)));
+        }
+        Ok(d.values)
+    }
+
     /// Decodes a hub's aggregate blob for `round`: checked for layout and length, not against
     /// the per-update norm bound (the mean of updates within it, quantized again, may be a
     /// hair over, and the blob is named by hash in a signed message anyway).
@@ -263,7 +302,9 @@ impl Outer {
         bufs: &mut [Vec<f32>],
         agg: &[f32],
     ) -> Result<(), SyncError> {
-        if bufs.len() != self.buffers() || theta.len() != self.n() || agg.len() != self.values() {
+        // NoLoCo applies a group's Δ̄ and φ̄ together (see [`Outer::combine_group`]).
+        let want = if self.s.algorithm == Algorithm::NoLoCo { 2 * self.n() } else { self.values() };
+        if bufs.len() != self.buffers() || theta.len() != self.n() || agg.len() != want {
             return Err(SyncError::Length { what: "shared state", want: self.n(), got: theta.len() });
         }
         match (self.s.algorithm, &self.s.ddp) {
@@ -281,26 +322,13 @@ impl Outer {
             }
             (Algorithm::DeMo, _) => demo_apply(theta, agg, self.demo_lr(round), self.s.demo_weight_decay),
             (Algorithm::NoLoCo, _) => {
-                return Err(SyncError::Malformed("NoLoCo has no shared state to apply to".into()))
+                // θ is the replica's φ, the buffer its momentum m; from the group's Δ̄ and φ̄.
+                let (dm, pm) = agg.split_at(self.n());
+                let (a, b) = (self.s.noloco_alpha, self.s.noloco_beta);
+                crate::noloco_step(a, b, theta, &mut bufs[0], dm, pm);
             }
         }
         Ok(())
-    }
-
-    /// NoLoCo's outer step of one replica from its group's mean Δ and mean φ; returns the new
-    /// φ, from which the replica's inner training restarts.
-    pub fn noloco_step<'a>(
-        &self,
-        st: &'a mut PeerState,
-        delta_mean: &[f32],
-        phi_mean: &[f32],
-    ) -> Option<&'a [f32]> {
-        match st {
-            PeerState::NoLoCo(p) => {
-                Some(p.outer_step(self.s.noloco_alpha, self.s.noloco_beta, delta_mean, phi_mean))
-            }
-            _ => None,
-        }
     }
 
     /// One AdamW step of θ with gradient `g`, moments in the two buffers, step count = round,

@@ -28,8 +28,8 @@ pub use aggregate::{sparse_mean, weighted_mean, Contribution};
 pub use algo::{Combined, Exchange, GlobalOptimizer, Outer, OuterSettings, PeerState, Work};
 pub use codec::{top_k_indices, Codec, ValueCodec, MAX_CHUNK};
 pub use outer::{
-    dct_tiles, demo_apply, idct_tiles, mean_of, noloco_groups, pseudo_gradient, replica_spread, DemoPeer,
-    ErrorFeedback, NesterovOuter, NoLoCoPeer, DCT_SIDE, DCT_TILE,
+    dct_tiles, demo_apply, idct_tiles, mean_of, noloco_groups, noloco_step, pseudo_gradient, replica_spread,
+    DemoPeer, ErrorFeedback, NesterovOuter, NoLoCoPeer, DCT_SIDE, DCT_TILE,
 };
 pub use update::{
     decode_header, decode_update, encode_update, frame_update, Algorithm, Decoded, Expected, UpdateHeader,

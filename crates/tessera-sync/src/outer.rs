@@ -70,13 +70,26 @@ impl NoLoCoPeer {
     /// `m ← βm + αΔ̄ + α(φ̄ − φ);  φ ← φ + m`, with Δ̄ and φ̄ the group means. Returns the new φ,
     /// from which the replica's inner training restarts.
     pub fn outer_step(&mut self, alpha: f32, beta: f32, delta_mean: &[f32], phi_mean: &[f32]) -> &[f32] {
-        let n = self.phi.len();
-        assert!(delta_mean.len() == n && phi_mean.len() == n, "noloco sizes");
-        for i in 0..n {
-            self.m[i] = beta * self.m[i] + alpha * delta_mean[i] + alpha * (phi_mean[i] - self.phi[i]);
-            self.phi[i] += self.m[i];
-        }
+        noloco_step(alpha, beta, &mut self.phi, &mut self.m, delta_mean, phi_mean);
         &self.phi
+    }
+}
+
+/// NoLoCo's outer step of one replica (φ, m) from its group's means Δ̄ and φ̄:
+/// `m ← βm + αΔ̄ + α(φ̄ − φ);  φ ← φ + m`.
+pub fn noloco_step(
+    alpha: f32,
+    beta: f32,
+    phi: &mut [f32],
+    m: &mut [f32],
+    delta_mean: &[f32],
+    phi_mean: &[f32],
+) {
+    let n = phi.len();
+    assert!(m.len() == n && delta_mean.len() == n && phi_mean.len() == n, "noloco sizes");
+    for i in 0..n {
+        m[i] = beta * m[i] + alpha * delta_mean[i] + alpha * (phi_mean[i] - phi[i]);
+        phi[i] += m[i];
     }
 }
 
