@@ -28,10 +28,12 @@ pub struct RunConfig {
     ///   (needs `inner_steps = 1`);
     /// - `sparseloco`: H inner steps, top-k 2-bit Δ with error feedback, all-gathered;
     /// - `demo`: one gradient per round, top-k DCT coefficients of the decoupled momentum,
-    ///   all-gathered, sign step (needs `inner_steps = 1`).
+    ///   all-gathered, sign step (needs `inner_steps = 1`);
+    /// - `noloco`: every trainer keeps its own replica; seeded pairs exchange (φ, Δ) with each
+    ///   other and step toward their pair's means; no shared model.
     pub algo: Algorithm,
-    /// Codec of DiLoCo's updates: f32 | int8 | 2bit | sign (DDP sends f32, SparseLoCo top-k
-    /// 2-bit, DeMo top-k f32 DCT coefficients).
+    /// Codec of DiLoCo's and NoLoCo's updates: f32 | int8 | 2bit | sign (DDP sends f32,
+    /// SparseLoCo top-k 2-bit, DeMo top-k f32 DCT coefficients).
     pub codec: ValueCodec,
     pub chunk: usize,
     /// Values kept per chunk by SparseLoCo and DeMo.
@@ -44,6 +46,9 @@ pub struct RunConfig {
     pub demo_beta: f32,
     pub demo_lr: f32,
     pub demo_weight_decay: f32,
+    /// NoLoCo: the outer step size α and momentum β.
+    pub noloco_alpha: f32,
+    pub noloco_beta: f32,
     /// Inner steps per round (H) and rounds in the run.
     pub inner_steps: u64,
     pub rounds: u64,
@@ -89,6 +94,8 @@ impl Default for RunConfig {
             demo_beta: 0.999,
             demo_lr: 1e-3,
             demo_weight_decay: 0.0,
+            noloco_alpha: 0.7,
+            noloco_beta: 0.5,
             inner_steps: 20,
             rounds: 10,
             batch: 8,
@@ -129,15 +136,9 @@ impl RunConfig {
         toml::to_string(self).expect("a flat config always serializes")
     }
 
-    /// The outer algorithm (see [`RunConfig::validate`] for the ones a networked run takes).
+    /// The outer algorithm.
     pub fn algorithm(&self) -> Result<Algorithm, CoordError> {
-        let a = self.algo;
-        if a == Algorithm::NoLoCo {
-            return Err(CoordError::Config(
-                "algo = \"noloco\" is not yet supported over the network (use tessera sim)".into(),
-            ));
-        }
-        Ok(a)
+        Ok(self.algo)
     }
 
     /// Inner steps per round actually taken (1 for the gradient methods).
@@ -152,8 +153,8 @@ impl RunConfig {
             codec: self.update_codec()?,
             outer_lr: self.outer_lr,
             outer_momentum: self.outer_momentum,
-            noloco_alpha: 0.0,
-            noloco_beta: 0.0,
+            noloco_alpha: self.noloco_alpha,
+            noloco_beta: self.noloco_beta,
             ef_beta: self.ef_beta,
             sparse_lr: self.sparse_lr,
             demo_beta: self.demo_beta,
@@ -217,6 +218,8 @@ impl RunConfig {
             self.sparse_lr,
             self.demo_lr,
             self.demo_weight_decay,
+            self.noloco_alpha,
+            self.noloco_beta,
         ];
         if !(0.0..1.0).contains(&self.ef_beta) || !(0.0..1.0).contains(&self.demo_beta) {
             return bad("ef_beta and demo_beta must be in [0, 1)");

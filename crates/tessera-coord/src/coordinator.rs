@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use std::sync::Arc;
 
-use tessera_sync::{decode_update, Contribution};
+use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
-use crate::{CoordError, GlobalState, Hash32, PeerId, Reject, RunConfig, RunSpec, SeqWindow, Signed};
+use crate::{
+    CoordError, GlobalState, Hash32, PeerId, Reject, Replicas, RunConfig, RunSpec, SeqWindow, Signed,
+};
 
 /// Most peers whose sequence numbers are remembered (members and departed peers).
 pub const MAX_KNOWN_PEERS: usize = 65_536;
@@ -55,8 +57,9 @@ pub enum Output {
 pub enum Record {
     /// A round was announced (the `RoundStart` message).
     RoundStarted { round: u64, start: Message },
-    /// A round was closed: the `Accept` message, the new state and the backlog after it.
-    RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit> },
+    /// A round was closed: the `Accept` message, the new state and the backlog after it, and
+    /// (NoLoCo) the spread of the replicas.
+    RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit>, spread: Option<f64> },
     /// A node reported the state hash it holds after `round` rounds, computed by itself or
     /// adopted from the checkpoint.
     Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
@@ -68,7 +71,7 @@ pub enum Event {
     Joined(PeerId),
     Left(PeerId),
     Rejected { from: PeerId, reason: Reject },
-    RoundClosed { round: u64, accepted: usize, rejected: usize, reassigned: usize },
+    RoundClosed { round: u64, accepted: usize, rejected: usize, reassigned: usize, spread: Option<f64> },
     Disagreement { round: u64, peer: PeerId, reported: Hash32, expected: Option<Hash32> },
     Finished { round: u64, state_hash: Hash32 },
 }
@@ -83,6 +86,8 @@ pub struct Restored {
     pub open: Option<Message>,
     /// State hashes by rounds completed.
     pub history: Vec<(u64, Hash32)>,
+    /// NoLoCo: every member's replica, of the state's round.
+    pub replicas: Vec<(PeerId, GlobalState)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,8 +120,11 @@ struct OpenRound {
 pub struct Coordinator {
     cfg: RunConfig,
     spec: Arc<RunSpec>,
+    /// The shared state (NoLoCo: the consensus, the mean of the replicas).
     global: GlobalState,
     state_hash: Hash32,
+    /// NoLoCo: each member's own replica.
+    replicas: Replicas,
     history: BTreeMap<u64, Hash32>,
     /// Members and when each was last heard from.
     members: BTreeMap<PeerId, u64>,
@@ -133,8 +141,9 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator for a fresh run, starting from the run's initial state.
     pub fn new(spec: Arc<RunSpec>) -> Result<Self, CoordError> {
+        let state = spec.initial_state();
         let r =
-            Restored { state: spec.initial_state(), backlog: Vec::new(), open: None, history: Vec::new() };
+            Restored { state, backlog: Vec::new(), open: None, history: Vec::new(), replicas: Vec::new() };
         Self::restore(spec, r, 0)
     }
 
@@ -147,6 +156,9 @@ impl Coordinator {
         {
             return Err(CoordError::State("the state does not fit this run's model and algorithm".into()));
         }
+        if r.replicas.iter().any(|(_, s)| s.round != r.state.round || s.theta.len() != spec.n()) {
+            return Err(CoordError::State("a replica is not of the state's round and model".into()));
+        }
         let cfg = spec.cfg.clone();
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
@@ -157,6 +169,7 @@ impl Coordinator {
             spec,
             global: r.state,
             state_hash,
+            replicas: Replicas::restore(r.replicas),
             history,
             members: BTreeMap::new(),
             addrs: BTreeMap::new(),
@@ -213,6 +226,24 @@ impl Coordinator {
         &self.global
     }
 
+    /// NoLoCo: every member's replica.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    fn pairs(&self) -> bool {
+        self.spec.outer.exchange() == Exchange::Pairs
+    }
+
+    /// The state `peer` trains from: its replica (NoLoCo) or the shared state.
+    fn start_of(&self, peer: &PeerId) -> Option<Hash32> {
+        if self.pairs() {
+            self.replicas.hash_of(peer)
+        } else {
+            Some(self.state_hash)
+        }
+    }
+
     pub fn members(&self) -> impl Iterator<Item = &PeerId> {
         self.members.keys()
     }
@@ -253,7 +284,8 @@ impl Coordinator {
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => {
-                    let keep = self.spec.outer.exchange() == tessera_sync::Exchange::AllGather;
+                    // Peers fetch updates themselves unless a hub sends them the aggregate.
+                    let keep = self.spec.outer.exchange() != Exchange::Hub;
                     Slot::Accepted { hash, values: d.values, support: d.support, bytes: keep.then_some(b) }
                 }
                 Ok(d) => {
@@ -320,6 +352,9 @@ impl Coordinator {
             self.members.insert(from, now_ms);
             self.event(Event::Joined(from));
         }
+        if self.pairs() {
+            self.replicas.ensure(from, &self.global); // a joiner starts from the consensus
+        }
         if let Some(a) = addr {
             self.addrs.insert(from, truncate(a.clone()));
         }
@@ -333,7 +368,7 @@ impl Coordinator {
             .collect();
         let welcome = Message::Welcome {
             round: self.global.round,
-            checkpoint: self.state_hash,
+            checkpoint: self.start_of(&from).unwrap_or(self.state_hash),
             state_hash: self.state_hash,
             config: self.cfg.to_toml(),
             peers,
@@ -353,14 +388,15 @@ impl Coordinator {
 
     /// What a commit claims that can be checked before its update is fetched: the round's
     /// start state, the exact length, and local hashes that fit the algorithm's work.
-    fn check_commit(&self, m: &Message) -> Result<(), Reject> {
+    fn check_commit(&self, from: &PeerId, m: &Message) -> Result<(), Reject> {
         let Message::Commit { state, update_len, start_hash, end_hash, .. } = m else {
             return Err(Reject::Unexpected("a commit"));
         };
-        if *state != self.state_hash {
+        let want = self.start_of(from).unwrap_or(self.state_hash);
+        if *state != want {
             return Err(Reject::WrongStart {
                 got: tessera_tensor::hex(state),
-                want: tessera_tensor::hex(&self.state_hash),
+                want: tessera_tensor::hex(&want),
             });
         }
         if *update_len != self.spec.update_len {
@@ -384,7 +420,7 @@ impl Coordinator {
             return Err(Reject::Unexpected("a commit"));
         };
         let (round, len) = (*round, *len);
-        let checked = self.check_commit(m);
+        let checked = self.check_commit(&from, m);
         let open_round = self.open.as_ref().map(|o| o.round);
         let open = match self.open.as_mut() {
             Some(o) if o.round == round => o,
@@ -412,7 +448,10 @@ impl Coordinator {
     }
 
     fn report(&mut self, from: PeerId, round: u64, reported: Hash32, computed: bool) {
-        let expected = self.history.get(&round).copied();
+        let expected = match self.pairs() {
+            true => self.replicas.expected(round, &from),
+            false => self.history.get(&round).copied(),
+        };
         let agrees = expected == Some(reported);
         let rec = Record::Report { round, peer: from, state_hash: reported, agrees, computed };
         self.out.push(Output::Persist(rec));
@@ -420,7 +459,7 @@ impl Coordinator {
             self.event(Event::Disagreement { round, peer: from, reported, expected });
             let ptr = Message::CheckpointPointer {
                 round: self.global.round,
-                checkpoint: self.state_hash,
+                checkpoint: self.start_of(&from).unwrap_or(self.state_hash),
                 state_hash: self.state_hash,
             };
             self.out.push(Output::Send { to: from, message: ptr });
@@ -474,6 +513,10 @@ impl Coordinator {
             })
             .collect();
         let deadline_ms = self.deadline(&peers);
+        let replicas = match self.pairs() {
+            true => peers.iter().map(|p| self.replicas.ensure(*p, &self.global)).collect(),
+            false => Vec::new(),
+        };
         let start = Message::RoundStart {
             round,
             state_hash: self.state_hash,
@@ -482,6 +525,7 @@ impl Coordinator {
             members: peers.clone(),
             assignments: assignments.clone(),
             deadline_ms,
+            replicas,
         };
         self.out.push(Output::Persist(Record::RoundStarted { round, start: start.clone() }));
         self.out.push(Output::Broadcast { message: start.clone() });
@@ -541,21 +585,13 @@ impl Coordinator {
                 reassigned += 1;
             }
         }
-        let combined = match contribs.is_empty() {
-            true => None,
-            false => Some(self.spec.outer.combine(round, &contribs)?),
-        };
-        let aggregate = combined.as_ref().and_then(|c| c.blob.clone());
-        let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
-        self.global.apply(&self.spec.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
+        let members: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
+        let (agg_hash, pairs, spread) = self.step(round, &members, &accepted, contribs)?;
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);
         while self.history.len() > MAX_HISTORY {
             self.history.pop_first();
-        }
-        if let (Some(bytes), Some(hash)) = (aggregate, agg_hash) {
-            self.out.push(Output::StoreBlob { hash, bytes });
         }
         self.out.push(Output::StoreBlob { hash: self.state_hash, bytes: state_blob });
         let (n_acc, n_rej) = (accepted.len(), rejected.len());
@@ -566,6 +602,7 @@ impl Coordinator {
             rejected,
             aggregate: agg_hash,
             next_state_hash: self.state_hash,
+            pairs,
         };
         let backlog = self.backlog.iter().copied().collect();
         self.out.push(Output::Persist(Record::RoundClosed {
@@ -573,9 +610,10 @@ impl Coordinator {
             accept: accept.clone(),
             state_hash: self.state_hash,
             backlog,
+            spread,
         }));
         self.out.push(Output::Broadcast { message: accept });
-        self.event(Event::RoundClosed { round, accepted: n_acc, rejected: n_rej, reassigned });
+        self.event(Event::RoundClosed { round, accepted: n_acc, rejected: n_rej, reassigned, spread });
         if self.global.round >= self.cfg.rounds {
             self.finished = true;
             let (round, state_hash) = (self.global.round, self.state_hash);
@@ -583,6 +621,43 @@ impl Coordinator {
             self.event(Event::Finished { round, state_hash });
         }
         Ok(())
+    }
+}
+
+impl Coordinator {
+    /// Applies a round's accepted contributions (in peer-id order) to the state; stores the
+    /// blobs peers will fetch. Returns the aggregate's hash (hub algorithms), and for NoLoCo
+    /// the pairing with the replicas it produced and their spread.
+    fn step(
+        &mut self,
+        round: u64,
+        members: &[PeerId],
+        accepted: &[PeerId],
+        contribs: Vec<Contribution>,
+    ) -> Result<(Option<Hash32>, Option<tessera_wire::Pairs>, Option<f64>), CoordError> {
+        assert_eq!(accepted.len(), contribs.len(), "one contribution per accepted peer");
+        if self.pairs() {
+            let deltas = accepted.iter().copied().zip(contribs.into_iter().map(|c| c.values)).collect();
+            let live = |p: &PeerId| self.members.contains_key(p);
+            let closed = self.replicas.close(&self.spec, &self.global, members, &deltas, live)?;
+            for (hash, bytes) in closed.blobs {
+                self.out.push(Output::StoreBlob { hash, bytes });
+            }
+            self.global = closed.consensus;
+            return Ok((None, Some(closed.pairs), Some(closed.spread)));
+        }
+        let combined = match contribs.is_empty() {
+            true => None,
+            false => Some(self.spec.outer.combine(round, &contribs)?),
+        };
+        let aggregate = combined.as_ref().and_then(|c| c.blob.clone());
+        let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
+        self.global.apply(&self.spec.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
+        if let (Some(bytes), Some(hash)) = (aggregate, agg_hash) {
+            self.out.push(Output::StoreBlob { hash, bytes });
+        }
+        assert_eq!(self.global.round, round + 1, "a round closes once");
+        Ok((agg_hash, None, None))
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod config;
 mod coordinator;
+mod replicas;
 mod seq;
 mod spec;
 mod state;
@@ -40,10 +41,11 @@ pub use config::{RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
+pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use state::{GlobalState, MAX_STATE_PARAMS};
-pub use tessera_wire::{Assignment, Hash32, Message, PeerId, Signed};
+pub use tessera_wire::{Assignment, Hash32, Message, Pairs, PeerId, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
 pub use worker::{Trained, Worker};
 

@@ -16,7 +16,8 @@
 use std::sync::Arc;
 
 use crate::{
-    Assignment, CoordError, GlobalState, Hash32, Message, PeerId, Reject, RunConfig, RunSpec, SeqWindow,
+    Assignment, CoordError, GlobalState, Hash32, Message, Pairs, PeerId, Reject, RunConfig, RunSpec,
+    SeqWindow,
 };
 use crate::{Signed, Trained};
 
@@ -200,8 +201,8 @@ pub struct Trainer {
     closing: Option<Closing>,
     /// Where other members serve blobs, as the coordinator last said.
     peers: std::collections::BTreeMap<PeerId, String>,
-    /// This trainer's latest update (not fetched back when all-gathering).
-    own: Option<(Hash32, Arc<Vec<u8>>)>,
+    /// This trainer's latest update, and (NoLoCo) its φ blob: not fetched back.
+    own: Vec<(Hash32, Arc<Vec<u8>>)>,
     /// What to do with the state that closing the round will produce (a `RoundStart` or
     /// `Done` that overtook the aggregate): done once it is computed, not fetched.
     after_close: Option<Want>,
@@ -222,7 +223,7 @@ impl Trainer {
             training: None,
             closing: None,
             peers: Default::default(),
-            own: None,
+            own: Vec::new(),
             after_close: None,
             round: 0,
             last_heartbeat: None,
@@ -304,8 +305,18 @@ impl Trainer {
         match got {
             Ok(t) if self.training == Some((t.round, t.start_state)) => {
                 self.training = None;
-                self.own = Some((t.update_hash, t.update.clone()));
-                self.out.push(Action::Serve { hash: t.update_hash, bytes: t.update.clone() });
+                self.own = vec![(t.update_hash, t.update.clone())];
+                if self.pairs() {
+                    // Partners fetch this replica's φ along with its Δ.
+                    let held = self.held.as_ref().filter(|h| h.hash == t.start_state);
+                    if let Some(h) = held {
+                        let b = Arc::new(self.spec_ref().outer.phi_message(t.round, &h.state.theta));
+                        self.own.push((*blake3::hash(&b).as_bytes(), b));
+                    }
+                }
+                for (hash, bytes) in self.own.clone() {
+                    self.out.push(Action::Serve { hash, bytes });
+                }
                 self.out.push(Action::Send(t.commit()));
                 let e = TrainerEvent::Committed { round: t.round, unit: t.unit, loss: t.mean_loss };
                 self.out.push(Action::Event(e));
@@ -332,26 +343,39 @@ impl Trainer {
             return Err(TrainerError::NotConfigured(m.kind()));
         }
         match m {
-            Message::Welcome { round, state_hash, config, peers, .. } => {
+            // The checkpoint is the shared state, or (NoLoCo) this trainer's replica.
+            Message::Welcome { round, checkpoint, config, peers, .. } => {
                 self.configure(config)?;
                 self.learn(peers.into_iter());
-                self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
+                self.need(Want { round, hash: checkpoint, train: None, report: false, finish: false });
             }
-            Message::RoundStart { round, state_hash, assignments, members, addrs, .. } => {
+            Message::RoundStart { round, state_hash, assignments, members, replicas, addrs, .. } => {
                 self.round = self.round.max(round);
+                let start = match replicas.is_empty() {
+                    true => Some(state_hash),
+                    false => members.iter().position(|p| *p == self.tc.me).map(|i| replicas[i]),
+                };
                 self.learn(members.into_iter().zip(addrs));
-                if let Some(a) = assignments.iter().find(|a| a.peer == self.tc.me).copied() {
-                    self.need(Want { round, hash: state_hash, train: Some(a), report: false, finish: false });
+                let unit = assignments.iter().find(|a| a.peer == self.tc.me).copied();
+                if let (Some(a), Some(hash)) = (unit, start) {
+                    self.need(Want { round, hash, train: Some(a), report: false, finish: false });
                 }
             }
-            Message::Accept { round, accepted, aggregate, updates, next_state_hash, .. } => {
-                self.on_accept(round, accepted, aggregate, updates, next_state_hash)
+            Message::Accept { round, accepted, aggregate, updates, next_state_hash, pairs, .. } => {
+                match pairs {
+                    Some(p) if self.pairs() => self.on_accept_pairs(round, accepted, updates, p),
+                    None if !self.pairs() => {
+                        self.on_accept(round, accepted, aggregate, updates, next_state_hash)
+                    }
+                    _ => return Err(TrainerError::Unexpected("an Accept of another algorithm")),
+                }
             }
-            Message::CheckpointPointer { round, state_hash, .. } => {
-                self.need(Want { round, hash: state_hash, train: None, report: false, finish: false });
+            Message::CheckpointPointer { round, checkpoint, .. } => {
+                self.need(Want { round, hash: checkpoint, train: None, report: false, finish: false });
             }
             Message::Done { round, state_hash } => {
-                self.need(Want { round, hash: state_hash, train: None, report: false, finish: true });
+                let hash = self.final_state(round).unwrap_or(state_hash);
+                self.need(Want { round, hash, train: None, report: false, finish: true });
             }
             other => return Err(TrainerError::Unexpected(other.kind())),
         }
@@ -377,6 +401,24 @@ impl Trainer {
         &self.spec.as_ref().expect("configured before any state is needed").0
     }
 
+    /// NoLoCo: the run ends with this trainer's own replica after `round` rounds (held, or
+    /// being computed by the close in hand), not the consensus the coordinator announces.
+    fn final_state(&self, round: u64) -> Option<Hash32> {
+        if !self.pairs() {
+            return None;
+        }
+        match (&self.held, &self.closing) {
+            (_, Some(c)) if c.round + 1 == round => Some(c.next),
+            (Some(h), _) if h.state.round == round => Some(h.hash),
+            _ => None,
+        }
+    }
+
+    /// Whether the run is NoLoCo's (each trainer its own replica, exchanged in pairs).
+    fn pairs(&self) -> bool {
+        self.spec.as_ref().is_some_and(|s| s.0.outer.exchange() == tessera_sync::Exchange::Pairs)
+    }
+
     /// Makes sure this trainer holds state `w.hash` after `w.round` rounds, fetching it if
     /// not, then does what `w` asks.
     fn need(&mut self, w: Want) {
@@ -398,7 +440,11 @@ impl Trainer {
         let len = self.spec_ref().state_len as u64;
         // Any member may hold the state: fetch parts from several at once, and the rest (or
         // all of it, if a part fails) from the coordinator.
-        let holders: Vec<PeerId> = self.peers.keys().copied().collect();
+        // (NoLoCo: a replica is this trainer's own; only the coordinator holds it.)
+        let holders: Vec<PeerId> = match self.pairs() {
+            true => Vec::new(),
+            false => self.peers.keys().copied().collect(),
+        };
         let sources = self.sources(&holders);
         let split = sources.len() > 1;
         self.out.push(Action::Fetch { sources, hash: w.hash, len, split });
@@ -502,21 +548,57 @@ impl Trainer {
         }
         let hub = self.spec_ref().outer.exchange() == tessera_sync::Exchange::Hub;
         let wanted: Vec<Hash32> = if hub { aggregate.into_iter().collect() } else { updates };
-        let own = self.own.clone();
-        let blobs: Vec<(Hash32, Option<Vec<u8>>)> = wanted
-            .into_iter()
-            .map(|h| (h, own.as_ref().filter(|o| o.0 == h).map(|o| o.1.to_vec())))
-            .collect();
-        let len = self.spec_ref().update_len;
         let authors: Vec<PeerId> = if hub { vec![] } else { accepted };
-        for (i, (h, _)) in blobs.iter().enumerate().filter(|(_, b)| b.1.is_none()) {
-            // An all-gathered update comes from its author first; a hub's aggregate from the hub.
-            let author: Vec<PeerId> = authors.get(i).copied().into_iter().collect();
-            let sources = self.sources(&author);
-            self.out.push(Action::Fetch { sources, hash: *h, len, split: false });
+        let len = self.spec_ref().update_len;
+        let wanted: Vec<(Hash32, u64, Option<PeerId>)> =
+            wanted.into_iter().enumerate().map(|(i, h)| (h, len, authors.get(i).copied())).collect();
+        self.fetch_round(round, next, wanted);
+    }
+
+    /// Fetches a round's blobs (hash, length, author) that are not this trainer's own (an
+    /// author's first, then the coordinator), and closes the round once all are here.
+    fn fetch_round(&mut self, round: u64, next: Hash32, wanted: Vec<(Hash32, u64, Option<PeerId>)>) {
+        let own = self.own.clone();
+        let mine = |h: &Hash32| own.iter().find(|o| o.0 == *h).map(|o| o.1.to_vec());
+        let blobs: Vec<(Hash32, Option<Vec<u8>>)> = wanted.iter().map(|(h, _, _)| (*h, mine(h))).collect();
+        for ((h, len, author), b) in wanted.iter().zip(&blobs) {
+            if b.1.is_none() {
+                let sources = self.sources(&author.iter().copied().collect::<Vec<_>>());
+                self.out.push(Action::Fetch { sources, hash: *h, len: *len, split: false });
+            }
         }
         self.closing = Some(Closing { round, next, blobs });
         self.try_close();
+    }
+
+    /// NoLoCo: the round closed with `p`'s pairing. An accepted trainer fetches each accepted
+    /// partner's Δ and φ (from the partner first) and steps toward its group's means; one not
+    /// accepted only moves its replica to the next round. Either way the result is checked
+    /// against the replica the coordinator computed for it.
+    fn on_accept_pairs(&mut self, round: u64, accepted: Vec<PeerId>, updates: Vec<Hash32>, p: Pairs) {
+        let me = self.tc.me;
+        let Some(next) = p.replicas.iter().find(|r| r.0 == me).map(|r| r.1) else { return };
+        match self.state() {
+            Some((r, _)) if r == round => {}
+            Some((r, _)) if r > round => return,
+            _ => return self.adopt(round + 1, next),
+        }
+        let mut wanted = Vec::new();
+        if accepted.contains(&me) {
+            let Some(group) = p.groups.iter().find(|g| g.contains(&me)) else {
+                let err = "this trainer is in no group".to_string();
+                self.warn(TrainerError::Aggregate { round, err });
+                return self.adopt(round + 1, next);
+            };
+            let (dlen, plen) = (self.spec_ref().update_len, self.spec_ref().outer.phi_len());
+            for peer in group {
+                if let Some(i) = accepted.iter().position(|a| a == peer) {
+                    wanted.push((updates[i], dlen, Some(*peer)));
+                    wanted.push((p.phis[i], plen, Some(*peer)));
+                }
+            }
+        }
+        self.fetch_round(round, next, wanted);
     }
 
     /// Closes the round once every blob it needs is here.
@@ -543,6 +625,19 @@ impl Trainer {
         }
         if outer.exchange() == tessera_sync::Exchange::Hub {
             return outer.decode_aggregate(c.round, blobs[0]).map(Some).map_err(|e| e.to_string());
+        }
+        if outer.exchange() == tessera_sync::Exchange::Pairs {
+            // (Δ, φ) of each accepted member of the group, in peer-id order.
+            let mut ds = Vec::with_capacity(blobs.len() / 2);
+            let mut ps = Vec::with_capacity(blobs.len() / 2);
+            for pair in blobs.chunks_exact(2) {
+                let d = tessera_sync::decode_update(pair[0], self.spec_ref().expected());
+                ds.push(d.map_err(|e| e.to_string())?.values);
+                ps.push(outer.decode_phi(c.round, pair[1]).map_err(|e| e.to_string())?);
+            }
+            let dref: Vec<&[f32]> = ds.iter().map(Vec::as_slice).collect();
+            let pref: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
+            return outer.combine_group(&dref, &pref).map(Some).map_err(|e| e.to_string());
         }
         let want = self.spec_ref().expected();
         let mut contribs = Vec::with_capacity(blobs.len());

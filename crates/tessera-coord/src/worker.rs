@@ -1,5 +1,5 @@
-//! A trainer's computation: train an assigned unit from the round's shared state into an
-//! encoded update. It holds the trainer's *local* state (its model copy and inner optimizer)
+//! A trainer's computation: train an assigned unit from the round's shared state (NoLoCo:
+//! the trainer's own replica) into an encoded update. It holds the trainer's *local* state (its model copy and inner optimizer)
 //! and nothing of the protocol; the [`crate::Trainer`] state machine decides when to train, and
 //! its driver calls [`Worker::train`] (on a blocking thread in the daemon).
 
@@ -136,7 +136,8 @@ impl Worker {
                 let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
                 (flat, f64::from(loss), start_hash)
             }
-            Work::InnerSteps => {
+            Work::InnerSteps | Work::InnerStepsFromOwn => {
+                // From θ_r (or, NoLoCo, from the replica's own φ, which `g` then holds).
                 let mut loss = 0.0;
                 for s in 0..h_steps {
                     let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
@@ -144,11 +145,11 @@ impl Worker {
                     loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
                     on_step(s + 1);
                 }
-                let delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
+                let mut delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
+                if spec.outer.work() == Work::InnerStepsFromOwn {
+                    delta.iter_mut().for_each(|x| *x = -*x); // NoLoCo's Δ is end − start
+                }
                 (delta, loss / h_steps as f64, tr.state_hash())
-            }
-            Work::InnerStepsFromOwn => {
-                return Err(CoordError::Config("NoLoCo is not supported over the network".into()))
             }
         };
         let update = spec.outer.contribute(st, round, &x)?;

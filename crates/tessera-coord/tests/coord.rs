@@ -180,7 +180,8 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
         round: 0,
         accepted: 1,
         rejected: 1,
-        reassigned: 1
+        reassigned: 1,
+        spread: None
     })));
     // After the first round one member is enough: the next round goes on at once and hands
     // out the missed unit (0, 1) before fresh data.
@@ -312,7 +313,8 @@ fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
         round: 0,
         accepted: 0,
         rejected: 2,
-        reassigned: 2
+        reassigned: 2,
+        spread: None
     })));
     let (r, _, a, _) = round_start(&out).unwrap();
     assert_eq!(r, 1);
@@ -336,7 +338,13 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
         .unwrap();
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // The coordinator dies; a new one is restored from what was persisted.
-    let restored = Restored { state: initial.clone(), backlog: vec![], open: Some(start), history: vec![] };
+    let restored = Restored {
+        state: initial.clone(),
+        backlog: vec![],
+        open: Some(start),
+        history: vec![],
+        replicas: vec![],
+    };
     let mut c = Coordinator::restore(spec.clone(), restored, 5000).unwrap();
     // A member reconnects: it is welcomed and re-sent the open round.
     let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
@@ -424,7 +432,7 @@ fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
     assert_eq!(RunConfig::from_toml(&c.to_toml()).unwrap(), c, "the canonical text round-trips");
     for (text, want) in [
         ("roundz = 3", "unknown field"),
-        ("algo = \"noloco\"", "not yet supported over the network"),
+        ("algo = \"noloco\"\nnoloco_alpha = -1", "finite and non-negative"),
         ("algo = \"adam\"", "unknown variant `adam`, expected one of `ddp`, `diloco`"),
         ("algo = \"ddp\"\ninner_steps = 5", "one gradient per round"),
         ("algo = \"demo\"", "one gradient per round"),

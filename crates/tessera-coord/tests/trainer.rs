@@ -158,6 +158,7 @@ fn an_assigned_unit_is_trained_served_then_committed() {
         addrs: vec![String::new(), String::new()],
         assignments: vec![unit, other],
         deadline_ms: 1000,
+        replicas: vec![],
     };
     let out = h.frame(start.clone());
     let Some(Action::Train { state, state_hash, unit: u }) = out.first().cloned() else { panic!("{out:?}") };
@@ -191,6 +192,7 @@ fn round_zero_accept(h: &H) -> (Vec<u8>, Hash32, GlobalState, Message) {
         rejected: vec![],
         aggregate: Some(agg_hash),
         next_state_hash: next.hash(),
+        pairs: None,
     };
     (agg, agg_hash, next, accept)
 }
@@ -223,6 +225,7 @@ fn a_missing_aggregate_means_adopting_the_checkpoint_and_saying_so() {
         rejected: vec![],
         aggregate: Some([5; 32]),
         next_state_hash: next.hash(),
+        pairs: None,
     };
     h.frame(accept);
     let out = h.t.fetched(0, [5; 32], Err("gone".into()));
@@ -246,6 +249,7 @@ fn the_fault_drill_reports_a_different_state_then_resyncs() {
         rejected: vec![],
         aggregate: None,
         next_state_hash: next.hash(),
+        pairs: None,
     };
     let out = h.frame(accept);
     assert!(out.iter().any(|a| matches!(a, Action::Event(TrainerEvent::FaultInjected { round: 0 }))));
@@ -273,6 +277,7 @@ fn a_round_start_that_overtakes_the_aggregate_waits_for_the_close() {
         addrs: vec![String::new()],
         assignments: vec![unit],
         deadline_ms: 1000,
+        replicas: vec![],
     };
     let out = h.frame(start);
     assert!(out.is_empty(), "no checkpoint fetch, no training yet: {out:?}");
@@ -313,6 +318,7 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
         addrs: vec!["me".into(), "127.0.0.1:3".into()],
         assignments: vec![Assignment { peer: ME, data_round: 0, slot: 0 }],
         deadline_ms: 1000,
+        replicas: vec![],
     };
     h.frame(start);
     let out = h.t.fetched(0, s0, Err("gone".into()));
@@ -338,6 +344,7 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
         rejected: vec![],
         aggregate: None,
         next_state_hash: [0; 32],
+        pairs: None,
     };
     let out = sl.frame(accept);
     let f: Vec<(Vec<PeerId>, Hash32, bool)> = out

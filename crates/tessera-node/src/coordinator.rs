@@ -370,10 +370,15 @@ impl Daemon {
                 }
                 self.log.info(&format!("{} left (silent)", short(&p)))
             }
-            Event::Rejected { from, reason } => self.log.warn(&format!("message from {} refused: {reason}", short(&from))),
-            Event::RoundClosed { round, accepted, rejected, reassigned } => self.log.info(&format!(
-                "round {round} closed: {accepted} accepted, {rejected} rejected, {reassigned} units reassigned"
-            )),
+            Event::Rejected { from, reason } => {
+                self.log.warn(&format!("message from {} refused: {reason}", short(&from)))
+            }
+            Event::RoundClosed { round, accepted, rejected, reassigned, spread } => {
+                let spread = spread.map_or(String::new(), |s| format!(", replica spread {s:.3e}"));
+                self.log.info(&format!(
+                    "round {round} closed: {accepted} accepted, {rejected} rejected, {reassigned} units reassigned{spread}"
+                ))
+            }
             Event::Disagreement { round, peer, reported, expected } => self.log.warn(&format!(
                 "DISAGREEMENT: {} reports state {} after round {round}, expected {}",
                 short(&peer),

@@ -1,5 +1,6 @@
 //! The coordinator's durable state: an SQLite database in WAL mode for decisions, and a
-//! directory of content-addressed blob files (state checkpoints and aggregates). A blob is
+//! directory of content-addressed blob files (state checkpoints, aggregates, all-gathered
+//! updates, and NoLoCo's replicas and φ blobs). A blob is
 //! written and fsynced before the row that names it; a row is committed before the decision
 //! is announced. Readers (the demo, tests) use the query methods, so no SQL leaves this file.
 
@@ -10,7 +11,8 @@ use tessera_coord::{GlobalState, Hash32, Message, Record, Restored, RunSpec, Uni
 use tessera_net::hex;
 
 pub const DB_FILE: &str = "coordinator.sqlite";
-/// State checkpoints kept on disk (older ones are deleted; aggregates are all kept).
+/// Rounds of state checkpoints (and NoLoCo replicas and φ blobs) kept on disk; older ones are
+/// deleted. Aggregates and updates are all kept.
 const KEEP_STATES: u64 = 3;
 
 /// Why the store refused or failed.
@@ -67,7 +69,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds(
     round INTEGER PRIMARY KEY, start BLOB NOT NULL,
-    accept BLOB, state_hash BLOB, backlog BLOB);
+    accept BLOB, state_hash BLOB, backlog BLOB, spread REAL);
 CREATE TABLE IF NOT EXISTS accepted(round INTEGER NOT NULL, peer BLOB NOT NULL, PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL, val_loss REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
@@ -87,6 +89,9 @@ impl Store {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        if db.prepare("SELECT spread FROM rounds LIMIT 0").is_err() {
+            db.execute_batch("ALTER TABLE rounds ADD COLUMN spread REAL")?; // a store from before it
+        }
         Ok(Self { db, blobs })
     }
 
@@ -190,15 +195,17 @@ impl Store {
                     params![*round as i64, postcard::to_allocvec(start)?],
                 )?;
             }
-            Record::RoundClosed { round, accept, state_hash, backlog } => {
+            Record::RoundClosed { round, accept, state_hash, backlog, spread } => {
                 let tx = self.db.transaction()?;
                 let n = tx.execute(
-                    "UPDATE rounds SET accept = ?2, state_hash = ?3, backlog = ?4 WHERE round = ?1 AND accept IS NULL",
+                    "UPDATE rounds SET accept = ?2, state_hash = ?3, backlog = ?4, spread = ?5
+                     WHERE round = ?1 AND accept IS NULL",
                     params![
                         *round as i64,
                         postcard::to_allocvec(accept)?,
                         &state_hash[..],
-                        postcard::to_allocvec(backlog)?
+                        postcard::to_allocvec(backlog)?,
+                        spread.filter(|v| v.is_finite())
                     ],
                 )?;
                 if n != 1 {
@@ -234,18 +241,54 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the state checkpoint that fell out of the kept window.
+    /// Deletes the state checkpoint (and NoLoCo's replicas and φ blobs) of the round that fell
+    /// out of the kept window. Every such blob names its round, so none is shared with a later
+    /// round.
     fn collect_garbage(&self, round: u64) -> Result<(), StoreError> {
         let Some(old) = round.checked_sub(KEEP_STATES) else { return Ok(()) };
-        let h: Option<Vec<u8>> = self
+        let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = self
             .db
-            .query_row("SELECT state_hash FROM rounds WHERE round = ?1", [old as i64], |r| r.get(0))
-            .optional()?
-            .flatten();
-        if let Some(h) = h {
-            let _ = std::fs::remove_file(self.blob_path(&h32(h)?));
+            .query_row("SELECT state_hash, accept FROM rounds WHERE round = ?1", [old as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((state, accept)) = row else { return Ok(()) };
+        let mut doomed = Vec::new();
+        if let Some(h) = state {
+            doomed.push(h32(h)?);
+        }
+        if let Some(Message::Accept { pairs: Some(p), .. }) =
+            accept.map(|b| postcard::from_bytes(&b)).transpose()?
+        {
+            doomed.extend(p.phis);
+            doomed.extend(p.replicas.into_iter().map(|r| r.1));
+        }
+        for h in doomed {
+            let _ = std::fs::remove_file(self.blob_path(&h));
         }
         Ok(())
+    }
+
+    /// NoLoCo: the replicas the last closed round (`round - 1`) produced, decoded and checked.
+    fn restore_replicas(&self, spec: &RunSpec, round: u64) -> Result<Vec<(Hash32, GlobalState)>, StoreError> {
+        let Some(last) = round.checked_sub(1) else { return Ok(Vec::new()) };
+        let b: Vec<u8> =
+            self.db.query_row("SELECT accept FROM rounds WHERE round = ?1", [last as i64], |r| r.get(0))?;
+        let Message::Accept { pairs, .. } = postcard::from_bytes(&b)? else {
+            return Err(StoreError::Corrupt(format!("round {last} closed without an Accept")));
+        };
+        let mut out = Vec::new();
+        for (peer, h) in pairs.map(|p| p.replicas).unwrap_or_default() {
+            let s = self.state(spec, &h)?;
+            if s.round != round {
+                return Err(StoreError::Corrupt(format!(
+                    "a replica of round {} after round {last}",
+                    s.round
+                )));
+            }
+            out.push((peer, s));
+        }
+        Ok(out)
     }
 
     /// What a restarted coordinator resumes from (None for a fresh run).
@@ -286,7 +329,8 @@ impl Store {
             })
             .optional()?;
         let open = open.map(|b| postcard::from_bytes::<Message>(&b)).transpose()?;
-        Ok(Some(Restored { state, backlog, open, history }))
+        let replicas = self.restore_replicas(spec, round)?;
+        Ok(Some(Restored { state, backlog, open, history, replicas }))
     }
 }
 
@@ -311,6 +355,7 @@ mod tests {
             addrs: vec!["127.0.0.1:1".into()],
             assignments: vec![Assignment { peer, data_round: round, slot: 0 }],
             deadline_ms: 1000,
+            replicas: vec![],
         }
     }
 
@@ -346,8 +391,15 @@ mod tests {
             rejected: vec![],
             aggregate: None,
             next_state_hash: g1.hash(),
+            pairs: None,
         };
-        let rec = Record::RoundClosed { round: 0, accept, state_hash: g1.hash(), backlog: vec![(0, 3)] };
+        let rec = Record::RoundClosed {
+            round: 0,
+            accept,
+            state_hash: g1.hash(),
+            backlog: vec![(0, 3)],
+            spread: None,
+        };
         s.persist(&rec).unwrap();
         assert!(s.persist(&rec).is_err(), "a round closes at most once");
         let r = s.restore(&spec).unwrap().unwrap();

@@ -386,6 +386,17 @@ impl<'a> Sim<'a> {
     pub fn theta(&self) -> &[f32] {
         &self.theta
     }
+
+    /// NoLoCo: each peer's replica (φ and m), in peer order.
+    pub fn replicas(&self) -> Vec<(&[f32], &[f32])> {
+        self.peers
+            .iter()
+            .filter_map(|p| match &p.st {
+                PeerState::NoLoCo(r) => Some((r.phi.as_slice(), r.m.as_slice())),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Ctx<'_> {

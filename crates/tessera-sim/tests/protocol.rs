@@ -47,6 +47,11 @@ fn pid(i: u8) -> [u8; 32] {
 
 /// θ after the plain simulator runs `rc` with `peers` peers.
 fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
+    plain_sim(rc, peers, ds).theta().to_vec()
+}
+
+/// The plain simulator after it ran `rc` with `peers` peers.
+fn plain_sim<'a>(rc: &RunConfig, peers: usize, ds: &'a Dataset) -> Sim<'a> {
     let sc = SimConfig {
         peers,
         algo: rc.algo,
@@ -68,6 +73,8 @@ fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
         demo_beta: rc.demo_beta,
         demo_lr: rc.demo_lr,
         demo_weight_decay: rc.demo_weight_decay,
+        noloco_alpha: rc.noloco_alpha,
+        noloco_beta: rc.noloco_beta,
         eval_every: 0,
         eval_batches: 1,
         ..SimConfig::default()
@@ -76,7 +83,17 @@ fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
     for _ in 0..rc.rounds {
         sim.run_round().unwrap();
     }
-    sim.theta().to_vec()
+    sim
+}
+
+/// The state a live trainer should hold at the end: the shared state, or its own replica.
+fn expected_state(p: &ProtocolSim, peer: u8) -> Option<(u64, [u8; 32])> {
+    let c = p.coordinator();
+    let hash = match c.spec().outer.algorithm() {
+        Algorithm::NoLoCo => c.replicas().hash_of(&pid(peer))?,
+        _ => c.state_hash(),
+    };
+    Some((c.round(), hash))
 }
 
 /// Runs `rc` with `peers` trainers present from the start and checks that the coordinator's
@@ -149,6 +166,54 @@ fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
     }
 }
 
+/// NoLoCo: no shared model. Seeded pairs exchange (Δ, φ) peer to peer; every replica equals
+/// the simulator's bit for bit, and each trainer's report matches what its pair implies.
+#[test]
+fn noloco_over_the_protocol_equals_the_simulator_replica_by_replica() {
+    let ds = dataset("noloco");
+    for peers in [4u8, 3] {
+        // Four trainers make two pairs; three make one triple.
+        let rc = RunConfig { algo: Algorithm::NoLoCo, ..run_cfg(peers as usize) };
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        for i in 1..=peers {
+            p.join(pid(i)).unwrap();
+        }
+        p.run_until(rc.rounds).unwrap();
+        let sim = plain_sim(&rc, peers as usize, &ds);
+        let c = p.coordinator();
+        let mine: Vec<_> = c.replicas().states().map(|(_, s)| (&s.theta, &s.buffers[0])).collect();
+        let theirs = sim.replicas();
+        assert_eq!(mine.len(), theirs.len());
+        for (k, ((phi, m), (sphi, sm))) in mine.iter().zip(&theirs).enumerate() {
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(phi, sphi) && same(m, sm), "{peers} peers: replica {k} is the simulator's");
+        }
+        // Two pairs drift apart (there is no global model); one triple stays one replica.
+        let apart = mine.iter().any(|r| r.0 != mine[0].0);
+        assert_eq!(apart, peers == 4, "{peers} peers");
+        for i in 1..=peers {
+            assert_eq!(p.peer_state(&pid(i)), expected_state(&p, i));
+        }
+        let agreed =
+            p.records.iter().filter(|r| matches!(r, Record::Report { agrees: true, computed: true, .. }));
+        assert_eq!(agreed.count(), peers as usize * rc.rounds as usize, "every replica checked and agreed");
+        // Each trainer fetched each partner's Δ and φ from the partner itself; not a φ that is
+        // the same blob as its own (every φ is θ₀ in round 0, and a triple stays one replica).
+        let (partners, phi_rounds) = if apart { (1, rc.rounds - 1) } else { (2, 0) };
+        assert_eq!(p.peer_fetches, partners * peers as u64 * (rc.rounds + phi_rounds));
+        let spreads: Vec<f64> = p
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::RoundClosed { spread, .. } => *spread,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spreads.len() as u64, rc.rounds, "the spread is recorded every round");
+        assert!(spreads.iter().all(|s| s.is_finite() && (*s > 0.0) == apart), "{spreads:?}");
+    }
+}
+
 #[test]
 fn a_crash_mid_round_is_survived_and_its_unit_reassigned() {
     let ds = dataset("crash");
@@ -161,7 +226,13 @@ fn a_crash_mid_round_is_survived_and_its_unit_reassigned() {
     p.crash_in_round(&pid(2), 1);
     p.run_until(rc.rounds).unwrap();
     assert!(p.events.contains(&Event::Left(pid(2))));
-    assert!(p.events.contains(&Event::RoundClosed { round: 1, accepted: 2, rejected: 1, reassigned: 1 }));
+    assert!(p.events.contains(&Event::RoundClosed {
+        round: 1,
+        accepted: 2,
+        rejected: 1,
+        reassigned: 1,
+        spread: None
+    }));
     // Round 2 hands the missed unit (1, 1) out first, to the lowest peer id.
     let r2 = p
         .records
@@ -206,9 +277,13 @@ fn a_late_joiner_syncs_from_the_checkpoint_and_contributes() {
 #[test]
 fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
     let ds = dataset("churn");
-    for (algo, h) in
-        [(Algorithm::Ddp, 1), (Algorithm::DiLoCo, 3), (Algorithm::SparseLoCo, 3), (Algorithm::DeMo, 1)]
-    {
+    for (algo, h) in [
+        (Algorithm::Ddp, 1),
+        (Algorithm::DiLoCo, 3),
+        (Algorithm::SparseLoCo, 3),
+        (Algorithm::DeMo, 1),
+        (Algorithm::NoLoCo, 3),
+    ] {
         let rc =
             RunConfig { algo, inner_steps: h, rounds: 5, silence_ms: 300, min_round_ms: 2000, ..run_cfg(3) };
         let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
@@ -222,11 +297,8 @@ fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
         assert!(p.events.contains(&Event::Left(pid(2))), "{algo}");
         assert_eq!(closes(&p), (0..rc.rounds).collect::<Vec<_>>(), "{algo}: each round closes once");
         for i in [1, 3, 4] {
-            assert_eq!(
-                p.peer_state(&pid(i)),
-                Some((rc.rounds, p.coordinator().state_hash())),
-                "{algo}: peer {i}"
-            );
+            assert_eq!(p.peer_state(&pid(i)), expected_state(&p, i), "{algo}: peer {i}");
+            assert_eq!(p.coordinator().round(), rc.rounds);
         }
         let bad = p.records.iter().filter(|r| matches!(r, Record::Report { agrees: false, .. })).count();
         assert_eq!(bad, 0, "{algo}: no disagreement");

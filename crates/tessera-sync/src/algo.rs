@@ -264,6 +264,12 @@ impl Outer {
         Ok(out)
     }
 
+    /// NoLoCo: the exact length of a φ blob (see [`Outer::phi_message`]).
+    pub fn phi_len(&self) -> u64 {
+        let f32s = Codec::dense(ValueCodec::F32, self.s.codec.chunk);
+        (crate::HEADER_BYTES + f32s.encoded_len(self.n())) as u64
+    }
+
     /// NoLoCo: the blob a replica offers its partners for its outer weights φ in `round`
     /// (f32, lossless; the same framing as an update).
     pub fn phi_message(&self, round: u64, phi: &[f32]) -> Vec<u8> {

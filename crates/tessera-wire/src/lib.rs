@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"TSW1";
 /// Wire version of this crate.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame accepted (control messages only; bulk data moves as blobs).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most members, assignments or rejections one message may list.
@@ -67,7 +67,9 @@ pub enum Message {
     Heartbeat { round: u64, step: u64 },
     /// A round begins: the state it starts from, its seed, members (with the address each
     /// serves blobs at, "" if unknown), the work each assigned trainer does, and its deadline
-    /// (milliseconds after the round started).
+    /// (milliseconds after the round started). NoLoCo: `replicas` names, per member, the
+    /// replica state that member trains from (empty for the other algorithms, whose members
+    /// all train from `state_hash`).
     RoundStart {
         round: u64,
         state_hash: Hash32,
@@ -76,6 +78,7 @@ pub enum Message {
         addrs: Vec<String>,
         assignments: Vec<Assignment>,
         deadline_ms: u64,
+        replicas: Vec<Hash32>,
     },
     /// A trainer commits to its update blob, the shared state `state` it trained from, and the
     /// hashes of its local state (parameters and inner optimizer) before and after.
@@ -98,6 +101,8 @@ pub enum Message {
         rejected: Vec<(PeerId, String)>,
         aggregate: Option<Hash32>,
         next_state_hash: Hash32,
+        /// NoLoCo only: the pairing and what the partners exchange.
+        pairs: Option<Pairs>,
     },
     /// A node reports the state hash it holds after `round` rounds: computed by applying the
     /// round itself, or (`computed = false`) adopted from the coordinator's checkpoint.
@@ -123,6 +128,16 @@ impl Message {
             Message::Done { .. } => "Done",
         }
     }
+}
+
+/// How a NoLoCo round closes: the seeded groups the coordinator announced (pairs, one triple
+/// when the count is odd), the φ blob of each accepted member (in the order of `accepted`),
+/// and each member's replica state after the round.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Pairs {
+    pub groups: Vec<Vec<PeerId>>,
+    pub phis: Vec<Hash32>,
+    pub replicas: Vec<(PeerId, Hash32)>,
 }
 
 /// One unit of training work: H inner steps on the batches of `(data_round, slot)`. A unit
@@ -186,8 +201,15 @@ impl Message {
                 lim("peers", peers.len(), MAX_MEMBERS)?;
                 peers.iter().try_for_each(|(_, a)| lim("address length", a.len(), MAX_TEXT))
             }
-            Message::RoundStart { members, addrs, assignments, .. } => {
+            Message::RoundStart { members, addrs, assignments, replicas, .. } => {
                 lim("members", members.len(), MAX_MEMBERS)?;
+                if !replicas.is_empty() && replicas.len() != members.len() {
+                    return Err(WireError::Limit {
+                        what: "replicas (none, or one per member)",
+                        got: replicas.len(),
+                        limit: members.len(),
+                    });
+                }
                 if addrs.len() != members.len() {
                     return Err(WireError::Limit {
                         what: "addresses (one per member)",
@@ -198,8 +220,19 @@ impl Message {
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))?;
                 lim("assignments", assignments.len(), MAX_MEMBERS)
             }
-            Message::Accept { accepted, updates, rejected, .. } => {
+            Message::Accept { accepted, updates, rejected, pairs, .. } => {
                 lim("accepted", accepted.len(), MAX_MEMBERS)?;
+                if let Some(p) = pairs {
+                    lim("group members", p.groups.iter().map(Vec::len).sum(), MAX_MEMBERS)?;
+                    lim("replicas", p.replicas.len(), MAX_MEMBERS)?;
+                    if p.phis.len() != accepted.len() {
+                        return Err(WireError::Limit {
+                            what: "φ blobs (one per accepted peer)",
+                            got: p.phis.len(),
+                            limit: accepted.len(),
+                        });
+                    }
+                }
                 if updates.len() != accepted.len() {
                     return Err(WireError::Limit {
                         what: "updates (one per accepted peer)",

@@ -30,7 +30,17 @@ fn message() -> impl Strategy<Value = Message> {
                     .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
                     .collect();
                 let addrs = members.iter().map(|p| format!("127.0.0.1:{}", p[0])).collect();
-                Message::RoundStart { round, state_hash, seed, members, addrs, assignments, deadline_ms }
+                let replicas = if seed % 2 == 0 { members.clone() } else { vec![] };
+                Message::RoundStart {
+                    round,
+                    state_hash,
+                    seed,
+                    members,
+                    addrs,
+                    assignments,
+                    deadline_ms,
+                    replicas,
+                }
             }
         ),
         (any::<u64>(), id(), id(), any::<u64>(), id(), id()).prop_map(
@@ -55,6 +65,11 @@ fn message() -> impl Strategy<Value = Message> {
                         h
                     })
                     .collect(),
+                pairs: (round % 2 == 0).then(|| tessera_wire::Pairs {
+                    groups: accepted.chunks(2).map(<[_]>::to_vec).collect(),
+                    phis: accepted.clone(),
+                    replicas: accepted.iter().map(|p| (*p, *p)).collect(),
+                }),
                 accepted,
                 rejected,
                 aggregate,

@@ -41,6 +41,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 .map(|(k, p)| Assignment { peer: *p, data_round: round, slot: k as u64 })
                 .collect(),
             addrs: ids.iter().map(|p| format!("10.0.0.{}:4000", p[0])).collect(),
+            replicas: if i.is_multiple_of(2) { ids.clone() } else { vec![] },
             members: ids,
             deadline_ms: r.u64(6, i),
         },
@@ -56,6 +57,11 @@ fn random_message(r: &Philox, i: u64) -> Message {
             round,
             rejected: ids.iter().map(|p| (*p, "norm too large".to_string())).collect(),
             updates: ids.clone(),
+            pairs: i.is_multiple_of(3).then(|| tessera_wire::Pairs {
+                groups: ids.chunks(2).map(<[_]>::to_vec).collect(),
+                phis: ids.clone(),
+                replicas: ids.iter().map(|p| (*p, h(r, i + 7))).collect(),
+            }),
             accepted: ids,
             aggregate: i.is_multiple_of(2).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),
@@ -98,13 +104,42 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
     wrong_len[6] ^= 1;
     assert!(matches!(decode(&wrong_len), Err(WireError::Length { .. })));
     let mut v2 = frame.clone();
-    v2[4] = 2;
-    assert_eq!(decode(&v2), Err(WireError::Version(2)));
+    v2[4] = 1;
+    assert_eq!(decode(&v2), Err(WireError::Version(1)));
     assert_eq!(decode(&[0u8; 100]), Err(WireError::Magic));
     let huge = vec![0u8; MAX_FRAME + 1];
     assert_eq!(decode(&huge), Err(WireError::TooLarge(MAX_FRAME + 1)));
     let too_many = Message::Join { addrs: vec!["a".into(); MAX_ADDRS + 1] };
     assert!(matches!(encode(&key(1), 0, &too_many), Err(WireError::Limit { .. })));
+    // NoLoCo's lists must line up with the members and the accepted peers they describe.
+    let ids = vec![[1u8; 32], [2u8; 32]];
+    let start = Message::RoundStart {
+        round: 0,
+        state_hash: [0; 32],
+        seed: 1,
+        members: ids.clone(),
+        addrs: vec![String::new(); 2],
+        assignments: vec![],
+        deadline_ms: 1,
+        replicas: vec![[3; 32]],
+    };
+    assert!(matches!(
+        encode(&key(1), 0, &start),
+        Err(WireError::Limit { what: "replicas (none, or one per member)", .. })
+    ));
+    let accept = Message::Accept {
+        round: 0,
+        accepted: ids.clone(),
+        updates: ids.clone(),
+        rejected: vec![],
+        aggregate: None,
+        next_state_hash: [0; 32],
+        pairs: Some(tessera_wire::Pairs { groups: vec![ids.clone()], phis: vec![[4; 32]], replicas: vec![] }),
+    };
+    assert!(matches!(
+        encode(&key(1), 0, &accept),
+        Err(WireError::Limit { what: "φ blobs (one per accepted peer)", .. })
+    ));
 }
 
 #[test]
