@@ -366,6 +366,46 @@ fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
     three_nodes_agree("demo", RunConfig { algo: Algorithm::DeMo, inner_steps: 1, ..config(3, 3) });
 }
 
+/// NoLoCo: four nodes make two seeded pairs that exchange (Δ, φ) with each other. Every round
+/// each node's replica is what the coordinator computed for it, and each ends where its
+/// replica ends in the protocol simulator; the coordinator's consensus does too.
+#[test]
+fn noloco_over_loopback_matches_the_simulator_replica_by_replica() {
+    let run = Run::new("noloco", RunConfig { algo: Algorithm::NoLoCo, ..config(4, 3) });
+    let (mut c, ticket) = run.coordinator("coord");
+    let machines = three_machines();
+    let mut nodes: Vec<Proc> = (1..=4)
+        .map(|i| run.node_on(&ticket, i, &[], machines.get(i as usize - 1).copied().unwrap_or(machines[0])))
+        .collect();
+    let consensus = state_hash(&c.finish());
+    let outs: Vec<String> = nodes.iter_mut().map(|n| n.finish()).collect();
+    let ds = Dataset::open(&run.data).unwrap();
+    let mut p = ProtocolSim::new(run.cfg.clone(), &ds).unwrap();
+    for i in 1..=4 {
+        p.join(peer_id(i)).unwrap();
+    }
+    p.run_until(run.cfg.rounds).unwrap();
+    assert_eq!(consensus, tessera_net::hex(&p.coordinator().state_hash()), "the consensus");
+    let mut finals = Vec::new();
+    for (i, o) in (1..=4).zip(&outs) {
+        let states = node_states_full(o);
+        assert_eq!(states.len() as u64, run.cfg.rounds, "node {i} reported every round");
+        assert!(states.iter().all(|s| s.2 && s.3), "node {i}: every replica computed and agreed: {states:?}");
+        let want = p.peer_state(&peer_id(i)).map(|s| (s.0, tessera_net::hex(&s.1)));
+        let last = states.last().map(|s| (s.0, s.1.clone()));
+        assert_eq!(last, want, "node {i} ends where its simulated replica ends");
+        finals.push(last);
+        let (from_peers, _) = blob_sources(o);
+        assert!(from_peers > 0, "node {i} fetched its partner's blobs from the partner");
+    }
+    finals.sort();
+    finals.dedup();
+    assert!(finals.len() > 1, "the replicas differ: there is no global model");
+    run.check_ledger();
+    let spread = "SELECT COUNT(*) FROM rounds WHERE spread > 0";
+    assert_eq!(run.count(spread), run.cfg.rounds as i64, "the replica spread is recorded each round");
+}
+
 #[test]
 fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
     killed_node("kill-node", config(3, 4));
@@ -433,6 +473,12 @@ fn a_killed_coordinator_restarts_from_disk_and_loses_nothing() {
     killed_coordinator("kill-coord", config(3, 5));
 }
 
+/// NoLoCo's restarted coordinator restores every member's replica from its store.
+#[test]
+fn a_killed_coordinator_of_a_noloco_run_restarts_with_every_replica() {
+    killed_coordinator("kill-coord-nl", RunConfig { algo: Algorithm::NoLoCo, ..config(4, 5) });
+}
+
 /// The same for an all-gather algorithm, whose trainers fetch every accepted update.
 #[test]
 fn a_killed_coordinator_of_a_sparseloco_run_restarts_and_loses_nothing() {
@@ -443,7 +489,8 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let run = Run::new(name, cfg);
     let (mut c, ticket) = run.coordinator("coord1");
     let slow = ["--slow-step-ms", "150"];
-    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &slow)).collect();
+    let n = run.cfg.min_peers as u8;
+    let mut nodes: Vec<Proc> = (1..=n).map(|i| run.node(&ticket, i, &slow)).collect();
     // Kill it while round 2 is being trained.
     run.wait_count("SELECT COUNT(*) FROM rounds WHERE round = 2", 1);
     std::thread::sleep(Duration::from_millis(200));
@@ -452,12 +499,15 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     assert_eq!(ticket, ticket2, "same identity and address after a restart");
     let final_hash = state_hash(&c2.finish());
     assert!(c2.log().contains("resuming at round 2"), "{}", c2.log());
-    for n in &mut nodes {
-        n.finish();
-    }
+    let outs: Vec<String> = nodes.iter_mut().map(|p| p.finish()).collect();
     run.check_ledger();
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
-    assert_eq!(final_hash, simulated(&run, &[1, 2, 3]));
+    let ids: Vec<u8> = (1..=n).collect();
+    assert_eq!(final_hash, simulated(&run, &ids));
+    for (i, o) in ids.iter().zip(&outs) {
+        let last = node_states(o).last().map(|s| (s.0, s.2));
+        assert_eq!(last, Some((run.cfg.rounds, true)), "node {i} ends agreeing");
+    }
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub struct Progress {
 }
 
 /// What a run did, from its records.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Summary {
     pub progress: Progress,
     /// State reports received, and how many agreed with the coordinator.
@@ -54,8 +54,10 @@ pub struct Summary {
     pub computed_agreed: u64,
     /// Reports of states adopted from the checkpoint.
     pub adopted: u64,
-    /// The state after the last closed round.
+    /// The state after the last closed round (NoLoCo: the consensus of the replicas).
     pub last_state: Option<Hash32>,
+    /// NoLoCo: the spread of the replicas after the last closed round.
+    pub last_spread: Option<f64>,
     /// The coordinator's bytes sent and received, as last recorded.
     pub traffic: Option<(u64, u64)>,
 }
@@ -117,14 +119,15 @@ impl Store {
 
     /// What the run did: progress, state reports, the last state and the traffic.
     pub fn summary(&self) -> Result<Summary, StoreError> {
-        let last: Option<Vec<u8>> = self
+        let last: Option<(Vec<u8>, Option<f64>)> = self
             .db
             .query_row(
-                "SELECT state_hash FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
+                "SELECT state_hash, spread FROM rounds WHERE accept IS NOT NULL ORDER BY round DESC LIMIT 1",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
+        let (last, spread) = last.map_or((None, None), |(h, s)| (Some(h), s));
         let traffic = match self.meta("traffic")? {
             Some(b) => Some(postcard::from_bytes::<(u64, u64)>(&b)?),
             None => None,
@@ -136,6 +139,7 @@ impl Store {
             computed_agreed: self.count("SELECT COUNT(*) FROM reports WHERE agrees = 1 AND computed = 1")?,
             adopted: self.count("SELECT COUNT(*) FROM reports WHERE computed = 0")?,
             last_state: last.map(h32).transpose()?,
+            last_spread: spread,
             traffic,
         })
     }

@@ -26,7 +26,7 @@ pub struct DemoArgs {
     /// Rounds (overrides the config).
     #[arg(long)]
     pub rounds: Option<u64>,
-    /// The outer algorithm (overrides the config): diloco, sparseloco, ddp or demo. The
+    /// The outer algorithm (overrides the config): diloco, noloco, sparseloco, ddp or demo. The
     /// gradient methods (ddp, demo) take one step per round, so they get H times the rounds:
     /// the same training steps.
     #[arg(long)]
@@ -234,6 +234,9 @@ fn summary(
         ddp as f64 / moved.max(1) as f64
     ));
     o(&format!("  final state        {}", hex(&hash)));
+    if let Some(spread) = sum.last_spread {
+        o(&format!("  replica spread     {spread:.3e} (NoLoCo: the final state is the replicas' mean)"));
+    }
     o(&format!("  model              {}/model (tessera sample --checkpoint …)", coord_dir.display()));
     o("  sample:");
     for line in String::from_utf8_lossy(&text).lines() {
