@@ -55,17 +55,7 @@ pub struct SimArgs {
 
 /// Parses a flat TOML table over the simulator defaults; unknown keys are errors.
 pub fn parse_sim_config(text: &str, origin: &Path) -> Result<SimConfig> {
-    let mut base = match toml::Value::try_from(SimConfig::default()).expect("defaults serialize") {
-        toml::Value::Table(t) => t,
-        _ => unreachable!("a struct serializes to a table"),
-    };
-    let user: toml::Table =
-        text.parse().with_context(|| format!("{} is not valid TOML", origin.display()))?;
-    base.extend(user);
-    let cfg: SimConfig = toml::Value::Table(base)
-        .try_into()
-        .with_context(|| format!("{}: bad simulator config", origin.display()))?;
-    Ok(cfg)
+    SimConfig::from_toml(text).with_context(|| format!("{}: bad simulator config", origin.display()))
 }
 
 fn effective(a: &SimArgs) -> Result<SimConfig> {

@@ -35,16 +35,18 @@ fn dataset(dir: &Path) -> PathBuf {
 /// Generous timings: the tests run in parallel on two cores, and a node wrongly taken for
 /// silent or late would change the membership history the simulator comparisons rely on.
 fn config(peers: usize, rounds: u64) -> RunConfig {
-    RunConfig {
-        inner_steps: 4,
-        rounds,
-        batch: 2,
+    let base = RunConfig {
         min_peers: peers,
         heartbeat_ms: 100,
         silence_ms: 5000,
         min_round_ms: 15_000,
         ..RunConfig::default()
-    }
+    };
+    base.with(|c| {
+        c.inner_steps = 4;
+        c.rounds = rounds;
+        c.batch = 2;
+    })
 }
 
 /// A child process, killed when dropped; its output goes to files in the test directory.
@@ -355,15 +357,32 @@ fn three_nodes_agree_every_round_and_match_the_simulator_bit_for_bit() {
 
 #[test]
 fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
-    three_nodes_agree("ddp", RunConfig { algo: Algorithm::Ddp, inner_steps: 1, ..config(3, 3) });
-    let run = three_nodes_agree("sparseloco", RunConfig { algo: Algorithm::SparseLoCo, ..config(3, 3) });
+    three_nodes_agree(
+        "ddp",
+        config(3, 3).with(|c| {
+            c.algo = Algorithm::Ddp;
+            c.inner_steps = 1;
+        }),
+    );
+    let run = three_nodes_agree(
+        "sparseloco",
+        config(3, 3).with(|c| {
+            c.algo = Algorithm::SparseLoCo;
+        }),
+    );
     // Updates travel peer to peer: every node fetched the others' from their authors.
     for i in 1..=3 {
         let (peers, _) =
             blob_sources(&std::fs::read_to_string(run.dir.join(format!("node{i}.out"))).unwrap());
         assert!(peers > 0, "node {i} fetched nothing from its peers");
     }
-    three_nodes_agree("demo", RunConfig { algo: Algorithm::DeMo, inner_steps: 1, ..config(3, 3) });
+    three_nodes_agree(
+        "demo",
+        config(3, 3).with(|c| {
+            c.algo = Algorithm::DeMo;
+            c.inner_steps = 1;
+        }),
+    );
 }
 
 /// NoLoCo: four nodes make two seeded pairs that exchange (Δ, φ) with each other. Every round
@@ -371,7 +390,12 @@ fn ddp_sparseloco_and_demo_over_loopback_match_the_simulator_bit_for_bit() {
 /// replica ends in the protocol simulator; the coordinator's consensus does too.
 #[test]
 fn noloco_over_loopback_matches_the_simulator_replica_by_replica() {
-    let run = Run::new("noloco", RunConfig { algo: Algorithm::NoLoCo, ..config(4, 3) });
+    let run = Run::new(
+        "noloco",
+        config(4, 3).with(|c| {
+            c.algo = Algorithm::NoLoCo;
+        }),
+    );
     let (mut c, ticket) = run.coordinator("coord");
     let machines = three_machines();
     let mut nodes: Vec<Proc> = (1..=4)
@@ -414,7 +438,13 @@ fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
 /// The same for an all-gather algorithm: the survivors combine the two accepted updates.
 #[test]
 fn a_node_killed_mid_round_of_a_demo_run_is_left_out() {
-    killed_node("kill-node-demo", RunConfig { algo: Algorithm::DeMo, inner_steps: 1, ..config(3, 4) });
+    killed_node(
+        "kill-node-demo",
+        config(3, 4).with(|c| {
+            c.algo = Algorithm::DeMo;
+            c.inner_steps = 1;
+        }),
+    );
 }
 
 fn killed_node(name: &str, cfg: RunConfig) {
@@ -476,13 +506,23 @@ fn a_killed_coordinator_restarts_from_disk_and_loses_nothing() {
 /// NoLoCo's restarted coordinator restores every member's replica from its store.
 #[test]
 fn a_killed_coordinator_of_a_noloco_run_restarts_with_every_replica() {
-    killed_coordinator("kill-coord-nl", RunConfig { algo: Algorithm::NoLoCo, ..config(4, 5) });
+    killed_coordinator(
+        "kill-coord-nl",
+        config(4, 5).with(|c| {
+            c.algo = Algorithm::NoLoCo;
+        }),
+    );
 }
 
 /// The same for an all-gather algorithm, whose trainers fetch every accepted update.
 #[test]
 fn a_killed_coordinator_of_a_sparseloco_run_restarts_and_loses_nothing() {
-    killed_coordinator("kill-coord-sl", RunConfig { algo: Algorithm::SparseLoCo, ..config(3, 5) });
+    killed_coordinator(
+        "kill-coord-sl",
+        config(3, 5).with(|c| {
+            c.algo = Algorithm::SparseLoCo;
+        }),
+    );
 }
 
 fn killed_coordinator(name: &str, cfg: RunConfig) {

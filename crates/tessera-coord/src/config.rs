@@ -1,9 +1,10 @@
-//! A networked run's configuration: the training hyper-parameters every trainer must share,
-//! and the protocol's timings. The coordinator reads it from `run.toml` and hands the same
-//! text to every node in its `Welcome`, so a node never trains on settings of its own.
+//! A networked run's configuration: the training settings every trainer must share (the one
+//! [`Training`] section the simulator also holds), and the protocol's membership and timings.
+//! The coordinator reads it from `run.toml` and hands the same text to every node in its
+//! `Welcome`, so a node never trains on settings of its own.
 
 use serde::{Deserialize, Serialize};
-use tessera_sync::{Algorithm, Codec, GlobalOptimizer, OuterSettings, ValueCodec};
+use tessera_sync::{GlobalOptimizer, OuterSettings, Training};
 
 use crate::CoordError;
 
@@ -12,54 +13,23 @@ pub const MAX_ROUND_PEERS: usize = 1024;
 /// Longest config text a `Welcome` may carry.
 pub const MAX_CONFIG_TEXT: usize = 16 * 1024;
 
-/// Everything a networked run depends on.
+/// Everything a networked run depends on: the shared training settings (flattened into the
+/// same flat table) and the protocol's membership and timings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Model preset: tiny | small | base.
-    pub preset: String,
-    /// Hex manifest hash of the dataset every trainer must hold ("" = not checked).
-    pub dataset: String,
-    /// Seeds the initial model and the data order.
-    pub seed: u64,
-    /// The outer algorithm:
+    /// The model, data order, inner and outer optimizers and codec (see [`Training`]); a
+    /// networked run takes every algorithm:
     /// - `diloco`: H inner AdamW steps, then Nesterov on the mean Δ;
-    /// - `ddp`: every round is one step, the mean f32 gradient feeds one global AdamW step
-    ///   (needs `inner_steps = 1`);
+    /// - `ddp`: every round is one step, the mean f32 gradient feeds one global AdamW step;
     /// - `sparseloco`: H inner steps, top-k 2-bit Δ with error feedback, all-gathered;
     /// - `demo`: one gradient per round, top-k DCT coefficients of the decoupled momentum,
-    ///   all-gathered, sign step (needs `inner_steps = 1`);
+    ///   all-gathered, sign step;
     /// - `noloco`: every trainer keeps its own replica; seeded pairs exchange (φ, Δ) with each
     ///   other and step toward their pair's means; no shared model.
-    pub algo: Algorithm,
-    /// Codec of DiLoCo's and NoLoCo's updates: f32 | int8 | 2bit | sign (DDP sends f32,
-    /// SparseLoCo top-k 2-bit, DeMo top-k f32 DCT coefficients).
-    pub codec: ValueCodec,
-    pub chunk: usize,
-    /// Values kept per chunk by SparseLoCo and DeMo.
-    pub topk: usize,
-    /// SparseLoCo: error-feedback decay and outer step size.
-    pub ef_beta: f32,
-    pub sparse_lr: f32,
-    /// DeMo: momentum decay, peak learning rate (warmup = `inner_warmup` rounds, cosine over
-    /// the run) and weight decay.
-    pub demo_beta: f32,
-    pub demo_lr: f32,
-    pub demo_weight_decay: f32,
-    /// NoLoCo: the outer step size α and momentum β.
-    pub noloco_alpha: f32,
-    pub noloco_beta: f32,
-    /// Inner steps per round (H) and rounds in the run.
-    pub inner_steps: u64,
-    pub rounds: u64,
-    /// Sequences per trainer per inner step.
-    pub batch: usize,
-    pub inner_lr: f32,
-    pub inner_warmup: u64,
-    pub outer_lr: f32,
-    pub outer_momentum: f32,
-    /// Updates whose decoded L2 norm exceeds this are rejected.
-    pub max_update_norm: f32,
+    #[serde(flatten)]
+    pub training: Training,
+    /// Hex manifest hash of the dataset every trainer must hold ("" = not checked).
+    pub dataset: String,
     /// The first round starts once this many trainers are members; later rounds go on with
     /// whoever is there (at least one).
     pub min_peers: usize,
@@ -79,31 +49,24 @@ pub struct RunConfig {
     pub max_round_ms: u64,
 }
 
+impl std::ops::Deref for RunConfig {
+    type Target = Training;
+    fn deref(&self) -> &Training {
+        &self.training
+    }
+}
+
+impl std::ops::DerefMut for RunConfig {
+    fn deref_mut(&mut self) -> &mut Training {
+        &mut self.training
+    }
+}
+
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            preset: "tiny".into(),
+            training: Training { inner_steps: 20, rounds: 10, inner_warmup: 20, ..Training::default() },
             dataset: String::new(),
-            seed: 1,
-            algo: Algorithm::DiLoCo,
-            codec: ValueCodec::Int8,
-            chunk: 4096,
-            topk: 64,
-            ef_beta: 0.95,
-            sparse_lr: 1.0,
-            demo_beta: 0.999,
-            demo_lr: 1e-3,
-            demo_weight_decay: 0.0,
-            noloco_alpha: 0.7,
-            noloco_beta: 0.5,
-            inner_steps: 20,
-            rounds: 10,
-            batch: 8,
-            inner_lr: 3e-3,
-            inner_warmup: 20,
-            outer_lr: 0.7,
-            outer_momentum: 0.9,
-            max_update_norm: 1e6,
             min_peers: 1,
             max_peers: 64,
             heartbeat_ms: 500,
@@ -117,7 +80,30 @@ impl Default for RunConfig {
     }
 }
 
+/// Parses a flat TOML table over `defaults`: the keys given replace the default values, and a
+/// key the defaults do not have is refused by name (`T` may flatten sections such as
+/// [`Training`] into its table, which serde's own `deny_unknown_fields` cannot check).
+pub fn parse_flat<T: Serialize + serde::de::DeserializeOwned>(defaults: &T, text: &str) -> Result<T, String> {
+    let mut base = toml::Table::try_from(defaults).map_err(|e| e.to_string())?;
+    let user: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    for (key, value) in user {
+        if !base.contains_key(&key) {
+            let known: Vec<&str> = base.keys().map(String::as_str).collect();
+            return Err(format!("unknown field `{key}`, expected one of {}", known.join(", ")));
+        }
+        base.insert(key, value);
+    }
+    T::deserialize(base).map_err(|e| e.to_string())
+}
+
 impl RunConfig {
+    /// This config with `f` applied: `RunConfig::default().with(|c| c.rounds = 3)` sets shared
+    /// training settings (reached through `Deref`) as easily as its own.
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// Parses TOML over the defaults and validates it.
     pub fn from_toml(text: &str) -> Result<Self, CoordError> {
         if text.len() > MAX_CONFIG_TEXT {
@@ -126,7 +112,7 @@ impl RunConfig {
                 text.len()
             )));
         }
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| CoordError::Config(e.to_string()))?;
+        let cfg: RunConfig = parse_flat(&RunConfig::default(), text).map_err(CoordError::Config)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -136,68 +122,16 @@ impl RunConfig {
         toml::to_string(self).expect("a flat config always serializes")
     }
 
-    /// The outer algorithm.
-    pub fn algorithm(&self) -> Result<Algorithm, CoordError> {
-        Ok(self.algo)
-    }
-
-    /// Inner steps per round actually taken (1 for the gradient methods).
-    pub fn h(&self) -> u64 {
-        self.inner_steps
-    }
-
-    /// The outer algorithm's settings (see [`tessera_sync::Outer`]).
+    /// The outer algorithm's settings (see [`tessera_sync::Outer`]); DDP's global optimizer is
+    /// the inner AdamW.
     pub fn outer_settings(&self) -> Result<OuterSettings, CoordError> {
-        Ok(OuterSettings {
-            algorithm: self.algorithm()?,
-            codec: self.update_codec()?,
-            outer_lr: self.outer_lr,
-            outer_momentum: self.outer_momentum,
-            noloco_alpha: self.noloco_alpha,
-            noloco_beta: self.noloco_beta,
-            ef_beta: self.ef_beta,
-            sparse_lr: self.sparse_lr,
-            demo_beta: self.demo_beta,
-            demo_weight_decay: self.demo_weight_decay,
-            demo_schedule: tessera_model::AdamWConfig {
-                lr: self.demo_lr,
-                warmup_steps: self.inner_warmup,
-                total_steps: self.rounds,
-                ..tessera_model::AdamWConfig::default()
-            },
-            ddp: GlobalOptimizer::AdamW(self.inner_adamw()),
-        })
-    }
-
-    /// The inner AdamW of DiLoCo's trainers, which is DDP's global optimizer.
-    pub fn inner_adamw(&self) -> tessera_model::AdamWConfig {
-        tessera_model::AdamWConfig {
-            lr: self.inner_lr,
-            warmup_steps: self.inner_warmup,
-            total_steps: self.rounds * self.h(),
-            ..tessera_model::AdamWConfig::default()
-        }
-    }
-
-    /// The update codec.
-    pub fn update_codec(&self) -> Result<Codec, CoordError> {
-        self.algorithm()?
-            .codec(self.codec, self.chunk, self.topk)
-            .map_err(|e| CoordError::Config(e.to_string()))
+        Ok(self.training.outer_settings(GlobalOptimizer::AdamW(self.inner_adamw()))?)
     }
 
     /// Rejects impossible settings, naming them.
     pub fn validate(&self) -> Result<(), CoordError> {
         let bad = |m: &str| Err(CoordError::Config(m.to_string()));
-        let algo = self.algorithm()?;
-        if matches!(algo, Algorithm::Ddp | Algorithm::DeMo) && self.inner_steps != 1 {
-            return bad("ddp and demo take one gradient per round: set inner_steps = 1");
-        }
-        self.update_codec()?;
-        tessera_model::GptConfig::preset(&self.preset).map_err(|e| CoordError::Config(e.to_string()))?;
-        if self.rounds == 0 || self.inner_steps == 0 || self.batch == 0 {
-            return bad("rounds, inner_steps and batch must be at least 1");
-        }
+        self.training.validate().map_err(|e| CoordError::Config(e.to_string()))?;
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
             return bad("need 1 <= min_peers <= max_peers <= 1024");
         }
@@ -209,23 +143,6 @@ impl RunConfig {
         }
         if !(self.deadline_slack.is_finite() && self.deadline_slack >= 1.0) {
             return bad("deadline_slack must be at least 1");
-        }
-        let rates = [
-            self.inner_lr,
-            self.outer_lr,
-            self.outer_momentum,
-            self.max_update_norm,
-            self.sparse_lr,
-            self.demo_lr,
-            self.demo_weight_decay,
-            self.noloco_alpha,
-            self.noloco_beta,
-        ];
-        if !(0.0..1.0).contains(&self.ef_beta) || !(0.0..1.0).contains(&self.demo_beta) {
-            return bad("ef_beta and demo_beta must be in [0, 1)");
-        }
-        if rates.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-            return bad("learning rates, momentum and max_update_norm must be finite and non-negative");
         }
         Ok(())
     }

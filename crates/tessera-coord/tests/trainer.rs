@@ -17,14 +17,11 @@ fn dataset() -> Dataset {
 }
 
 fn cfg() -> RunConfig {
-    RunConfig {
-        inner_steps: 2,
-        rounds: 2,
-        batch: 2,
-        heartbeat_ms: 100,
-        silence_ms: 1000,
-        ..RunConfig::default()
-    }
+    RunConfig { heartbeat_ms: 100, silence_ms: 1000, ..RunConfig::default() }.with(|c| {
+        c.inner_steps = 2;
+        c.rounds = 2;
+        c.batch = 2;
+    })
 }
 
 /// A trainer plus the coordinator's sequence counter.
@@ -136,7 +133,13 @@ fn a_welcome_configures_once_and_fetches_the_checkpoint_by_hash() {
     assert!(matches!(&warnings(&out)[..], [TrainerError::Checkpoint(_)]));
     assert_eq!(h.t.state(), None);
     // Another config mid-run, or another dataset, ends the run for this trainer.
-    let out = h.welcome(RunConfig { rounds: 9, ..cfg() }.to_toml());
+    let out = h.welcome(
+        cfg()
+            .with(|c| {
+                c.rounds = 9;
+            })
+            .to_toml(),
+    );
     assert!(matches!(&out[..], [Action::Event(TrainerEvent::Fatal(TrainerError::ConfigChanged))]));
     let mut other = H::new(None);
     let out = other.welcome(RunConfig { dataset: "ab".repeat(32), ..cfg() }.to_toml());
@@ -331,9 +334,18 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
     assert_eq!(sources.iter().map(|s| s.peer).collect::<Vec<_>>(), [[3; 32], COORD]);
     // SparseLoCo: each accepted update comes from its author first.
     let mut sl = H::new(None);
-    sl.spec = Arc::new(RunSpec::new(RunConfig { algo: Algorithm::SparseLoCo, ..cfg() }).unwrap());
+    sl.spec = Arc::new(
+        RunSpec::new(cfg().with(|c| {
+            c.algo = Algorithm::SparseLoCo;
+        }))
+        .unwrap(),
+    );
     let g = sl.spec.initial_state();
-    let config = RunConfig { algo: Algorithm::SparseLoCo, ..cfg() }.to_toml();
+    let config = cfg()
+        .with(|c| {
+            c.algo = Algorithm::SparseLoCo;
+        })
+        .to_toml();
     let peers = vec![([2; 32], "127.0.0.1:2".to_string())];
     sl.frame(Message::Welcome { round: 0, checkpoint: g.hash(), state_hash: g.hash(), config, peers });
     sl.t.fetched(0, g.hash(), Ok(g.encode()));

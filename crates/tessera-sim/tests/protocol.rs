@@ -18,16 +18,18 @@ fn dataset(name: &str) -> Dataset {
 }
 
 fn run_cfg(peers: usize) -> RunConfig {
-    RunConfig {
-        inner_steps: 3,
-        rounds: 4,
-        batch: 2,
+    let base = RunConfig {
         min_peers: peers,
         heartbeat_ms: 100,
         silence_ms: 1000,
         min_round_ms: 500,
         ..RunConfig::default()
-    }
+    };
+    base.with(|c| {
+        c.inner_steps = 3;
+        c.rounds = 4;
+        c.batch = 2;
+    })
 }
 
 /// The rounds the coordinator closed, in order.
@@ -52,29 +54,10 @@ fn plain_sim_theta(rc: &RunConfig, peers: usize, ds: &Dataset) -> Vec<f32> {
 
 /// The plain simulator after it ran `rc` with `peers` peers.
 fn plain_sim<'a>(rc: &RunConfig, peers: usize, ds: &'a Dataset) -> Sim<'a> {
+    // One shared training section: the simulator runs the run config's settings as they are.
     let sc = SimConfig {
         peers,
-        algo: rc.algo,
-        codec: rc.codec,
-        inner_steps: rc.inner_steps,
-        rounds: rc.rounds,
-        preset: rc.preset.clone(),
-        batch: rc.batch,
-        seed: rc.seed,
-        inner_lr: rc.inner_lr,
-        inner_warmup: rc.inner_warmup,
-        outer_lr: rc.outer_lr,
-        outer_momentum: rc.outer_momentum,
-        max_update_norm: rc.max_update_norm,
-        topk: rc.topk,
-        chunk: rc.chunk,
-        ef_beta: rc.ef_beta,
-        sparse_lr: rc.sparse_lr,
-        demo_beta: rc.demo_beta,
-        demo_lr: rc.demo_lr,
-        demo_weight_decay: rc.demo_weight_decay,
-        noloco_alpha: rc.noloco_alpha,
-        noloco_beta: rc.noloco_beta,
+        training: rc.training.clone(),
         eval_every: 0,
         eval_batches: 1,
         ..SimConfig::default()
@@ -135,7 +118,11 @@ fn the_protocol_computes_what_the_simulator_computes() {
 #[test]
 fn ddp_over_the_protocol_equals_the_simulators_ddp() {
     let ds = dataset("ddp");
-    let rc = RunConfig { algo: Algorithm::Ddp, inner_steps: 1, rounds: 5, ..run_cfg(2) };
+    let rc = run_cfg(2).with(|c| {
+        c.algo = Algorithm::Ddp;
+        c.inner_steps = 1;
+        c.rounds = 5;
+    });
     let p = peers_from_the_start_equal_the_simulator(&rc, 2, &ds);
     assert_eq!(p.peer_state(&pid(2)), Some((rc.rounds, p.coordinator().state_hash())));
 }
@@ -146,8 +133,14 @@ fn ddp_over_the_protocol_equals_the_simulators_ddp() {
 fn sparseloco_and_demo_over_the_protocol_equal_the_simulator() {
     let ds = dataset("allgather");
     for rc in [
-        RunConfig { algo: Algorithm::SparseLoCo, ..run_cfg(3) },
-        RunConfig { algo: Algorithm::DeMo, inner_steps: 1, demo_lr: 3e-3, ..run_cfg(3) },
+        run_cfg(3).with(|c| {
+            c.algo = Algorithm::SparseLoCo;
+        }),
+        run_cfg(3).with(|c| {
+            c.algo = Algorithm::DeMo;
+            c.inner_steps = 1;
+            c.demo_lr = 3e-3;
+        }),
     ] {
         let p = peers_from_the_start_equal_the_simulator(&rc, 3, &ds);
         let theta = &p.coordinator().global().theta;
@@ -173,7 +166,9 @@ fn noloco_over_the_protocol_equals_the_simulator_replica_by_replica() {
     let ds = dataset("noloco");
     for peers in [4u8, 3] {
         // Four trainers make two pairs; three make one triple.
-        let rc = RunConfig { algo: Algorithm::NoLoCo, ..run_cfg(peers as usize) };
+        let rc = run_cfg(peers as usize).with(|c| {
+            c.algo = Algorithm::NoLoCo;
+        });
         let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
         for i in 1..=peers {
             p.join(pid(i)).unwrap();
@@ -284,8 +279,11 @@ fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
         (Algorithm::DeMo, 1),
         (Algorithm::NoLoCo, 3),
     ] {
-        let rc =
-            RunConfig { algo, inner_steps: h, rounds: 5, silence_ms: 300, min_round_ms: 2000, ..run_cfg(3) };
+        let rc = RunConfig { silence_ms: 300, min_round_ms: 2000, ..run_cfg(3) }.with(|c| {
+            c.algo = algo;
+            c.inner_steps = h;
+            c.rounds = 5;
+        });
         let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
         for i in 1..=3 {
             p.join(pid(i)).unwrap();

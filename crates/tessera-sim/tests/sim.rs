@@ -18,18 +18,14 @@ fn dataset(name: &str) -> Dataset {
 }
 
 fn small(algo: &str) -> SimConfig {
-    SimConfig {
-        peers: 4,
-        algo: algo.parse().unwrap(),
-        codec: ValueCodec::F32,
-        inner_steps: 3,
-        rounds: 3,
-        batch: 2,
-        eval_every: 0,
-        eval_batches: 2,
-        inner_warmup: 0,
-        ..SimConfig::default()
-    }
+    SimConfig { peers: 4, eval_every: 0, eval_batches: 2, ..SimConfig::default() }.with(|c| {
+        c.algo = algo.parse().unwrap();
+        c.codec = ValueCodec::F32;
+        c.inner_steps = 3;
+        c.rounds = 3;
+        c.batch = 2;
+        c.inner_warmup = 0;
+    })
 }
 
 fn run(cfg: SimConfig, ds: &Dataset) -> (Sim<'_>, Vec<tessera_sim::RoundReport>) {
@@ -47,7 +43,12 @@ fn same_seed_same_bits_for_every_algorithm() {
         let (b, rb) = run(small(algo), &ds);
         assert_eq!(a.state_hash(), b.state_hash(), "{algo}");
         assert_eq!(ra, rb, "{algo}: reports differ");
-        let (c, _) = run(SimConfig { seed: 2, ..small(algo) }, &ds);
+        let (c, _) = run(
+            small(algo).with(|c| {
+                c.seed = 2;
+            }),
+            &ds,
+        );
         assert_ne!(a.state_hash(), c.state_hash(), "{algo}: seed must matter");
     }
 }
@@ -57,7 +58,11 @@ fn every_algorithm_learns() {
     let ds = dataset("learn");
     for algo in ["ddp", "diloco", "noloco", "sparseloco", "demo"] {
         let rounds = if algo == "ddp" || algo == "demo" { 30 } else { 10 };
-        let cfg = SimConfig { rounds, inner_steps: 5, eval_every: 0, demo_lr: 3e-3, ..small(algo) };
+        let cfg = SimConfig { eval_every: 0, ..small(algo) }.with(|c| {
+            c.rounds = rounds;
+            c.inner_steps = 5;
+            c.demo_lr = 3e-3;
+        });
         let (_, reports) = run(cfg, &ds);
         let last = reports.last().unwrap();
         let val = last.val_loss.unwrap();
@@ -74,15 +79,17 @@ fn diloco_h1_sgd_unit_outer_step_matches_ddp() {
     // is formed, so the two agree only to within that rounding (not to the last bit). The test
     // bounds the difference at a few ulps of the parameters.
     let ds = dataset("equiv");
-    let base = SimConfig {
-        inner_steps: 1,
-        rounds: 4,
-        inner_optimizer: tessera_sim::InnerOptimizer::Sgd,
-        inner_lr: 0.05,
-        ..small("ddp")
-    };
+    let base = SimConfig { inner_optimizer: tessera_sim::InnerOptimizer::Sgd, ..small("ddp") }.with(|c| {
+        c.inner_steps = 1;
+        c.rounds = 4;
+        c.inner_lr = 0.05;
+    });
     let (ddp, _) = run(base.clone(), &ds);
-    let diloco = SimConfig { algo: Algorithm::DiLoCo, outer_lr: 1.0, outer_momentum: 0.0, ..base };
+    let diloco = base.with(|c| {
+        c.algo = Algorithm::DiLoCo;
+        c.outer_lr = 1.0;
+        c.outer_momentum = 0.0;
+    });
     let (dl, _) = run(diloco, &ds);
     let (a, b) = (ddp.theta(), dl.theta());
     let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1e-3)).fold(0.0f32, f32::max);
@@ -98,14 +105,12 @@ fn one_peer_with_unit_outer_step_is_local_training() {
     // One round is compared, because over later rounds the one-ulp differences feed back into
     // training and grow like any perturbation does.
     let ds = dataset("one");
-    let cfg = SimConfig {
-        peers: 1,
-        outer_lr: 1.0,
-        outer_momentum: 0.0,
-        inner_steps: 8,
-        rounds: 1,
-        ..small("diloco")
-    };
+    let cfg = SimConfig { peers: 1, ..small("diloco") }.with(|c| {
+        c.outer_lr = 1.0;
+        c.outer_momentum = 0.0;
+        c.inner_steps = 8;
+        c.rounds = 1;
+    });
     let (sim, _) = run(cfg.clone(), &ds);
     let gcfg = GptConfig::preset(&cfg.preset).unwrap();
     let ctx = gcfg.context;
@@ -131,7 +136,12 @@ fn one_peer_with_unit_outer_step_is_local_training() {
 #[test]
 fn bytes_are_counted_exactly() {
     let ds = dataset("bytes");
-    let (sim, reports) = run(SimConfig { codec: ValueCodec::Int8, ..small("diloco") }, &ds);
+    let (sim, reports) = run(
+        small("diloco").with(|c| {
+            c.codec = ValueCodec::Int8;
+        }),
+        &ds,
+    );
     let n = sim.num_params();
     let update = (HEADER_BYTES + Codec::dense(ValueCodec::Int8, 4096).encoded_len(n)) as u64;
     let last = reports.last().unwrap();
@@ -156,10 +166,22 @@ fn golden_state_hashes_of_every_algorithm() {
     let mut got = Vec::new();
     for algo in ["ddp", "diloco", "noloco", "sparseloco", "demo"] {
         let codec = if algo == "diloco" || algo == "noloco" { ValueCodec::Int8 } else { ValueCodec::F32 };
-        let (sim, _) = run(SimConfig { rounds: 2, codec, ..small(algo) }, &ds);
+        let (sim, _) = run(
+            small(algo).with(|c| {
+                c.rounds = 2;
+                c.codec = codec;
+            }),
+            &ds,
+        );
         got.push(format!("{algo} {}", tessera_tensor::hex(&sim.state_hash())));
     }
-    let (sim, _) = run(SimConfig { rounds: 2, codec: ValueCodec::F32, ..small("noloco") }, &ds);
+    let (sim, _) = run(
+        small("noloco").with(|c| {
+            c.rounds = 2;
+            c.codec = ValueCodec::F32;
+        }),
+        &ds,
+    );
     got.push(format!("noloco-f32 {}", tessera_tensor::hex(&sim.state_hash())));
     let want = GOLDEN_SIM.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>();
     assert_eq!(got, want);

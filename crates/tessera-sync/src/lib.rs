@@ -4,8 +4,8 @@
 //! the update codecs (int8 with a per-chunk scale, top-k with error feedback, 2-bit, sign), the
 //! encoded-update wire format, and deterministic aggregation. [`Outer`] is the one table of
 //! the five algorithms (what a peer computes and keeps, how it encodes, how contributions
-//! combine, how the shared state changes) that the simulator and the networked run share.
-//! It works on the flat f32 parameter layout of `tessera-model` and knows nothing about
+//! combine, how the shared state changes) that the simulator and the networked run share;
+//! [`Training`] is the one section of training settings both configs hold. It works on the flat f32 parameter layout of `tessera-model` and knows nothing about
 //! peers' transport.
 //!
 //! **Invariants.** Encoding and decoding are exact and deterministic; every payload length is a
@@ -22,6 +22,7 @@ mod aggregate;
 mod algo;
 mod codec;
 mod outer;
+mod training;
 mod update;
 
 pub use aggregate::{sparse_mean, weighted_mean, Contribution};
@@ -31,6 +32,7 @@ pub use outer::{
     dct_tiles, demo_apply, idct_tiles, mean_of, noloco_groups, noloco_step, pseudo_gradient, replica_spread,
     DemoPeer, ErrorFeedback, NesterovOuter, NoLoCoPeer, DCT_SIDE, DCT_TILE,
 };
+pub use training::Training;
 pub use update::{
     decode_header, decode_update, encode_update, frame_update, Algorithm, Decoded, Expected, UpdateHeader,
     HEADER_BYTES, MAX_UPDATE_VALUES,
@@ -39,6 +41,8 @@ pub use update::{
 /// Why an update or a codec was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SyncError {
+    #[error("bad training settings: {0}")]
+    Config(String),
     #[error("bad codec: {0}")]
     BadCodec(String),
     #[error("unknown algorithm {0:?} (ddp, diloco, noloco, sparseloco, demo)")]

@@ -41,14 +41,12 @@ pub struct DemoArgs {
 
 /// The demo's run: the tiny model, 4 trainers, DiLoCo with int8 updates.
 pub fn demo_config(peers: usize) -> RunConfig {
-    RunConfig {
-        inner_steps: 50,
-        rounds: 30,
-        batch: 8,
-        inner_warmup: 50,
-        min_peers: peers,
-        ..RunConfig::default()
-    }
+    RunConfig { min_peers: peers, ..RunConfig::default() }.with(|c| {
+        c.inner_steps = 50;
+        c.rounds = 30;
+        c.batch = 8;
+        c.inner_warmup = 50;
+    })
 }
 
 /// Kills the children when dropped, so an error never leaves processes behind.
