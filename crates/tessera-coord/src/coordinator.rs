@@ -586,7 +586,8 @@ impl Coordinator {
             }
         }
         let members: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
-        let (agg_hash, pairs, spread) = self.step(round, &members, &accepted, contribs)?;
+        let Stepped { aggregate: agg_hash, pairs, spread } =
+            self.step(round, &members, &accepted, contribs)?;
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);
@@ -624,6 +625,14 @@ impl Coordinator {
     }
 }
 
+/// What applying a round produced: the aggregate's hash (hub algorithms), and for NoLoCo the
+/// pairing with the replicas it produced and their spread.
+struct Stepped {
+    aggregate: Option<Hash32>,
+    pairs: Option<tessera_wire::Pairs>,
+    spread: Option<f64>,
+}
+
 impl Coordinator {
     /// Applies a round's accepted contributions (in peer-id order) to the state; stores the
     /// blobs peers will fetch. Returns the aggregate's hash (hub algorithms), and for NoLoCo
@@ -634,7 +643,7 @@ impl Coordinator {
         members: &[PeerId],
         accepted: &[PeerId],
         contribs: Vec<Contribution>,
-    ) -> Result<(Option<Hash32>, Option<tessera_wire::Pairs>, Option<f64>), CoordError> {
+    ) -> Result<Stepped, CoordError> {
         assert_eq!(accepted.len(), contribs.len(), "one contribution per accepted peer");
         if self.pairs() {
             let deltas = accepted.iter().copied().zip(contribs.into_iter().map(|c| c.values)).collect();
@@ -644,7 +653,7 @@ impl Coordinator {
                 self.out.push(Output::StoreBlob { hash, bytes });
             }
             self.global = closed.consensus;
-            return Ok((None, Some(closed.pairs), Some(closed.spread)));
+            return Ok(Stepped { aggregate: None, pairs: Some(closed.pairs), spread: Some(closed.spread) });
         }
         let combined = match contribs.is_empty() {
             true => None,
@@ -657,7 +666,7 @@ impl Coordinator {
             self.out.push(Output::StoreBlob { hash, bytes });
         }
         assert_eq!(self.global.round, round + 1, "a round closes once");
-        Ok((agg_hash, None, None))
+        Ok(Stepped { aggregate: agg_hash, pairs: None, spread: None })
     }
 }
 

@@ -250,7 +250,8 @@ impl Store {
     /// round.
     fn collect_garbage(&self, round: u64) -> Result<(), StoreError> {
         let Some(old) = round.checked_sub(KEEP_STATES) else { return Ok(()) };
-        let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = self
+        type Blobs = Option<Vec<u8>>;
+        let row: Option<(Blobs, Blobs)> = self
             .db
             .query_row("SELECT state_hash, accept FROM rounds WHERE round = ?1", [old as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
