@@ -447,6 +447,12 @@ fn a_node_killed_mid_round_of_a_demo_run_is_left_out() {
     );
 }
 
+/// The same for NoLoCo: the killed node's partners step with the members that are left.
+#[test]
+fn a_node_killed_mid_round_of_a_noloco_run_is_left_out() {
+    killed_node("kill-node-nl", config(3, 4).with(|c| c.algo = Algorithm::NoLoCo));
+}
+
 fn killed_node(name: &str, cfg: RunConfig) {
     // A round's training takes about 1 s whatever H is, so the kill lands mid-round.
     let step_ms = (1000 / cfg.inner_steps.max(1)).to_string();
