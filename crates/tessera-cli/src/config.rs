@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tessera_model::{AdamWConfig, GptConfig};
+use tessera_model::AdamWConfig;
+use tessera_sync::{Algorithm, Training, ValueCodec};
 
 /// The embedded defaults.
 pub const DEFAULT_RUN_TOML: &str = include_str!("default-run.toml");
@@ -137,13 +138,31 @@ impl RunConfig {
         toml::to_string(self).expect("config serializes")
     }
 
+    /// These settings as the training section every distributed run shares: one peer, one
+    /// round of `train.steps` inner steps, and an outer step that takes the peer's result as it
+    /// is (DiLoCo with f32 updates, η = 1, μ = 0: local training, up to one rounding of the
+    /// outer subtraction per parameter; see the simulator's tests). The keys
+    /// this file shares with `tessera sim` and `run.toml` are validated by its `validate`.
+    pub fn training(&self) -> Training {
+        Training {
+            preset: self.model.preset.clone(),
+            seed: self.train.seed,
+            algo: Algorithm::DiLoCo,
+            codec: ValueCodec::F32,
+            inner_steps: self.train.steps,
+            rounds: 1,
+            batch: self.train.batch,
+            inner_lr: self.optim.lr,
+            inner_warmup: self.optim.warmup_steps,
+            outer_lr: 1.0,
+            outer_momentum: 0.0,
+            ..Training::default()
+        }
+    }
+
     /// Rejects impossible values, naming the key.
     pub fn validate(&self) -> Result<()> {
-        GptConfig::preset(&self.model.preset)?;
-        let t = &self.train;
-        if t.steps == 0 || t.batch == 0 {
-            bail!("train.steps and train.batch must be at least 1");
-        }
+        self.training().validate().context("bad [model], [train] or [optim] setting")?;
         if !matches!(self.data.format.as_str(), "text" | "u16") {
             bail!("data.format must be \"text\" or \"u16\", not {:?}", self.data.format);
         }
@@ -225,6 +244,14 @@ mod tests {
         let bad = RunConfig::parse("[optim]\nbeta1 = 1.5\n", Path::new("x")).unwrap();
         assert!(bad.validate().is_err());
         let bad = RunConfig::parse("[model]\npreset = \"huge\"\n", Path::new("x")).unwrap();
-        assert!(bad.validate().is_err());
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("huge"));
+        // The shared training section's checks apply here too.
+        let bad = RunConfig::parse("[train]\nbatch = 0\n", Path::new("x")).unwrap();
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("batch must be at least 1"));
+        let t = RunConfig::defaults().training();
+        assert_eq!(
+            (t.h(), t.inner_adamw().total_steps),
+            (RunConfig::defaults().train.steps, RunConfig::defaults().adamw().total_steps)
+        );
     }
 }
