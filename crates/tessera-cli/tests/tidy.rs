@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The sans-IO core: everything below `net`.
-const CORE: [&str; 8] = [
+const CORE: [&str; 9] = [
     "tessera-tensor",
+    "tessera-verify",
     "tessera-model",
     "tessera-data",
     "tessera-checkpoint",

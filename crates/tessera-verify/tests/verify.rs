@@ -1,0 +1,131 @@
+//! Commitments, proofs, challenges and the bisection, checked exhaustively on small sizes.
+
+use tessera_verify::{challenge, segments, Bisection, MerkleTree, Proof, RoundCommitment, Turn, VerifyError};
+
+fn h(i: u64) -> [u8; 32] {
+    *blake3::hash(&i.to_le_bytes()).as_bytes()
+}
+
+#[test]
+fn every_leaf_of_every_small_tree_proves_and_nothing_else_does() {
+    for n in 1..=70usize {
+        let leaves: Vec<[u8; 32]> = (0..n as u64).map(h).collect();
+        let t = MerkleTree::new(&leaves).unwrap();
+        let root = t.root();
+        for (i, l) in leaves.iter().enumerate() {
+            let p = t.proof(i).unwrap();
+            assert_eq!(MerkleTree::verify(&root, n, i, l, &p), Ok(()), "n {n} leaf {i}");
+            // Another leaf's data, another index, another size: refused.
+            assert_eq!(MerkleTree::verify(&root, n, i, &h(999), &p), Err(VerifyError::RootMismatch));
+            if n > 1 {
+                let j = (i + 1) % n;
+                let e = MerkleTree::verify(&root, n, j, l, &p).unwrap_err();
+                assert!(matches!(e, VerifyError::RootMismatch | VerifyError::ProofLength { .. }), "{e}");
+            }
+            if let Some(first) = p.siblings.first() {
+                let mut bad = p.clone();
+                bad.siblings[0] = [first[0] ^ 1; 32];
+                assert_eq!(MerkleTree::verify(&root, n, i, l, &bad), Err(VerifyError::RootMismatch));
+                let short = Proof { siblings: p.siblings[1..].to_vec() };
+                assert!(matches!(
+                    MerkleTree::verify(&root, n, i, l, &short),
+                    Err(VerifyError::ProofLength { .. })
+                ));
+            }
+        }
+        assert_eq!(t.proof(n).unwrap_err(), VerifyError::Index { index: n, n });
+        assert_eq!(
+            MerkleTree::verify(&root, n, n, &leaves[0], &t.proof(0).unwrap()),
+            Err(VerifyError::Index { index: n, n })
+        );
+    }
+    assert_eq!(MerkleTree::new(&[]).unwrap_err(), VerifyError::Leaves(0));
+}
+
+#[test]
+fn different_leaf_lists_never_share_a_root() {
+    let (a, b, c) = (h(1), h(2), h(3));
+    let roots = [
+        MerkleTree::new(&[a, b, c]).unwrap().root(),
+        MerkleTree::new(&[a, b, c, c]).unwrap().root(), // no duplication of an odd node
+        MerkleTree::new(&[a, b]).unwrap().root(),
+        MerkleTree::new(&[b, a]).unwrap().root(),
+        MerkleTree::new(&[a]).unwrap().root(),
+    ];
+    for i in 0..roots.len() {
+        for j in i + 1..roots.len() {
+            assert_ne!(roots[i], roots[j], "{i} vs {j}");
+        }
+    }
+    // Domain separation: a leaf is not its own root, and an inner node cannot pass as a leaf.
+    assert_ne!(MerkleTree::new(&[a]).unwrap().root(), a);
+    let inner = MerkleTree::new(&[a, b]).unwrap().root();
+    assert_ne!(MerkleTree::new(&[inner]).unwrap().root(), inner);
+}
+
+#[test]
+fn a_round_is_cut_into_segments_and_its_commitment_proves_each_state() {
+    assert_eq!(segments(12, 5).unwrap(), [(0, 5), (5, 10), (10, 12)]);
+    assert_eq!(segments(50, 5).unwrap().len(), 10);
+    assert_eq!(segments(1, 5).unwrap(), [(0, 1)]);
+    assert_eq!(segments(5, 0).unwrap_err(), VerifyError::Segments { steps: 5, k: 0 });
+    let ends: Vec<[u8; 32]> = (10..13).map(h).collect();
+    let c = RoundCommitment::new(h(0), ends.clone(), h(99), 12, 5).unwrap();
+    assert_eq!(c.final_state(), h(12));
+    assert_eq!((c.len(), c.update_leaf()), (5, 4));
+    let t = c.tree();
+    for (i, l) in c.leaves().iter().enumerate() {
+        MerkleTree::verify(&c.root(), c.len(), i, l, &t.proof(i).unwrap()).unwrap();
+    }
+    assert_eq!(
+        RoundCommitment::new(h(0), ends[..2].to_vec(), h(99), 12, 5).unwrap_err(),
+        VerifyError::SegmentCount { got: 2, want: 3 }
+    );
+    // Any changed state changes the root.
+    let mut forged = c.clone();
+    forged.ends[1] = h(77);
+    assert_ne!(forged.root(), c.root());
+}
+
+#[test]
+fn challenges_are_fixed_by_their_inputs_and_spread_evenly() {
+    let set = h(5);
+    let n = 10;
+    assert_eq!(challenge(&set, &h(1), &h(2), n), challenge(&set, &h(1), &h(2), n));
+    let mut counts = vec![0u32; n];
+    for t in 0..10_000u64 {
+        counts[challenge(&set, &h(1), &h(t + 100), n)] += 1;
+    }
+    assert!(counts.iter().all(|&c| (850..=1150).contains(&c)), "{counts:?}");
+    // Another commit set moves the draws: the trainer cannot know its segment in advance.
+    let moved =
+        (0..100u64).filter(|t| challenge(&set, &h(1), &h(*t), n) != challenge(&h(6), &h(1), &h(*t), n));
+    assert!(moved.count() > 70);
+    assert_eq!(challenge(&set, &h(1), &h(2), 1), 0);
+}
+
+#[test]
+fn the_bisection_finds_the_first_disagreement_within_log2_questions() {
+    for lo in [0u64, 7] {
+        for len in 1..=130u64 {
+            let hi = lo + len;
+            for first_bad in lo + 1..=hi {
+                let mut b = Bisection::new(lo, hi).unwrap();
+                let decided = loop {
+                    match b.turn() {
+                        Turn::Decided(i) => break i,
+                        // The challenger agrees with every state before the first bad one.
+                        Turn::Reveal(i) => b.answer(i < first_bad).unwrap(),
+                    }
+                };
+                assert_eq!(decided, first_bad, "{lo}..{hi}");
+                assert!(b.exchanges() <= Bisection::max_exchanges(len), "{len}: {}", b.exchanges());
+            }
+        }
+    }
+    assert_eq!(Bisection::max_exchanges(50), 6);
+    assert_eq!(Bisection::max_exchanges(1), 0);
+    assert_eq!(Bisection::new(5, 5).unwrap_err(), VerifyError::Range { lo: 5, hi: 5 });
+    let mut b = Bisection::new(0, 10).unwrap();
+    assert_eq!(b.answer(true).unwrap_err(), VerifyError::NotAsked);
+}
