@@ -614,6 +614,7 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
             update_len: 10,
             start_hash: [0; 32],
             end_hash: [0; 32],
+            root: [0; 32],
         };
         send(tessera_wire::encode(&me, 6, &bad).unwrap()).await;
         tokio::time::sleep(Duration::from_millis(500)).await;

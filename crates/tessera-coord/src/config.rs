@@ -33,6 +33,9 @@ pub struct RunConfig {
     /// The first round starts once this many trainers are members; later rounds go on with
     /// whoever is there (at least one).
     pub min_peers: usize,
+    /// A trainer commits to its local state after every this many inner steps (the k of a
+    /// spot check's segment; see `tessera_verify::RoundCommitment`).
+    pub commit_every: u64,
     /// At most this many trainers per round (members beyond it wait).
     pub max_peers: usize,
     /// Trainers send a heartbeat this often; one silent for `silence_ms` has left.
@@ -68,6 +71,7 @@ impl Default for RunConfig {
             training: Training { inner_steps: 20, rounds: 10, inner_warmup: 20, ..Training::default() },
             dataset: String::new(),
             min_peers: 1,
+            commit_every: 5,
             max_peers: 64,
             heartbeat_ms: 500,
             silence_ms: 4000,
@@ -132,6 +136,9 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), CoordError> {
         let bad = |m: &str| Err(CoordError::Config(m.to_string()));
         self.training.validate().map_err(|e| CoordError::Config(e.to_string()))?;
+        if tessera_verify::segments(self.h(), self.commit_every).is_err() {
+            return bad("commit_every must be at least 1 (and cut a round into at most 65536 segments)");
+        }
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
             return bad("need 1 <= min_peers <= max_peers <= 1024");
         }

@@ -64,6 +64,8 @@ pub enum CoordError {
     Model(#[from] tessera_model::ModelError),
     #[error(transparent)]
     Data(#[from] tessera_data::DataError),
+    #[error(transparent)]
+    Verify(#[from] tessera_verify::VerifyError),
 }
 
 /// Why the coordinator refused a message from a peer.

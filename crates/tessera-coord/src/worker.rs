@@ -10,6 +10,8 @@ use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
 use tessera_sync::{pseudo_gradient, PeerState, Work};
 use tessera_tensor::TraceMode;
 
+use tessera_verify::RoundCommitment;
+
 use crate::{Assignment, CoordError, GlobalState, Hash32, Message, RunSpec};
 
 /// The result of training one unit, kept so that a round re-announced after a coordinator
@@ -25,19 +27,24 @@ pub struct Trained {
     /// Hashes of the trainer's local state (parameters and inner AdamW) before and after.
     pub start_hash: Hash32,
     pub end_hash: Hash32,
+    /// What the trainer commits to: its local state before, after every `commit_every`
+    /// inner steps and at the end, and the update; its root goes in `Commit`.
+    pub commitment: RoundCommitment,
     pub mean_loss: f64,
 }
 
 impl Trained {
-    fn new(at: (u64, Hash32, (u64, u64)), update: Vec<u8>, local: [Hash32; 2], loss: f64) -> Self {
+    fn new(at: (u64, Hash32, (u64, u64)), update: Vec<u8>, commitment: RoundCommitment, loss: f64) -> Self {
+        assert_eq!(commitment.update, *blake3::hash(&update).as_bytes(), "the commitment names this update");
         Self {
             round: at.0,
             start_state: at.1,
             unit: at.2,
-            update_hash: *blake3::hash(&update).as_bytes(),
+            update_hash: commitment.update,
             update: Arc::new(update),
-            start_hash: local[0],
-            end_hash: local[1],
+            start_hash: commitment.start,
+            end_hash: commitment.final_state(),
+            commitment,
             mean_loss: loss,
         }
     }
@@ -51,6 +58,7 @@ impl Trained {
             update_len: self.update.len() as u64,
             start_hash: self.start_hash,
             end_hash: self.end_hash,
+            root: self.commitment.root(),
         }
     }
 }
@@ -127,14 +135,17 @@ impl Worker {
         tr.model.params.load_flat(&g.theta)?;
         let start_hash = tr.state_hash();
         let at = (round, *state_hash, (data_round, slot));
-        let (x, loss, end_hash) = match spec.outer.work() {
+        let k = cfg.commit_every;
+        let mut ends = Vec::new();
+        let (x, loss) = match spec.outer.work() {
             Work::Gradient => {
                 // One gradient of θ_r on the unit's first batch.
                 let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: 0 };
                 let (loss, grads) = tr.gradients(&ds.train_batch(&key, cfg.batch, spec.gpt.context)?)?;
                 on_step(1);
                 let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
-                (flat, f64::from(loss), start_hash)
+                ends.push(start_hash); // a gradient leaves the local state as it was
+                (flat, f64::from(loss))
             }
             Work::InnerSteps | Work::InnerStepsFromOwn => {
                 // From θ_r (or, NoLoCo, from the replica's own φ, which `g` then holds).
@@ -144,16 +155,21 @@ impl Worker {
                     let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
                     loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
                     on_step(s + 1);
+                    if (s + 1) % k == 0 || s + 1 == h_steps {
+                        ends.push(tr.state_hash()); // the end of a committed segment
+                    }
                 }
                 let mut delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
                 if spec.outer.work() == Work::InnerStepsFromOwn {
                     delta.iter_mut().for_each(|x| *x = -*x); // NoLoCo's Δ is end − start
                 }
-                (delta, loss / h_steps as f64, tr.state_hash())
+                (delta, loss / h_steps as f64)
             }
         };
         let update = spec.outer.contribute(st, round, &x)?;
         assert_eq!(update.len() as u64, spec.update_len, "an update of the run's exact length");
-        Ok(Trained::new(at, update, [start_hash, end_hash], loss))
+        let update_hash = *blake3::hash(&update).as_bytes();
+        let commitment = RoundCommitment::new(start_hash, ends, update_hash, cfg.h(), k)?;
+        Ok(Trained::new(at, update, commitment, loss))
     }
 }

@@ -50,7 +50,7 @@ pub struct NodeOptions {
 enum Input {
     Fetched(Hash32, Result<Vec<u8>, String>),
     /// The worker back, the round, the result, and the seconds spent training.
-    Trained(Box<Worker>, u64, Result<Trained, CoordError>, f64),
+    Trained(Box<Worker>, u64, Box<Result<Trained, CoordError>>, f64),
 }
 
 type TrainJob = (Arc<GlobalState>, Hash32, Assignment);
@@ -222,7 +222,7 @@ impl Node {
                 self.worker = Some(*w);
                 self.busy_s += took;
                 self.last_train_s = took;
-                let mut acts = self.t.trained(now, round, got);
+                let mut acts = self.t.trained(now, round, *got);
                 if let Some(job) = self.queued.take() {
                     acts.push(Action::Train { state: job.0, state_hash: job.1, unit: job.2 });
                 }
@@ -292,7 +292,7 @@ impl Node {
                 w.train(&state, &hash, &unit, &ds, &mut on_step)
             });
             let took = t0.elapsed().as_secs_f64();
-            let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, got, took));
+            let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, Box::new(got), took));
         });
     }
 

@@ -80,8 +80,10 @@ pub enum Message {
         deadline_ms: u64,
         replicas: Vec<Hash32>,
     },
-    /// A trainer commits to its update blob, the shared state `state` it trained from, and the
-    /// hashes of its local state (parameters and inner optimizer) before and after.
+    /// A trainer commits to its update blob, the shared state `state` it trained from, the
+    /// hashes of its local state (parameters and inner optimizer) before and after, and the
+    /// Merkle `root` over its start state, its state after every k-th inner step, its final
+    /// state and its update (`tessera_verify::RoundCommitment`).
     Commit {
         round: u64,
         state: Hash32,
@@ -89,6 +91,7 @@ pub enum Message {
         update_len: u64,
         start_hash: Hash32,
         end_hash: Hash32,
+        root: Hash32,
     },
     /// The coordinator's decision for a round, with a reason for each rejection. `updates`
     /// names the accepted update blobs, in the order of `accepted` (peer-id order); for a hub

@@ -52,6 +52,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             update_len: r.u64(7, i),
             start_hash: h(r, i + 1),
             end_hash: h(r, i + 2),
+            root: h(r, i + 4),
         },
         5 => Message::Accept {
             round,

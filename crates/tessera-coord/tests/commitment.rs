@@ -1,0 +1,90 @@
+//! A trainer's commitment to its round: the Merkle root in its `Commit` covers its start state,
+//! its state after every `commit_every` inner steps, its final state and its update, and an
+//! independent re-execution of the assigned batches reproduces every committed state, so a
+//! validator can check any one segment, and a trainer that skipped steps is found out at the
+//! first segment it did not compute.
+
+mod common;
+
+use std::sync::Arc;
+
+use tessera_coord::*;
+use tessera_data::BatchKey;
+use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
+use tessera_tensor::TraceMode;
+use tessera_verify::{challenge, segments, Bisection, MerkleTree, Turn};
+
+fn cfg() -> RunConfig {
+    RunConfig::default().with(|c| {
+        c.inner_steps = 7;
+        c.rounds = 2;
+        c.batch = 2;
+    })
+}
+
+/// The states a validator computes by re-running `unit` from the run's initial state: the
+/// start, then the end of every segment of `commit_every` steps; `skip` steps are left out
+/// (a lazy trainer).
+fn recompute(spec: &RunSpec, ds: &tessera_data::Dataset, unit: &Assignment, skip: &[u64]) -> Vec<[u8; 32]> {
+    let c = &spec.cfg;
+    let model = Gpt { cfg: spec.gpt.clone(), params: spec.template.clone() };
+    let mut tr = StepTrainer { opt: OptState::new(&model.params), model, cfg: c.inner_adamw() };
+    let mut out = vec![tr.state_hash()];
+    for (_, to) in segments(c.h(), c.commit_every).unwrap() {
+        while tr.opt.step < to {
+            let s = tr.opt.step;
+            if !skip.contains(&s) {
+                let key = BatchKey { seed: c.seed, round: unit.data_round, slot: unit.slot, step: s };
+                tr.step(&ds.train_batch(&key, c.batch, spec.gpt.context).unwrap(), TraceMode::Off).unwrap();
+            } else {
+                tr.opt.step += 1; // claims the step without computing it
+            }
+        }
+        out.push(tr.state_hash());
+    }
+    out
+}
+
+#[test]
+fn the_commit_root_covers_every_segment_and_re_execution_reproduces_it() {
+    let ds = common::dataset("commitment");
+    let spec = Arc::new(RunSpec::new(cfg()).unwrap());
+    let g = spec.initial_state();
+    let unit = Assignment { peer: [1; 32], data_round: 0, slot: 0 };
+    let t = Worker::new(spec.clone()).train(&g, &g.hash(), &unit, &ds, &mut |_| {}).unwrap();
+    // 7 steps cut every 5: segments [0, 5) and [5, 7); leaves: start, two ends, the update.
+    let c = &t.commitment;
+    assert_eq!((c.ends.len(), c.len()), (2, 4));
+    let Message::Commit { root, start_hash, end_hash, update, .. } = t.commit() else { panic!() };
+    assert_eq!((root, start_hash, end_hash, update), (c.root(), c.start, c.final_state(), t.update_hash));
+    // A validator re-runs the assigned batches and gets every committed state.
+    let states = recompute(&spec, &ds, &unit, &[]);
+    assert_eq!(states[0], c.start);
+    assert_eq!(&states[1..], &c.ends[..], "every committed state is reproduced");
+    // The challenged segment's end comes with a proof against the committed root.
+    let s = challenge(&[9; 32], &[2; 32], &unit.peer, c.ends.len());
+    let tree = c.tree();
+    let leaf = s + 1;
+    MerkleTree::verify(&root, c.len(), leaf, &c.ends[s], &tree.proof(leaf).unwrap()).unwrap();
+}
+
+#[test]
+fn a_trainer_that_skips_steps_is_found_at_its_first_uncomputed_segment() {
+    let ds = common::dataset("commitment-lazy");
+    let spec = Arc::new(RunSpec::new(cfg().with(|c| c.inner_steps = 12)).unwrap());
+    let unit = Assignment { peer: [1; 32], data_round: 0, slot: 1 };
+    let honest = recompute(&spec, &ds, &unit, &[]);
+    // Skips step 6 (in the second segment, [5, 10)): states agree up to the first segment.
+    let lazy = recompute(&spec, &ds, &unit, &[6]);
+    assert_eq!(honest[..2], lazy[..2]);
+    let n = honest.len() as u64 - 1;
+    let mut b = Bisection::new(0, n).unwrap();
+    let found = loop {
+        match b.turn() {
+            Turn::Decided(i) => break i,
+            Turn::Reveal(i) => b.answer(lazy[i as usize] == honest[i as usize]).unwrap(),
+        }
+    };
+    assert_eq!(found, 2, "the second segment is the first the trainer did not compute");
+    assert!(b.exchanges() <= Bisection::max_exchanges(n));
+}
