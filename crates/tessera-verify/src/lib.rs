@@ -10,7 +10,9 @@
 //! - [`challenge`]: which segment of k steps a validator checks, drawn from randomness the
 //!   trainer cannot know when it commits;
 //! - [`Bisection`]: the dispute game's search, over the steps of a segment and then over the
-//!   operators of one step, down to the first index both sides disagree on.
+//!   operators of one step, down to the first index both sides disagree on;
+//! - [`Dispute`]: the whole game as a state machine a referee hosts, ending in a [`Ruling`]
+//!   that names the (step, operator) decided and who lost.
 //!
 //! **Invariants.** Every function is deterministic. A proof verifies only against the root,
 //! leaf count and index it was made for. Leaf and node hashes are domain-separated, so a node
@@ -24,10 +26,12 @@
 
 mod bisect;
 mod commit;
+mod dispute;
 mod merkle;
 
 pub use bisect::{Bisection, Turn};
 pub use commit::{challenge, segments, RoundCommitment, MAX_SEGMENTS};
+pub use dispute::{Ask, Dispute, EntryHashes, Loser, Ruling};
 pub use merkle::{MerkleTree, Proof, MAX_LEAVES};
 
 /// A BLAKE3 hash.

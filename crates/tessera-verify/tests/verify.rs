@@ -129,3 +129,38 @@ fn the_bisection_finds_the_first_disagreement_within_log2_questions() {
     let mut b = Bisection::new(0, 10).unwrap();
     assert_eq!(b.answer(true).unwrap_err(), VerifyError::NotAsked);
 }
+
+#[test]
+fn a_difference_outside_the_traced_operators_is_settled_by_recomputing_the_step() {
+    use tessera_verify::{Ask, Dispute, EntryHashes, Loser};
+    // Both chains agree after the step's last operator, yet the states differ (a forged step
+    // counter, say): the referee recomputes the step.
+    let (t_state, v_state) = (h(1), h(2));
+    let mut d = Dispute::new(3, 4, 200, [t_state, v_state]).unwrap();
+    assert_eq!(d.ask(), Ask::Prefix { step: 3, op: 200 });
+    d.revealed([h(9), h(9)]).unwrap();
+    assert_eq!(d.ask(), Ask::RecomputeStep { step: 3 });
+    let r = d.recomputed(&v_state).unwrap();
+    assert_eq!((r.loser, r.step, r.op), (Loser::Trainer, 3, None));
+    // An operator whose inputs the two sides name differently: recompute the step as well.
+    let mut d = Dispute::new(0, 1, 2, [t_state, v_state]).unwrap();
+    assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 2 }, "one step: straight to its operators");
+    d.revealed([h(5), h(6)]).unwrap(); // the chains differ at the end
+    assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 1 });
+    d.revealed([h(7), h(8)]).unwrap(); // and already after the first operator
+    assert_eq!(d.ask(), Ask::Entry { step: 0, op: 1 });
+    let e = |i: u64| EntryHashes { inputs: vec![h(i)], outputs: vec![h(100 + i)] };
+    d.entries([e(1), e(2)]).unwrap();
+    assert_eq!(d.ask(), Ask::RecomputeStep { step: 0 });
+    assert_eq!(d.recomputed(&t_state).unwrap().loser, Loser::Validator);
+    // Both wrong: both lose. Moves out of turn are refused.
+    let mut d = Dispute::new(0, 1, 1, [t_state, v_state]).unwrap();
+    assert!(d.revealed([h(5), h(6)]).is_err(), "an answer before the question is refused");
+    assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 1 });
+    d.revealed([h(5), h(6)]).unwrap();
+    assert!(d.replayed(&[h(0)]).is_err());
+    assert_eq!(d.ask(), Ask::Entry { step: 0, op: 1 });
+    d.entries([e(1), e(1)]).unwrap();
+    assert_eq!(d.ask(), Ask::ReplayOp { step: 0, op: 1 });
+    assert_eq!(d.replayed(&[h(0)]).unwrap().loser, Loser::Both);
+}
