@@ -70,10 +70,32 @@ pub enum Record {
 pub enum Event {
     Joined(PeerId),
     Left(PeerId),
-    Rejected { from: PeerId, reason: Reject },
-    RoundClosed { round: u64, accepted: usize, rejected: usize, reassigned: usize, spread: Option<f64> },
-    Disagreement { round: u64, peer: PeerId, reported: Hash32, expected: Option<Hash32> },
-    Finished { round: u64, state_hash: Hash32 },
+    Rejected {
+        from: PeerId,
+        reason: Reject,
+    },
+    RoundClosed {
+        round: u64,
+        accepted: usize,
+        rejected: usize,
+        reassigned: usize,
+        spread: Option<f64>,
+    },
+    Disagreement {
+        round: u64,
+        peer: PeerId,
+        reported: Hash32,
+        expected: Option<Hash32>,
+    },
+    /// Robust aggregation scaled `count` accepted updates down to the round's median bound.
+    Clipped {
+        round: u64,
+        count: usize,
+    },
+    Finished {
+        round: u64,
+        state_hash: Hash32,
+    },
 }
 
 /// What the coordinator reloads after a restart.
@@ -659,6 +681,9 @@ impl Coordinator {
             true => None,
             false => Some(self.spec.outer.combine(round, &contribs)?),
         };
+        if let Some(count) = combined.as_ref().map(|c| c.clipped).filter(|&c| c > 0) {
+            self.event(Event::Clipped { round, count });
+        }
         let aggregate = combined.as_ref().and_then(|c| c.blob.clone());
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
         self.global.apply(&self.spec.outer, combined.as_ref().map(|c| c.values.as_slice()))?;

@@ -28,6 +28,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod cheat;
 mod config;
 mod coordinator;
 mod replicas;
@@ -37,6 +38,7 @@ mod state;
 mod trainer;
 mod worker;
 
+pub use cheat::Cheat;
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,

@@ -385,6 +385,9 @@ impl Daemon {
                 hex(&reported),
                 expected.map_or("unknown".into(), |h| hex(&h))
             )),
+            Event::Clipped { round, count } => self.log.warn(&format!(
+                "round {round}: {count} update(s) over the median-norm bound were clipped (robust aggregation)"
+            )),
             Event::Finished { round, state_hash } => {
                 self.log.info(&format!("run finished after {round} rounds: {}", hex(&state_hash)))
             }

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tessera_coord::{
-    Action, Coordinator, Event, Hash32, Message, Output, PeerId, Record, RunConfig, RunSpec, Signed, Trainer,
-    TrainerConfig, TrainerEvent, Worker,
+    Action, Cheat, Coordinator, Event, Hash32, Message, Output, PeerId, Record, RunConfig, RunSpec, Signed,
+    Trainer, TrainerConfig, TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -33,6 +33,8 @@ struct Peer {
     served_order: VecDeque<Hash32>,
     /// Dies when asked to train a unit of this round, before committing.
     crash_in: Option<u64>,
+    /// Sends this instead of its honest updates.
+    cheat: Option<Cheat>,
 }
 
 /// What travels, in order. Blobs come back through the queue like messages, so a message
@@ -113,6 +115,7 @@ impl<'a> ProtocolSim<'a> {
             served: HashMap::new(),
             served_order: VecDeque::new(),
             crash_in: None,
+            cheat: None,
         };
         self.peers.insert(peer, p);
         let now = self.now;
@@ -131,6 +134,13 @@ impl<'a> ProtocolSim<'a> {
     pub fn crash_in_round(&mut self, peer: &PeerId, round: u64) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.crash_in = Some(round);
+        }
+    }
+
+    /// The trainer cheats from now on (a drill: see [`Cheat`]).
+    pub fn cheat(&mut self, peer: &PeerId, cheat: Cheat) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.cheat = Some(cheat);
         }
     }
 
@@ -194,14 +204,17 @@ impl<'a> ProtocolSim<'a> {
                     self.queue.push_back(Delivery::BlobToPeer(peer, hash, got));
                 }
                 Action::Train { state, state_hash, unit } => {
-                    let (ds, now) = (self.ds, self.now);
+                    let (ds, now, spec) = (self.ds, self.now, self.spec.clone());
                     let p = self.peer_mut(&peer);
                     if p.crash_in == Some(state.round) {
                         p.alive = false;
                         return Ok(());
                     }
                     let w = p.w.as_mut().expect("configured before training");
-                    let got = w.train(&state, &state_hash, &unit, ds, &mut |_| {});
+                    let mut got = w.train(&state, &state_hash, &unit, ds, &mut |_| {});
+                    if let (Some(c), Ok(t)) = (&p.cheat, &got) {
+                        got = c.apply(&spec, &state, t.clone());
+                    }
                     let more = p.t.trained(now, state.round, got);
                     self.act(peer, more)?;
                 }

@@ -302,3 +302,43 @@ fn every_networked_algorithm_survives_a_crash_and_a_late_join() {
         assert_eq!(bad, 0, "{algo}: no disagreement");
     }
 }
+
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The model-replacement attack: one of four trainers sends, within the norm bound, the update
+/// that would land the shared model on a target θ* in one round. Clipping every update to 3×
+/// the round's median norm bounds each round's pull to that of a few honest updates; without
+/// the clip the model jumps to θ*.
+#[test]
+fn robust_aggregation_bounds_the_model_replacement_attack() {
+    let ds = dataset("poison");
+    let rc = run_cfg(4).with(|c| c.rounds = 3);
+    let honest = peers_from_the_start_equal_the_simulator(&rc, 4, &ds).coordinator().global().theta.clone();
+    let start = RunSpec::new(rc.clone()).unwrap().initial_state().theta;
+    let target: Vec<f32> = start.iter().map(|x| x + 0.5).collect();
+    let poisoned = |rc: &RunConfig| {
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        for i in 1..=4 {
+            p.join(pid(i)).unwrap();
+        }
+        p.cheat(&pid(1), tessera_coord::Cheat::Poison { target: target.clone(), peers: 4 });
+        p.run_until(rc.rounds).unwrap();
+        let accepted = p.records.iter().any(|r| {
+            matches!(r, Record::RoundClosed { accept: Message::Accept { accepted, .. }, .. } if accepted.contains(&pid(1)))
+        });
+        assert!(accepted, "the poison is within every bound: it is accepted");
+        let clipped =
+            p.events.iter().filter(|e| matches!(e, tessera_coord::Event::Clipped { count: 1, .. })).count();
+        assert_eq!(clipped as u64, if rc.clip_median > 0.0 { rc.rounds } else { 0 }, "clipped every round");
+        p.coordinator().global().theta.clone()
+    };
+    let gap = distance(&honest, &target);
+    let clipped = poisoned(&rc);
+    let open = poisoned(&rc.clone().with(|c| c.clip_median = 0.0));
+    let (moved_clipped, moved_open) = (distance(&clipped, &honest) / gap, distance(&open, &honest) / gap);
+    eprintln!("pull toward θ*: clipped {moved_clipped:.3}, unclipped {moved_open:.3} (of the gap {gap:.1})");
+    assert!(moved_open > 0.8, "without the clip the attack takes the model: {moved_open}");
+    assert!(moved_clipped < 0.05, "the clip bounds it: {moved_clipped} of the gap (unclipped {moved_open})");
+}

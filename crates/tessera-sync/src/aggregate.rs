@@ -44,6 +44,51 @@ pub fn weighted_mean(contribs: &[Contribution], n: usize) -> Result<Vec<f32>, Sy
     Ok(out)
 }
 
+/// The L2 norm, accumulated in f64 in index order.
+fn l2(x: &[f32]) -> f64 {
+    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(xs: &[f64]) -> f64 {
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        m if m % 2 == 1 => s[m / 2],
+        m => 0.5 * (s[m / 2 - 1] + s[m / 2]),
+    }
+}
+
+/// Robust aggregation's clip: each contribution whose norm exceeds `factor ×` the median norm
+/// of the round's contributions is scaled down to that norm; the others are left exactly as
+/// they are. Returns the clipped contributions (`None` when none needed clipping) and how many
+/// were clipped. With at least three contributions and an honest majority, no one peer can
+/// move the mean further than `factor ×` an honest update (the model-replacement attack).
+pub fn clip_to_median(contribs: &[Contribution], factor: f64) -> (Option<Vec<Contribution>>, usize) {
+    assert!(factor.is_finite() && factor > 0.0, "a positive clip factor");
+    let norms: Vec<f64> = contribs.iter().map(|c| l2(&c.values)).collect();
+    let bound = factor * median(&norms);
+    let over: Vec<bool> = norms.iter().map(|&n| n > bound && n > 0.0).collect();
+    let clipped = over.iter().filter(|&&o| o).count();
+    if clipped == 0 {
+        return (None, 0);
+    }
+    let out = contribs
+        .iter()
+        .zip(norms.iter().zip(&over))
+        .map(|(c, (&norm, &o))| {
+            let mut c = c.clone();
+            if o {
+                let k = (bound / norm) as f32;
+                c.values.iter_mut().for_each(|x| *x *= k);
+            }
+            c
+        })
+        .collect();
+    (Some(out), clipped)
+}
+
 /// For each position, the mean over the peers that sent it (0 where none did). With
 /// `norm_scale`, each peer's values are first scaled by `min(1, median norm / own norm)`.
 pub fn sparse_mean(contribs: &[Contribution], n: usize, norm_scale: bool) -> Result<Vec<f32>, SyncError> {
@@ -51,18 +96,8 @@ pub fn sparse_mean(contribs: &[Contribution], n: usize, norm_scale: bool) -> Res
     if v.is_empty() {
         return Err(SyncError::Empty);
     }
-    let norms: Vec<f64> =
-        v.iter().map(|c| c.values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()).collect();
-    let median = {
-        let mut s = norms.clone();
-        s.sort_by(f64::total_cmp);
-        let m = s.len();
-        if m % 2 == 1 {
-            s[m / 2]
-        } else {
-            0.5 * (s[m / 2 - 1] + s[m / 2])
-        }
-    };
+    let norms: Vec<f64> = v.iter().map(|c| l2(&c.values)).collect();
+    let median = median(&norms);
     let (mut sum, mut cnt) = (vec![0.0f32; n], vec![0u32; n]);
     for (c, &norm) in v.iter().zip(&norms) {
         if c.values.len() != n {

@@ -64,6 +64,10 @@ pub struct OuterSettings {
     pub demo_schedule: AdamWConfig,
     /// DDP's global optimizer.
     pub ddp: GlobalOptimizer,
+    /// Robust aggregation of the hub algorithms (DDP, DiLoCo): contributions over this many
+    /// times the round's median norm are clipped to it (`None`: off). SparseLoCo scales to the
+    /// median norm itself.
+    pub clip_median: Option<f64>,
 }
 
 impl Algorithm {
@@ -109,6 +113,8 @@ impl PeerState {
 pub struct Combined {
     pub blob: Option<Vec<u8>>,
     pub values: Vec<f32>,
+    /// Contributions clipped to the median norm's bound.
+    pub clipped: usize,
 }
 
 /// One run's outer algorithm.
@@ -231,13 +237,21 @@ impl Outer {
         let n = self.values();
         match self.s.algorithm {
             Algorithm::Ddp | Algorithm::DiLoCo => {
-                let mean = weighted_mean(contribs, n)?;
+                let (clipped, count) = match self.s.clip_median {
+                    Some(f) => crate::clip_to_median(contribs, f),
+                    None => (None, 0),
+                };
+                let mean = weighted_mean(clipped.as_deref().unwrap_or(contribs), n)?;
                 let blob = encode_update(self.s.algorithm, self.s.codec, self.layout_hash, round, &mean);
                 let values = self.decode_aggregate(round, &blob)?;
-                Ok(Combined { blob: Some(blob), values })
+                Ok(Combined { blob: Some(blob), values, clipped: count })
             }
-            Algorithm::SparseLoCo => Ok(Combined { blob: None, values: sparse_mean(contribs, n, true)? }),
-            Algorithm::DeMo => Ok(Combined { blob: None, values: sparse_mean(contribs, n, false)? }),
+            Algorithm::SparseLoCo => {
+                Ok(Combined { blob: None, values: sparse_mean(contribs, n, true)?, clipped: 0 })
+            }
+            Algorithm::DeMo => {
+                Ok(Combined { blob: None, values: sparse_mean(contribs, n, false)?, clipped: 0 })
+            }
             Algorithm::NoLoCo => Err(SyncError::Malformed("NoLoCo combines within its pairs".into())),
         }
     }

@@ -49,8 +49,12 @@ pub struct Training {
     pub demo_beta: f32,
     pub demo_lr: f32,
     pub demo_weight_decay: f32,
-    /// Updates whose decoded L2 norm exceeds this are rejected.
+    /// Updates whose decoded L2 norm exceeds this are rejected: a sanity limit only (an honest
+    /// DiLoCo update of the tiny model has a norm of about 50).
     pub max_update_norm: f32,
+    /// Robust aggregation (DDP, DiLoCo): an update over this many times the round's median
+    /// update norm is clipped to it; 0 turns it off.
+    pub clip_median: f32,
 }
 
 impl Default for Training {
@@ -76,7 +80,8 @@ impl Default for Training {
             demo_beta: 0.999,
             demo_lr: 1e-3,
             demo_weight_decay: 0.0,
-            max_update_norm: 1e6,
+            max_update_norm: 1e5,
+            clip_median: 3.0,
         }
     }
 }
@@ -125,6 +130,7 @@ impl Training {
                 ..AdamWConfig::default()
             },
             ddp,
+            clip_median: (self.clip_median > 0.0).then_some(f64::from(self.clip_median)),
         })
     }
 
@@ -149,6 +155,7 @@ impl Training {
             self.demo_lr,
             self.demo_weight_decay,
             self.max_update_norm,
+            self.clip_median,
         ];
         if rates.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             return bad(

@@ -235,3 +235,20 @@ fn write_fuzz_seeds() {
             .unwrap();
     }
 }
+
+#[test]
+fn clipping_to_the_median_norm_scales_only_the_outliers() {
+    use tessera_sync::{clip_to_median, Contribution};
+    let c = |peer: u64, s: f32| Contribution { peer, weight: 1.0, values: vec![s, 0.0, -s], support: None };
+    let honest = vec![c(0, 1.0), c(1, 1.1), c(2, 0.9)];
+    assert_eq!(clip_to_median(&honest, 3.0), (None, 0), "nothing over the bound: the bits stay as they are");
+    let mut with_poison = honest.clone();
+    with_poison.push(c(3, 100.0));
+    let (out, n) = clip_to_median(&with_poison, 3.0);
+    let out = out.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(&out[..3], &honest[..], "the honest updates are untouched");
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let median = 0.5 * (norm(&honest[0].values) + norm(&honest[1].values));
+    assert!((norm(&out[3].values) - 3.0 * median).abs() < 1e-4, "scaled down to 3x the median");
+}
