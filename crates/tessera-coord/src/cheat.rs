@@ -2,9 +2,9 @@
 //! protocol simulator (and later `tessera node --cheat`) applies one to the honest result, so
 //! the defences are tested against the real attack, not a description of it.
 
-use tessera_sync::encode_update;
+use tessera_sync::{decode_update, encode_update, frame_update};
 
-use crate::{CoordError, GlobalState, RunSpec, Trained};
+use crate::{CoordError, GlobalState, PeerId, RunSpec, Trained};
 
 /// A dishonest trainer's behaviour.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,12 +13,46 @@ pub enum Cheat {
     /// updates of zero and applied by one Nesterov step, lands the shared model on `target`:
     /// `d = peers · (θ − target) / (η (1 + μ))`, sent within the norm bound.
     Poison { target: Vec<f32>, peers: usize },
+    /// Resubmits another peer's update of this round as its own.
+    Copy { of: PeerId },
+    /// Resubmits its own update of an earlier round, framed with the new round's number.
+    Replay,
+}
+
+/// What a cheat may use besides its own honest result: the update it copies (another peer's
+/// of this round) and its own earlier update, as the driver saw them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loot<'a> {
+    pub copy: Option<&'a [u8]>,
+    pub earlier: Option<&'a [u8]>,
 }
 
 impl Cheat {
     /// What the cheating trainer commits instead of `honest`, trained from `state`.
-    pub fn apply(&self, spec: &RunSpec, state: &GlobalState, honest: Trained) -> Result<Trained, CoordError> {
+    /// (A cheat without its loot, such as a copy before anything could be copied, sends the
+    /// honest result.)
+    pub fn apply(
+        &self,
+        spec: &RunSpec,
+        state: &GlobalState,
+        honest: Trained,
+        loot: Loot,
+    ) -> Result<Trained, CoordError> {
         match self {
+            Cheat::Copy { .. } => Ok(match loot.copy {
+                Some(b) => honest.with_update(b.to_vec()),
+                None => honest,
+            }),
+            Cheat::Replay => {
+                let Some(old) = loot.earlier else { return Ok(honest) };
+                // The same payload, framed with the new round's number.
+                let d = decode_update(old, spec.expected())?;
+                let s = &spec.outer.s;
+                let payload = &old[tessera_sync::HEADER_BYTES..];
+                let n = d.header.n as usize;
+                let update = frame_update(s.algorithm, s.codec, spec.layout_hash, honest.round, n, payload);
+                Ok(honest.with_update(update))
+            }
             Cheat::Poison { target, peers } => {
                 let c = &spec.cfg;
                 if target.len() != state.theta.len() {

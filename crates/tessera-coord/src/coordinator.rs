@@ -19,6 +19,14 @@ pub const MAX_KNOWN_PEERS: usize = 65_536;
 pub const MAX_HISTORY: usize = 4096;
 /// Most units of work waiting to be reassigned.
 pub const MAX_BACKLOG: usize = 65_536;
+/// Most hashes of earlier updates and aggregates remembered for replay detection.
+pub const MAX_SEEN: usize = 65_536;
+/// Most samples of earlier updates and aggregates compared with each new one (a replay with
+/// its values re-encoded or perturbed is not bit for bit equal).
+pub const MAX_RECENT: usize = 256;
+/// Two updates of one round whose sampled values have a cosine above this are a copy and its
+/// original (DeMo's, which follow slowly moving momenta, only when bit for bit equal).
+pub const COPY_COSINE: f64 = 0.99;
 /// Weight of the newest observation in a peer's round-time average.
 const SPEED_ALPHA: f64 = 0.5;
 
@@ -136,6 +144,8 @@ struct OpenRound {
     started_ms: u64,
     deadline_at: u64,
     slots: BTreeMap<PeerId, Slot>,
+    /// The peers in the order their commits arrived (a copy comes after its original).
+    order: Vec<PeerId>,
 }
 
 /// The coordinator.
@@ -155,6 +165,10 @@ pub struct Coordinator {
     seqs: BTreeMap<PeerId, SeqWindow>,
     speed_ms: BTreeMap<PeerId, f64>,
     backlog: VecDeque<Unit>,
+    /// Hashes of the values of earlier accepted updates and aggregates, oldest first.
+    seen: VecDeque<Hash32>,
+    /// Samples of the most recent ones (see [`tessera_verify::sample`]).
+    recent: VecDeque<Vec<f32>>,
     open: Option<OpenRound>,
     finished: bool,
     out: Vec<Output>,
@@ -198,6 +212,8 @@ impl Coordinator {
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
             backlog: r.backlog.into_iter().collect(),
+            seen: VecDeque::new(),
+            recent: VecDeque::new(),
             open: None,
             out: Vec::new(),
         };
@@ -224,6 +240,7 @@ impl Coordinator {
             started_ms: now_ms + grace,
             deadline_at: now_ms + grace + deadline_ms,
             start,
+            order: Vec::new(),
         });
     }
 
@@ -457,6 +474,7 @@ impl Coordinator {
             }
             Slot::Waiting => {
                 *slot = Slot::Fetching { hash: *update };
+                open.order.push(from);
                 let took = now_ms.saturating_sub(open.started_ms) as f64;
                 let s = self.speed_ms.entry(from).or_insert(took);
                 *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
@@ -558,6 +576,7 @@ impl Coordinator {
             started_ms: now_ms,
             deadline_at: now_ms + deadline_ms,
             start,
+            order: Vec::new(),
         });
     }
 
@@ -584,9 +603,16 @@ impl Coordinator {
         let mut updates = Vec::new();
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
+        let refused = self.screen(&open.order, &open.slots);
         for (peer, slot) in open.slots {
+            if let Some(r) = refused.iter().find(|r| r.0 == peer) {
+                self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.1.clone() }));
+                rejected.push((peer, truncate(r.1.to_string())));
+                continue;
+            }
             match slot {
                 Slot::Accepted { hash, values, support, bytes } => {
+                    self.remember(&values, support.as_deref());
                     let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
                     contribs.push(c);
                     accepted.push(peer);
@@ -647,6 +673,9 @@ impl Coordinator {
     }
 }
 
+/// An accepted update being screened: its author, values and (sparse) support.
+type Screened<'a> = (PeerId, &'a Vec<f32>, Option<&'a [u32]>);
+
 /// What applying a round produced: the aggregate's hash (hub algorithms), and for NoLoCo the
 /// pairing with the replicas it produced and their spread.
 struct Stepped {
@@ -656,6 +685,51 @@ struct Stepped {
 }
 
 impl Coordinator {
+    /// Copy and replay detection over a round's accepted updates: one (nearly) equal to an
+    /// update committed before it in the round is a copy; one bit for bit equal to an earlier
+    /// round's update or aggregate is a replay.
+    fn screen(&self, order: &[PeerId], slots: &BTreeMap<PeerId, Slot>) -> Vec<(PeerId, Reject)> {
+        let acc: Vec<Screened> = order
+            .iter()
+            .filter_map(|p| match slots.get(p) {
+                Some(Slot::Accepted { values, support, .. }) => Some((*p, values, support.as_deref())),
+                _ => None,
+            })
+            .collect();
+        let threshold =
+            if self.spec.outer.algorithm() == tessera_sync::Algorithm::DeMo { 1.0 } else { COPY_COSINE };
+        let samples: Vec<Vec<f32>> = acc.iter().map(|(_, v, _)| tessera_verify::sample(v)).collect();
+        let near = |s: &Vec<f32>| {
+            threshold < 1.0 && self.recent.iter().any(|r| tessera_verify::cosine(r, s) > threshold)
+        };
+        let mut out: Vec<(PeerId, Reject)> = acc
+            .iter()
+            .zip(&samples)
+            .filter(|((_, v, s), sample)| {
+                self.seen.contains(&tessera_verify::values_hash(v, *s)) || near(sample)
+            })
+            .map(|((p, _, _), _)| (*p, Reject::Replayed))
+            .collect();
+        for (copy, original) in tessera_verify::copies(&samples, threshold) {
+            let of = tessera_tensor::hex(&acc[original].0[..4]);
+            out.push((acc[copy].0, Reject::Copy { of }));
+        }
+        out
+    }
+
+    /// Remembers an accepted update's or aggregate's values for replay detection.
+    fn remember(&mut self, values: &[f32], support: Option<&[u32]>) {
+        self.seen.push_back(tessera_verify::values_hash(values, support));
+        self.recent.push_back(tessera_verify::sample(values));
+        while self.seen.len() > MAX_SEEN {
+            self.seen.pop_front();
+        }
+        while self.recent.len() > MAX_RECENT {
+            self.recent.pop_front();
+        }
+        assert!(self.recent.len() <= self.seen.len(), "bounded");
+    }
+
     /// Applies a round's accepted contributions (in peer-id order) to the state; stores the
     /// blobs peers will fetch. Returns the aggregate's hash (hub algorithms), and for NoLoCo
     /// the pairing with the replicas it produced and their spread.
@@ -681,6 +755,10 @@ impl Coordinator {
             true => None,
             false => Some(self.spec.outer.combine(round, &contribs)?),
         };
+        if let Some(c) = combined.as_ref().filter(|c| c.blob.is_some()) {
+            let values = c.values.clone();
+            self.remember(&values, None); // an aggregate resent is a replay
+        }
         if let Some(count) = combined.as_ref().map(|c| c.clipped).filter(|&c| c > 0) {
             self.event(Event::Clipped { round, count });
         }

@@ -38,10 +38,11 @@ mod state;
 mod trainer;
 mod worker;
 
-pub use cheat::Cheat;
+pub use cheat::{Cheat, Loot};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
-    Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
+    Coordinator, Event, Output, Record, Restored, Unit, COPY_COSINE, MAX_BACKLOG, MAX_HISTORY,
+    MAX_KNOWN_PEERS, MAX_SEEN,
 };
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use seq::{SeqWindow, SEQ_WINDOW};
@@ -95,6 +96,10 @@ pub enum Reject {
     HashMismatch,
     #[error("update refused: {0}")]
     Update(tessera_sync::SyncError),
+    #[error("a copy of {of}…'s update of this round")]
+    Copy { of: String },
+    #[error("the same values as an earlier round's update or aggregate (a replay)")]
+    Replayed,
     #[error("no commit before the round closed")]
     NoCommit,
     #[error("update not fetched before the deadline")]

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tessera_coord::{
-    Action, Cheat, Coordinator, Event, Hash32, Message, Output, PeerId, Record, RunConfig, RunSpec, Signed,
-    Trainer, TrainerConfig, TrainerEvent, Worker,
+    Action, Cheat, Coordinator, Event, Hash32, Loot, Message, Output, PeerId, Record, RunConfig, RunSpec,
+    Signed, Trainer, TrainerConfig, TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -35,6 +35,8 @@ struct Peer {
     crash_in: Option<u64>,
     /// Sends this instead of its honest updates.
     cheat: Option<Cheat>,
+    /// Its last update sent (what a copier or a replay takes).
+    last: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 /// What travels, in order. Blobs come back through the queue like messages, so a message
@@ -116,6 +118,7 @@ impl<'a> ProtocolSim<'a> {
             served_order: VecDeque::new(),
             crash_in: None,
             cheat: None,
+            last: None,
         };
         self.peers.insert(peer, p);
         let now = self.now;
@@ -205,6 +208,10 @@ impl<'a> ProtocolSim<'a> {
                 }
                 Action::Train { state, state_hash, unit } => {
                     let (ds, now, spec) = (self.ds, self.now, self.spec.clone());
+                    let victim = match &self.peers[&peer].cheat {
+                        Some(Cheat::Copy { of }) => self.peers.get(of).and_then(|v| v.last.clone()),
+                        _ => None,
+                    };
                     let p = self.peer_mut(&peer);
                     if p.crash_in == Some(state.round) {
                         p.alive = false;
@@ -213,7 +220,12 @@ impl<'a> ProtocolSim<'a> {
                     let w = p.w.as_mut().expect("configured before training");
                     let mut got = w.train(&state, &state_hash, &unit, ds, &mut |_| {});
                     if let (Some(c), Ok(t)) = (&p.cheat, &got) {
-                        got = c.apply(&spec, &state, t.clone());
+                        let copy = victim.as_ref().filter(|v| v.0 == state.round).map(|v| v.1.as_slice());
+                        let earlier = p.last.as_ref().filter(|l| l.0 < state.round).map(|l| l.1.as_slice());
+                        got = c.apply(&spec, &state, t.clone(), Loot { copy, earlier });
+                    }
+                    if let Ok(t) = &got {
+                        p.last = Some((t.round, t.update.clone()));
                     }
                     let more = p.t.trained(now, state.round, got);
                     self.act(peer, more)?;

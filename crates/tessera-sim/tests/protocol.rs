@@ -310,7 +310,8 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 /// The model-replacement attack: one of four trainers sends, within the norm bound, the update
 /// that would land the shared model on a target θ* in one round. Clipping every update to 3×
 /// the round's median norm bounds each round's pull to that of a few honest updates; without
-/// the clip the model jumps to θ*.
+/// the clip the model jumps to θ* in the first round (later rounds' poison repeats the first
+/// and is refused as a replay).
 #[test]
 fn robust_aggregation_bounds_the_model_replacement_attack() {
     let ds = dataset("poison");
@@ -329,9 +330,14 @@ fn robust_aggregation_bounds_the_model_replacement_attack() {
             matches!(r, Record::RoundClosed { accept: Message::Accept { accepted, .. }, .. } if accepted.contains(&pid(1)))
         });
         assert!(accepted, "the poison is within every bound: it is accepted");
+        // Each round the poison is clipped, or refused outright: pointing at θ* from a model
+        // that barely moved, it repeats its earlier update (a replay, cosine > 0.99).
         let clipped =
             p.events.iter().filter(|e| matches!(e, tessera_coord::Event::Clipped { count: 1, .. })).count();
-        assert_eq!(clipped as u64, if rc.clip_median > 0.0 { rc.rounds } else { 0 }, "clipped every round");
+        let replays = refused(&p, 1).iter().filter(|r| **r == tessera_coord::Reject::Replayed).count();
+        let want = if rc.clip_median > 0.0 { rc.rounds } else { replays as u64 };
+        assert!(clipped >= usize::from(rc.clip_median > 0.0));
+        assert_eq!((clipped + replays) as u64, want, "{clipped} clipped, {replays} refused");
         p.coordinator().global().theta.clone()
     };
     let gap = distance(&honest, &target);
@@ -341,4 +347,46 @@ fn robust_aggregation_bounds_the_model_replacement_attack() {
     eprintln!("pull toward θ*: clipped {moved_clipped:.3}, unclipped {moved_open:.3} (of the gap {gap:.1})");
     assert!(moved_open > 0.8, "without the clip the attack takes the model: {moved_open}");
     assert!(moved_clipped < 0.05, "the clip bounds it: {moved_clipped} of the gap (unclipped {moved_open})");
+}
+
+/// The rejections the coordinator logged, by peer.
+fn refused(p: &ProtocolSim, peer: u8) -> Vec<tessera_coord::Reject> {
+    p.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected { from, reason } if *from == pid(peer) => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A trainer that resubmits another's update of the round, and one that resubmits its own
+/// earlier update under the new round's number, are refused every round with a typed reason;
+/// the trainer copied from and every honest trainer are never refused.
+#[test]
+fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
+    use tessera_coord::{Cheat, Reject};
+    let ds = dataset("copies");
+    for algo in [Algorithm::DiLoCo, Algorithm::SparseLoCo] {
+        let rc = run_cfg(4).with(|c| c.algo = algo);
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        for i in 1..=4 {
+            p.join(pid(i)).unwrap();
+        }
+        p.cheat(&pid(3), Cheat::Copy { of: pid(1) });
+        p.cheat(&pid(2), Cheat::Replay);
+        p.run_until(rc.rounds).unwrap();
+        let copies = refused(&p, 3);
+        assert_eq!(copies.len() as u64, rc.rounds, "{algo}: {copies:?}");
+        assert!(copies
+            .iter()
+            .all(|r| matches!(r, Reject::Copy { of } if *of == tessera_tensor::hex(&pid(1)[..4]))));
+        let replays = refused(&p, 2);
+        assert_eq!(replays.len() as u64, rc.rounds - 1, "{algo}: round 0 has nothing to replay: {replays:?}");
+        assert!(replays.iter().all(|r| *r == Reject::Replayed));
+        for honest in [1, 4] {
+            assert!(refused(&p, honest).is_empty(), "{algo}: no honest trainer is refused");
+        }
+        assert_eq!(closes(&p), (0..rc.rounds).collect::<Vec<_>>());
+    }
 }

@@ -11,6 +11,8 @@
 //!   trainer cannot know when it commits;
 //! - [`Bisection`]: the dispute game's search, over the steps of a segment and then over the
 //!   operators of one step, down to the first index both sides disagree on;
+//! - copy and replay detection ([`copies`], [`values_hash`]): an update that is (nearly)
+//!   another's of the same round, or bit for bit an earlier one;
 //! - [`Dispute`]: the whole game as a state machine a referee hosts, ending in a [`Ruling`]
 //!   that names the (step, operator) decided and who lost.
 //!
@@ -26,11 +28,13 @@
 
 mod bisect;
 mod commit;
+mod copies;
 mod dispute;
 mod merkle;
 
 pub use bisect::{Bisection, Turn};
 pub use commit::{challenge, segments, RoundCommitment, MAX_SEGMENTS};
+pub use copies::{copies, cosine, sample, values_hash, SAMPLE};
 pub use dispute::{Ask, Dispute, EntryHashes, Loser, Ruling};
 pub use merkle::{MerkleTree, Proof, MAX_LEAVES};
 

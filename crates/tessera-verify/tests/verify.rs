@@ -164,3 +164,21 @@ fn a_difference_outside_the_traced_operators_is_settled_by_recomputing_the_step(
     assert_eq!(d.ask(), Ask::ReplayOp { step: 0, op: 1 });
     assert_eq!(d.replayed(&[h(0)]).unwrap().loser, Loser::Both);
 }
+
+#[test]
+fn copies_scaled_or_noisy_are_found_and_independent_updates_are_not() {
+    use tessera_verify::{copies, sample, values_hash};
+    // Deterministic pseudo-random vectors of 100k values.
+    let v = |seed: u64| -> Vec<f32> {
+        (0..100_000u64).map(|i| ((h(seed * 1_000_003 + i)[0] as f32) - 127.5) / 128.0).collect()
+    };
+    let (a, b) = (v(1), v(2));
+    let scaled: Vec<f32> = a.iter().map(|x| 2.0 * x).collect();
+    let noisy: Vec<f32> = a.iter().zip(v(3)).map(|(x, n)| x + 0.05 * n).collect();
+    let samples: Vec<Vec<f32>> = [&a, &b, &scaled, &noisy].iter().map(|x| sample(x)).collect();
+    assert_eq!(copies(&samples, 0.99), [(2, 0), (3, 0)], "the scaled and the noisy copy, of the first");
+    assert_eq!(copies(&samples, 1.0), [], "bit for bit, nothing is equal");
+    assert_eq!(copies(&[samples[0].clone(), samples[0].clone()], 1.0), [(1, 0)]);
+    assert_ne!(values_hash(&a, None), values_hash(&scaled, None));
+    assert_ne!(values_hash(&a, None), values_hash(&a, Some(&[0, 1])), "the support counts");
+}
