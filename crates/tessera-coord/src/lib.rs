@@ -32,6 +32,7 @@ mod cheat;
 mod config;
 mod coordinator;
 mod replicas;
+mod score;
 mod seq;
 mod spec;
 mod state;
@@ -45,6 +46,7 @@ pub use coordinator::{
     MAX_KNOWN_PEERS, MAX_SEEN,
 };
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
+pub use score::{score, Score, MAX_SCORE_BATCHES, UNSEEN_SLOT};
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use state::{GlobalState, MAX_STATE_PARAMS};

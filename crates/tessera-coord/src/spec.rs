@@ -72,6 +72,30 @@ impl RunSpec {
         GlobalState::decode(blob, &self.layout_hash, self.n(), self.outer.buffers())
     }
 
+    /// The mean loss (nats per byte) of parameters `theta` on `batches`.
+    pub fn mean_loss(&self, theta: &[f32], batches: &[tessera_model::Batch]) -> Result<f64, CoordError> {
+        let model = Gpt { cfg: self.gpt.clone(), params: self.params(theta)? };
+        let tr = tessera_model::Trainer::new(model, tessera_model::AdamWConfig::default())?;
+        let mut s = 0.0;
+        for b in batches {
+            s += f64::from(tr.eval_loss(b)?);
+        }
+        Ok(s / batches.len().max(1) as f64)
+    }
+
+    /// The mean validation loss of `theta` on the first `batches` validation batches.
+    pub fn val_loss(
+        &self,
+        ds: &tessera_data::Dataset,
+        theta: &[f32],
+        batches: u64,
+    ) -> Result<f64, CoordError> {
+        let b: Vec<_> = (0..batches)
+            .map(|i| ds.val_batch(i, self.cfg.batch, self.gpt.context))
+            .collect::<Result<_, _>>()?;
+        self.mean_loss(theta, &b)
+    }
+
     /// The parameters `theta` in this run's layout, as a parameter set (for evaluation and
     /// export).
     pub fn params(&self, theta: &[f32]) -> Result<ParamSet, CoordError> {

@@ -98,14 +98,7 @@ pub fn embedded_dataset(dir: &Path) -> Result<Dataset, NodeError> {
 /// Mean validation loss (nats per byte) of parameters `theta` on the first `batches`
 /// validation batches.
 pub fn val_loss(spec: &RunSpec, ds: &Dataset, theta: &[f32], batches: u64) -> Result<f64, NodeError> {
-    use tessera_model::{AdamWConfig, Gpt, Trainer};
-    let model = Gpt { cfg: spec.gpt.clone(), params: spec.params(theta)? };
-    let tr = Trainer::new(model, AdamWConfig::default())?;
-    let mut s = 0.0;
-    for i in 0..batches {
-        s += f64::from(tr.eval_loss(&ds.val_batch(i, spec.cfg.batch, spec.gpt.context)?)?);
-    }
-    Ok(s / batches.max(1) as f64)
+    Ok(spec.val_loss(ds, theta, batches)?)
 }
 
 /// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if

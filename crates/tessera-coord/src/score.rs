@@ -1,0 +1,69 @@
+//! Update scoring (after Templar's Gauntlet): how much one update, applied alone to the round's
+//! start state, lowers the loss on a fixed held-out set (a harmful update raises it), on the
+//! trainer's own assigned batches, and on batches of a slot nobody was assigned.
+//!
+//! Whether an update was trained on its assigned data is read by comparing updates on the same
+//! batches: the trainer's own update must lower the loss on its assigned batches clearly more
+//! than the round's other updates do (they never saw those batches). Comparing one update's
+//! gain on its own batches with its gain on unseen ones is weaker: on the tiny model the
+//! difference between two sets of batches outweighs what one pass over them memorizes (the
+//! tests measure both).
+
+use tessera_data::{BatchKey, Dataset};
+
+use crate::{CoordError, GlobalState, RunSpec};
+
+/// Most batches one set may hold.
+pub const MAX_SCORE_BATCHES: u64 = 64;
+/// The data slot whose batches stand for "data nobody trained on" (never assigned: units are
+/// numbered from 0 per round).
+pub const UNSEEN_SLOT: u64 = u64::MAX;
+
+/// Loss improvements (before − after, nats per byte) from applying one update alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// On the first validation batches.
+    pub held_out: f64,
+    /// On the batches of the last steps of the trainer's assigned unit.
+    pub own: f64,
+    /// On the same steps' batches of [`UNSEEN_SLOT`].
+    pub unseen: f64,
+}
+
+/// Scores the decoded update `values` of the unit `(data_round, slot)` against `state`, on
+/// `batches` batches per set.
+pub fn score(
+    spec: &RunSpec,
+    ds: &Dataset,
+    state: &GlobalState,
+    values: &[f32],
+    (data_round, slot): (u64, u64),
+    batches: u64,
+) -> Result<Score, CoordError> {
+    if batches == 0 || batches > MAX_SCORE_BATCHES {
+        return Err(CoordError::Config(format!("score on 1 to {MAX_SCORE_BATCHES} batches, not {batches}")));
+    }
+    if spec.outer.exchange() == tessera_sync::Exchange::Pairs {
+        return Err(CoordError::Config("NoLoCo has no shared state to score an update against".into()));
+    }
+    let mut after = state.clone();
+    after.apply(&spec.outer, Some(values))?;
+    let (c, ctx) = (&spec.cfg, spec.gpt.context);
+    let steps = spec.cfg.h();
+    let train = |slot: u64| -> Result<Vec<tessera_model::Batch>, CoordError> {
+        (0..batches)
+            .map(|i| {
+                // The unit's last steps' batches, the ones its end state fits best.
+                let key = BatchKey { seed: c.seed, round: data_round, slot, step: steps - 1 - i % steps };
+                Ok(ds.train_batch(&key, c.batch, ctx)?)
+            })
+            .collect()
+    };
+    let held: Vec<_> = (0..batches).map(|i| ds.val_batch(i, c.batch, ctx)).collect::<Result<_, _>>()?;
+    let gain = |b: &[tessera_model::Batch]| -> Result<f64, CoordError> {
+        Ok(spec.mean_loss(&state.theta, b)? - spec.mean_loss(&after.theta, b)?)
+    };
+    let s = Score { held_out: gain(&held)?, own: gain(&train(slot)?)?, unseen: gain(&train(UNSEEN_SLOT)?)? };
+    assert!(s.held_out.is_finite() || values.iter().any(|v| !v.is_finite()), "finite updates score finitely");
+    Ok(s)
+}
