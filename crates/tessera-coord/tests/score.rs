@@ -22,7 +22,7 @@ fn an_honest_update_fits_its_own_data_and_helps_the_held_out_set() {
     let rounds = 6;
     let mut w = Worker::new(spec.clone());
     let mut g = spec.initial_state();
-    let mut train = |w: &mut Worker, g: &GlobalState, slot: u64| {
+    let train = |w: &mut Worker, g: &GlobalState, slot: u64| {
         let unit = Assignment { peer: [1; 32], data_round: g.round, slot };
         let t = w.train(g, &g.hash(), &unit, &ds, &mut |_| {}).unwrap();
         decode_update(&t.update, spec.expected()).unwrap().values
