@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
+use crate::screen::{Screen, Screened};
 use crate::{
     CoordError, GlobalState, Hash32, PeerId, Reject, Replicas, RunConfig, RunSpec, SeqWindow, Signed,
 };
@@ -19,14 +20,6 @@ pub const MAX_KNOWN_PEERS: usize = 65_536;
 pub const MAX_HISTORY: usize = 4096;
 /// Most units of work waiting to be reassigned.
 pub const MAX_BACKLOG: usize = 65_536;
-/// Most hashes of earlier updates and aggregates remembered for replay detection.
-pub const MAX_SEEN: usize = 65_536;
-/// Most samples of earlier updates and aggregates compared with each new one (a replay with
-/// its values re-encoded or perturbed is not bit for bit equal).
-pub const MAX_RECENT: usize = 256;
-/// Two updates of one round whose sampled values have a cosine above this are a copy and its
-/// original (DeMo's, which follow slowly moving momenta, only when bit for bit equal).
-pub const COPY_COSINE: f64 = 0.99;
 /// Weight of the newest observation in a peer's round-time average.
 const SPEED_ALPHA: f64 = 0.5;
 
@@ -165,10 +158,8 @@ pub struct Coordinator {
     seqs: BTreeMap<PeerId, SeqWindow>,
     speed_ms: BTreeMap<PeerId, f64>,
     backlog: VecDeque<Unit>,
-    /// Hashes of the values of earlier accepted updates and aggregates, oldest first.
-    seen: VecDeque<Hash32>,
-    /// Samples of the most recent ones (see [`tessera_verify::sample`]).
-    recent: VecDeque<Vec<f32>>,
+    /// Copy and replay detection's memory of earlier updates.
+    screen: Screen,
     open: Option<OpenRound>,
     finished: bool,
     out: Vec<Output>,
@@ -196,6 +187,7 @@ impl Coordinator {
             return Err(CoordError::State("a replica is not of the state's round and model".into()));
         }
         let cfg = spec.cfg.clone();
+        let screen = Screen::new(spec.outer.algorithm());
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
         history.insert(r.state.round, state_hash);
@@ -206,14 +198,13 @@ impl Coordinator {
             global: r.state,
             state_hash,
             replicas: Replicas::restore(r.replicas),
+            screen,
             history,
             members: BTreeMap::new(),
             addrs: BTreeMap::new(),
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
             backlog: r.backlog.into_iter().collect(),
-            seen: VecDeque::new(),
-            recent: VecDeque::new(),
             open: None,
             out: Vec::new(),
         };
@@ -673,9 +664,6 @@ impl Coordinator {
     }
 }
 
-/// An accepted update being screened: its author, values and (sparse) support.
-type Screened<'a> = (PeerId, &'a Vec<f32>, Option<&'a [u32]>);
-
 /// What applying a round produced: the aggregate's hash (hub algorithms), and for NoLoCo the
 /// pairing with the replicas it produced and their spread.
 struct Stepped {
@@ -685,49 +673,22 @@ struct Stepped {
 }
 
 impl Coordinator {
-    /// Copy and replay detection over a round's accepted updates: one (nearly) equal to an
-    /// update committed before it in the round is a copy; one bit for bit equal to an earlier
-    /// round's update or aggregate is a replay.
+    /// Copy and replay detection over a round's accepted updates, in commit order.
     fn screen(&self, order: &[PeerId], slots: &BTreeMap<PeerId, Slot>) -> Vec<(PeerId, Reject)> {
         let acc: Vec<Screened> = order
             .iter()
             .filter_map(|p| match slots.get(p) {
-                Some(Slot::Accepted { values, support, .. }) => Some((*p, values, support.as_deref())),
+                Some(Slot::Accepted { values, support, .. }) => {
+                    Some((*p, values.as_slice(), support.as_deref()))
+                }
                 _ => None,
             })
             .collect();
-        let threshold =
-            if self.spec.outer.algorithm() == tessera_sync::Algorithm::DeMo { 1.0 } else { COPY_COSINE };
-        let samples: Vec<Vec<f32>> = acc.iter().map(|(_, v, _)| tessera_verify::sample(v)).collect();
-        let near = |s: &Vec<f32>| {
-            threshold < 1.0 && self.recent.iter().any(|r| tessera_verify::cosine(r, s) > threshold)
-        };
-        let mut out: Vec<(PeerId, Reject)> = acc
-            .iter()
-            .zip(&samples)
-            .filter(|((_, v, s), sample)| {
-                self.seen.contains(&tessera_verify::values_hash(v, *s)) || near(sample)
-            })
-            .map(|((p, _, _), _)| (*p, Reject::Replayed))
-            .collect();
-        for (copy, original) in tessera_verify::copies(&samples, threshold) {
-            let of = tessera_tensor::hex(&acc[original].0[..4]);
-            out.push((acc[copy].0, Reject::Copy { of }));
-        }
-        out
+        self.screen.check(&acc)
     }
 
-    /// Remembers an accepted update's or aggregate's values for replay detection.
     fn remember(&mut self, values: &[f32], support: Option<&[u32]>) {
-        self.seen.push_back(tessera_verify::values_hash(values, support));
-        self.recent.push_back(tessera_verify::sample(values));
-        while self.seen.len() > MAX_SEEN {
-            self.seen.pop_front();
-        }
-        while self.recent.len() > MAX_RECENT {
-            self.recent.pop_front();
-        }
-        assert!(self.recent.len() <= self.seen.len(), "bounded");
+        self.screen.remember(values, support);
     }
 
     /// Applies a round's accepted contributions (in peer-id order) to the state; stores the

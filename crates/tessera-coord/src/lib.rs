@@ -33,6 +33,7 @@ mod config;
 mod coordinator;
 mod replicas;
 mod score;
+mod screen;
 mod seq;
 mod spec;
 mod state;
@@ -42,11 +43,11 @@ mod worker;
 pub use cheat::{Cheat, Loot};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
-    Coordinator, Event, Output, Record, Restored, Unit, COPY_COSINE, MAX_BACKLOG, MAX_HISTORY,
-    MAX_KNOWN_PEERS, MAX_SEEN,
+    Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{score, Score, MAX_SCORE_BATCHES, UNSEEN_SLOT};
+pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN};
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use state::{GlobalState, MAX_STATE_PARAMS};
