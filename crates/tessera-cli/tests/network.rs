@@ -259,6 +259,11 @@ impl Run {
     }
 }
 
+/// How the daemons' logs name a peer (the first 4 bytes, in hex).
+fn short_hex(p: &[u8; 32]) -> String {
+    tessera_net::hex(&p[..4])
+}
+
 /// Blob bytes a node fetched from other nodes and from the coordinator (its last line).
 fn blob_sources(stdout: &str) -> (u64, u64) {
     let l = stdout.lines().find(|l| l.starts_with("traffic ")).expect("a traffic line");
@@ -428,6 +433,36 @@ fn noloco_over_loopback_matches_the_simulator_replica_by_replica() {
     run.check_ledger();
     let spread = "SELECT COUNT(*) FROM rounds WHERE spread > 0";
     assert_eq!(run.count(spread), run.cfg.rounds as i64, "the replica spread is recorded each round");
+}
+
+/// Cheat drills end to end: a node sending the in-bounds model-replacement update is clipped
+/// to the median bound (and its repeats are refused as replays), a node resending its last
+/// update is refused as a replay, and the honest nodes are never refused and always agree.
+#[test]
+fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
+    let run = Run::new("cheats", config(4, 3));
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    nodes.push(run.node(&ticket, 3, &["--cheat", "replay"]));
+    nodes.push(run.node(&ticket, 4, &["--cheat", "poison"]));
+    c.finish();
+    let log = c.log();
+    let refused = |i: u8, what: &str| {
+        let who = short_hex(&peer_id(i));
+        log.lines().filter(|l| l.contains(&format!("message from {who} refused")) && l.contains(what)).count()
+    };
+    assert!(
+        log.contains("update(s) over the median-norm bound were clipped"),
+        "the poison is clipped:\n{log}"
+    );
+    assert_eq!(refused(3, "(a replay)"), 2, "the replayer is refused in rounds 1 and 2:\n{log}");
+    for honest in [1, 2] {
+        assert_eq!(refused(honest, ""), 0, "honest node {honest} is never refused:\n{log}");
+        assert!(node_states(&nodes[honest as usize - 1].finish()).iter().all(|s| s.2), "honest nodes agree");
+    }
+    assert!(nodes[3].log().contains("DRILL: this node cheats (Poison)"));
+    let rounds = run.cfg.rounds as i64;
+    assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
 }
 
 #[test]

@@ -19,6 +19,39 @@ pub enum Cheat {
     Replay,
 }
 
+/// The cheats a node can be told to run (`tessera node --cheat KIND`, a hidden drill flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheatKind {
+    /// [`Cheat::Poison`] toward the initial model shifted by 0.5 everywhere.
+    Poison,
+    /// [`Cheat::Replay`].
+    Replay,
+}
+
+impl std::str::FromStr for CheatKind {
+    type Err = CoordError;
+    fn from_str(s: &str) -> Result<Self, CoordError> {
+        match s {
+            "poison" => Ok(CheatKind::Poison),
+            "replay" => Ok(CheatKind::Replay),
+            other => Err(CoordError::Config(format!("unknown cheat {other:?} (poison, replay)"))),
+        }
+    }
+}
+
+impl CheatKind {
+    /// The cheat against a run of `spec`.
+    pub fn for_run(self, spec: &RunSpec) -> Cheat {
+        match self {
+            CheatKind::Poison => {
+                let target = spec.initial_state().theta.iter().map(|x| x + 0.5).collect();
+                Cheat::Poison { target, peers: spec.cfg.min_peers }
+            }
+            CheatKind::Replay => Cheat::Replay,
+        }
+    }
+}
+
 /// What a cheat may use besides its own honest result: the update it copies (another peer's
 /// of this round) and its own earlier update, as the driver saw them.
 #[derive(Debug, Clone, Copy, Default)]

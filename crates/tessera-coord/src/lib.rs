@@ -40,7 +40,7 @@ mod state;
 mod trainer;
 mod worker;
 
-pub use cheat::{Cheat, Loot};
+pub use cheat::{Cheat, CheatKind, Loot};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,

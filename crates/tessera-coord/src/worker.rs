@@ -88,6 +88,11 @@ impl Worker {
         Self { spec, trainer: None, peer: None, snapshot: None, cached: None }
     }
 
+    /// The run this worker trains for.
+    pub fn spec(&self) -> &RunSpec {
+        &self.spec
+    }
+
     /// Trains `unit` from `state` (whose hash is `state_hash`). Training the same round again
     /// restarts from the inner state the round began with, and an identical request is
     /// answered from the cache.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{
-    Action, Assignment, CoordError, GlobalState, Hash32, Source, Trained, Trainer, TrainerConfig,
-    TrainerEvent, Worker,
+    Action, Assignment, Cheat, CheatKind, CoordError, GlobalState, Hash32, Loot, Source, Trained, Trainer,
+    TrainerConfig, TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError};
@@ -44,6 +44,8 @@ pub struct NodeOptions {
     pub slow_step_ms: u64,
     /// Fault drill: corrupt one parameter before closing this round.
     pub fault_round: Option<u64>,
+    /// Cheat drill: what to send instead of honest updates.
+    pub cheat: Option<CheatKind>,
 }
 
 /// What comes back to the event loop from tasks it started.
@@ -76,6 +78,10 @@ struct Node {
     run_s: f64,
     step: Arc<AtomicU64>,
     slow_step: Duration,
+    /// Cheat drill, once the run's config is known; and this node's last update.
+    cheat_kind: Option<CheatKind>,
+    cheat: Option<Arc<Cheat>>,
+    last_update: Option<(u64, Arc<Vec<u8>>)>,
     inputs: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
@@ -136,6 +142,9 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         run_s: 0.0,
         step: Arc::default(),
         slow_step: Duration::from_millis(a.slow_step_ms),
+        cheat_kind: a.cheat,
+        cheat: None,
+        last_update: None,
         inputs: tx,
         started: Instant::now(),
         log,
@@ -222,6 +231,9 @@ impl Node {
                 self.worker = Some(*w);
                 self.busy_s += took;
                 self.last_train_s = took;
+                if let Ok(t) = got.as_ref() {
+                    self.last_update = Some((t.round, t.update.clone()));
+                }
                 let mut acts = self.t.trained(now, round, *got);
                 if let Some(job) = self.queued.take() {
                     acts.push(Action::Train { state: job.0, state_hash: job.1, unit: job.2 });
@@ -279,6 +291,7 @@ impl Node {
         };
         let (ds, pool, step, slow, tx) =
             (self.ds.clone(), self.pool.clone(), self.step.clone(), self.slow_step, self.inputs.clone());
+        let (cheat, last) = (self.cheat.clone(), self.last_update.clone());
         self.first_train.get_or_insert_with(Instant::now);
         step.store(0, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
@@ -289,7 +302,14 @@ impl Node {
                     step.store(s, Ordering::Relaxed);
                     std::thread::sleep(slow);
                 };
-                w.train(&state, &hash, &unit, &ds, &mut on_step)
+                let honest = w.train(&state, &hash, &unit, &ds, &mut on_step);
+                match (cheat, honest) {
+                    (Some(c), Ok(t)) => {
+                        let earlier = last.as_ref().filter(|l| l.0 < state.round).map(|l| l.1.as_slice());
+                        c.apply(w.spec(), &state, t, Loot { copy: None, earlier })
+                    }
+                    (_, got) => got,
+                }
             });
             let took = t0.elapsed().as_secs_f64();
             let _ = tx.blocking_send(Input::Trained(Box::new(w), state.round, Box::new(got), took));
@@ -312,6 +332,10 @@ impl Node {
                     c.rounds
                 );
                 self.log.info(&msg);
+                if let Some(k) = self.cheat_kind {
+                    self.log.warn(&format!("DRILL: this node cheats ({k:?}) instead of training honestly"));
+                    self.cheat = Some(Arc::new(k.for_run(&spec)));
+                }
                 self.worker = Some(Worker::new(spec));
             }
             TrainerEvent::Loaded { round, bytes } => {

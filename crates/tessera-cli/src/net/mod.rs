@@ -97,6 +97,10 @@ pub struct NodeArgs {
     /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
     #[arg(long, hide = true)]
     pub fault_round: Option<u64>,
+    /// Cheat drill: send `poison` (the model-replacement update) or `replay` (the last
+    /// update again) instead of honest updates, to watch the coordinator refuse or clip them.
+    #[arg(long, hide = true)]
+    pub cheat: Option<tessera_coord::CheatKind>,
 }
 
 impl NodeArgs {
@@ -110,6 +114,7 @@ impl NodeArgs {
             reconnect_s: self.reconnect_s,
             slow_step_ms: self.slow_step_ms,
             fault_round: self.fault_round,
+            cheat: self.cheat,
         }
     }
 }
