@@ -53,6 +53,22 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The dispute game over a real segment: a trainer that computed one operator wrongly, at
+    /// `faults` positions spread over the segment's steps and operators. Prints the exchanges,
+    /// the bytes revealed and fetched, and the referee's compute against one training step.
+    Dispute {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Steps in the segment (the run's `commit_every`).
+        #[arg(long, default_value_t = 5)]
+        steps: u64,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        faults: usize,
+        #[arg(long, default_value = "runs/data/embedded")]
+        data_dir: std::path::PathBuf,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -67,6 +83,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
         BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),
         BenchCmd::Link { shape, blob_bytes, rounds } => run_link(shape, blob_bytes, rounds),
+        BenchCmd::Dispute { preset, steps, batch, faults, data_dir } => {
+            crate::dispute_bench::run(&preset, steps, batch, faults, &data_dir)
+        }
         BenchCmd::ReferenceRun { threads } => {
             let h = crate::pool(threads)?.install(|| tessera_model::fixtures::reference_run(20))?;
             crate::out(&format!("state-hash: {}", tessera_tensor::hex(&h)));

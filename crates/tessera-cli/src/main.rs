@@ -10,6 +10,7 @@
 
 mod bench;
 mod config;
+mod dispute_bench;
 mod net;
 mod plot;
 mod sim;

@@ -31,6 +31,7 @@
 mod cheat;
 mod config;
 mod coordinator;
+mod referee;
 mod replicas;
 mod score;
 mod screen;
@@ -45,6 +46,7 @@ pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
 };
+pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{score, Score, MAX_SCORE_BATCHES, UNSEEN_SLOT};
 pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN};

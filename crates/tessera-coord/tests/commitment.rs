@@ -89,122 +89,23 @@ fn a_trainer_that_skips_steps_is_found_at_its_first_uncomputed_segment() {
     assert!(b.exchanges() <= Bisection::max_exchanges(n));
 }
 
-/// One side of a dispute: its state after each step of the segment, each step's op trace
-/// (prefix chain and entries), with a fault from `(step, op)` on (op index 0-based).
-struct Side {
-    states: Vec<[u8; 32]>,
-    chains: Vec<Vec<[u8; 32]>>,
-    entries: Vec<Vec<tessera_verify::EntryHashes>>,
-}
-
-fn garbage(a: &[u8; 32]) -> [u8; 32] {
-    *blake3::hash(a).as_bytes()
-}
-
-impl Side {
-    /// The honest run of `steps` steps, with every step's trace and inputs.
-    fn honest(spec: &RunSpec, ds: &tessera_data::Dataset, steps: u64) -> (Self, Vec<tessera_tensor::Trace>) {
-        let c = &spec.cfg;
-        let model = Gpt { cfg: spec.gpt.clone(), params: spec.template.clone() };
-        let mut tr = StepTrainer { opt: OptState::new(&model.params), model, cfg: c.inner_adamw() };
-        let (mut states, mut traces) = (vec![tr.state_hash()], Vec::new());
-        for s in 0..steps {
-            let key = BatchKey { seed: c.seed, round: 0, slot: 0, step: s };
-            let b = ds.train_batch(&key, c.batch, spec.gpt.context).unwrap();
-            traces.push(tr.step(&b, TraceMode::HashesAndInputs).unwrap().trace);
-            states.push(tr.state_hash());
-        }
-        let chains = traces.iter().map(|t| t.prefix_chain()).collect();
-        let entries = traces
-            .iter()
-            .map(|t| {
-                t.entries
-                    .iter()
-                    .map(|e| tessera_verify::EntryHashes {
-                        inputs: e.input_hashes.clone(),
-                        outputs: e.output_hashes.clone(),
-                    })
-                    .collect()
-            })
-            .collect();
-        (Side { states, chains, entries }, traces)
-    }
-
-    /// This side, computing operator `op` of step `step` wrongly (and everything after it).
-    fn faulty(&self, step: usize, op: usize) -> Self {
-        let mut s =
-            Side { states: self.states.clone(), chains: self.chains.clone(), entries: self.entries.clone() };
-        s.entries[step][op].outputs.iter_mut().for_each(|o| *o = garbage(o));
-        for c in &mut s.chains[step][op..] {
-            *c = garbage(c);
-        }
-        for st in &mut s.states[step + 1..] {
-            *st = garbage(st);
-        }
-        s
-    }
-}
-
-/// Hosts a dispute between `trainer` and `validator` over the segment `0..k`, the referee
-/// replaying from `traces` (the recorded inputs, checked against the agreed hashes).
-fn host(
-    trainer: &Side,
-    validator: &Side,
-    traces: &[tessera_tensor::Trace],
-    k: u64,
-) -> tessera_verify::Ruling {
-    use tessera_verify::{Ask, Dispute};
-    let ops = traces[0].entries.len() as u64;
-    let ends = [trainer.states[k as usize], validator.states[k as usize]];
-    let mut d = Dispute::new(0, k, ops, ends).unwrap();
-    let ruling = loop {
-        match d.ask() {
-            Ask::State { step } => {
-                d.revealed([trainer.states[step as usize], validator.states[step as usize]])
-            }
-            Ask::Prefix { step, op } => {
-                let (s, j) = (step as usize, op as usize - 1);
-                d.revealed([trainer.chains[s][j], validator.chains[s][j]])
-            }
-            Ask::Entry { step, op } => {
-                let (s, j) = (step as usize, op as usize - 1);
-                d.entries([trainer.entries[s][j].clone(), validator.entries[s][j].clone()])
-            }
-            Ask::ReplayOp { step, op } => {
-                let e = &traces[step as usize].entries[op as usize - 1];
-                let inputs = e.inputs.as_ref().unwrap();
-                assert!(inputs.iter().map(|t| t.hash()).eq(e.input_hashes.iter().copied()), "agreed inputs");
-                let refs: Vec<&tessera_tensor::Tensor> = inputs.iter().collect();
-                let out: Vec<[u8; 32]> = e.kernel.execute(&refs).unwrap().iter().map(|t| t.hash()).collect();
-                break d.replayed(&out).unwrap();
-            }
-            Ask::RecomputeStep { .. } => panic!("every operator here is traced"),
-            Ask::Ruled(r) => break r,
-        }
-        .unwrap();
-    };
-    assert!(d.exchanges() <= Dispute::max_exchanges(k, ops), "{} exchanges", d.exchanges());
-    ruling
-}
-
 #[test]
 fn a_dispute_names_the_step_and_operator_and_the_referee_rules_against_the_liar() {
     use tessera_verify::{Loser, Ruling};
     let ds = common::dataset("dispute");
     let spec = RunSpec::new(cfg().with(|c| c.inner_steps = 5)).unwrap();
-    let k = 5;
-    let (honest, traces) = Side::honest(&spec, &ds, k);
+    let (honest, traces) = Claims::honest(&spec, &ds, (0, 0), 5).unwrap();
     let ops = traces[0].entries.len();
     assert!(ops > 100, "a GPT step is hundreds of operators: {ops}");
     for (step, op) in [(2usize, ops / 3), (0, 0), (4, ops - 1)] {
+        let want = |loser| Ruling { loser, step: step as u64, op: Some(op as u64 + 1) };
         // A trainer whose machine computed one operator wrongly.
-        let cheat = honest.faulty(step, op);
-        let r = host(&cheat, &honest, &traces, k);
-        assert_eq!(r, Ruling { loser: Loser::Trainer, step: step as u64, op: Some(op as u64 + 1) });
+        let s = settle(&honest.faulty(step, op), &honest, &traces).unwrap();
+        assert_eq!((s.ruling, s.ops_recomputed), (want(Loser::Trainer), 1));
         // A validator that claims a mismatch on an honest trainer's work.
-        let liar = honest.faulty(step, op);
-        let r = host(&honest, &liar, &traces, k);
-        assert_eq!(r, Ruling { loser: Loser::Validator, step: step as u64, op: Some(op as u64 + 1) });
+        let s = settle(&honest, &honest.faulty(step, op), &traces).unwrap();
+        assert_eq!(s.ruling, want(Loser::Validator));
+        assert!(s.bytes > 0 && s.exchanges >= 3);
     }
 }
 
