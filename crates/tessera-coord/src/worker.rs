@@ -12,7 +12,7 @@ use tessera_tensor::TraceMode;
 
 use tessera_verify::RoundCommitment;
 
-use crate::{Assignment, CoordError, GlobalState, Hash32, Message, RunSpec};
+use crate::{Assignment, CoordError, GlobalState, Hash32, LocalState, Message, RunSpec};
 
 /// The result of training one unit, kept so that a round re-announced after a coordinator
 /// restart is answered with the same commit instead of being trained twice.
@@ -86,6 +86,39 @@ pub struct Worker {
 impl Worker {
     pub fn new(spec: Arc<RunSpec>) -> Self {
         Self { spec, trainer: None, peer: None, snapshot: None, cached: None }
+    }
+
+    /// The trainer's side of a spot check: its local state at the start of segment `seg`
+    /// (from 0) of the round it last trained from `state`, recomputed from the inner state that
+    /// round began with.
+    pub fn reveal(
+        &self,
+        state: &GlobalState,
+        state_hash: &Hash32,
+        unit: (u64, u64),
+        ds: &Dataset,
+        seg: usize,
+    ) -> Result<LocalState, CoordError> {
+        let spec = &self.spec;
+        let Some((_, _, opt, _)) =
+            self.snapshot.as_ref().filter(|x| x.0 == state.round && &x.1 == state_hash)
+        else {
+            return Err(CoordError::NotSynced("no round trained from this state to reveal".into()));
+        };
+        let segs = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every)?;
+        let n = segs.len();
+        let from = segs.get(seg).map(|x| x.0).ok_or(tessera_verify::VerifyError::Index { index: seg, n })?;
+        let model = Gpt { cfg: spec.gpt.clone(), params: spec.params(&state.theta)? };
+        let mut tr = StepTrainer { model, opt: opt.clone(), cfg: spec.cfg.inner_adamw() };
+        if spec.outer.work() != Work::Gradient {
+            crate::spot::advance(spec, ds, &mut tr, unit, (0, from))?;
+        }
+        assert_eq!(
+            tr.opt.step,
+            opt.step + from * u64::from(spec.outer.work() != Work::Gradient),
+            "at the segment's start"
+        );
+        Ok(LocalState::of(&tr))
     }
 
     /// The run this worker trains for.

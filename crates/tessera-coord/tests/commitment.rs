@@ -12,7 +12,7 @@ use tessera_coord::*;
 use tessera_data::BatchKey;
 use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
 use tessera_tensor::TraceMode;
-use tessera_verify::{challenge, segments, Bisection, MerkleTree, Turn};
+use tessera_verify::{challenge, segments, Bisection, MerkleTree, RoundCommitment, Turn};
 
 fn cfg() -> RunConfig {
     RunConfig::default().with(|c| {
@@ -118,4 +118,42 @@ fn a_side_that_stops_answering_loses_the_dispute() {
     assert_eq!(r.loser, Loser::Trainer);
     assert_eq!(d.ask(), Ask::Ruled(r));
     assert!(d.revealed([[0; 32], [0; 32]]).is_err(), "a decided dispute takes no more moves");
+}
+
+/// A spot check: the trainer reveals its state at the start of any segment, which proves
+/// against its commitment; re-running the segment reproduces the committed end; the last
+/// segment's end re-derives the committed update. A trainer that skipped a step fails the
+/// check of the segment it skipped in.
+#[test]
+fn every_segment_passes_a_spot_check_and_a_skipped_step_fails_one() {
+    use tessera_coord::{rederive_update, run_segment};
+    let ds = common::dataset("spot");
+    let spec = Arc::new(RunSpec::new(cfg().with(|c| c.inner_steps = 12)).unwrap());
+    let g = spec.initial_state();
+    let unit = Assignment { peer: [1; 32], data_round: 0, slot: 2 };
+    let mut w = Worker::new(spec.clone());
+    let t = w.train(&g, &g.hash(), &unit, &ds, &mut |_| {}).unwrap();
+    let c = &t.commitment;
+    let tree = c.tree();
+    let segs = segments(12, spec.cfg.commit_every).unwrap();
+    let u = (unit.data_round, unit.slot);
+    let mut last = None;
+    for (s, &seg) in segs.iter().enumerate() {
+        let start = w.reveal(&g, &g.hash(), u, &ds, s).unwrap();
+        let leaf = start.hash(&spec).unwrap();
+        let idx = RoundCommitment::start_leaf(s);
+        MerkleTree::verify(&c.root(), c.len(), idx, &leaf, &tree.proof(idx).unwrap()).unwrap();
+        let end = run_segment(&spec, &ds, &start, u, seg).unwrap();
+        assert_eq!(end.hash(&spec).unwrap(), c.ends[s], "segment {s} re-runs to its committed end");
+        last = Some(end);
+    }
+    let update = rederive_update(&spec, &g, &last.unwrap()).unwrap();
+    assert_eq!(*blake3::hash(&update).as_bytes(), c.update, "the final state re-derives the update");
+    // A lazy trainer skipped step 6, inside segment [5, 10): its commitment's end of that
+    // segment is not what re-running from the (still honest) start at step 5 gives.
+    let lazy = recompute(&spec, &ds, &unit, &[6]);
+    let start = w.reveal(&g, &g.hash(), u, &ds, 1).unwrap();
+    assert_eq!(start.hash(&spec).unwrap(), lazy[1], "the lazy trainer's state at step 5 is honest");
+    assert_ne!(run_segment(&spec, &ds, &start, u, segs[1]).unwrap().hash(&spec).unwrap(), lazy[2], "caught");
+    assert!(w.reveal(&g, &g.hash(), u, &ds, 3).is_err(), "no fourth segment");
 }

@@ -1,0 +1,91 @@
+//! Spot checks by re-execution. A trainer reveals its local state at the start of the segment
+//! a validator challenged ([`crate::Worker::reveal`]); the validator checks it against the
+//! trainer's commitment (its hash is the committed leaf), re-runs the segment's inner steps on
+//! the assigned batches, which are a pure function of the assignment, and compares the end
+//! with the committed state. For the last segment it also re-derives the encoded update from
+//! the final state and compares it with the committed update hash.
+
+use tessera_data::{BatchKey, Dataset};
+use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
+use tessera_sync::{pseudo_gradient, Work};
+use tessera_tensor::TraceMode;
+
+use crate::{CoordError, GlobalState, Hash32, RunSpec};
+
+/// A trainer's local state at one point of its round: parameters, inner AdamW moments and the
+/// optimizer's step count (which, with the assignment, fixes the data cursor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalState {
+    pub params: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+}
+
+impl LocalState {
+    pub(crate) fn of(tr: &StepTrainer<Gpt>) -> Self {
+        let (params, m, v) = (tr.model.params.to_flat(), tr.opt.m.to_flat(), tr.opt.v.to_flat());
+        Self { params, m, v, step: tr.opt.step }
+    }
+
+    fn trainer(&self, spec: &RunSpec) -> Result<StepTrainer<Gpt>, CoordError> {
+        let model = Gpt { cfg: spec.gpt.clone(), params: spec.params(&self.params)? };
+        let opt = OptState { m: spec.params(&self.m)?, v: spec.params(&self.v)?, step: self.step };
+        Ok(StepTrainer { model, opt, cfg: spec.cfg.inner_adamw() })
+    }
+
+    /// Its hash, the leaf a commitment holds for it.
+    pub fn hash(&self, spec: &RunSpec) -> Result<Hash32, CoordError> {
+        Ok(self.trainer(spec)?.state_hash())
+    }
+}
+
+/// Runs inner steps `from..to` of unit `(data_round, slot)` on `tr`.
+pub(crate) fn advance(
+    spec: &RunSpec,
+    ds: &Dataset,
+    tr: &mut StepTrainer<Gpt>,
+    (data_round, slot): (u64, u64),
+    (from, to): (u64, u64),
+) -> Result<(), CoordError> {
+    let c = &spec.cfg;
+    for s in from..to {
+        let key = BatchKey { seed: c.seed, round: data_round, slot, step: s };
+        tr.step(&ds.train_batch(&key, c.batch, spec.gpt.context)?, TraceMode::Off)?;
+    }
+    Ok(())
+}
+
+/// The validator's side: the local state after re-running steps `from..to` of `unit` from the
+/// revealed `start` (compare its [`LocalState::hash`] with the committed end). A gradient
+/// method's round has one segment that leaves the state as it was.
+pub fn run_segment(
+    spec: &RunSpec,
+    ds: &Dataset,
+    start: &LocalState,
+    unit: (u64, u64),
+    seg: (u64, u64),
+) -> Result<LocalState, CoordError> {
+    if seg.0 >= seg.1 || seg.1 > spec.cfg.h() {
+        return Err(CoordError::Config(format!("segment {seg:?} of a round of {} steps", spec.cfg.h())));
+    }
+    let mut tr = start.trainer(spec)?;
+    if spec.outer.work() != Work::Gradient {
+        advance(spec, ds, &mut tr, unit, seg)?;
+    }
+    Ok(LocalState::of(&tr))
+}
+
+/// The update DiLoCo or NoLoCo encodes from a final local state, trained from `g`: the check
+/// of the last segment. (SparseLoCo's and DeMo's encodings also depend on the trainer's error
+/// feedback or momentum, and DDP's on a gradient; those are checked by re-running instead.)
+pub fn rederive_update(spec: &RunSpec, g: &GlobalState, last: &LocalState) -> Result<Vec<u8>, CoordError> {
+    let mut delta = pseudo_gradient(&g.theta, &last.params);
+    let mut st = spec.outer.peer_state(&g.theta);
+    match spec.outer.work() {
+        Work::InnerSteps if spec.outer.buffers() == 1 => {}
+        Work::InnerStepsFromOwn => delta.iter_mut().for_each(|x| *x = -*x),
+        _ => return Err(CoordError::Config("this algorithm's update is checked by re-running".into())),
+    }
+    Ok(spec.outer.contribute(&mut st, g.round, &delta)?)
+}
