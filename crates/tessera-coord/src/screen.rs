@@ -1,6 +1,6 @@
 //! Copy and replay detection at the coordinator (see `tessera_verify::copies`): within a round,
 //! an update whose sampled values have a cosine above [`COPY_COSINE`] with one committed before
-//! it is a copy; across rounds, one equal bit for bit to an earlier accepted update or
+//! it, or (sparse) whose set of positions equals one's, is a copy; across rounds, one equal bit for bit to an earlier accepted update or
 //! aggregate, or within that cosine of one of the last [`MAX_RECENT`], is a replay. Bounded
 //! memory: [`MAX_SEEN`] hashes and [`MAX_RECENT`] samples.
 
@@ -51,7 +51,16 @@ impl Screen {
             .filter(|((_, v, s), sample)| self.seen.contains(&values_hash(v, *s)) || near(sample))
             .map(|((p, _, _), _)| (*p, Reject::Replayed))
             .collect();
-        for (copy, original) in copies(&samples, t) {
+        let mut found = copies(&samples, t);
+        // A sparse update that sends exactly another's positions is a copy too, whatever values
+        // it puts there.
+        for (i, (_, _, si)) in acc.iter().enumerate() {
+            let same = acc[..i].iter().position(|(_, _, sj)| si.is_some() && si == sj);
+            if let Some(j) = same.filter(|_| !found.iter().any(|f| f.0 == i)) {
+                found.push((i, j));
+            }
+        }
+        for (copy, original) in found {
             let of = tessera_tensor::hex(&acc[original].0[..4]);
             out.push((acc[copy].0, Reject::Copy { of }));
         }
@@ -70,5 +79,29 @@ impl Screen {
             self.recent.pop_front();
         }
         assert!(self.recent.len() <= self.seen.len(), "bounded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_update_on_anothers_positions_is_a_copy_and_a_resent_one_a_replay() {
+        let mut s = Screen::new(Algorithm::SparseLoCo);
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let va: Vec<f32> = (0..100).map(|i| if i % 10 == 0 { 1.0 + i as f32 } else { 0.0 }).collect();
+        let vb: Vec<f32> = (0..100).map(|i| if i % 10 == 0 { -(i as f32) + 50.0 } else { 0.0 }).collect();
+        let vc: Vec<f32> = (0..100).map(|i| if i % 7 == 0 { 3.0 } else { 0.0 }).collect();
+        let (pa, pc): (Vec<u32>, Vec<u32>) = ((0..100).step_by(10).collect(), (0..100).step_by(7).collect());
+        let round = [
+            (a, va.as_slice(), Some(pa.as_slice())),
+            (b, vb.as_slice(), Some(pa.as_slice())),
+            (c, vc.as_slice(), Some(pc.as_slice())),
+        ];
+        assert!(cosine(&va, &vb) < COPY_COSINE, "not alike by value");
+        assert_eq!(s.check(&round), [(b, Reject::Copy { of: tessera_tensor::hex(&a[..4]) })]);
+        s.remember(&vc, Some(&pc));
+        assert_eq!(s.check(&[(a, vc.as_slice(), Some(pc.as_slice()))]), [(a, Reject::Replayed)]);
     }
 }
