@@ -7,7 +7,10 @@
 //! with explicit time: by the simulator on a virtual clock, and by the daemons over the
 //! network. [`Worker`] is the trainer's computation (H inner steps into an encoded update),
 //! which the trainer's driver runs when the machine asks; [`RunSpec`] is what a run's config
-//! implies (layout, initial state, outer rule, blob sizes), derived once.
+//! implies (layout, initial state, outer rule, blob sizes), derived once. NoLoCo's replicas
+//! ([`Replicas`]), copy and replay screening, and the verification pieces that need the model
+//! (spot checks by re-execution, [`settle`] for disputes, [`score`]) live here too; [`Cheat`]
+//! is for drills only.
 //!
 //! **Invariants.**
 //! - A round's result is a pure function of the state it starts from, the assignments, and
@@ -22,6 +25,8 @@
 //!   accepted update is ever applied twice (a round closes exactly once).
 //! - Every input from a peer is checked (membership, sequence number, round, assignment,
 //!   update shape and values) and refused with a typed [`Reject`], never a panic.
+//! - No honest update is refused as a copy or replay, and clipping leaves an update within
+//!   the median bound bit for bit as it was.
 //!
 //! **Must not.** Open sockets, read clocks or draw OS randomness; keep unbounded state (peers,
 //! history and backlog are capped by named constants).
