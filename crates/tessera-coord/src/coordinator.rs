@@ -223,6 +223,10 @@ impl Coordinator {
         let grace = self.cfg.rejoin_grace_ms;
         for a in assignments {
             self.members.insert(a.peer, now_ms + grace);
+            if self.pairs() {
+                // Round 0 has no Accept to restore replicas from: they start as the consensus.
+                self.replicas.ensure(a.peer, &self.global);
+            }
         }
         self.open = Some(OpenRound {
             round,
@@ -422,7 +426,7 @@ impl Coordinator {
         let Message::Commit { state, update_len, start_hash, end_hash, .. } = m else {
             return Err(Reject::Unexpected("a commit"));
         };
-        let want = self.start_of(from).unwrap_or(self.state_hash);
+        let want = self.start_of(from).ok_or(Reject::NotAssigned(self.global.round))?;
         if *state != want {
             return Err(Reject::WrongStart {
                 got: tessera_tensor::hex(state),

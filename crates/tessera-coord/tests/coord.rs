@@ -328,9 +328,21 @@ fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
 
 #[test]
 fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
+    restored_round_zero(tessera_sync::Algorithm::DiLoCo);
+}
+
+/// Regression: a NoLoCo coordinator restarted in round 0 (no Accept yet, so no replicas to
+/// restore) re-opened the round without giving its members replicas, and panicked closing it.
+#[test]
+fn a_restored_noloco_coordinator_gives_the_reopened_rounds_members_replicas() {
+    restored_round_zero(tessera_sync::Algorithm::NoLoCo);
+}
+
+fn restored_round_zero(algo: tessera_sync::Algorithm) {
     let ds = dataset();
     let c1 = cfg().with(|c| {
         c.rounds = 1;
+        c.algo = algo;
     });
     let (mut h, spec) = Harness::new(c1.clone());
     let initial = spec.initial_state();
