@@ -41,7 +41,11 @@ impl Screen {
     }
 
     /// The round's accepted updates, in commit order, that are refused, with the reason.
+    /// An all-zero update moves nothing and is never refused (all such updates are alike).
     pub fn check(&self, acc: &[Screened]) -> Vec<(PeerId, Reject)> {
+        let nonzero: Vec<Screened> =
+            acc.iter().filter(|(_, v, _)| v.iter().any(|x| *x != 0.0)).copied().collect();
+        let acc = &nonzero[..];
         let samples: Vec<Vec<f32>> = acc.iter().map(|(_, v, _)| sample(v)).collect();
         let t = self.threshold;
         let near = |s: &Vec<f32>| t < 1.0 && self.recent.iter().any(|r| cosine(r, s) > t);
@@ -103,5 +107,9 @@ mod tests {
         assert_eq!(s.check(&round), [(b, Reject::Copy { of: tessera_tensor::hex(&a[..4]) })]);
         s.remember(&vc, Some(&pc));
         assert_eq!(s.check(&[(a, vc.as_slice(), Some(pc.as_slice()))]), [(a, Reject::Replayed)]);
+        // Zero updates (a learning rate of 0, say) are never copies or replays of each other.
+        let zero = vec![0.0f32; 100];
+        s.remember(&zero, None);
+        assert!(s.check(&[(a, zero.as_slice(), None), (b, zero.as_slice(), None)]).is_empty());
     }
 }
