@@ -83,7 +83,8 @@ impl Cheat {
                 let s = &spec.outer.s;
                 let payload = &old[tessera_sync::HEADER_BYTES..];
                 let n = d.header.n as usize;
-                let update = frame_update(s.algorithm, s.codec, spec.layout_hash, honest.round, n, payload);
+                let update =
+                    frame_update(spec.outer.algorithm(), s.codec, spec.layout_hash, honest.round, n, payload);
                 Ok(honest.with_update(update))
             }
             Cheat::Poison { target, peers } => {
@@ -94,7 +95,8 @@ impl Cheat {
                 let k = *peers as f32 / (c.outer_lr * (1.0 + c.outer_momentum));
                 let d: Vec<f32> = state.theta.iter().zip(target).map(|(t, x)| k * (t - x)).collect();
                 let s = &spec.outer.s;
-                let update = encode_update(s.algorithm, s.codec, spec.layout_hash, honest.round, &d);
+                let update =
+                    encode_update(spec.outer.algorithm(), s.codec, spec.layout_hash, honest.round, &d);
                 Ok(honest.with_update(update))
             }
         }

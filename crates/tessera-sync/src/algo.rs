@@ -9,8 +9,8 @@ use tessera_tensor::{Exec, Hash, Kernel, TraceMode};
 
 use crate::{
     decode_update, demo_apply, encode_update, frame_update, sparse_mean, weighted_mean, Algorithm, Codec,
-    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, ValueCodec,
-    DCT_TILE,
+    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, Training,
+    ValueCodec, DCT_TILE,
 };
 
 /// What a peer computes in a round.
@@ -43,31 +43,15 @@ pub enum GlobalOptimizer {
     Sgd { lr: f32 },
 }
 
-/// The settings of the outer algorithms (each uses its own few).
+/// The settings of the outer algorithms: the run's training section (each algorithm reads its
+/// own few rates from it), with the codec and DDP's global optimizer resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OuterSettings {
-    pub algorithm: Algorithm,
-    /// The codec contributions are sent in.
+    pub training: Training,
+    /// The codec contributions are sent in (see [`Algorithm::codec`]).
     pub codec: Codec,
-    /// DiLoCo's Nesterov outer step.
-    pub outer_lr: f32,
-    pub outer_momentum: f32,
-    /// NoLoCo's outer step.
-    pub noloco_alpha: f32,
-    pub noloco_beta: f32,
-    /// SparseLoCo's error-feedback decay and step size.
-    pub ef_beta: f32,
-    pub sparse_lr: f32,
-    /// DeMo's momentum decay, weight decay and learning-rate schedule (over rounds).
-    pub demo_beta: f32,
-    pub demo_weight_decay: f32,
-    pub demo_schedule: AdamWConfig,
     /// DDP's global optimizer.
     pub ddp: GlobalOptimizer,
-    /// Robust aggregation of the hub algorithms (DDP, DiLoCo): contributions over this many
-    /// times the round's median norm are clipped to it (`None`: off). SparseLoCo scales to the
-    /// median norm itself.
-    pub clip_median: Option<f64>,
 }
 
 impl Algorithm {
@@ -129,17 +113,17 @@ impl Outer {
     /// The algorithm for parameters shaped like `template`.
     pub fn new(s: OuterSettings, template: &ParamSet) -> Result<Self, SyncError> {
         s.codec.validate()?;
-        if s.algorithm == Algorithm::DeMo && (s.codec.chunk != DCT_TILE || s.codec.top_k.is_none()) {
+        if s.training.algo == Algorithm::DeMo && (s.codec.chunk != DCT_TILE || s.codec.top_k.is_none()) {
             return Err(SyncError::BadCodec("DeMo needs top-k over 4096-coefficient tiles".into()));
         }
-        if s.algorithm == Algorithm::SparseLoCo && s.codec.top_k.is_none() {
+        if s.training.algo == Algorithm::SparseLoCo && s.codec.top_k.is_none() {
             return Err(SyncError::BadCodec("SparseLoCo needs a top-k codec".into()));
         }
         Ok(Self { layout_hash: template.layout().hash(), template: template.zeros_like(), s })
     }
 
     pub fn algorithm(&self) -> Algorithm {
-        self.s.algorithm
+        self.s.training.algo
     }
 
     /// Parameters.
@@ -149,14 +133,14 @@ impl Outer {
 
     /// Values one contribution carries (DeMo: DCT coefficients of whole tiles).
     pub fn values(&self) -> usize {
-        match self.s.algorithm {
+        match self.algorithm() {
             Algorithm::DeMo => self.n().div_ceil(DCT_TILE) * DCT_TILE,
             _ => self.n(),
         }
     }
 
     pub fn work(&self) -> Work {
-        match self.s.algorithm {
+        match self.algorithm() {
             Algorithm::Ddp | Algorithm::DeMo => Work::Gradient,
             Algorithm::NoLoCo => Work::InnerStepsFromOwn,
             Algorithm::DiLoCo | Algorithm::SparseLoCo => Work::InnerSteps,
@@ -164,7 +148,7 @@ impl Outer {
     }
 
     pub fn exchange(&self) -> Exchange {
-        match self.s.algorithm {
+        match self.algorithm() {
             Algorithm::Ddp | Algorithm::DiLoCo => Exchange::Hub,
             Algorithm::SparseLoCo | Algorithm::DeMo => Exchange::AllGather,
             Algorithm::NoLoCo => Exchange::Pairs,
@@ -175,7 +159,7 @@ impl Outer {
     /// AdamW: its m and v, its step count being the round; NoLoCo: the replica's momentum m,
     /// its θ being the replica's φ).
     pub fn buffers(&self) -> usize {
-        match (&self.s.algorithm, &self.s.ddp) {
+        match (&self.algorithm(), &self.s.ddp) {
             (Algorithm::DiLoCo | Algorithm::NoLoCo, _) => 1,
             (Algorithm::Ddp, GlobalOptimizer::AdamW(_)) => 2,
             _ => 0,
@@ -195,9 +179,9 @@ impl Outer {
     /// A new peer's own state, its replica starting at `theta`.
     pub fn peer_state(&self, theta: &[f32]) -> PeerState {
         let n = theta.len();
-        match self.s.algorithm {
-            Algorithm::SparseLoCo => PeerState::ErrorFeedback(ErrorFeedback::new(self.s.ef_beta, n)),
-            Algorithm::DeMo => PeerState::Demo(DemoPeer::new(self.s.demo_beta, n)),
+        match self.algorithm() {
+            Algorithm::SparseLoCo => PeerState::ErrorFeedback(ErrorFeedback::new(self.s.training.ef_beta, n)),
+            Algorithm::DeMo => PeerState::Demo(DemoPeer::new(self.s.training.demo_beta, n)),
             Algorithm::NoLoCo => PeerState::NoLoCo(NoLoCoPeer::new(theta.to_vec())),
             Algorithm::Ddp | Algorithm::DiLoCo => PeerState::None,
         }
@@ -205,13 +189,20 @@ impl Outer {
 
     /// DeMo's step size in `round` (its schedule counts rounds from 1).
     pub fn demo_lr(&self, round: u64) -> f32 {
-        self.s.demo_schedule.lr_at(round.saturating_add(1))
+        let t = &self.s.training;
+        let schedule = AdamWConfig {
+            lr: t.demo_lr,
+            warmup_steps: t.inner_warmup,
+            total_steps: t.rounds,
+            ..AdamWConfig::default()
+        };
+        schedule.lr_at(round.saturating_add(1))
     }
 
     /// Encodes a peer's contribution for `round` from what it computed: Δ = start − end after
     /// inner steps, or the gradient (see [`Outer::work`]). NoLoCo's Δ is `end − start`.
     pub fn contribute(&self, st: &mut PeerState, round: u64, x: &[f32]) -> Result<Vec<u8>, SyncError> {
-        let (alg, codec, layout) = (self.s.algorithm, self.s.codec, self.layout_hash);
+        let (alg, codec, layout) = (self.algorithm(), self.s.codec, self.layout_hash);
         if x.len() != self.n() {
             return Err(SyncError::Length { what: "contribution", want: self.n(), got: x.len() });
         }
@@ -235,14 +226,15 @@ impl Outer {
     /// Combines decoded contributions of `round` in peer-id order.
     pub fn combine(&self, round: u64, contribs: &[Contribution]) -> Result<Combined, SyncError> {
         let n = self.values();
-        match self.s.algorithm {
+        match self.algorithm() {
             Algorithm::Ddp | Algorithm::DiLoCo => {
-                let (clipped, count) = match self.s.clip_median {
-                    Some(f) => crate::clip_to_median(contribs, f),
-                    None => (None, 0),
+                // Robust aggregation: outliers over `clip_median ×` the median norm (0: off).
+                let (clipped, count) = match self.s.training.clip_median {
+                    f if f > 0.0 => crate::clip_to_median(contribs, f64::from(f)),
+                    _ => (None, 0),
                 };
                 let mean = weighted_mean(clipped.as_deref().unwrap_or(contribs), n)?;
-                let blob = encode_update(self.s.algorithm, self.s.codec, self.layout_hash, round, &mean);
+                let blob = encode_update(self.algorithm(), self.s.codec, self.layout_hash, round, &mean);
                 let values = self.decode_aggregate(round, &blob)?;
                 Ok(Combined { blob: Some(blob), values, clipped: count })
             }
@@ -323,28 +315,34 @@ impl Outer {
         agg: &[f32],
     ) -> Result<(), SyncError> {
         // NoLoCo applies a group's Δ̄ and φ̄ together (see [`Outer::combine_group`]).
-        let want = if self.s.algorithm == Algorithm::NoLoCo { 2 * self.n() } else { self.values() };
+        let want = if self.algorithm() == Algorithm::NoLoCo { 2 * self.n() } else { self.values() };
         if bufs.len() != self.buffers() || theta.len() != self.n() || agg.len() != want {
             return Err(SyncError::Length { what: "shared state", want: self.n(), got: theta.len() });
         }
-        match (self.s.algorithm, &self.s.ddp) {
+        match (self.algorithm(), &self.s.ddp) {
             (Algorithm::DiLoCo, _) => {
                 let b = std::mem::take(&mut bufs[0]);
-                let mut outer = NesterovOuter { lr: self.s.outer_lr, momentum: self.s.outer_momentum, b };
+                let mut outer = NesterovOuter {
+                    lr: self.s.training.outer_lr,
+                    momentum: self.s.training.outer_momentum,
+                    b,
+                };
                 outer.step(theta, agg);
                 bufs[0] = outer.b;
             }
             (Algorithm::Ddp, GlobalOptimizer::AdamW(cfg)) => self.adamw(round, cfg, theta, bufs, agg)?,
             (Algorithm::Ddp, GlobalOptimizer::Sgd { lr }) => self.sgd(*lr, theta, agg)?,
             (Algorithm::SparseLoCo, _) => {
-                let lr = self.s.sparse_lr;
+                let lr = self.s.training.sparse_lr;
                 theta.iter_mut().zip(agg).for_each(|(t, &a)| *t -= lr * a);
             }
-            (Algorithm::DeMo, _) => demo_apply(theta, agg, self.demo_lr(round), self.s.demo_weight_decay),
+            (Algorithm::DeMo, _) => {
+                demo_apply(theta, agg, self.demo_lr(round), self.s.training.demo_weight_decay)
+            }
             (Algorithm::NoLoCo, _) => {
                 // θ is the replica's φ, the buffer its momentum m; from the group's Δ̄ and φ̄.
                 let (dm, pm) = agg.split_at(self.n());
-                let (a, b) = (self.s.noloco_alpha, self.s.noloco_beta);
+                let (a, b) = (self.s.training.noloco_alpha, self.s.training.noloco_beta);
                 crate::noloco_step(a, b, theta, &mut bufs[0], dm, pm);
             }
         }

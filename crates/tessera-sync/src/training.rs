@@ -112,26 +112,7 @@ impl Training {
 
     /// The outer algorithm's settings, with `ddp` as DDP's global optimizer.
     pub fn outer_settings(&self, ddp: GlobalOptimizer) -> Result<OuterSettings, SyncError> {
-        Ok(OuterSettings {
-            algorithm: self.algo,
-            codec: self.update_codec()?,
-            outer_lr: self.outer_lr,
-            outer_momentum: self.outer_momentum,
-            noloco_alpha: self.noloco_alpha,
-            noloco_beta: self.noloco_beta,
-            ef_beta: self.ef_beta,
-            sparse_lr: self.sparse_lr,
-            demo_beta: self.demo_beta,
-            demo_weight_decay: self.demo_weight_decay,
-            demo_schedule: AdamWConfig {
-                lr: self.demo_lr,
-                warmup_steps: self.inner_warmup,
-                total_steps: self.rounds,
-                ..AdamWConfig::default()
-            },
-            ddp,
-            clip_median: (self.clip_median > 0.0).then_some(f64::from(self.clip_median)),
-        })
+        Ok(OuterSettings { training: self.clone(), codec: self.update_codec()?, ddp })
     }
 
     /// Rejects impossible settings, naming them.
