@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
-use crate::screen::{Screen, Screened};
+use crate::screen::{Fingerprint, Screen, Screened, Screening};
 use crate::{
     CoordError, GlobalState, Hash32, PeerId, Reject, Replicas, RunConfig, RunSpec, SeqWindow, Signed,
 };
@@ -64,6 +64,28 @@ pub enum Record {
     /// A node reported the state hash it holds after `round` rounds, computed by itself or
     /// adopted from the checkpoint.
     Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
+}
+
+/// What a closed round's `Accept` names that a store keeps or lets go, read here by the
+/// protocol so that no driver interprets the message itself.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClosedRound {
+    pub accepted: Vec<PeerId>,
+    /// NoLoCo: each member's replica after the round (what a restart restores).
+    pub replicas: Vec<(PeerId, Hash32)>,
+    /// Blobs that expire with the round's state checkpoint (NoLoCo's φ and replica blobs).
+    pub expiring: Vec<Hash32>,
+}
+
+impl ClosedRound {
+    /// `None` when `accept` is not an `Accept`.
+    pub fn of(accept: &Message) -> Option<Self> {
+        let Message::Accept { accepted, pairs, .. } = accept else { return None };
+        let replicas = pairs.as_ref().map(|p| p.replicas.clone()).unwrap_or_default();
+        let phis = pairs.iter().flat_map(|p| p.phis.iter().copied());
+        let expiring = phis.chain(replicas.iter().map(|r| r.1)).collect();
+        Some(Self { accepted: accepted.clone(), replicas, expiring })
+    }
 }
 
 /// Things worth logging.
@@ -598,7 +620,7 @@ impl Coordinator {
         let mut updates = Vec::new();
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
-        let refused = self.screen(&open.order, &open.slots);
+        let Screening { refused, mut prints } = self.screen(&open.order, &open.slots);
         for (peer, slot) in open.slots {
             if let Some(r) = refused.iter().find(|r| r.0 == peer) {
                 self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.1.clone() }));
@@ -607,7 +629,9 @@ impl Coordinator {
             }
             match slot {
                 Slot::Accepted { hash, values, support, bytes } => {
-                    self.remember(&values, support.as_deref());
+                    if let Some(i) = prints.iter().position(|p| p.0 == peer) {
+                        self.screen.remember(prints.swap_remove(i).1);
+                    }
                     let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
                     contribs.push(c);
                     accepted.push(peer);
@@ -678,7 +702,7 @@ struct Stepped {
 
 impl Coordinator {
     /// Copy and replay detection over a round's accepted updates, in commit order.
-    fn screen(&self, order: &[PeerId], slots: &BTreeMap<PeerId, Slot>) -> Vec<(PeerId, Reject)> {
+    fn screen(&self, order: &[PeerId], slots: &BTreeMap<PeerId, Slot>) -> Screening {
         let acc: Vec<Screened> = order
             .iter()
             .filter_map(|p| match slots.get(p) {
@@ -689,10 +713,6 @@ impl Coordinator {
             })
             .collect();
         self.screen.check(&acc)
-    }
-
-    fn remember(&mut self, values: &[f32], support: Option<&[u32]>) {
-        self.screen.remember(values, support);
     }
 
     /// Applies a round's accepted contributions (in peer-id order) to the state; stores the
@@ -721,8 +741,7 @@ impl Coordinator {
             false => Some(self.spec.outer.combine(round, &contribs)?),
         };
         if let Some(c) = combined.as_ref().filter(|c| c.blob.is_some()) {
-            let values = c.values.clone();
-            self.remember(&values, None); // an aggregate resent is a replay
+            self.screen.remember(Fingerprint::of(&c.values, None)); // an aggregate resent is a replay
         }
         if let Some(count) = combined.as_ref().map(|c| c.clipped).filter(|&c| c > 0) {
             self.event(Event::Clipped { round, count });

@@ -51,7 +51,8 @@ mod worker;
 pub use cheat::{Cheat, CheatKind, Loot};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
-    Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS,
+    ClosedRound, Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY,
+    MAX_KNOWN_PEERS,
 };
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};

@@ -4,7 +4,7 @@
 //! aggregate, or within that cosine of one of the last [`MAX_RECENT`], is a replay. Bounded
 //! memory: [`MAX_SEEN`] hashes and [`MAX_RECENT`] samples.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use tessera_sync::Algorithm;
 use tessera_verify::{copies, cosine, sample, values_hash};
@@ -23,13 +23,36 @@ pub const COPY_COSINE: f64 = 0.99;
 /// An accepted update being screened: its author, values and (sparse) support.
 pub type Screened<'a> = (PeerId, &'a [f32], Option<&'a [u32]>);
 
+/// What the screen keeps of an update: the hash of its values and their sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    hash: Hash32,
+    sample: Vec<f32>,
+}
+
+impl Fingerprint {
+    pub fn of(values: &[f32], support: Option<&[u32]>) -> Self {
+        Self { hash: values_hash(values, support), sample: sample(values) }
+    }
+}
+
+/// A round's screening: the updates refused, with the reason, and the fingerprints of the
+/// others, to remember once the round is closed.
+#[derive(Debug, Default)]
+pub struct Screening {
+    pub refused: Vec<(PeerId, Reject)>,
+    pub prints: Vec<(PeerId, Fingerprint)>,
+}
+
 /// The memory of earlier updates.
 #[derive(Debug)]
 pub struct Screen {
     /// [`COPY_COSINE`], or 1 (bit for bit only) for DeMo.
     threshold: f64,
-    /// Hashes of the values of earlier accepted updates and aggregates, oldest first.
-    seen: VecDeque<Hash32>,
+    /// Hashes of the values of earlier accepted updates and aggregates: a set to look up, and
+    /// their order, oldest first, to forget by.
+    seen: BTreeSet<Hash32>,
+    seen_order: VecDeque<Hash32>,
     /// Samples of the most recent ones.
     recent: VecDeque<Vec<f32>>,
 }
@@ -37,24 +60,24 @@ pub struct Screen {
 impl Screen {
     pub fn new(algorithm: Algorithm) -> Self {
         let threshold = if algorithm == Algorithm::DeMo { 1.0 } else { COPY_COSINE };
-        Self { threshold, seen: VecDeque::new(), recent: VecDeque::new() }
+        Self { threshold, seen: BTreeSet::new(), seen_order: VecDeque::new(), recent: VecDeque::new() }
     }
 
-    /// The round's accepted updates, in commit order, that are refused, with the reason.
-    /// An all-zero update moves nothing and is never refused (all such updates are alike).
-    pub fn check(&self, acc: &[Screened]) -> Vec<(PeerId, Reject)> {
-        let nonzero: Vec<Screened> =
+    /// Screens the round's accepted updates, in commit order. An all-zero update moves nothing
+    /// and is never refused (all such updates are alike).
+    pub fn check(&self, acc: &[Screened]) -> Screening {
+        let acc: Vec<Screened> =
             acc.iter().filter(|(_, v, _)| v.iter().any(|x| *x != 0.0)).copied().collect();
-        let acc = &nonzero[..];
-        let samples: Vec<Vec<f32>> = acc.iter().map(|(_, v, _)| sample(v)).collect();
+        let prints: Vec<Fingerprint> = acc.iter().map(|(_, v, s)| Fingerprint::of(v, *s)).collect();
         let t = self.threshold;
-        let near = |s: &Vec<f32>| t < 1.0 && self.recent.iter().any(|r| cosine(r, s) > t);
-        let mut out: Vec<(PeerId, Reject)> = acc
+        let near = |s: &[f32]| t < 1.0 && self.recent.iter().any(|r| cosine(r, s) > t);
+        let mut refused: Vec<(PeerId, Reject)> = acc
             .iter()
-            .zip(&samples)
-            .filter(|((_, v, s), sample)| self.seen.contains(&values_hash(v, *s)) || near(sample))
+            .zip(&prints)
+            .filter(|(_, f)| self.seen.contains(&f.hash) || near(&f.sample))
             .map(|((p, _, _), _)| (*p, Reject::Replayed))
             .collect();
+        let samples: Vec<Vec<f32>> = prints.iter().map(|f| f.sample.clone()).collect();
         let mut found = copies(&samples, t);
         // A sparse update that sends exactly another's positions is a copy too, whatever values
         // it puts there.
@@ -66,23 +89,27 @@ impl Screen {
         }
         for (copy, original) in found {
             let of = tessera_tensor::hex(&acc[original].0[..4]);
-            out.push((acc[copy].0, Reject::Copy { of }));
+            refused.push((acc[copy].0, Reject::Copy { of }));
         }
-        assert!(out.len() <= 2 * acc.len(), "at most two reasons per update");
-        out
+        assert!(refused.len() <= 2 * acc.len(), "at most two reasons per update");
+        let prints = acc.iter().map(|a| a.0).zip(prints).collect();
+        Screening { refused, prints }
     }
 
-    /// Remembers an accepted update's or aggregate's values.
-    pub fn remember(&mut self, values: &[f32], support: Option<&[u32]>) {
-        self.seen.push_back(values_hash(values, support));
-        self.recent.push_back(sample(values));
-        while self.seen.len() > MAX_SEEN {
-            self.seen.pop_front();
+    /// Remembers an accepted update or an aggregate.
+    pub fn remember(&mut self, f: Fingerprint) {
+        if self.seen.insert(f.hash) {
+            self.seen_order.push_back(f.hash);
+        }
+        self.recent.push_back(f.sample);
+        while self.seen_order.len() > MAX_SEEN {
+            let old = self.seen_order.pop_front().expect("non-empty");
+            self.seen.remove(&old);
         }
         while self.recent.len() > MAX_RECENT {
             self.recent.pop_front();
         }
-        assert!(self.recent.len() <= self.seen.len(), "bounded");
+        assert_eq!(self.seen.len(), self.seen_order.len(), "one order entry per hash");
     }
 }
 
@@ -104,12 +131,12 @@ mod tests {
             (c, vc.as_slice(), Some(pc.as_slice())),
         ];
         assert!(cosine(&va, &vb) < COPY_COSINE, "not alike by value");
-        assert_eq!(s.check(&round), [(b, Reject::Copy { of: tessera_tensor::hex(&a[..4]) })]);
-        s.remember(&vc, Some(&pc));
-        assert_eq!(s.check(&[(a, vc.as_slice(), Some(pc.as_slice()))]), [(a, Reject::Replayed)]);
+        assert_eq!(s.check(&round).refused, [(b, Reject::Copy { of: tessera_tensor::hex(&a[..4]) })]);
+        s.remember(Fingerprint::of(&vc, Some(&pc)));
+        assert_eq!(s.check(&[(a, vc.as_slice(), Some(pc.as_slice()))]).refused, [(a, Reject::Replayed)]);
         // Zero updates (a learning rate of 0, say) are never copies or replays of each other.
         let zero = vec![0.0f32; 100];
-        s.remember(&zero, None);
-        assert!(s.check(&[(a, zero.as_slice(), None), (b, zero.as_slice(), None)]).is_empty());
+        s.remember(Fingerprint::of(&zero, None));
+        assert!(s.check(&[(a, zero.as_slice(), None), (b, zero.as_slice(), None)]).refused.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tessera_coord::{GlobalState, Hash32, Message, Record, Restored, RunSpec, Unit};
+use tessera_coord::{ClosedRound, GlobalState, Hash32, Message, Record, Restored, RunSpec, Unit};
 use tessera_net::hex;
 
 pub const DB_FILE: &str = "coordinator.sqlite";
@@ -215,13 +215,11 @@ impl Store {
                 if n != 1 {
                     return Err(StoreError::ClosedTwice(*round));
                 }
-                if let Message::Accept { accepted, .. } = accept {
-                    for p in accepted {
-                        tx.execute(
-                            "INSERT INTO accepted(round, peer) VALUES (?1, ?2)",
-                            params![*round as i64, &p[..]],
-                        )?;
-                    }
+                for p in ClosedRound::of(accept).map(|c| c.accepted).unwrap_or_default() {
+                    tx.execute(
+                        "INSERT INTO accepted(round, peer) VALUES (?1, ?2)",
+                        params![*round as i64, &p[..]],
+                    )?;
                 }
                 tx.commit()?;
                 self.collect_garbage(*round)?;
@@ -262,12 +260,8 @@ impl Store {
         if let Some(h) = state {
             doomed.push(h32(h)?);
         }
-        if let Some(Message::Accept { pairs: Some(p), .. }) =
-            accept.map(|b| postcard::from_bytes(&b)).transpose()?
-        {
-            doomed.extend(p.phis);
-            doomed.extend(p.replicas.into_iter().map(|r| r.1));
-        }
+        let accept: Option<Message> = accept.map(|b| postcard::from_bytes(&b)).transpose()?;
+        doomed.extend(accept.as_ref().and_then(ClosedRound::of).map(|c| c.expiring).unwrap_or_default());
         for h in doomed {
             let _ = std::fs::remove_file(self.blob_path(&h));
         }
@@ -279,11 +273,11 @@ impl Store {
         let Some(last) = round.checked_sub(1) else { return Ok(Vec::new()) };
         let b: Vec<u8> =
             self.db.query_row("SELECT accept FROM rounds WHERE round = ?1", [last as i64], |r| r.get(0))?;
-        let Message::Accept { pairs, .. } = postcard::from_bytes(&b)? else {
+        let Some(closed) = ClosedRound::of(&postcard::from_bytes(&b)?) else {
             return Err(StoreError::Corrupt(format!("round {last} closed without an Accept")));
         };
         let mut out = Vec::new();
-        for (peer, h) in pairs.map(|p| p.replicas).unwrap_or_default() {
+        for (peer, h) in closed.replicas {
             let s = self.state(spec, &h)?;
             if s.round != round {
                 return Err(StoreError::Corrupt(format!(

@@ -147,6 +147,15 @@ impl<'a> ProtocolSim<'a> {
         }
     }
 
+    /// Why the coordinator refused `peer`'s messages and updates, in order.
+    pub fn refused(&self, peer: &PeerId) -> Vec<tessera_coord::Reject> {
+        let of = |e: &Event| match e {
+            Event::Rejected { from, reason } if from == peer => Some(reason.clone()),
+            _ => None,
+        };
+        self.events.iter().filter_map(of).collect()
+    }
+
     /// The state (round, hash) a trainer holds.
     pub fn peer_state(&self, peer: &PeerId) -> Option<(u64, Hash32)> {
         self.peers.get(peer).and_then(|p| p.t.state())

@@ -50,16 +50,6 @@ fn run<'a>(ds: &'a Dataset, seed: u64, cheat: Option<(u8, Cheat)>) -> ProtocolSi
     p
 }
 
-fn refused(p: &ProtocolSim, peer: u8) -> Vec<Reject> {
-    p.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Rejected { from, reason } if *from == pid(peer) => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn distance(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>().sqrt()
 }
@@ -72,7 +62,7 @@ fn drills(seeds: std::ops::Range<u64>) {
     for seed in seeds {
         let honest = run(&ds, seed, None);
         for i in 1..=4 {
-            assert!(refused(&honest, i).is_empty(), "seed {seed}: an honest run refuses nobody");
+            assert!(honest.refused(&pid(i)).is_empty(), "seed {seed}: an honest run refuses nobody");
         }
         let theta = honest.coordinator().global().theta.clone();
         let start = RunSpec::new(cfg(seed)).unwrap().initial_state().theta;
@@ -84,7 +74,7 @@ fn drills(seeds: std::ops::Range<u64>) {
         ];
         for (who, cheat) in cheats {
             let p = run(&ds, seed, Some((who, cheat.clone())));
-            let r = refused(&p, who);
+            let r = p.refused(&pid(who));
             let ok = match &cheat {
                 Cheat::Copy { .. } => r.len() == 3 && r.iter().all(|x| matches!(x, Reject::Copy { .. })),
                 Cheat::Replay => r.len() == 2 && r.iter().all(|x| *x == Reject::Replayed),
@@ -96,7 +86,7 @@ fn drills(seeds: std::ops::Range<u64>) {
             };
             assert!(ok, "seed {seed}: {cheat:?} was neither caught nor neutralised: {r:?}");
             for honest in (1..=4).filter(|i| *i != who) {
-                assert!(refused(&p, honest).is_empty(), "seed {seed}: honest trainer {honest} refused");
+                assert!(p.refused(&pid(honest)).is_empty(), "seed {seed}: honest trainer {honest} refused");
             }
             caught += 1;
             runs += 1;

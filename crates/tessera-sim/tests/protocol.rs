@@ -334,7 +334,7 @@ fn robust_aggregation_bounds_the_model_replacement_attack() {
         // that barely moved, it repeats its earlier update (a replay, cosine > 0.99).
         let clipped =
             p.events.iter().filter(|e| matches!(e, tessera_coord::Event::Clipped { count: 1, .. })).count();
-        let replays = refused(&p, 1).iter().filter(|r| **r == tessera_coord::Reject::Replayed).count();
+        let replays = p.refused(&pid(1)).iter().filter(|r| **r == tessera_coord::Reject::Replayed).count();
         let want = if rc.clip_median > 0.0 { rc.rounds } else { replays as u64 };
         assert!(clipped >= usize::from(rc.clip_median > 0.0));
         assert_eq!((clipped + replays) as u64, want, "{clipped} clipped, {replays} refused");
@@ -347,17 +347,6 @@ fn robust_aggregation_bounds_the_model_replacement_attack() {
     eprintln!("pull toward θ*: clipped {moved_clipped:.3}, unclipped {moved_open:.3} (of the gap {gap:.1})");
     assert!(moved_open > 0.8, "without the clip the attack takes the model: {moved_open}");
     assert!(moved_clipped < 0.05, "the clip bounds it: {moved_clipped} of the gap (unclipped {moved_open})");
-}
-
-/// The rejections the coordinator logged, by peer.
-fn refused(p: &ProtocolSim, peer: u8) -> Vec<tessera_coord::Reject> {
-    p.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Rejected { from, reason } if *from == pid(peer) => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A trainer that resubmits another's update of the round, and one that resubmits its own
@@ -376,16 +365,16 @@ fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
         p.cheat(&pid(3), Cheat::Copy { of: pid(1) });
         p.cheat(&pid(2), Cheat::Replay);
         p.run_until(rc.rounds).unwrap();
-        let copies = refused(&p, 3);
+        let copies = p.refused(&pid(3));
         assert_eq!(copies.len() as u64, rc.rounds, "{algo}: {copies:?}");
         assert!(copies
             .iter()
             .all(|r| matches!(r, Reject::Copy { of } if *of == tessera_tensor::hex(&pid(1)[..4]))));
-        let replays = refused(&p, 2);
+        let replays = p.refused(&pid(2));
         assert_eq!(replays.len() as u64, rc.rounds - 1, "{algo}: round 0 has nothing to replay: {replays:?}");
         assert!(replays.iter().all(|r| *r == Reject::Replayed));
         for honest in [1, 4] {
-            assert!(refused(&p, honest).is_empty(), "{algo}: no honest trainer is refused");
+            assert!(p.refused(&pid(honest)).is_empty(), "{algo}: no honest trainer is refused");
         }
         assert_eq!(closes(&p), (0..rc.rounds).collect::<Vec<_>>());
     }
