@@ -194,6 +194,14 @@ impl Message {
                 Ok(())
             }
         };
+        // A list that must hold one entry per entry of another.
+        let one_each = |what, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(WireError::Limit { what, got, limit: want })
+            }
+        };
         match self {
             Message::Join { addrs } => {
                 lim("addresses", addrs.len(), MAX_ADDRS)?;
@@ -206,20 +214,10 @@ impl Message {
             }
             Message::RoundStart { members, addrs, assignments, replicas, .. } => {
                 lim("members", members.len(), MAX_MEMBERS)?;
-                if !replicas.is_empty() && replicas.len() != members.len() {
-                    return Err(WireError::Limit {
-                        what: "replicas (none, or one per member)",
-                        got: replicas.len(),
-                        limit: members.len(),
-                    });
+                if !replicas.is_empty() {
+                    one_each("replicas (none, or one per member)", replicas.len(), members.len())?;
                 }
-                if addrs.len() != members.len() {
-                    return Err(WireError::Limit {
-                        what: "addresses (one per member)",
-                        got: addrs.len(),
-                        limit: members.len(),
-                    });
-                }
+                one_each("addresses (one per member)", addrs.len(), members.len())?;
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))?;
                 lim("assignments", assignments.len(), MAX_MEMBERS)
             }
@@ -228,21 +226,9 @@ impl Message {
                 if let Some(p) = pairs {
                     lim("group members", p.groups.iter().map(Vec::len).sum(), MAX_MEMBERS)?;
                     lim("replicas", p.replicas.len(), MAX_MEMBERS)?;
-                    if p.phis.len() != accepted.len() {
-                        return Err(WireError::Limit {
-                            what: "φ blobs (one per accepted peer)",
-                            got: p.phis.len(),
-                            limit: accepted.len(),
-                        });
-                    }
+                    one_each("φ blobs (one per accepted peer)", p.phis.len(), accepted.len())?;
                 }
-                if updates.len() != accepted.len() {
-                    return Err(WireError::Limit {
-                        what: "updates (one per accepted peer)",
-                        got: updates.len(),
-                        limit: accepted.len(),
-                    });
-                }
+                one_each("updates (one per accepted peer)", updates.len(), accepted.len())?;
                 lim("rejected", rejected.len(), MAX_MEMBERS)?;
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
             }
