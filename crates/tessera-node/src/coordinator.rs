@@ -238,7 +238,7 @@ impl Daemon {
             (self.coord.spec().clone(), ds.clone(), self.coord.global().theta.clone(), *batches);
         let (tx, ms) = (self.tx.clone(), self.now_ms());
         tokio::task::spawn_blocking(move || {
-            let loss = crate::val_loss(&spec, &ds, &theta, batches).map_err(|e| e.to_string());
+            let loss = spec.val_loss(&ds, &theta, batches).map_err(|e| e.to_string());
             let _ = tx.blocking_send(Input::Evaluated(r, ms, loss));
         });
         self.evals_pending += 1;

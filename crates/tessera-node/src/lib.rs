@@ -26,7 +26,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use tessera_coord::RunSpec;
 use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
 
 pub use store::{Progress, Store, StoreError, Summary, DB_FILE};
@@ -93,12 +92,6 @@ pub fn embedded_dataset(dir: &Path) -> Result<Dataset, NodeError> {
         }
     }
     Ok(Dataset::open(dir)?)
-}
-
-/// Mean validation loss (nats per byte) of parameters `theta` on the first `batches`
-/// validation batches.
-pub fn val_loss(spec: &RunSpec, ds: &Dataset, theta: &[f32], batches: u64) -> Result<f64, NodeError> {
-    Ok(spec.val_loss(ds, theta, batches)?)
 }
 
 /// A 32-byte ed25519 secret kept as hex in `path`, created (from the OS's randomness) if

@@ -203,7 +203,7 @@ fn summary(
     let hash = sum.last_state.context("no round was closed")?;
     let fin = store.state(&spec, &hash)?;
     let (sent, recv) = sum.traffic.unwrap_or_default();
-    let val = |theta: &[f32]| tessera_node::val_loss(&spec, ds, theta, 8);
+    let val = |theta: &[f32]| spec.val_loss(ds, theta, 8);
     let (l0, l1) = (val(&init.theta)?, val(&fin.theta)?);
     let n = spec.n() as u64;
     let ddp = accepted * cfg.inner_steps * 2 * (tessera_sync::HEADER_BYTES as u64 + 4 * n);
