@@ -252,6 +252,11 @@ impl Run {
         assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
         assert_eq!(self.count("SELECT COUNT(*) FROM rounds WHERE accept IS NULL"), 0);
         assert_eq!(self.count("SELECT COUNT(*) FROM reports WHERE agrees = 0"), 0, "a node disagreed");
+        assert_eq!(
+            self.count("SELECT COUNT(*) FROM verdicts WHERE cheat = 1"),
+            0,
+            "an honest node was called a cheat"
+        );
         // Evaluations run off the coordinator's loop; the last one is in before it exits.
         let last_eval = self.count("SELECT MAX(round) FROM evals");
         assert_eq!(last_eval, rounds, "the final state was evaluated");
@@ -438,9 +443,10 @@ fn noloco_over_loopback_matches_the_simulator_replica_by_replica() {
 /// Cheat drills end to end: a node sending the in-bounds model-replacement update is clipped
 /// to the median bound (and its repeats are refused as replays), a node resending its last
 /// update is refused as a replay, and the honest nodes are never refused and always agree.
+/// (Spot checks are off here: this is the screening and clipping alone.)
 #[test]
 fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
-    let run = Run::new("cheats", config(4, 3));
+    let run = Run::new("cheats", config(4, 3).with(|c| c.validate = tessera_coord::Validate::Off));
     let (mut c, ticket) = run.coordinator("coord");
     let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
     nodes.push(run.node(&ticket, 3, &["--cheat", "replay"]));
@@ -463,6 +469,38 @@ fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
     assert!(nodes[3].log().contains("DRILL: this node cheats (Poison)"));
     let rounds = run.cfg.rounds as i64;
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
+}
+
+/// Spot checks end to end: with every update checked, a node that trains only half of its
+/// steps and a node sending the model-replacement update are proven to cheat in round 0 (the
+/// re-run segment does not reach the committed state; the update is not the one the committed
+/// final state gives), left out of the aggregate and refused from then on; the honest nodes
+/// pass every check and agree.
+#[test]
+fn spot_checks_prove_skipping_and_poisoning_nodes() {
+    let cfg = config(4, 3).with(|c| c.check_rate = 1.0);
+    let run = Run::new("spot-checks", cfg);
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    nodes.push(run.node(&ticket, 3, &["--cheat", "skip-steps"]));
+    nodes.push(run.node(&ticket, 4, &["--cheat", "poison"]));
+    c.finish();
+    let log = c.log();
+    for (cheat, why) in [(3, "does not reach the committed state"), (4, "not the one its final state gives")]
+    {
+        let who = short_hex(&peer_id(cheat));
+        assert!(log.contains(&format!("CHEAT: {who} proven to have cheated in round 0")), "{cheat}:\n{log}");
+        assert!(log.contains(why), "node {cheat} fails its check: {why}\n{log}");
+    }
+    for honest in [1, 2] {
+        let who = short_hex(&peer_id(honest));
+        assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{log}");
+        assert!(node_states(&nodes[honest as usize - 1].finish()).iter().all(|s| s.2), "honest nodes agree");
+    }
+    let q = |sql: &str| run.count(sql);
+    assert_eq!(q("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1"), 2);
+    assert_eq!(q("SELECT COUNT(*) FROM verdicts WHERE passed = 1"), 6, "two honest nodes, three rounds");
+    assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
 }
 
 #[test]

@@ -19,6 +19,42 @@ pub enum Cheat {
     Replay,
 }
 
+/// How a dishonest trainer skimps on the training itself (drills only; the
+/// [`crate::Worker`] runs it, and commits to what it computed, as a real shirker would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shirk {
+    /// Trains only the first half of its H steps (the rest of its commitment repeats the
+    /// half-trained state).
+    SkipSteps,
+    /// Trains on the batches of a slot it was not assigned.
+    WrongData,
+    /// Trains honestly but commits, as the end of the middle segment, a state it never
+    /// computed.
+    Forge,
+}
+
+/// The slot a wrong-data shirker trains on instead of its own: `slot + WRONG_SLOT`.
+pub const WRONG_SLOT: u64 = 1 << 20;
+
+impl Shirk {
+    /// The steps run and the slot read, out of `h` steps of `slot`.
+    pub(crate) fn plan(s: Option<Shirk>, h: u64, slot: u64) -> (u64, u64) {
+        match s {
+            Some(Shirk::SkipSteps) => (h.div_ceil(2), slot),
+            Some(Shirk::WrongData) => (h, slot.wrapping_add(WRONG_SLOT)),
+            _ => (h, slot),
+        }
+    }
+
+    /// A forger's commitment: the middle segment's end replaced (never the final state).
+    pub(crate) fn forge(s: Option<Shirk>, ends: &mut [crate::Hash32]) {
+        if s == Some(Shirk::Forge) && ends.len() >= 2 {
+            let mid = (ends.len() - 2) / 2;
+            ends[mid] = *blake3::hash(&ends[mid]).as_bytes();
+        }
+    }
+}
+
 /// The cheats a node can be told to run (`tessera node --cheat KIND`, a hidden drill flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheatKind {
@@ -26,6 +62,12 @@ pub enum CheatKind {
     Poison,
     /// [`Cheat::Replay`].
     Replay,
+    /// [`Shirk::SkipSteps`].
+    SkipSteps,
+    /// [`Shirk::WrongData`].
+    WrongData,
+    /// [`Shirk::Forge`].
+    Forge,
 }
 
 impl std::str::FromStr for CheatKind {
@@ -34,22 +76,38 @@ impl std::str::FromStr for CheatKind {
         match s {
             "poison" => Ok(CheatKind::Poison),
             "replay" => Ok(CheatKind::Replay),
-            other => Err(CoordError::Config(format!("unknown cheat {other:?} (poison, replay)"))),
+            "skip-steps" => Ok(CheatKind::SkipSteps),
+            "wrong-data" => Ok(CheatKind::WrongData),
+            "forge" => Ok(CheatKind::Forge),
+            other => Err(CoordError::Config(format!(
+                "unknown cheat {other:?} (poison, replay, skip-steps, wrong-data, forge)"
+            ))),
         }
     }
 }
 
 impl CheatKind {
     /// The cheat against a run of `spec`.
-    pub fn for_run(self, spec: &RunSpec) -> Cheat {
+    pub fn for_run(self, spec: &RunSpec) -> Drill {
         match self {
             CheatKind::Poison => {
                 let target = spec.initial_state().theta.iter().map(|x| x + 0.5).collect();
-                Cheat::Poison { target, peers: spec.cfg.min_peers }
+                Drill::Send(Cheat::Poison { target, peers: spec.cfg.min_peers })
             }
-            CheatKind::Replay => Cheat::Replay,
+            CheatKind::Replay => Drill::Send(Cheat::Replay),
+            CheatKind::SkipSteps => Drill::Train(Shirk::SkipSteps),
+            CheatKind::WrongData => Drill::Train(Shirk::WrongData),
+            CheatKind::Forge => Drill::Train(Shirk::Forge),
         }
     }
+}
+
+/// A drill: what is sent instead of the honest update, or how the training itself is
+/// skimped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Drill {
+    Send(Cheat),
+    Train(Shirk),
 }
 
 /// What a cheat may use besides its own honest result: the update it copies (another peer's

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
+use crate::check::{CheckJob, Checks, Drawn, Outcome};
 use crate::screen::{Fingerprint, Screen, Screened, Screening};
+mod checking;
+
 use crate::{
     CoordError, GlobalState, Hash32, PeerId, Reject, Replicas, RunConfig, RunSpec, SeqWindow, Signed,
 };
@@ -50,6 +53,8 @@ pub enum Output {
     },
     /// Write a decision durably before going on.
     Persist(Record),
+    /// Run a spot check ([`crate::run_check`]), then call [`Coordinator::checked`].
+    Check(Box<CheckJob>),
     Event(Event),
 }
 
@@ -64,6 +69,9 @@ pub enum Record {
     /// A node reported the state hash it holds after `round` rounds, computed by itself or
     /// adopted from the checkpoint.
     Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
+    /// A spot check of `peer`'s update of `round` was settled (what the ledger pays and
+    /// slashes by).
+    Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome },
 }
 
 /// What a closed round's `Accept` names that a store keeps or lets go, read here by the
@@ -110,6 +118,18 @@ pub enum Event {
         reported: Hash32,
         expected: Option<Hash32>,
     },
+    /// A spot check was settled.
+    Checked {
+        round: u64,
+        peer: PeerId,
+        segment: usize,
+        outcome: Outcome,
+    },
+    /// A trainer proven to have cheated is refused from now on.
+    Banned {
+        peer: PeerId,
+        round: u64,
+    },
     /// Robust aggregation scaled `count` accepted updates down to the round's median bound.
     Clipped {
         round: u64,
@@ -133,6 +153,8 @@ pub struct Restored {
     pub history: Vec<(u64, Hash32)>,
     /// NoLoCo: every member's replica, of the state's round.
     pub replicas: Vec<(PeerId, GlobalState)>,
+    /// Trainers proven to have cheated, with the round each was caught in.
+    pub banned: Vec<(PeerId, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +183,7 @@ struct OpenRound {
     slots: BTreeMap<PeerId, Slot>,
     /// The peers in the order their commits arrived (a copy comes after its original).
     order: Vec<PeerId>,
+    checks: Checks,
 }
 
 /// The coordinator.
@@ -183,22 +206,34 @@ pub struct Coordinator {
     /// Copy and replay detection's memory of earlier updates.
     screen: Screen,
     open: Option<OpenRound>,
+    /// The checker's secret: which commits are spot-checked, and where, is drawn from it.
+    secret: Hash32,
+    /// Trainers proven to have cheated, refused from then on (with the round caught in).
+    banned: BTreeMap<PeerId, u64>,
     finished: bool,
     out: Vec<Output>,
 }
 
 impl Coordinator {
-    /// A coordinator for a fresh run, starting from the run's initial state.
-    pub fn new(spec: Arc<RunSpec>) -> Result<Self, CoordError> {
+    /// A coordinator for a fresh run, starting from the run's initial state. `secret` draws
+    /// the spot checks: it must be unknown to the trainers (the daemon derives it from the
+    /// coordinator's key).
+    pub fn new(spec: Arc<RunSpec>, secret: Hash32) -> Result<Self, CoordError> {
         let state = spec.initial_state();
-        let r =
-            Restored { state, backlog: Vec::new(), open: None, history: Vec::new(), replicas: Vec::new() };
-        Self::restore(spec, r, 0)
+        let r = Restored {
+            state,
+            backlog: Vec::new(),
+            open: None,
+            history: Vec::new(),
+            replicas: Vec::new(),
+            banned: Vec::new(),
+        };
+        Self::restore(spec, r, 0, secret)
     }
 
     /// A coordinator resuming from what it persisted; an announced round is re-opened with
     /// the same assignments, its members given `silence_ms` from `now_ms` to reconnect.
-    pub fn restore(spec: Arc<RunSpec>, r: Restored, now_ms: u64) -> Result<Self, CoordError> {
+    pub fn restore(spec: Arc<RunSpec>, r: Restored, now_ms: u64, secret: Hash32) -> Result<Self, CoordError> {
         if r.state.layout_hash != spec.layout_hash
             || r.state.theta.len() != spec.n()
             || r.state.buffers.len() != spec.outer.buffers()
@@ -228,6 +263,8 @@ impl Coordinator {
             speed_ms: BTreeMap::new(),
             backlog: r.backlog.into_iter().collect(),
             open: None,
+            secret,
+            banned: r.banned.into_iter().collect(),
             out: Vec::new(),
         };
         if let Some(start @ Message::RoundStart { .. }) = r.open {
@@ -258,6 +295,7 @@ impl Coordinator {
             deadline_at: now_ms + grace + deadline_ms,
             start,
             order: Vec::new(),
+            checks: Checks::new(round),
         });
     }
 
@@ -335,6 +373,10 @@ impl Coordinator {
         hash: Hash32,
         got: Result<Vec<u8>, String>,
     ) -> Vec<Output> {
+        if self.reveal_blob(from, hash, &got) {
+            self.advance(now_ms);
+            return std::mem::take(&mut self.out);
+        }
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e)),
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
@@ -378,6 +420,9 @@ impl Coordinator {
     /// Membership, sequence and round checks, then the message's effect.
     fn admit(&mut self, now_ms: u64, s: &Signed) -> Result<(), Reject> {
         let from = s.sender;
+        if let Some(round) = self.banned.get(&from) {
+            return Err(Reject::Banned(*round));
+        }
         let known = self.seqs.contains_key(&from);
         if !known && self.seqs.len() >= MAX_KNOWN_PEERS {
             return Err(Reject::Full(self.members.len()));
@@ -391,12 +436,15 @@ impl Coordinator {
             Message::Join { addrs } => self.join(now_ms, from, addrs.first())?,
             Message::Heartbeat { .. } => {}
             Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
+            Message::Reveal { .. } => self.on_reveal(from, &s.message)?,
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
             }
             other => return Err(Reject::Unexpected(other.kind())),
         }
-        self.members.insert(from, now_ms);
+        if !self.banned.contains_key(&from) {
+            self.members.insert(from, now_ms); // (a message that proved a cheat does not count)
+        }
         Ok(())
     }
 
@@ -472,7 +520,7 @@ impl Coordinator {
     }
 
     fn commit(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::Commit { round, update, update_len: len, .. } = m else {
+        let Message::Commit { round, update, update_len: len, root, .. } = m else {
             return Err(Reject::Unexpected("a commit"));
         };
         let (round, len) = (*round, *len);
@@ -496,6 +544,7 @@ impl Coordinator {
                 let s = self.speed_ms.entry(from).or_insert(took);
                 *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
                 self.out.push(Output::Fetch { from, hash: *update, len });
+                self.draw_check(from, *root, *update);
             }
             Slot::Fetching { hash } | Slot::Accepted { hash, .. } if hash == update => {} // a resend
             Slot::Rejected(_) => {}
@@ -536,13 +585,17 @@ impl Coordinator {
             self.addrs.remove(&p);
             self.event(Event::Left(p));
         }
+        let late = self.open.as_ref().is_some_and(|o| now_ms >= o.deadline_at);
+        self.expire_checks(late);
         if let Some(open) = &self.open {
             let decided = open.slots.iter().all(|(p, s)| match s {
                 Slot::Accepted { .. } | Slot::Rejected(_) => true,
                 Slot::Waiting => !self.members.contains_key(p),
                 Slot::Fetching { .. } => false,
             });
-            if decided || now_ms >= open.deadline_at {
+            // A check running on our side holds the round: the trainer is not at fault.
+            let checked = open.checks.settled() || (late && !open.checks.running());
+            if (decided || late) && checked {
                 if let Err(e) = self.close() {
                     // Our own aggregate failed to decode: a bug, not a peer's fault.
                     panic!("closing round {}: {e}", self.global.round);
@@ -594,6 +647,7 @@ impl Coordinator {
             deadline_at: now_ms + deadline_ms,
             start,
             order: Vec::new(),
+            checks: Checks::new(round),
         });
     }
 

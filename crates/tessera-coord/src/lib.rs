@@ -35,6 +35,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod cheat;
+mod check;
 mod config;
 mod coordinator;
 mod referee;
@@ -48,7 +49,8 @@ mod state;
 mod trainer;
 mod worker;
 
-pub use cheat::{Cheat, CheatKind, Loot};
+pub use cheat::{Cheat, CheatKind, Drill, Loot, Shirk, WRONG_SLOT};
+pub use check::{pick, rederivable, run_check, verify_reveal, CheckJob, Outcome, Validate};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     ClosedRound, Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY,
@@ -64,7 +66,7 @@ pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, Pairs, PeerId, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
-pub use worker::{Trained, Worker};
+pub use worker::{Revealed, Trained, Worker, MAX_KEPT_BYTES};
 
 /// Errors of the protocol's own computations and of bad blobs or configs.
 #[derive(Debug, thiserror::Error)]
@@ -122,4 +124,8 @@ pub enum Reject {
     FetchFailed(String),
     #[error("peers may not send {0}")]
     Unexpected(&'static str),
+    #[error("spot check of segment {segment} failed: {outcome}")]
+    FailedCheck { segment: usize, outcome: Outcome },
+    #[error("proven to have cheated in round {0}")]
+    Banned(u64),
 }

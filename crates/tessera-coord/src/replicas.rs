@@ -74,6 +74,11 @@ impl Replicas {
         r.hash
     }
 
+    /// The replica `peer` trains from, if it has one.
+    pub fn get(&self, peer: &PeerId) -> Option<&GlobalState> {
+        self.table.get(peer).map(|r| &r.state)
+    }
+
     /// The replica hash `peer` should hold after `round` rounds, if remembered.
     pub fn expected(&self, round: u64, peer: &PeerId) -> Option<Hash32> {
         self.history.get(&round).and_then(|m| m.get(peer)).copied()

@@ -34,6 +34,38 @@ impl LocalState {
         Ok(StepTrainer { model, opt, cfg: spec.cfg.inner_adamw() })
     }
 
+    /// The blob a trainer serves for a reveal: the step (u64 LE), then the parameters, the
+    /// first and the second moments (f32 LE). Its length is [`LocalState::blob_len`].
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.params.len() == self.m.len() && self.m.len() == self.v.len(), "one layout");
+        let mut out = Vec::with_capacity(Self::blob_len(self.params.len()) as usize);
+        out.extend(self.step.to_le_bytes());
+        for x in self.params.iter().chain(&self.m).chain(&self.v) {
+            out.extend(x.to_le_bytes());
+        }
+        out
+    }
+
+    /// The exact length of the blob of a model of `n` parameters.
+    pub fn blob_len(n: usize) -> u64 {
+        8 + 12 * n as u64
+    }
+
+    /// Reads a revealed blob of a model of `n` parameters; the length is checked first.
+    pub fn decode(blob: &[u8], n: usize) -> Result<Self, CoordError> {
+        if blob.len() as u64 != Self::blob_len(n) {
+            let want = Self::blob_len(n);
+            return Err(CoordError::State(format!("a local state of {} bytes, want {want}", blob.len())));
+        }
+        let (step, rest) = blob.split_at(8);
+        let step = u64::from_le_bytes(step.try_into().expect("8 bytes"));
+        let floats: Vec<f32> =
+            rest.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let (params, mv) = floats.split_at(n);
+        let (m, v) = mv.split_at(n);
+        Ok(Self { params: params.to_vec(), m: m.to_vec(), v: v.to_vec(), step })
+    }
+
     /// Its hash, the leaf a commitment holds for it.
     pub fn hash(&self, spec: &RunSpec) -> Result<Hash32, CoordError> {
         Ok(self.trainer(spec)?.state_hash())

@@ -19,7 +19,7 @@ use crate::{
     Assignment, CoordError, GlobalState, Hash32, Message, Pairs, PeerId, Reject, RunConfig, RunSpec,
     SeqWindow,
 };
-use crate::{Signed, Trained};
+use crate::{Revealed, Signed, Trained};
 
 /// What the driver must do, in order.
 #[derive(Debug, Clone)]
@@ -40,6 +40,12 @@ pub enum Action {
         state: Arc<GlobalState>,
         state_hash: Hash32,
         unit: Assignment,
+    },
+    /// Reveal segment `segment` of this trainer's commitment for `round` (see
+    /// [`crate::Worker::reveal_committed`]), then call [`Trainer::revealed`].
+    Reveal {
+        round: u64,
+        segment: usize,
     },
     /// Serve this blob to whoever asks for it by hash.
     Serve {
@@ -82,6 +88,11 @@ pub enum TrainerEvent {
         agrees: bool,
         computed: bool,
     },
+    /// This trainer answered a spot check of `round`.
+    Revealed {
+        round: u64,
+        segment: usize,
+    },
     /// The fault drill changed the state before closing `round`.
     FaultInjected {
         round: u64,
@@ -120,6 +131,8 @@ pub enum TrainerError {
     Fetch { what: &'static str, err: String },
     #[error("training round {round} failed: {err}")]
     Training { round: u64, err: String },
+    #[error("revealing round {round}: {err}")]
+    Reveal { round: u64, err: String },
     #[error("aggregate of round {round} refused: {err}; taking the checkpoint")]
     Aggregate { round: u64, err: String },
 }
@@ -197,6 +210,8 @@ pub struct Trainer {
     want: Option<Want>,
     /// The round and start state of the unit being trained.
     training: Option<(u64, Hash32)>,
+    /// The round of the last commit sent (the one a challenge may ask about).
+    committed: Option<u64>,
     /// The round being closed, while its blobs are fetched.
     closing: Option<Closing>,
     /// Where other members serve blobs, as the coordinator last said.
@@ -221,6 +236,7 @@ impl Trainer {
             held: None,
             want: None,
             training: None,
+            committed: None,
             closing: None,
             peers: Default::default(),
             own: Vec::new(),
@@ -318,6 +334,7 @@ impl Trainer {
                     self.out.push(Action::Serve { hash, bytes });
                 }
                 self.out.push(Action::Send(t.commit()));
+                self.committed = Some(t.round);
                 let e = TrainerEvent::Committed { round: t.round, unit: t.unit, loss: t.mean_loss };
                 self.out.push(Action::Event(e));
             }
@@ -326,6 +343,20 @@ impl Trainer {
                 self.training = None;
                 self.warn(TrainerError::Training { round, err: e.to_string() });
             }
+        }
+        self.take()
+    }
+
+    /// The driver revealed what [`Action::Reveal`] asked for.
+    pub fn revealed(&mut self, _now_ms: u64, round: u64, got: Result<Revealed, CoordError>) -> Vec<Action> {
+        match got {
+            Ok(r) => {
+                assert_eq!(r.round, round, "the reveal answers the challenge's round");
+                self.out.push(Action::Serve { hash: r.blob_hash, bytes: r.blob });
+                self.out.push(Action::Send(r.message));
+                self.out.push(Action::Event(TrainerEvent::Revealed { round, segment: r.segment }));
+            }
+            Err(e) => self.warn(TrainerError::Reveal { round, err: e.to_string() }),
         }
         self.take()
     }
@@ -377,6 +408,10 @@ impl Trainer {
                 let hash = self.final_state(round).unwrap_or(state_hash);
                 self.need(Want { round, hash, train: None, report: false, finish: true });
             }
+            Message::Challenge { round, segment } if self.committed == Some(round) => {
+                self.out.push(Action::Reveal { round, segment: segment as usize });
+            }
+            Message::Challenge { .. } => return Err(TrainerError::Unexpected("a challenge of no commit")),
             other => return Err(TrainerError::Unexpected(other.kind())),
         }
         Ok(())

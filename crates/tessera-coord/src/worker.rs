@@ -12,7 +12,22 @@ use tessera_tensor::TraceMode;
 
 use tessera_verify::RoundCommitment;
 
-use crate::{Assignment, CoordError, GlobalState, Hash32, LocalState, Message, RunSpec};
+use crate::{Assignment, CoordError, GlobalState, Hash32, LocalState, Message, RunSpec, Shirk};
+
+/// Most bytes of segment-start states a worker keeps for reveals; beyond it, a reveal
+/// recomputes the state from the round's start instead.
+pub const MAX_KEPT_BYTES: u64 = 1 << 30;
+
+/// A trainer's answer to a challenge: the blob of its local state at the segment's start
+/// (to serve) and the `Reveal` message naming it with the two leaves and their proofs.
+#[derive(Clone, Debug)]
+pub struct Revealed {
+    pub round: u64,
+    pub segment: usize,
+    pub blob: Arc<Vec<u8>>,
+    pub blob_hash: Hash32,
+    pub message: Message,
+}
 
 /// The result of training one unit, kept so that a round re-announced after a coordinator
 /// restart is answered with the same commit instead of being trained twice.
@@ -81,11 +96,68 @@ pub struct Worker {
     /// The inner optimizer and algorithm state at the start of `.0`'s round from state `.1`.
     snapshot: Option<(u64, Hash32, OptState, PeerState)>,
     cached: Option<Trained>,
+    /// The cached round's state at the start of each segment (when they fit
+    /// [`MAX_KEPT_BYTES`]), and the shared state it was trained from.
+    kept: Vec<LocalState>,
+    from: Option<Arc<GlobalState>>,
+    /// A drill: how this worker skimps on its training.
+    shirk: Option<Shirk>,
 }
 
 impl Worker {
     pub fn new(spec: Arc<RunSpec>) -> Self {
-        Self { spec, trainer: None, peer: None, snapshot: None, cached: None }
+        Self {
+            spec,
+            trainer: None,
+            peer: None,
+            snapshot: None,
+            cached: None,
+            kept: Vec::new(),
+            from: None,
+            shirk: None,
+        }
+    }
+
+    /// Drills only: this worker skimps on its training from now on (see [`Shirk`]).
+    pub fn shirk(&mut self, s: Shirk) {
+        self.shirk = Some(s);
+    }
+
+    /// Drills only: what a cheating trainer committed instead of its honest result (the same
+    /// round and states, another update), so that its reveals answer for what it sent.
+    pub fn committed_instead(&mut self, t: &Trained) {
+        let same = self.cached.as_ref().is_some_and(|c| c.round == t.round && c.start_state == t.start_state);
+        assert!(same, "a cheat replaces the commit of the round just trained");
+        self.cached = Some(t.clone());
+    }
+
+    /// The trainer's answer to a challenge of segment `seg` of its commit for `round`: the
+    /// segment's start state (kept, or recomputed) and the two leaves with their proofs.
+    pub fn reveal_committed(&self, round: u64, seg: usize, ds: &Dataset) -> Result<Revealed, CoordError> {
+        let Some(t) = self.cached.as_ref().filter(|t| t.round == round) else {
+            return Err(CoordError::NotSynced(format!("no commit of round {round} to reveal")));
+        };
+        let n = t.commitment.ends.len();
+        if seg >= n {
+            return Err(tessera_verify::VerifyError::Index { index: seg, n }.into());
+        }
+        let state = match self.kept.get(seg) {
+            Some(s) => s.clone(),
+            None => {
+                let from = self.from.as_ref().expect("kept with the cached round");
+                self.reveal(from, &t.start_state, t.unit, ds, seg)?
+            }
+        };
+        let blob = state.encode();
+        let blob_hash = *blake3::hash(&blob).as_bytes();
+        let (tree, leaves) = (t.commitment.tree(), t.commitment.leaves());
+        let at = RoundCommitment::start_leaf(seg);
+        let leaf = |i: usize| -> Result<tessera_wire::Leaf, CoordError> {
+            Ok(tessera_wire::Leaf { hash: leaves[i], proof: tree.proof(i)?.siblings })
+        };
+        let (start, end) = (leaf(at)?, leaf(at + 1)?);
+        let message = Message::Reveal { round, segment: seg as u32, blob: blob_hash, start, end };
+        Ok(Revealed { round, segment: seg, blob: Arc::new(blob), blob_hash, message })
     }
 
     /// The trainer's side of a spot check: its local state at the start of segment `seg`
@@ -144,9 +216,12 @@ impl Worker {
                 return Ok(c.clone());
             }
         }
-        let t = self.train_fresh(state, state_hash, key, ds, on_step)?;
+        let (t, kept) = self.train_fresh(state, state_hash, key, ds, on_step)?;
         assert_eq!(t.round, round, "a unit is trained for the state's round");
+        assert!(kept.is_empty() || kept.len() == t.commitment.ends.len(), "one kept state per segment");
         self.cached = Some(t.clone());
+        self.from = kept.is_empty().then(|| Arc::new(state.clone()));
+        self.kept = kept;
         Ok(t)
     }
 
@@ -157,7 +232,7 @@ impl Worker {
         (data_round, slot): (u64, u64),
         ds: &Dataset,
         on_step: &mut dyn FnMut(u64),
-    ) -> Result<Trained, CoordError> {
+    ) -> Result<(Trained, Vec<LocalState>), CoordError> {
         let spec = self.spec.clone();
         let (cfg, round) = (&spec.cfg, g.round);
         if g.layout_hash != spec.layout_hash {
@@ -183,7 +258,10 @@ impl Worker {
         let start_hash = tr.state_hash();
         let at = (round, *state_hash, (data_round, slot));
         let k = cfg.commit_every;
+        let keep = h_steps.div_ceil(k).saturating_mul(LocalState::blob_len(spec.n())) <= MAX_KEPT_BYTES;
+        let mut kept = Vec::new();
         let mut ends = Vec::new();
+        let shirk = self.shirk;
         let (x, loss) = match spec.outer.work() {
             Work::Gradient => {
                 // One gradient of θ_r on the unit's first batch.
@@ -192,20 +270,28 @@ impl Worker {
                 on_step(1);
                 let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
                 ends.push(start_hash); // a gradient leaves the local state as it was
+                kept.push(LocalState::of(tr));
                 (flat, f64::from(loss))
             }
             Work::InnerSteps | Work::InnerStepsFromOwn => {
                 // From θ_r (or, NoLoCo, from the replica's own φ, which `g` then holds).
                 let mut loss = 0.0;
+                let (run, slot) = Shirk::plan(shirk, h_steps, slot);
                 for s in 0..h_steps {
-                    let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
-                    let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
-                    loss += f64::from(tr.step(&b, TraceMode::Off)?.loss);
+                    if keep && s % k == 0 {
+                        kept.push(LocalState::of(tr)); // the start of a committed segment
+                    }
+                    if s < run {
+                        let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
+                        let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
+                        loss += f64::from(tr.step(&b, TraceMode::Off)?.loss) * (h_steps / run) as f64;
+                    }
                     on_step(s + 1);
                     if (s + 1) % k == 0 || s + 1 == h_steps {
                         ends.push(tr.state_hash()); // the end of a committed segment
                     }
                 }
+                Shirk::forge(shirk, &mut ends);
                 let mut delta = pseudo_gradient(&g.theta, &tr.model.params.to_flat());
                 if spec.outer.work() == Work::InnerStepsFromOwn {
                     delta.iter_mut().for_each(|x| *x = -*x); // NoLoCo's Δ is end − start
@@ -217,6 +303,6 @@ impl Worker {
         assert_eq!(update.len() as u64, spec.update_len, "an update of the run's exact length");
         let update_hash = *blake3::hash(&update).as_bytes();
         let commitment = RoundCommitment::new(start_hash, ends, update_hash, cfg.h(), k)?;
-        Ok(Trained::new(at, update, commitment, loss))
+        Ok((Trained::new(at, update, commitment, loss), kept))
     }
 }

@@ -19,6 +19,8 @@ fn cfg() -> RunConfig {
         silence_ms: 1000,
         round_timeout_ms: 60_000,
         min_round_ms: 500,
+        // These scripts commit by hand and answer no challenge; tests/checks.rs has the checks.
+        validate: Validate::Off,
         ..RunConfig::default()
     };
     base.with(|c| {
@@ -41,7 +43,7 @@ struct Harness {
 impl Harness {
     fn new(cfg: RunConfig) -> (Self, Arc<RunSpec>) {
         let spec = Arc::new(RunSpec::new(cfg).unwrap());
-        let c = Coordinator::new(spec.clone()).unwrap();
+        let c = Coordinator::new(spec.clone(), [7; 32]).unwrap();
         (Self { c, seq: Default::default() }, spec)
     }
 
@@ -363,8 +365,9 @@ fn restored_round_zero(algo: tessera_sync::Algorithm) {
         open: Some(start),
         history: vec![],
         replicas: vec![],
+        banned: vec![],
     };
-    let mut c = Coordinator::restore(spec.clone(), restored, 5000).unwrap();
+    let mut c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
     // A member reconnects: it is welcomed and re-sent the open round.
     let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Welcome { round: 0, .. }, .. })));

@@ -44,6 +44,8 @@ enum Input {
     Connected(PeerId, Connection),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
     Evaluated(u64, u64, Result<f64, String>),
+    /// A spot check run off the loop: the round, the trainer, the outcome.
+    Checked(u64, PeerId, Result<tessera_coord::Outcome, tessera_coord::CoordError>),
 }
 
 struct Daemon {
@@ -59,6 +61,8 @@ struct Daemon {
     log: Log,
     final_reports: usize,
     eval: Option<(Arc<tessera_data::Dataset>, u64, u64)>,
+    /// The dataset spot checks re-run the trainers' steps on (from `--data-dir`).
+    data: Option<Arc<tessera_data::Dataset>>,
     evaluated: u64,
     /// Evaluations running on blocking threads; the daemon exits only once they are recorded.
     evals_pending: usize,
@@ -101,20 +105,22 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
     let log = Log::new("coordinator");
     let store = Store::open(&a.dir)?;
     let spec = Arc::new(RunSpec::new(load_config(&a, &store)?)?);
+    let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
+    // Which commits are spot-checked is drawn from a secret the trainers cannot know.
+    let secret = blake3::derive_key("tessera coordinator check secret v1", &key.to_bytes());
     let coord = match store.restore(&spec)? {
         Some(r) => {
             log.info(&format!("resuming at round {} ({} rounds closed)", r.state.round, r.history.len() - 1));
-            Coordinator::restore(spec.clone(), r, 0)?
+            Coordinator::restore(spec.clone(), r, 0, secret)?
         }
         None => {
             let initial = spec.initial_state();
             let h = initial.hash();
             store.put_blob(&h, &initial.encode())?;
             store.set_meta("initial_state", &h)?;
-            Coordinator::new(spec.clone())?
+            Coordinator::new(spec.clone(), secret)?
         }
     };
-    let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
     let net = Net::bind(key.to_bytes(), &a.net).await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
@@ -139,13 +145,14 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         started: Instant::now(),
         log,
         final_reports: 0,
-        eval: match (&a.data_dir, a.eval_every) {
-            (Some(dir), n) if n > 0 => Some((Arc::new(tessera_data::Dataset::open(dir)?), n, a.eval_batches)),
-            _ => None,
-        },
+        eval: None,
+        data: a.data_dir.as_deref().map(tessera_data::Dataset::open).transpose()?.map(Arc::new),
         evaluated: u64::MAX,
         evals_pending: 0,
     };
+    if let (Some(ds), n @ 1..) = (&d.data, a.eval_every) {
+        d.eval = Some((ds.clone(), n, a.eval_batches));
+    }
     d.maybe_eval()?;
     tokio::spawn(accept_loop(net.clone(), tx.clone(), d.log.clone()));
     let mut ticker = tokio::time::interval(TICK);
@@ -260,6 +267,7 @@ impl Daemon {
                 }
                 return Ok(());
             }
+            Input::Checked(round, peer, got) => self.coord.checked(now, round, peer, got),
             Input::Connected(peer, conn) => {
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
@@ -332,10 +340,23 @@ impl Daemon {
                         self.record_traffic()?;
                     }
                 }
+                Output::Check(job) => self.spawn_check(*job),
                 Output::Event(e) => self.on_event(e),
             }
         }
         Ok(())
+    }
+
+    /// Runs a spot check on a blocking thread; without a dataset nothing can be re-run.
+    fn spawn_check(&self, job: tessera_coord::CheckJob) {
+        let (spec, data, tx) = (self.coord.spec().clone(), self.data.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let got = match &data {
+                Some(ds) => tessera_coord::run_check(&spec, ds, &job),
+                None => Ok(tessera_coord::Outcome::Unchecked("the coordinator has no --data-dir".into())),
+            };
+            let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got));
+        });
     }
 
     fn spawn_fetch(&self, from: PeerId, hash: Hash32, len: u64) {
@@ -384,6 +405,17 @@ impl Daemon {
                 short(&peer),
                 hex(&reported),
                 expected.map_or("unknown".into(), |h| hex(&h))
+            )),
+            Event::Checked { round, peer, segment, outcome } => {
+                let line = format!("round {round}: spot check of {} (segment {segment}): {outcome}", short(&peer));
+                match outcome.passed() {
+                    true => self.log.info(&line),
+                    false => self.log.warn(&line),
+                }
+            }
+            Event::Banned { peer, round } => self.log.warn(&format!(
+                "CHEAT: {} proven to have cheated in round {round}; refused from now on",
+                short(&peer)
             )),
             Event::Clipped { round, count } => self.log.warn(&format!(
                 "round {round}: {count} update(s) over the median-norm bound were clipped (robust aggregation)"

@@ -60,6 +60,10 @@ pub struct Summary {
     pub last_spread: Option<f64>,
     /// The coordinator's bytes sent and received, as last recorded.
     pub traffic: Option<(u64, u64)>,
+    /// Spot checks settled, how many failed, and the trainers proven to have cheated.
+    pub checks: u64,
+    pub checks_failed: u64,
+    pub cheats_caught: u64,
 }
 
 pub struct Store {
@@ -76,6 +80,8 @@ CREATE TABLE IF NOT EXISTS accepted(round INTEGER NOT NULL, peer BLOB NOT NULL, 
 CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL, val_loss REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
     agrees INTEGER NOT NULL, computed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, segment INTEGER NOT NULL,
+    outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, PRIMARY KEY(round, peer));
 ";
 
 fn h32(v: Vec<u8>) -> Result<Hash32, StoreError> {
@@ -141,6 +147,9 @@ impl Store {
             last_state: last.map(h32).transpose()?,
             last_spread: spread,
             traffic,
+            checks: self.count("SELECT COUNT(*) FROM verdicts")?,
+            checks_failed: self.count("SELECT COUNT(*) FROM verdicts WHERE passed = 0")?,
+            cheats_caught: self.count("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1")?,
         })
     }
 
@@ -228,6 +237,19 @@ impl Store {
                 self.db.execute(
                     "INSERT INTO reports(round, peer, state_hash, agrees, computed) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
+                )?;
+            }
+            Record::Verdict { round, peer, segment, outcome } => {
+                self.db.execute(
+                    "INSERT INTO verdicts(round, peer, segment, outcome, passed, cheat) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        *round as i64,
+                        &peer[..],
+                        *segment as i64,
+                        outcome.to_string(),
+                        outcome.passed(),
+                        outcome.proves_cheat()
+                    ],
                 )?;
             }
         }
@@ -329,7 +351,21 @@ impl Store {
             .optional()?;
         let open = open.map(|b| postcard::from_bytes::<Message>(&b)).transpose()?;
         let replicas = self.restore_replicas(spec, round)?;
-        Ok(Some(Restored { state, backlog, open, history, replicas }))
+        let banned = self.banned()?;
+        Ok(Some(Restored { state, backlog, open, history, replicas, banned }))
+    }
+
+    /// Trainers proven to have cheated, with the first round each was caught in.
+    fn banned(&self) -> Result<Vec<(Hash32, u64)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT peer, MIN(round) FROM verdicts WHERE cheat = 1 GROUP BY peer ORDER BY peer")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|row| {
+            let (p, r) = row?;
+            Ok((h32(p)?, r as u64))
+        })
+        .collect()
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{
-    Action, Assignment, Cheat, CheatKind, CoordError, GlobalState, Hash32, Loot, Source, Trained, Trainer,
-    TrainerConfig, TrainerEvent, Worker,
+    Action, Assignment, Cheat, CheatKind, CoordError, Drill, GlobalState, Hash32, Loot, Source, Trained,
+    Trainer, TrainerConfig, TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError};
@@ -246,7 +246,8 @@ impl Node {
     /// Executes the machine's actions in order; true when the run is over for this node.
     async fn execute(&mut self, conn: &Connection, acts: Vec<Action>) -> Res<bool> {
         let mut done = false;
-        for a in acts {
+        let mut acts: std::collections::VecDeque<Action> = acts.into();
+        while let Some(a) = acts.pop_front() {
             match a {
                 Action::Send(m) => self.send(conn, &m).await,
                 Action::Fetch { sources, hash, len, split } => {
@@ -255,6 +256,15 @@ impl Node {
                 Action::Train { state, state_hash, unit } => self.spawn_train((state, state_hash, unit)),
                 Action::Serve { bytes, .. } => {
                     self.net.blobs().insert(bytes);
+                }
+                Action::Reveal { round, segment } => {
+                    // From the states kept in memory: quick, so done on the loop.
+                    let got = match &self.worker {
+                        Some(w) => w.reveal_committed(round, segment, &self.ds),
+                        None => Err(tessera_coord::CoordError::NotSynced("the worker is training".into())),
+                    };
+                    let more = self.t.revealed(self.now_ms(), round, got);
+                    acts.extend(more);
                 }
                 Action::Event(e) => done |= self.on_event(e)?,
             }
@@ -306,7 +316,11 @@ impl Node {
                 match (cheat, honest) {
                     (Some(c), Ok(t)) => {
                         let earlier = last.as_ref().filter(|l| l.0 < state.round).map(|l| l.1.as_slice());
-                        c.apply(w.spec(), &state, t, Loot { copy: None, earlier })
+                        let got = c.apply(w.spec(), &state, t, Loot { copy: None, earlier });
+                        if let Ok(t) = &got {
+                            w.committed_instead(t); // it answers challenges for what it sent
+                        }
+                        got
                     }
                     (_, got) => got,
                 }
@@ -332,11 +346,15 @@ impl Node {
                     c.rounds
                 );
                 self.log.info(&msg);
+                let mut w = Worker::new(spec.clone());
                 if let Some(k) = self.cheat_kind {
                     self.log.warn(&format!("DRILL: this node cheats ({k:?}) instead of training honestly"));
-                    self.cheat = Some(Arc::new(k.for_run(&spec)));
+                    match k.for_run(&spec) {
+                        Drill::Send(c) => self.cheat = Some(Arc::new(c)),
+                        Drill::Train(s) => w.shirk(s),
+                    }
                 }
-                self.worker = Some(Worker::new(spec));
+                self.worker = Some(w);
             }
             TrainerEvent::Loaded { round, bytes } => {
                 self.log.info(&format!("loaded checkpoint of round {round} ({bytes} bytes)"))
@@ -356,6 +374,9 @@ impl Node {
                 if !agrees {
                     self.log.warn(&format!("my state after round {round} differs from the coordinator's"));
                 }
+            }
+            TrainerEvent::Revealed { round, segment } => {
+                self.log.info(&format!("round {round}: spot-checked; revealed segment {segment}"))
             }
             TrainerEvent::FaultInjected { round } => {
                 self.log.warn(&format!("fault drill: corrupting my state before closing round {round}"))

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tessera_coord::{
-    Action, Cheat, Coordinator, Event, Hash32, Loot, Message, Output, PeerId, Record, RunConfig, RunSpec,
-    Signed, Trainer, TrainerConfig, TrainerEvent, Worker,
+    Action, Cheat, CoordError, Coordinator, Event, Hash32, Loot, Message, Outcome, Output, PeerId, Record,
+    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -35,6 +35,8 @@ struct Peer {
     crash_in: Option<u64>,
     /// Sends this instead of its honest updates.
     cheat: Option<Cheat>,
+    /// Skimps on its training so.
+    shirk: Option<Shirk>,
     /// Its last update sent (what a copier or a replay takes).
     last: Option<(u64, Arc<Vec<u8>>)>,
 }
@@ -46,6 +48,8 @@ enum Delivery {
     ToPeer(PeerId, Signed),
     BlobToCoord(PeerId, Hash32, Result<Vec<u8>, String>),
     BlobToPeer(PeerId, Hash32, Result<Vec<u8>, String>),
+    /// A spot check the coordinator ran: (round, trainer, outcome).
+    Checked(u64, PeerId, Result<Outcome, CoordError>),
 }
 
 /// A scripted protocol run.
@@ -73,7 +77,8 @@ impl<'a> ProtocolSim<'a> {
         let init = spec.initial_state();
         let mut blobs = HashMap::new();
         blobs.insert(init.hash(), init.encode());
-        let coord = Coordinator::new(spec.clone())?;
+        let secret = *blake3::hash(format!("tessera-sim-checker {}", spec.cfg.seed).as_bytes()).as_bytes();
+        let coord = Coordinator::new(spec.clone(), secret)?;
         Ok(Self {
             ds,
             spec,
@@ -118,6 +123,7 @@ impl<'a> ProtocolSim<'a> {
             served_order: VecDeque::new(),
             crash_in: None,
             cheat: None,
+            shirk: None,
             last: None,
         };
         self.peers.insert(peer, p);
@@ -144,6 +150,16 @@ impl<'a> ProtocolSim<'a> {
     pub fn cheat(&mut self, peer: &PeerId, cheat: Cheat) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.cheat = Some(cheat);
+        }
+    }
+
+    /// The trainer skimps on its training from now on (a drill: see [`Shirk`]).
+    pub fn shirk(&mut self, peer: &PeerId, s: Shirk) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.shirk = Some(s);
+            if let Some(w) = p.w.as_mut() {
+                w.shirk(s);
+            }
         }
     }
 
@@ -232,11 +248,22 @@ impl<'a> ProtocolSim<'a> {
                         let copy = victim.as_ref().filter(|v| v.0 == state.round).map(|v| v.1.as_slice());
                         let earlier = p.last.as_ref().filter(|l| l.0 < state.round).map(|l| l.1.as_slice());
                         got = c.apply(&spec, &state, t.clone(), Loot { copy, earlier });
+                        if let Ok(t) = &got {
+                            w.committed_instead(t); // it answers challenges for what it sent
+                        }
                     }
                     if let Ok(t) = &got {
                         p.last = Some((t.round, t.update.clone()));
                     }
                     let more = p.t.trained(now, state.round, got);
+                    self.act(peer, more)?;
+                }
+                Action::Reveal { round, segment } => {
+                    let (ds, now) = (self.ds, self.now);
+                    let p = self.peer_mut(&peer);
+                    let w = p.w.as_ref().expect("configured before revealing");
+                    let got = w.reveal_committed(round, segment, ds);
+                    let more = p.t.revealed(now, round, got);
                     self.act(peer, more)?;
                 }
                 Action::Serve { hash, bytes } => {
@@ -252,7 +279,12 @@ impl<'a> ProtocolSim<'a> {
                 Action::Event(e) => {
                     match &e {
                         TrainerEvent::Configured(spec) => {
-                            self.peer_mut(&peer).w = Some(Worker::new(spec.clone()))
+                            let p = self.peer_mut(&peer);
+                            let mut w = Worker::new(spec.clone());
+                            if let Some(s) = p.shirk {
+                                w.shirk(s);
+                            }
+                            p.w = Some(w);
                         }
                         TrainerEvent::Fatal(err) => {
                             let peer = tessera_tensor::hex(&peer[..4]);
@@ -302,6 +334,10 @@ impl<'a> ProtocolSim<'a> {
                     self.blobs.insert(hash, bytes);
                 }
                 Output::Persist(r) => self.records.push(r),
+                Output::Check(job) => {
+                    let got = tessera_coord::run_check(&self.spec, self.ds, &job);
+                    self.queue.push_back(Delivery::Checked(job.round, job.peer, got));
+                }
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -323,6 +359,10 @@ impl<'a> ProtocolSim<'a> {
                 }
                 Delivery::BlobToCoord(from, hash, got) => {
                     let outs = self.coord.fetched(self.now, from, hash, got);
+                    self.execute(outs);
+                }
+                Delivery::Checked(round, peer, got) => {
+                    let outs = self.coord.checked(self.now, round, peer, got);
                     self.execute(outs);
                 }
                 Delivery::BlobToPeer(to, hash, got) => {

@@ -315,7 +315,8 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn robust_aggregation_bounds_the_model_replacement_attack() {
     let ds = dataset("poison");
-    let rc = run_cfg(4).with(|c| c.rounds = 3);
+    // Screening and clipping alone (the drills run them with the spot checks).
+    let rc = RunConfig { validate: tessera_coord::Validate::Off, ..run_cfg(4) }.with(|c| c.rounds = 3);
     let honest = peers_from_the_start_equal_the_simulator(&rc, 4, &ds).coordinator().global().theta.clone();
     let start = RunSpec::new(rc.clone()).unwrap().initial_state().theta;
     let target: Vec<f32> = start.iter().map(|x| x + 0.5).collect();
@@ -357,7 +358,8 @@ fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
     use tessera_coord::{Cheat, Reject};
     let ds = dataset("copies");
     for algo in [Algorithm::DiLoCo, Algorithm::SparseLoCo] {
-        let rc = run_cfg(4).with(|c| c.algo = algo);
+        // Screening alone (the drills run it with the spot checks).
+        let rc = RunConfig { validate: tessera_coord::Validate::Off, ..run_cfg(4) }.with(|c| c.algo = algo);
         let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
         for i in 1..=4 {
             p.join(pid(i)).unwrap();

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"TSW1";
 /// Wire version of this crate.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest frame accepted (control messages only; bulk data moves as blobs).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most members, assignments or rejections one message may list.
@@ -39,6 +39,8 @@ pub const MAX_ADDRS: usize = 16;
 pub const MAX_TEXT: usize = 256;
 /// Longest run configuration a `Welcome` may carry.
 pub const MAX_CONFIG: usize = 16 * 1024;
+/// Most sibling hashes one Merkle proof may carry (a commitment has at most 2^16 + 2 leaves).
+pub const MAX_PROOF: usize = 32;
 const HEADER: usize = 4 + 2 + 4;
 const SIG: usize = 64;
 
@@ -114,6 +116,20 @@ pub enum Message {
     CheckpointPointer { round: u64, checkpoint: Hash32, state_hash: Hash32 },
     /// The run has finished after `round` rounds in the state `state_hash`.
     Done { round: u64, state_hash: Hash32 },
+    /// A spot check: the checker asks a trainer to reveal segment `segment` (from 0) of its
+    /// commitment for `round`.
+    Challenge { round: u64, segment: u32 },
+    /// A trainer's answer to a `Challenge`: the committed leaves at the segment's start and
+    /// end, each with its Merkle proof against the `Commit`'s root, and the blob (served by
+    /// this trainer) that holds the local state at the segment's start.
+    Reveal { round: u64, segment: u32, blob: Hash32, start: Leaf, end: Leaf },
+}
+
+/// One committed leaf with its inclusion proof (the sibling hashes from the leaf up).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub hash: Hash32,
+    pub proof: Vec<Hash32>,
 }
 
 impl Message {
@@ -129,6 +145,8 @@ impl Message {
             Message::StateReport { .. } => "StateReport",
             Message::CheckpointPointer { .. } => "CheckpointPointer",
             Message::Done { .. } => "Done",
+            Message::Challenge { .. } => "Challenge",
+            Message::Reveal { .. } => "Reveal",
         }
     }
 }
@@ -231,6 +249,10 @@ impl Message {
                 one_each("updates (one per accepted peer)", updates.len(), accepted.len())?;
                 lim("rejected", rejected.len(), MAX_MEMBERS)?;
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
+            }
+            Message::Reveal { start, end, .. } => {
+                lim("proof length", start.proof.len(), MAX_PROOF)?;
+                lim("proof length", end.proof.len(), MAX_PROOF)
             }
             _ => Ok(()),
         }

@@ -86,6 +86,16 @@ fn message() -> impl Strategy<Value = Message> {
             state_hash
         }),
         (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::Done { round, state_hash }),
+        (any::<u64>(), any::<u32>()).prop_map(|(round, segment)| Message::Challenge { round, segment }),
+        (any::<u64>(), any::<u32>(), id(), id(), prop::collection::vec(id(), 0..20)).prop_map(
+            |(round, segment, blob, hash, proof)| Message::Reveal {
+                round,
+                segment,
+                blob,
+                start: tessera_wire::Leaf { hash, proof: proof.clone() },
+                end: tessera_wire::Leaf { hash: blob, proof },
+            }
+        ),
     ]
 }
 

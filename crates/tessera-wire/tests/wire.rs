@@ -16,12 +16,12 @@ fn h(r: &Philox, i: u64) -> [u8; 32] {
     out
 }
 
-/// A random message of kind `kind % 9`, drawn from the counter-based RNG.
+/// A random message of kind `kind % 11`, drawn from the counter-based RNG.
 fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 9) {
+    match r.below(3, i, 11) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
         1 => Message::Welcome {
             round,
@@ -69,6 +69,14 @@ fn random_message(r: &Philox, i: u64) -> Message {
         },
         6 => Message::StateReport { round, state_hash: h(r, i), computed: i.is_multiple_of(2) },
         7 => Message::CheckpointPointer { round, checkpoint: h(r, i), state_hash: h(r, i + 3) },
+        8 => Message::Challenge { round, segment: r.below(7, i, 64) as u32 },
+        9 => Message::Reveal {
+            round,
+            segment: r.below(7, i, 64) as u32,
+            blob: h(r, i),
+            start: Leaf { hash: h(r, i + 1), proof: ids.clone() },
+            end: Leaf { hash: h(r, i + 2), proof: ids.iter().rev().copied().collect() },
+        },
         _ => Message::Done { round, state_hash: h(r, i) },
     }
 }
@@ -112,6 +120,15 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
     assert_eq!(decode(&huge), Err(WireError::TooLarge(MAX_FRAME + 1)));
     let too_many = Message::Join { addrs: vec!["a".into(); MAX_ADDRS + 1] };
     assert!(matches!(encode(&key(1), 0, &too_many), Err(WireError::Limit { .. })));
+    let long_proof = Leaf { hash: [0; 32], proof: vec![[0; 32]; MAX_PROOF + 1] };
+    let reveal = Message::Reveal {
+        round: 0,
+        segment: 0,
+        blob: [0; 32],
+        start: long_proof.clone(),
+        end: Leaf { hash: [0; 32], proof: vec![] },
+    };
+    assert!(matches!(encode(&key(1), 0, &reveal), Err(WireError::Limit { what: "proof length", .. })));
     // NoLoCo's lists must line up with the members and the accepted peers they describe.
     let ids = vec![[1u8; 32], [2u8; 32]];
     let start = Message::RoundStart {
@@ -175,7 +192,7 @@ fn write_fuzz_seeds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire_decode");
     std::fs::create_dir_all(&dir).unwrap();
     let r = Philox::new(3);
-    for i in 0..16u64 {
+    for i in 0..24u64 {
         let frame = encode(&key(4), i, &random_message(&r, i)).unwrap();
         std::fs::write(dir.join(format!("frame-{i:02}")), frame).unwrap();
     }
