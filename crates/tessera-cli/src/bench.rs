@@ -69,6 +69,31 @@ pub enum BenchCmd {
         #[arg(long, default_value = "runs/data/embedded")]
         data_dir: std::path::PathBuf,
     },
+    /// Spot checks: the checker's compute against the chance of catching a trainer that
+    /// cheats every round (skip-steps, wrong-data, forge), for each k and checking rate.
+    Checks {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Inner steps per round (H).
+        #[arg(long, default_value_t = 20)]
+        h: u64,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Caught within this many rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// Simulated cheaters per configuration.
+        #[arg(long, default_value_t = 10_000)]
+        trials: u64,
+        /// Segment lengths (commit_every) to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,5,10")]
+        ks: Vec<u64>,
+        /// Checking rates to measure.
+        #[arg(long, value_delimiter = ',', default_value = "0.1,0.25,0.5,1")]
+        rates: Vec<f64>,
+        #[arg(long, default_value = "runs/data/embedded")]
+        data_dir: std::path::PathBuf,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -85,6 +110,19 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Link { shape, blob_bytes, rounds } => run_link(shape, blob_bytes, rounds),
         BenchCmd::Dispute { preset, steps, batch, faults, data_dir } => {
             crate::dispute_bench::run(&preset, steps, batch, faults, &data_dir)
+        }
+        BenchCmd::Checks { preset, h, batch, rounds, trials, ks, rates, data_dir } => {
+            let b = crate::check_bench::ChecksBench {
+                preset: &preset,
+                h,
+                batch,
+                rounds,
+                trials,
+                ks: &ks,
+                rates: &rates,
+                data_dir: &data_dir,
+            };
+            crate::check_bench::run(&b)
         }
         BenchCmd::ReferenceRun { threads } => {
             let h = crate::pool(threads)?.install(|| tessera_model::fixtures::reference_run(20))?;

@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod bench;
+mod check_bench;
 mod config;
 mod dispute_bench;
 mod net;

@@ -77,7 +77,7 @@ impl Default for RunConfig {
             training: Training { inner_steps: 20, rounds: 10, inner_warmup: 20, ..Training::default() },
             dataset: String::new(),
             min_peers: 1,
-            commit_every: 5,
+            commit_every: 1,
             validate: crate::Validate::Coordinator,
             check_rate: 0.5,
             max_peers: 64,

@@ -34,6 +34,15 @@ impl LocalState {
         Ok(StepTrainer { model, opt, cfg: spec.cfg.inner_adamw() })
     }
 
+    /// Overwrites this state with `tr`'s, reusing the buffers (a trainer keeps one per
+    /// segment, round after round).
+    pub(crate) fn refresh(&mut self, tr: &StepTrainer<Gpt>) {
+        tr.model.params.write_flat(&mut self.params);
+        tr.opt.m.write_flat(&mut self.m);
+        tr.opt.v.write_flat(&mut self.v);
+        self.step = tr.opt.step;
+    }
+
     /// The blob a trainer serves for a reveal: the step (u64 LE), then the parameters, the
     /// first and the second moments (f32 LE). Its length is [`LocalState::blob_len`].
     pub fn encode(&self) -> Vec<u8> {

@@ -259,7 +259,16 @@ impl Worker {
         let at = (round, *state_hash, (data_round, slot));
         let k = cfg.commit_every;
         let keep = h_steps.div_ceil(k).saturating_mul(LocalState::blob_len(spec.n())) <= MAX_KEPT_BYTES;
+        // Last round's kept states are overwritten in place: no fresh allocation per segment.
+        let mut pool = std::mem::take(&mut self.kept).into_iter();
         let mut kept = Vec::new();
+        let mut keep_now = |tr: &StepTrainer<Gpt>, kept: &mut Vec<LocalState>| match pool.next() {
+            Some(mut s) => {
+                s.refresh(tr);
+                kept.push(s);
+            }
+            None => kept.push(LocalState::of(tr)),
+        };
         let mut ends = Vec::new();
         let shirk = self.shirk;
         let (x, loss) = match spec.outer.work() {
@@ -270,7 +279,7 @@ impl Worker {
                 on_step(1);
                 let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
                 ends.push(start_hash); // a gradient leaves the local state as it was
-                kept.push(LocalState::of(tr));
+                keep_now(tr, &mut kept);
                 (flat, f64::from(loss))
             }
             Work::InnerSteps | Work::InnerStepsFromOwn => {
@@ -279,7 +288,7 @@ impl Worker {
                 let (run, slot) = Shirk::plan(shirk, h_steps, slot);
                 for s in 0..h_steps {
                     if keep && s % k == 0 {
-                        kept.push(LocalState::of(tr)); // the start of a committed segment
+                        keep_now(tr, &mut kept); // the start of a committed segment
                     }
                     if s < run {
                         let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };

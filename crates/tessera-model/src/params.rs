@@ -128,6 +128,15 @@ impl ParamSet {
         out
     }
 
+    /// All values concatenated in layout order into `out`, reusing its allocation.
+    pub fn write_flat(&self, out: &mut Vec<f32>) {
+        out.clear();
+        out.reserve(self.numel());
+        for t in &self.tensors {
+            out.extend_from_slice(t.data());
+        }
+    }
+
     /// Overwrites every tensor from a flat buffer in layout order.
     pub fn load_flat(&mut self, flat: &[f32]) -> Result<(), ModelError> {
         if flat.len() != self.numel() {

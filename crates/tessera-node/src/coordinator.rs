@@ -44,8 +44,8 @@ enum Input {
     Connected(PeerId, Connection),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
     Evaluated(u64, u64, Result<f64, String>),
-    /// A spot check run off the loop: the round, the trainer, the outcome.
-    Checked(u64, PeerId, Result<tessera_coord::Outcome, tessera_coord::CoordError>),
+    /// A spot check run off the loop: the round, the trainer, the outcome, the seconds it took.
+    Checked(u64, PeerId, Result<tessera_coord::Outcome, tessera_coord::CoordError>, f64),
 }
 
 struct Daemon {
@@ -63,6 +63,8 @@ struct Daemon {
     eval: Option<(Arc<tessera_data::Dataset>, u64, u64)>,
     /// The dataset spot checks re-run the trainers' steps on (from `--data-dir`).
     data: Option<Arc<tessera_data::Dataset>>,
+    /// Seconds spent running spot checks (recorded with the traffic).
+    check_s: f64,
     evaluated: u64,
     /// Evaluations running on blocking threads; the daemon exits only once they are recorded.
     evals_pending: usize,
@@ -146,6 +148,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         log,
         final_reports: 0,
         eval: None,
+        check_s: 0.0,
         data: a.data_dir.as_deref().map(tessera_data::Dataset::open).transpose()?.map(Arc::new),
         evaluated: u64::MAX,
         evals_pending: 0,
@@ -267,7 +270,10 @@ impl Daemon {
                 }
                 return Ok(());
             }
-            Input::Checked(round, peer, got) => self.coord.checked(now, round, peer, got),
+            Input::Checked(round, peer, got, took) => {
+                self.check_s += took;
+                self.coord.checked(now, round, peer, got)
+            }
             Input::Connected(peer, conn) => {
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
@@ -299,6 +305,7 @@ impl Daemon {
 
     fn record_traffic(&self) -> Res<()> {
         let b = postcard::to_allocvec(&self.net.traffic()).map_err(|e| NodeError::Run(e.to_string()))?;
+        self.store.set_meta("check_s", &self.check_s.to_le_bytes())?;
         Ok(self.store.set_meta("traffic", &b)?)
     }
 
@@ -351,11 +358,13 @@ impl Daemon {
     fn spawn_check(&self, job: tessera_coord::CheckJob) {
         let (spec, data, tx) = (self.coord.spec().clone(), self.data.clone(), self.tx.clone());
         tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
             let got = match &data {
                 Some(ds) => tessera_coord::run_check(&spec, ds, &job),
                 None => Ok(tessera_coord::Outcome::Unchecked("the coordinator has no --data-dir".into())),
             };
-            let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got));
+            let took = t0.elapsed().as_secs_f64();
+            let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got, took));
         });
     }
 

@@ -64,6 +64,8 @@ pub struct Summary {
     pub checks: u64,
     pub checks_failed: u64,
     pub cheats_caught: u64,
+    /// Seconds the coordinator spent re-running segments, as last recorded.
+    pub check_s: f64,
 }
 
 pub struct Store {
@@ -150,6 +152,14 @@ impl Store {
             checks: self.count("SELECT COUNT(*) FROM verdicts")?,
             checks_failed: self.count("SELECT COUNT(*) FROM verdicts WHERE passed = 0")?,
             cheats_caught: self.count("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1")?,
+            check_s: match self.meta("check_s")? {
+                Some(b) => f64::from_le_bytes(
+                    b.as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("meta check_s is not one f64".into()))?,
+                ),
+                None => 0.0,
+            },
         })
     }
 

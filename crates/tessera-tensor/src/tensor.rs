@@ -109,14 +109,27 @@ impl Tensor {
     }
 }
 
-/// Feeds f32 values into a hasher as little-endian bytes, in bounded chunks.
+/// Feeds f32 values into a hasher as little-endian bytes. On a little-endian machine those
+/// are the values' own bytes, handed over whole (so BLAKE3 can hash many chunks at once);
+/// elsewhere they are converted in bounded chunks. The hash is the same either way.
 pub fn hash_f32s(h: &mut blake3::Hasher, xs: &[f32]) {
-    let mut buf = [0u8; 4096];
-    for chunk in xs.chunks(buf.len() / 4) {
-        for (i, x) in chunk.iter().enumerate() {
-            buf[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding and every byte pattern is a valid u8; the slice covers
+        // exactly the values' memory, which outlives this borrow.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<u8>(), std::mem::size_of_val(xs)) };
+        h.update(bytes);
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut buf = [0u8; 4096];
+        for chunk in xs.chunks(buf.len() / 4) {
+            for (i, x) in chunk.iter().enumerate() {
+                buf[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+            }
+            h.update(&buf[..chunk.len() * 4]);
         }
-        h.update(&buf[..chunk.len() * 4]);
     }
 }
 

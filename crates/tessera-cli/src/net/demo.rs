@@ -188,6 +188,34 @@ pub fn run(a: DemoArgs) -> Result<()> {
     summary(&coord_dir, &cfg, &ds, a.peers, t0.elapsed())
 }
 
+/// The trainers' training seconds, from the `compute train_s=…` line each node prints.
+fn train_seconds(coord_dir: &Path, peers: usize) -> Vec<f64> {
+    let dir = coord_dir.parent().unwrap_or(coord_dir);
+    (1..=peers)
+        .filter_map(|i| std::fs::read_to_string(dir.join(format!("node-{i}.out"))).ok())
+        .filter_map(|out| {
+            let line = out.lines().find_map(|l| l.strip_prefix("compute train_s="))?;
+            line.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// What the spot checks did and what they cost against the trainers' compute.
+fn checks_line(sum: &tessera_node::Summary, cfg: &RunConfig, train_s: &[f64]) -> String {
+    if cfg.validate == tessera_coord::Validate::Off {
+        return "off (validate = \"off\")".into();
+    }
+    let trained: f64 = train_s.iter().sum();
+    let share = match trained > 0.0 {
+        true => format!("{:.1}% of the trainers' {trained:.1} s", 100.0 * sum.check_s / trained),
+        false => "trainers' time unknown".into(),
+    };
+    format!(
+        "{} run by the coordinator (rate {}), {} failed, {} cheats caught; {:.2} s of re-execution = {share}",
+        sum.checks, cfg.check_rate, sum.checks_failed, sum.cheats_caught, sum.check_s
+    )
+}
+
 fn summary(
     coord_dir: &Path,
     cfg: &RunConfig,
@@ -225,6 +253,7 @@ fn summary(
         "  state reports      {} of {} agree with the coordinator; {} computed by the node itself, {} adopted",
         sum.agreed, sum.reports, sum.computed_agreed, sum.adopted
     ));
+    o(&format!("  spot checks        {}", checks_line(&sum, cfg, &train_seconds(coord_dir, peers))));
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));
     o(&format!(
         "  DDP would move     {:.2} MB for the same steps: {:.0}x more",
