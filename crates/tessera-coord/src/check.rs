@@ -25,8 +25,12 @@ pub enum Validate {
     /// Nobody: updates are screened (shape, values, norm, copies) but not re-executed.
     Off,
     /// The coordinator spot-checks a share (`check_rate`) of the updates itself.
-    #[default]
     Coordinator,
+    /// Validators (`tessera node --validator`) run the checks the coordinator draws, and the
+    /// coordinator referees their failing findings; with no validator present, the
+    /// coordinator runs them itself.
+    #[default]
+    Validators,
 }
 
 /// What one spot check found.
@@ -45,6 +49,9 @@ pub enum Outcome {
     /// The checker itself could not run the check (its data failed it): counted as passed,
     /// since nothing is proven.
     Unchecked(String),
+    /// A validator's finding (named) that the referee's own run overturned: the validator
+    /// lied, or passed a decoy without checking.
+    WrongVerdict(String),
 }
 
 impl Outcome {
@@ -55,7 +62,22 @@ impl Outcome {
 
     /// Whether the trainer is proven to have cheated (and is refused from then on).
     pub fn proves_cheat(&self) -> bool {
-        matches!(self, Outcome::Mismatch | Outcome::WrongUpdate | Outcome::BadReveal(_))
+        matches!(
+            self,
+            Outcome::Mismatch | Outcome::WrongUpdate | Outcome::BadReveal(_) | Outcome::WrongVerdict(_)
+        )
+    }
+
+    /// What a validator reports of this outcome.
+    pub fn finding(&self) -> tessera_wire::Finding {
+        use tessera_wire::Finding;
+        match self {
+            Outcome::Pass => Finding::Pass,
+            Outcome::Mismatch => Finding::Mismatch,
+            Outcome::WrongUpdate => Finding::WrongUpdate,
+            Outcome::BadReveal(_) => Finding::BadReveal,
+            Outcome::NoReveal | Outcome::Unchecked(_) | Outcome::WrongVerdict(_) => Finding::Unchecked,
+        }
     }
 }
 
@@ -68,6 +90,9 @@ impl std::fmt::Display for Outcome {
             Outcome::BadReveal(why) => write!(f, "the reveal does not fit the commitment: {why}"),
             Outcome::NoReveal => write!(f, "no reveal before the deadline"),
             Outcome::Unchecked(why) => write!(f, "not checked: {why}"),
+            Outcome::WrongVerdict(claimed) => {
+                write!(f, "a validator's verdict ({claimed}) overturned by the referee")
+            }
         }
     }
 }
@@ -175,158 +200,4 @@ fn rederive(
     let flat: Vec<f32> = grads.iter().flat_map(|t| t.data().iter().copied()).collect();
     let mut st = spec.outer.peer_state(&g.theta);
     Ok(spec.outer.contribute(&mut st, g.round, &flat)?)
-}
-
-/// Most checks one round may hold (one per assigned trainer).
-pub const MAX_CHECKS: usize = crate::MAX_ROUND_PEERS;
-
-/// Where one spot check stands.
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
-    /// The challenge is out; waiting for the reveal.
-    Challenged,
-    /// The reveal fits the commitment; its blob is being fetched.
-    Fetching {
-        blob: Hash32,
-        start: Hash32,
-        end: Hash32,
-    },
-    /// The job is running on the checker's side.
-    Running,
-    Done(Outcome),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Check {
-    segment: usize,
-    root: Hash32,
-    unit: (u64, u64),
-    /// The committed update, and (the last segment, re-derivable runs) the state it was
-    /// trained from.
-    update: Hash32,
-    rederive: Option<Arc<GlobalState>>,
-    phase: Phase,
-}
-
-/// A round's spot checks, on the checker's side (the coordinator, with `validate =
-/// "coordinator"`). Each check moves Challenged → Fetching → Running → Done once.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Checks {
-    round: u64,
-    by_peer: std::collections::BTreeMap<PeerId, Check>,
-}
-
-/// What a commit that is drawn for a check needs.
-pub(crate) struct Drawn<'a> {
-    pub peer: PeerId,
-    pub root: Hash32,
-    pub unit: (u64, u64),
-    pub update: Hash32,
-    /// The state the unit was trained from (for the last segment's re-derivation).
-    pub from: &'a GlobalState,
-}
-
-impl Checks {
-    pub fn new(round: u64) -> Self {
-        Self { round, by_peer: Default::default() }
-    }
-
-    /// Draws whether to check a commit; returns the `Challenge` to send.
-    pub fn draw(&mut self, spec: &RunSpec, secret: &Hash32, d: Drawn) -> Option<tessera_wire::Message> {
-        let cfg = &spec.cfg;
-        if cfg.validate == Validate::Off
-            || self.by_peer.contains_key(&d.peer)
-            || self.by_peer.len() >= MAX_CHECKS
-        {
-            return None;
-        }
-        let n = tessera_verify::segments(cfg.h(), cfg.commit_every).ok()?.len();
-        let segment = pick(secret, &d.root, &d.peer, cfg.check_rate, n)?;
-        let last = segment + 1 == n && rederivable(spec);
-        let rederive = last.then(|| Arc::new(d.from.clone()));
-        let c = Check {
-            segment,
-            root: d.root,
-            unit: d.unit,
-            update: d.update,
-            rederive,
-            phase: Phase::Challenged,
-        };
-        self.by_peer.insert(d.peer, c);
-        Some(tessera_wire::Message::Challenge { round: self.round, segment: segment as u32 })
-    }
-
-    /// A reveal arrived from `peer`: `Ok(blob)` to fetch, or the outcome it settles.
-    pub fn reveal(
-        &mut self,
-        spec: &RunSpec,
-        peer: &PeerId,
-        segment: u32,
-        (blob, start, end): (Hash32, &tessera_wire::Leaf, &tessera_wire::Leaf),
-    ) -> Result<Hash32, Outcome> {
-        let n = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every).map_or(0, |s| s.len());
-        let Some(c) = self.by_peer.get_mut(peer).filter(|c| c.phase == Phase::Challenged) else {
-            return Ok(blob); // not asked, or answered already: ignored by the caller
-        };
-        let verdict = match segment as usize == c.segment {
-            false => Err(format!("segment {segment} revealed, {} challenged", c.segment)),
-            true => verify_reveal(&c.root, n, c.segment, start, end),
-        };
-        match verdict {
-            Ok(()) => {
-                c.phase = Phase::Fetching { blob, start: start.hash, end: end.hash };
-                Ok(blob)
-            }
-            Err(why) => Err(Outcome::BadReveal(why)),
-        }
-    }
-
-    /// Whether `peer`'s check waits for blob `hash`.
-    pub fn wants(&self, peer: &PeerId, hash: &Hash32) -> bool {
-        matches!(self.by_peer.get(peer), Some(Check { phase: Phase::Fetching { blob, .. }, .. }) if blob == hash)
-    }
-
-    /// The revealed blob arrived: the job to run (the check is then running).
-    pub fn job(&mut self, peer: &PeerId, blob: Vec<u8>) -> Option<CheckJob> {
-        let c = self.by_peer.get_mut(peer)?;
-        let Phase::Fetching { start, end, .. } = c.phase.clone() else { return None };
-        c.phase = Phase::Running;
-        let rederive = c.rederive.clone().map(|g| (g, c.update));
-        Some(CheckJob {
-            round: self.round,
-            peer: *peer,
-            unit: c.unit,
-            segment: c.segment,
-            blob,
-            start,
-            end,
-            rederive,
-        })
-    }
-
-    /// Settles `peer`'s check (once); returns its segment when this settled it.
-    pub fn settle(&mut self, peer: &PeerId, outcome: Outcome) -> Option<usize> {
-        let c = self.by_peer.get_mut(peer)?;
-        if matches!(c.phase, Phase::Done(_)) {
-            return None;
-        }
-        c.phase = Phase::Done(outcome);
-        Some(c.segment)
-    }
-
-    /// Checks still waiting on a trainer (a reveal or its blob) whose trainer is not `live`.
-    pub fn waiting_on(&self, live: impl Fn(&PeerId) -> bool) -> Vec<PeerId> {
-        let waits = |c: &Check| matches!(c.phase, Phase::Challenged | Phase::Fetching { .. });
-        self.by_peer.iter().filter(|(p, c)| waits(c) && !live(p)).map(|(p, _)| *p).collect()
-    }
-
-    /// Whether a check still runs on the checker's side (the round waits for it).
-    pub fn running(&self) -> bool {
-        self.by_peer.values().any(|c| c.phase == Phase::Running)
-    }
-
-    /// Whether every check is settled.
-    pub fn settled(&self) -> bool {
-        self.by_peer.values().all(|c| matches!(c.phase, Phase::Done(_)))
-    }
 }

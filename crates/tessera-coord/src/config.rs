@@ -36,12 +36,15 @@ pub struct RunConfig {
     /// A trainer commits to its local state after every this many inner steps (the k of a
     /// spot check's segment; see `tessera_verify::RoundCommitment`).
     pub commit_every: u64,
-    /// Who re-executes trainers' work: `"coordinator"` (it spot-checks a share of the
-    /// updates itself) or `"off"`.
+    /// Who re-executes trainers' work: `"validators"` (validator nodes, refereed by the
+    /// coordinator, which checks itself while none is present), `"coordinator"` or `"off"`.
     pub validate: crate::Validate,
     /// The share of updates spot-checked each round (each checked update has one segment of
     /// `commit_every` steps re-run); see BENCHMARKS.md for the detection it buys.
     pub check_rate: f64,
+    /// The share of validator tasks first sent as a decoy (an end leaf nobody can reach), so
+    /// that a validator that passes work without checking it is caught.
+    pub decoy_rate: f64,
     /// At most this many trainers per round (members beyond it wait).
     pub max_peers: usize,
     /// Trainers send a heartbeat this often; one silent for `silence_ms` has left.
@@ -78,8 +81,9 @@ impl Default for RunConfig {
             dataset: String::new(),
             min_peers: 1,
             commit_every: 1,
-            validate: crate::Validate::Coordinator,
+            validate: crate::Validate::Validators,
             check_rate: 0.5,
+            decoy_rate: 0.1,
             max_peers: 64,
             heartbeat_ms: 500,
             silence_ms: 4000,
@@ -147,8 +151,8 @@ impl RunConfig {
         if tessera_verify::segments(self.h(), self.commit_every).is_err() {
             return bad("commit_every must be at least 1 (and cut a round into at most 65536 segments)");
         }
-        if !(0.0..=1.0).contains(&self.check_rate) {
-            return bad("check_rate must be within [0, 1]");
+        if !(0.0..=1.0).contains(&self.check_rate) || !(0.0..=1.0).contains(&self.decoy_rate) {
+            return bad("check_rate and decoy_rate must be within [0, 1]");
         }
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
             return bad("need 1 <= min_peers <= max_peers <= 1024");

@@ -9,9 +9,14 @@ use std::sync::Arc;
 use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
-use crate::check::{CheckJob, Checks, Drawn, Outcome};
+use crate::check::{CheckJob, Outcome};
 use crate::screen::{Fingerprint, Screen, Screened, Screening};
 mod checking;
+mod round_checks;
+
+pub use checking::MAX_VALIDATORS;
+
+use round_checks::Checks;
 
 use crate::{
     CoordError, GlobalState, Hash32, PeerId, Reject, Replicas, RunConfig, RunSpec, SeqWindow, Signed,
@@ -208,8 +213,13 @@ pub struct Coordinator {
     open: Option<OpenRound>,
     /// The checker's secret: which commits are spot-checked, and where, is drawn from it.
     secret: Hash32,
-    /// Trainers proven to have cheated, refused from then on (with the round caught in).
+    /// Trainers and validators proven to have cheated, refused from then on (with the round
+    /// caught in).
     banned: BTreeMap<PeerId, u64>,
+    /// Validators and when each was last heard from (never members: they train nothing).
+    validators: BTreeMap<PeerId, u64>,
+    /// Tasks handed to validators so far (the round-robin's position).
+    delegated: usize,
     finished: bool,
     out: Vec<Output>,
 }
@@ -265,6 +275,8 @@ impl Coordinator {
             open: None,
             secret,
             banned: r.banned.into_iter().collect(),
+            validators: BTreeMap::new(),
+            delegated: 0,
             out: Vec::new(),
         };
         if let Some(start @ Message::RoundStart { .. }) = r.open {
@@ -427,11 +439,14 @@ impl Coordinator {
         if !known && self.seqs.len() >= MAX_KNOWN_PEERS {
             return Err(Reject::Full(self.members.len()));
         }
-        let is_join = matches!(s.message, Message::Join { .. });
-        if !is_join && !self.members.contains_key(&from) {
+        let is_join = matches!(s.message, Message::Join { .. } | Message::JoinValidator { .. });
+        if !is_join && !self.members.contains_key(&from) && !self.validators.contains_key(&from) {
             return Err(Reject::NotMember);
         }
         self.seqs.entry(from).or_default().check(s.seq)?;
+        if matches!(s.message, Message::JoinValidator { .. }) || self.validators.contains_key(&from) {
+            return self.admit_validator(now_ms, from, &s.message);
+        }
         match &s.message {
             Message::Join { addrs } => self.join(now_ms, from, addrs.first())?,
             Message::Heartbeat { .. } => {}
@@ -444,6 +459,20 @@ impl Coordinator {
         }
         if !self.banned.contains_key(&from) {
             self.members.insert(from, now_ms); // (a message that proved a cheat does not count)
+        }
+        Ok(())
+    }
+
+    /// A message from a validator: it joins, heartbeats and reports verdicts, nothing else.
+    fn admit_validator(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
+        match m {
+            Message::JoinValidator { .. } => self.validator_join(now_ms, from)?,
+            Message::Heartbeat { .. } => {}
+            Message::Verdict { .. } => self.on_verdict(from, m)?,
+            other => return Err(Reject::Unexpected(other.kind())),
+        }
+        if let Some(seen) = self.validators.get_mut(&from) {
+            *seen = now_ms;
         }
         Ok(())
     }
@@ -586,16 +615,16 @@ impl Coordinator {
             self.event(Event::Left(p));
         }
         let late = self.open.as_ref().is_some_and(|o| now_ms >= o.deadline_at);
-        self.expire_checks(late);
+        self.expire_checks(now_ms, late);
         if let Some(open) = &self.open {
             let decided = open.slots.iter().all(|(p, s)| match s {
                 Slot::Accepted { .. } | Slot::Rejected(_) => true,
                 Slot::Waiting => !self.members.contains_key(p),
                 Slot::Fetching { .. } => false,
             });
-            // A check running on our side holds the round: the trainer is not at fault.
-            let checked = open.checks.settled() || (late && !open.checks.running());
-            if (decided || late) && checked {
+            // Past the deadline every check still open is the checker's own (a fetch or a
+            // re-run in flight): the round waits for it, the trainer being not at fault.
+            if (decided || late) && open.checks.settled() {
                 if let Err(e) = self.close() {
                     // Our own aggregate failed to decode: a bug, not a peer's fault.
                     panic!("closing round {}: {e}", self.global.round);
@@ -740,6 +769,9 @@ impl Coordinator {
             self.finished = true;
             let (round, state_hash) = (self.global.round, self.state_hash);
             self.out.push(Output::Broadcast { message: Message::Done { round, state_hash } });
+            for &to in self.validators.keys() {
+                self.out.push(Output::Send { to, message: Message::Done { round, state_hash } });
+            }
             self.event(Event::Finished { round, state_hash });
         }
         Ok(())

@@ -47,6 +47,7 @@ mod spec;
 mod spot;
 mod state;
 mod trainer;
+mod validator;
 mod worker;
 
 pub use cheat::{Cheat, CheatKind, Drill, Loot, Shirk, WRONG_SLOT};
@@ -54,7 +55,7 @@ pub use check::{pick, rederivable, run_check, verify_reveal, CheckJob, Outcome, 
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
     ClosedRound, Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY,
-    MAX_KNOWN_PEERS,
+    MAX_KNOWN_PEERS, MAX_VALIDATORS,
 };
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
@@ -66,6 +67,7 @@ pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_wire::{Assignment, Hash32, Message, Pairs, PeerId, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
+pub use validator::{Behaviour, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, MAX_TASKS};
 pub use worker::{Revealed, Trained, Worker, MAX_KEPT_BYTES};
 
 /// Errors of the protocol's own computations and of bad blobs or configs.

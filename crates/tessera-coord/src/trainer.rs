@@ -418,17 +418,10 @@ impl Trainer {
     }
 
     fn configure(&mut self, text: String) -> Result<(), TrainerError> {
-        if let Some((_, old)) = &self.spec {
-            return if *old == text { Ok(()) } else { Err(TrainerError::ConfigChanged) };
+        if let Some(spec) = configure(&self.spec, text.clone(), &self.tc.dataset)? {
+            self.out.push(Action::Event(TrainerEvent::Configured(spec.clone())));
+            self.spec = Some((spec, text));
         }
-        let cfg = RunConfig::from_toml(&text).map_err(|e| TrainerError::Config(e.to_string()))?;
-        let mine = tessera_tensor::hex(&self.tc.dataset);
-        if !cfg.dataset.is_empty() && cfg.dataset != mine {
-            return Err(TrainerError::WrongDataset { run: cfg.dataset, mine });
-        }
-        let spec = Arc::new(RunSpec::new(cfg).map_err(|e| TrainerError::Config(e.to_string()))?);
-        self.out.push(Action::Event(TrainerEvent::Configured(spec.clone())));
-        self.spec = Some((spec, text));
         Ok(())
     }
 
@@ -732,4 +725,23 @@ impl Trainer {
         self.out.push(Action::Event(TrainerEvent::Reported { round, state_hash, agrees, computed }));
         self.out.push(Action::Send(Message::StateReport { round, state_hash, computed }));
     }
+}
+
+/// A node's side of `Welcome`'s config: `None` when `held` is already this config (a changed
+/// one is fatal), else the run it describes, refused if it trains on another dataset than
+/// `dataset` (the trainer's and the validator's machines both configure so).
+pub(crate) fn configure(
+    held: &Option<(Arc<RunSpec>, String)>,
+    text: String,
+    dataset: &Hash32,
+) -> Result<Option<Arc<RunSpec>>, TrainerError> {
+    if let Some((_, old)) = held {
+        return if *old == text { Ok(None) } else { Err(TrainerError::ConfigChanged) };
+    }
+    let cfg = RunConfig::from_toml(&text).map_err(|e| TrainerError::Config(e.to_string()))?;
+    let mine = tessera_tensor::hex(dataset);
+    if !cfg.dataset.is_empty() && cfg.dataset != mine {
+        return Err(TrainerError::WrongDataset { run: cfg.dataset, mine });
+    }
+    Ok(Some(Arc::new(RunSpec::new(cfg).map_err(|e| TrainerError::Config(e.to_string()))?)))
 }

@@ -14,8 +14,9 @@ use tessera_model::{Gpt, OptState, Trainer as StepTrainer};
 use tessera_tensor::TraceMode;
 use tessera_verify::{challenge, segments, Bisection, MerkleTree, RoundCommitment, Turn};
 
+/// Segments of 5 steps (these tests cut 12 steps into 5 + 5 + 2).
 fn cfg() -> RunConfig {
-    RunConfig::default().with(|c| {
+    RunConfig { commit_every: 5, ..RunConfig::default() }.with(|c| {
         c.inner_steps = 7;
         c.rounds = 2;
         c.batch = 2;

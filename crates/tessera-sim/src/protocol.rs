@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tessera_coord::{
     Action, Cheat, CoordError, Coordinator, Event, Hash32, Loot, Message, Outcome, Output, PeerId, Record,
-    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerEvent, Worker,
+    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerEvent, Validator, ValidatorAction,
+    ValidatorConfig, ValidatorEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -50,6 +51,15 @@ enum Delivery {
     BlobToPeer(PeerId, Hash32, Result<Vec<u8>, String>),
     /// A spot check the coordinator ran: (round, trainer, outcome).
     Checked(u64, PeerId, Result<Outcome, CoordError>),
+    /// A spot check a validator ran: (validator, round, trainer, outcome).
+    ValidatorChecked(PeerId, u64, PeerId, Result<Outcome, CoordError>),
+}
+
+/// A simulated validator.
+struct Checker {
+    v: Validator,
+    alive: bool,
+    seq: u64,
 }
 
 /// A scripted protocol run.
@@ -59,6 +69,7 @@ pub struct ProtocolSim<'a> {
     coord: Coordinator,
     coord_seq: u64,
     peers: BTreeMap<PeerId, Peer>,
+    validators: BTreeMap<PeerId, Checker>,
     blobs: HashMap<Hash32, Vec<u8>>,
     queue: VecDeque<Delivery>,
     now: u64,
@@ -69,6 +80,7 @@ pub struct ProtocolSim<'a> {
     pub trainer_events: Vec<(PeerId, TrainerEvent)>,
     /// Blobs trainers fetched from another trainer rather than the coordinator.
     pub peer_fetches: u64,
+    validator_events: Vec<(PeerId, ValidatorEvent)>,
 }
 
 impl<'a> ProtocolSim<'a> {
@@ -85,6 +97,7 @@ impl<'a> ProtocolSim<'a> {
             coord,
             coord_seq: 0,
             peers: BTreeMap::new(),
+            validators: BTreeMap::new(),
             blobs,
             queue: VecDeque::new(),
             now: 0,
@@ -92,6 +105,7 @@ impl<'a> ProtocolSim<'a> {
             events: Vec::new(),
             trainer_events: Vec::new(),
             peer_fetches: 0,
+            validator_events: Vec::new(),
         })
     }
 
@@ -130,6 +144,63 @@ impl<'a> ProtocolSim<'a> {
         let now = self.now;
         let acts = self.peer_mut(&peer).t.connected(now);
         self.act(peer, acts)
+    }
+
+    /// A validator sends its `JoinValidator`; `behaviour` is honest or a drill.
+    pub fn join_validator(
+        &mut self,
+        id: PeerId,
+        behaviour: tessera_coord::Behaviour,
+    ) -> Result<(), SimError> {
+        let vc = ValidatorConfig {
+            me: id,
+            coordinator: SIM_COORDINATOR,
+            dataset: self.ds.manifest_hash(),
+            addr: None,
+            behaviour,
+        };
+        let mut v = Validator::new(vc);
+        let acts = v.connected(self.now);
+        self.validators.insert(id, Checker { v, alive: true, seq: 0 });
+        self.act_validator(id, acts)
+    }
+
+    /// What each validator reported, in order.
+    pub fn validator_events(&self) -> &[(PeerId, ValidatorEvent)] {
+        &self.validator_events
+    }
+
+    /// Executes one validator's actions in order.
+    fn act_validator(&mut self, id: PeerId, acts: Vec<ValidatorAction>) -> Result<(), SimError> {
+        for a in acts {
+            let Some(c) = self.validators.get_mut(&id).filter(|c| c.alive) else { return Ok(()) };
+            match a {
+                ValidatorAction::Send(message) => {
+                    c.seq += 1;
+                    let s = Signed { sender: id, seq: c.seq, message };
+                    self.queue.push_back(Delivery::ToCoord(s));
+                }
+                ValidatorAction::Fetch { sources, hash, len } => {
+                    let found = sources.iter().find_map(|s| self.fetch(&s.peer, &hash));
+                    let got = found
+                        .filter(|b| b.len() as u64 == len)
+                        .ok_or_else(|| "blob not available".to_string());
+                    self.queue.push_back(Delivery::BlobToPeer(id, hash, got));
+                }
+                ValidatorAction::Check(job) => {
+                    let got = tessera_coord::run_check(&self.spec, self.ds, &job);
+                    self.queue.push_back(Delivery::ValidatorChecked(id, job.round, job.peer, got));
+                }
+                ValidatorAction::Event(e) => {
+                    if let ValidatorEvent::Fatal(err) = &e {
+                        let peer = tessera_tensor::hex(&id[..4]);
+                        return Err(SimError::Trainer { peer, err: err.clone() });
+                    }
+                    self.validator_events.push((id, e));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The trainer stops responding from now on.
@@ -193,6 +264,12 @@ impl<'a> ProtocolSim<'a> {
                 let now = self.now;
                 let acts = self.peer_mut(&p).t.tick(now, 0);
                 self.act(p, acts)?;
+            }
+            let checkers: Vec<PeerId> = self.validators.keys().copied().collect();
+            for id in checkers {
+                let now = self.now;
+                let acts = self.validators.get_mut(&id).map(|c| c.v.tick(now)).unwrap_or_default();
+                self.act_validator(id, acts)?;
             }
             let outs = self.coord.tick(self.now);
             self.execute(outs);
@@ -351,6 +428,26 @@ impl<'a> ProtocolSim<'a> {
                 Delivery::ToCoord(s) => {
                     let outs = self.coord.handle(self.now, s);
                     self.execute(outs);
+                }
+                Delivery::ToPeer(to, s) if self.validators.contains_key(&to) => {
+                    let now = self.now;
+                    let acts = self.validators.get_mut(&to).map(|c| c.v.handle(now, s)).unwrap_or_default();
+                    self.act_validator(to, acts)?;
+                }
+                Delivery::BlobToPeer(to, hash, got) if self.validators.contains_key(&to) => {
+                    let now = self.now;
+                    let acts =
+                        self.validators.get_mut(&to).map(|c| c.v.fetched(now, hash, got)).unwrap_or_default();
+                    self.act_validator(to, acts)?;
+                }
+                Delivery::ValidatorChecked(to, round, peer, got) => {
+                    let now = self.now;
+                    let acts = self
+                        .validators
+                        .get_mut(&to)
+                        .map(|c| c.v.checked(now, round, peer, got))
+                        .unwrap_or_default();
+                    self.act_validator(to, acts)?;
                 }
                 Delivery::ToPeer(to, s) => {
                     let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tessera_coord::{Cheat, ClosedRound, Event, Record, RunConfig, RunSpec, Shirk};
+use tessera_coord::{Behaviour, Cheat, ClosedRound, Event, Record, RunConfig, RunSpec, Shirk};
 use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::ProtocolSim;
@@ -38,15 +38,21 @@ fn cfg(seed: u64) -> RunConfig {
     })
 }
 
-/// Most rounds a shirker is given to be caught (at the default check rate, each round
-/// catches a half-trained or forged commitment with probability ≥ 1/4).
-const MAX_ROUNDS: u64 = 40;
+/// Most rounds a shirker or a cheating validator is given to be caught (at the default rates,
+/// each round catches a half-trained or forged commitment with probability ≥ 1/4, and sends a
+/// decoy with probability about 0.19).
+const MAX_ROUNDS: u64 = 60;
+
+/// The validator every drill run has: honest, unless it is the cheat.
+const VALIDATOR: u8 = 9;
 
 /// What a drill makes one trainer do.
 #[derive(Debug, Clone)]
 enum Bad {
     Send(Cheat),
     Train(Shirk),
+    /// The validator cheats (lazy or lying); the trainers are honest.
+    Validator(Behaviour),
 }
 
 /// Runs four trainers for `rounds` rounds, `who` (if any) cheating, stopping early once it
@@ -56,10 +62,15 @@ fn run<'a>(ds: &'a Dataset, seed: u64, bad: Option<(u8, Bad)>, rounds: u64) -> P
     for i in 1..=4 {
         p.join(pid(i)).unwrap();
     }
+    let behaviour = match &bad {
+        Some((_, Bad::Validator(b))) => *b,
+        _ => Behaviour::Honest,
+    };
+    p.join_validator(pid(VALIDATOR), behaviour).unwrap();
     match &bad {
         Some((who, Bad::Send(c))) => p.cheat(&pid(*who), c.clone()),
         Some((who, Bad::Train(s))) => p.shirk(&pid(*who), *s),
-        None => {}
+        _ => {}
     }
     for r in 1..=rounds {
         p.run_until(r).unwrap();
@@ -105,6 +116,12 @@ fn drills(seeds: std::ops::Range<u64>) {
     let (mut caught, mut runs, mut rounds_to_catch) = (0, 0, Vec::new());
     for seed in seeds {
         let honest = run(&ds, seed, None, 3);
+        let by_validator = honest
+            .validator_events()
+            .iter()
+            .filter(|e| matches!(e.1, tessera_coord::ValidatorEvent::Checked { .. }))
+            .count();
+        assert!(by_validator > 0 || seed > 1, "seed {seed}: the validator checked nothing");
         for i in 1..=4 {
             assert!(honest.refused(&pid(i)).is_empty(), "seed {seed}: an honest run refuses nobody");
         }
@@ -118,6 +135,8 @@ fn drills(seeds: std::ops::Range<u64>) {
             (1, Bad::Train(Shirk::SkipSteps), MAX_ROUNDS),
             (2, Bad::Train(Shirk::WrongData), MAX_ROUNDS),
             (3, Bad::Train(Shirk::Forge), MAX_ROUNDS),
+            (VALIDATOR, Bad::Validator(Behaviour::Lazy), MAX_ROUNDS),
+            (VALIDATOR, Bad::Validator(Behaviour::Lying), MAX_ROUNDS),
         ];
         for (who, bad, rounds) in cheats {
             let p = run(&ds, seed, Some((who, bad.clone())), rounds);
@@ -137,10 +156,10 @@ fn drills(seeds: std::ops::Range<u64>) {
                     let moved = distance(&p.coordinator().global().theta, &theta) / distance(&theta, &target);
                     acc.iter().all(|r| clipped.contains(r)) && moved < 0.05
                 }
-                Bad::Train(_) => banned(&p, who).is_some(),
+                Bad::Train(_) | Bad::Validator(_) => banned(&p, who).is_some(),
             };
             assert!(ok, "seed {seed}: {bad:?} was neither caught nor neutralised: accepted {acc:?}, {r:?}");
-            if let (Bad::Train(_), Some(b)) = (&bad, banned(&p, who)) {
+            if let (Bad::Train(_) | Bad::Validator(_), Some(b)) = (&bad, banned(&p, who)) {
                 rounds_to_catch.push(b + 1);
             }
             for honest in (1..=4).filter(|i| *i != who) {
@@ -150,6 +169,9 @@ fn drills(seeds: std::ops::Range<u64>) {
                 |e| matches!(e, Event::Checked { peer, outcome, .. } if *peer != pid(who) && !outcome.passed()),
             );
             assert!(!failed, "seed {seed}: an honest trainer failed a spot check");
+            if !matches!(bad, Bad::Validator(_)) {
+                assert!(banned(&p, VALIDATOR).is_none(), "seed {seed}: the honest validator was refused");
+            }
             caught += 1;
             runs += 1;
         }
@@ -157,8 +179,8 @@ fn drills(seeds: std::ops::Range<u64>) {
     let mean = rounds_to_catch.iter().sum::<u64>() as f64 / rounds_to_catch.len().max(1) as f64;
     let worst = rounds_to_catch.iter().max().copied().unwrap_or(0);
     eprintln!(
-        "{caught} of {runs} cheating runs caught or neutralised; 0 honest trainers refused; \
-         shirkers proven after {mean:.1} rounds on average, {worst} at worst"
+        "{caught} of {runs} cheating runs caught or neutralised; 0 honest trainers or validators \
+         refused; shirkers and cheating validators proven after {mean:.1} rounds on average, {worst} at worst"
     );
 }
 

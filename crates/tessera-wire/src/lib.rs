@@ -123,6 +123,41 @@ pub enum Message {
     /// end, each with its Merkle proof against the `Commit`'s root, and the blob (served by
     /// this trainer) that holds the local state at the segment's start.
     Reveal { round: u64, segment: u32, blob: Hash32, start: Leaf, end: Leaf },
+    /// A validator asks to check trainers' work; it can be reached at `addrs`.
+    JoinValidator { addrs: Vec<String> },
+    /// The coordinator hands a validator one spot check: `peer`'s reveal of `segment` of its
+    /// round-`round` commit (already checked against the commitment), the blob to fetch from
+    /// the trainer at `addr` (its local state at the segment's start), the committed leaves at
+    /// the segment's start and end, and, for the last segment, the state the unit was trained
+    /// from and the committed update, to re-derive it.
+    CheckTask {
+        round: u64,
+        peer: PeerId,
+        addr: String,
+        segment: u32,
+        unit: (u64, u64),
+        blob: Hash32,
+        start: Hash32,
+        end: Hash32,
+        rederive: Option<(Hash32, Hash32)>,
+    },
+    /// A validator's finding on a `CheckTask`.
+    Verdict { round: u64, peer: PeerId, segment: u32, finding: Finding },
+}
+
+/// What a validator found (see `tessera_coord::Outcome`, which adds the coordinator's own
+/// cases).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    Pass,
+    /// Re-running the segment did not reach the committed end.
+    Mismatch,
+    /// The update re-derived from the final state is not the committed one.
+    WrongUpdate,
+    /// The revealed blob is not the committed start state.
+    BadReveal,
+    /// The validator could not run the check (its own data or the blob's fetch failed).
+    Unchecked,
 }
 
 /// One committed leaf with its inclusion proof (the sibling hashes from the leaf up).
@@ -147,6 +182,9 @@ impl Message {
             Message::Done { .. } => "Done",
             Message::Challenge { .. } => "Challenge",
             Message::Reveal { .. } => "Reveal",
+            Message::JoinValidator { .. } => "JoinValidator",
+            Message::CheckTask { .. } => "CheckTask",
+            Message::Verdict { .. } => "Verdict",
         }
     }
 }
@@ -221,7 +259,7 @@ impl Message {
             }
         };
         match self {
-            Message::Join { addrs } => {
+            Message::Join { addrs } | Message::JoinValidator { addrs } => {
                 lim("addresses", addrs.len(), MAX_ADDRS)?;
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))
             }
@@ -250,6 +288,7 @@ impl Message {
                 lim("rejected", rejected.len(), MAX_MEMBERS)?;
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
             }
+            Message::CheckTask { addr, .. } => lim("address length", addr.len(), MAX_TEXT),
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

@@ -87,6 +87,29 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::Done { round, state_hash }),
         (any::<u64>(), any::<u32>()).prop_map(|(round, segment)| Message::Challenge { round, segment }),
+        (any::<u64>(), id(), any::<u32>(), 0u8..5).prop_map(|(round, peer, segment, f)| Message::Verdict {
+            round,
+            peer,
+            segment,
+            finding: [
+                tessera_wire::Finding::Pass,
+                tessera_wire::Finding::Mismatch,
+                tessera_wire::Finding::WrongUpdate,
+                tessera_wire::Finding::BadReveal,
+                tessera_wire::Finding::Unchecked
+            ][f as usize],
+        }),
+        (any::<u64>(), id(), id(), any::<bool>()).prop_map(|(round, peer, blob, last)| Message::CheckTask {
+            round,
+            peer,
+            addr: "127.0.0.1:1".into(),
+            segment: 3,
+            unit: (round, 1),
+            blob,
+            start: peer,
+            end: blob,
+            rederive: last.then_some((blob, peer)),
+        }),
         (any::<u64>(), any::<u32>(), id(), id(), prop::collection::vec(id(), 0..20)).prop_map(
             |(round, segment, blob, hash, proof)| Message::Reveal {
                 round,

@@ -16,12 +16,12 @@ fn h(r: &Philox, i: u64) -> [u8; 32] {
     out
 }
 
-/// A random message of kind `kind % 11`, drawn from the counter-based RNG.
+/// A random message of kind `kind % 14`, drawn from the counter-based RNG.
 fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 11) {
+    match r.below(3, i, 14) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
         1 => Message::Welcome {
             round,
@@ -76,6 +76,30 @@ fn random_message(r: &Philox, i: u64) -> Message {
             blob: h(r, i),
             start: Leaf { hash: h(r, i + 1), proof: ids.clone() },
             end: Leaf { hash: h(r, i + 2), proof: ids.iter().rev().copied().collect() },
+        },
+        10 => Message::JoinValidator { addrs: vec![format!("10.0.0.{n}:4000")] },
+        11 => Message::CheckTask {
+            round,
+            peer: h(r, i),
+            addr: "127.0.0.1:4000".into(),
+            segment: r.below(7, i, 64) as u32,
+            unit: (round, r.u64(8, i)),
+            blob: h(r, i + 1),
+            start: h(r, i + 2),
+            end: h(r, i + 3),
+            rederive: i.is_multiple_of(2).then(|| (h(r, i + 4), h(r, i + 5))),
+        },
+        12 => Message::Verdict {
+            round,
+            peer: h(r, i),
+            segment: r.below(7, i, 64) as u32,
+            finding: [
+                Finding::Pass,
+                Finding::Mismatch,
+                Finding::WrongUpdate,
+                Finding::BadReveal,
+                Finding::Unchecked,
+            ][r.below(8, i, 5) as usize],
         },
         _ => Message::Done { round, state_hash: h(r, i) },
     }
@@ -192,7 +216,7 @@ fn write_fuzz_seeds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire_decode");
     std::fs::create_dir_all(&dir).unwrap();
     let r = Philox::new(3);
-    for i in 0..24u64 {
+    for i in 0..32u64 {
         let frame = encode(&key(4), i, &random_message(&r, i)).unwrap();
         std::fs::write(dir.join(format!("frame-{i:02}")), frame).unwrap();
     }

@@ -1,9 +1,17 @@
-//! The coordinator as checker (`validate = "coordinator"`): drawing spot checks at commit
-//! time, taking reveals and their blobs, handing jobs to the driver, and acting on outcomes
-//! (a failed check leaves the update out; a proven cheat is refused from then on). The
-//! round's bookkeeping is [`crate::check::Checks`]; this is where outcomes reach the round.
+//! The coordinator as checker and referee. It draws spot checks at commit time and takes the
+//! reveals. With `validate = "validators"` and a validator present, it hands each revealed
+//! check to a validator (now and then a decoy whose end leaf was replaced); otherwise it
+//! fetches the revealed state and runs the check itself. A validator's failing finding, or
+//! a pass on a decoy, is refereed by the coordinator re-running the check: the side it rules
+//! against (the trainer, or the validator that lied or did not check) is refused from then
+//! on. The round's bookkeeping is [`round_checks::Checks`].
 
+use super::round_checks::{Drawn, Next};
 use super::*;
+use tessera_wire::Finding;
+
+/// Most validators one run holds.
+pub const MAX_VALIDATORS: usize = 256;
 
 impl Coordinator {
     /// A commit was accepted for fetching: maybe challenge it.
@@ -11,7 +19,10 @@ impl Coordinator {
         let pairs = self.pairs();
         let Some(open) = self.open.as_mut() else { return };
         let Some(a) = open.assignments.iter().find(|a| a.peer == from) else { return };
-        let state = if pairs { self.replicas.get(&from) } else { Some(&self.global) };
+        let state = match pairs {
+            true => self.replicas.get(&from).zip(self.replicas.hash_of(&from)),
+            false => Some((&self.global, self.state_hash)),
+        };
         let (Some(state), unit) = (state, (a.data_round, a.slot)) else { return };
         let d = Drawn { peer: from, root, unit, update, from: state };
         if let Some(challenge) = open.checks.draw(&self.spec, &self.secret, d) {
@@ -30,12 +41,90 @@ impl Coordinator {
             _ => return Err(Reject::WrongRound { got: *round, want: open_round }),
         };
         match open.checks.reveal(&self.spec, &from, *segment, (*blob, start, end)) {
-            Ok(hash) if open.checks.wants(&from, &hash) => {
-                let len = crate::LocalState::blob_len(self.spec.n());
-                self.out.push(Output::Fetch { from, hash, len });
-            }
-            Ok(_) => {} // not challenged, or a resend
+            Ok(Some(blob)) => self.dispatch(from, blob),
+            Ok(None) => {} // not challenged, or a resend
             Err(outcome) => self.verdict(from, outcome),
+        }
+        Ok(())
+    }
+
+    /// A revealed check goes to a validator, or (none present) is fetched to be run here.
+    fn dispatch(&mut self, peer: PeerId, blob: Hash32) {
+        let validator = match self.cfg.validate {
+            crate::Validate::Validators => self.next_validator(),
+            _ => None,
+        };
+        let Some(v) = validator else {
+            let len = crate::LocalState::blob_len(self.spec.n());
+            self.out.push(Output::Fetch { from: peer, hash: blob, len });
+            return;
+        };
+        let decoy = self.decoy(&peer).then_some(self.secret);
+        let addr = self.addrs.get(&peer).cloned().unwrap_or_default();
+        let open = self.open.as_mut().expect("a reveal of the open round");
+        if let Some(task) = open.checks.delegate(&peer, (v, &addr), decoy.as_ref()) {
+            self.out.push(Output::Send { to: v, message: task });
+        }
+    }
+
+    /// Validators in turn, round-robin.
+    fn next_validator(&mut self) -> Option<PeerId> {
+        let n = self.validators.len();
+        let v = self.validators.keys().nth(self.delegated % n.max(1)).copied();
+        self.delegated = self.delegated.wrapping_add(1);
+        v
+    }
+
+    /// Whether `peer`'s task this round goes out first as a decoy (`decoy_rate`).
+    fn decoy(&self, peer: &PeerId) -> bool {
+        let round = self.open.as_ref().map_or(0, |o| o.round);
+        let key = [&b"decoy"[..], peer, &round.to_le_bytes()].concat();
+        crate::pick(&self.secret, blake3::hash(&key).as_bytes(), peer, self.cfg.decoy_rate, 1).is_some()
+    }
+
+    /// A validator joined (or rejoined): it gets the run's config.
+    pub(super) fn validator_join(&mut self, now_ms: u64, from: PeerId) -> Result<(), Reject> {
+        if !self.validators.contains_key(&from) && self.validators.len() >= MAX_VALIDATORS {
+            return Err(Reject::Full(self.validators.len()));
+        }
+        if self.members.contains_key(&from) {
+            return Err(Reject::Unexpected("JoinValidator from a trainer"));
+        }
+        if self.validators.insert(from, now_ms).is_none() {
+            self.event(Event::Joined(from));
+        }
+        let welcome = Message::Welcome {
+            round: self.global.round,
+            checkpoint: self.state_hash,
+            state_hash: self.state_hash,
+            config: self.cfg.to_toml(),
+            peers: Vec::new(),
+        };
+        self.out.push(Output::Send { to: from, message: welcome });
+        Ok(())
+    }
+
+    /// A validator's `Verdict` arrived.
+    pub(super) fn on_verdict(&mut self, from: PeerId, m: &Message) -> Result<(), Reject> {
+        let Message::Verdict { round, peer, finding, .. } = m else {
+            return Err(Reject::Unexpected("a verdict"));
+        };
+        let Some(open) = self.open.as_mut().filter(|o| o.round == *round) else {
+            return Err(Reject::WrongRound { got: *round, want: self.open.as_ref().map(|o| o.round) });
+        };
+        match open.checks.verdict(&from, peer, *finding) {
+            Next::Ignore => {}
+            Next::Settle(outcome) => self.verdict(*peer, outcome),
+            Next::Delegate(v) => {
+                let addr = self.addrs.get(peer).cloned().unwrap_or_default();
+                if let Some(task) = open.checks.delegate(peer, (v, &addr), None) {
+                    self.out.push(Output::Send { to: v, message: task });
+                }
+            }
+            Next::Referee(blob) => {
+                let len = crate::LocalState::blob_len(self.spec.n());
+                self.out.push(Output::Fetch { from: *peer, hash: blob, len });
+            }
         }
         Ok(())
     }
@@ -57,7 +146,8 @@ impl Coordinator {
     }
 
     /// The driver ran a check asked for by [`Output::Check`]. `Err` is the checker's own
-    /// failure: nothing is proven against the trainer.
+    /// failure: nothing is proven against the trainer. When the check referees a validator's
+    /// finding, a finding the coordinator's own run contradicts refuses the validator.
     pub fn checked(
         &mut self,
         now_ms: u64,
@@ -65,12 +155,36 @@ impl Coordinator {
         peer: PeerId,
         got: Result<Outcome, CoordError>,
     ) -> Vec<Output> {
-        if self.open.as_ref().is_some_and(|o| o.round == round) {
+        if let Some(open) = self.open.as_ref().filter(|o| o.round == round) {
+            let second = open.checks.second(&peer);
             let outcome = got.unwrap_or_else(|e| Outcome::Unchecked(e.to_string()));
+            if let Some((v, claimed, decoy)) = second {
+                if !matches!(outcome, Outcome::Unchecked(_)) && claimed != honest_finding(&outcome, decoy) {
+                    self.refuse_validator(v, round, claimed);
+                }
+            }
             self.verdict(peer, outcome);
         }
         self.advance(now_ms);
         std::mem::take(&mut self.out)
+    }
+
+    /// A validator whose finding was overturned is refused from now on.
+    fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: Finding) {
+        if self.banned.len() >= MAX_KNOWN_PEERS {
+            return;
+        }
+        self.validators.remove(&v);
+        self.banned.insert(v, round);
+        let outcome = Outcome::WrongVerdict(format!("{claimed:?}"));
+        self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome }));
+        self.event(Event::Banned { peer: v, round });
+        if let Some(open) = self.open.as_mut() {
+            for (peer, blob) in open.checks.take_back(Some(&v)) {
+                let len = crate::LocalState::blob_len(self.spec.n());
+                self.out.push(Output::Fetch { from: peer, hash: blob, len });
+            }
+        }
     }
 
     /// Settles `peer`'s check once: persists the verdict, leaves a failed update out, and
@@ -97,19 +211,57 @@ impl Coordinator {
         self.event(Event::Checked { round, peer, segment, outcome });
     }
 
-    /// Checks waiting on trainers that left, or (`deadline`) on any trainer, are settled as
-    /// not revealed.
-    pub(super) fn expire_checks(&mut self, deadline: bool) {
-        let Some(open) = &self.open else { return };
+    /// Unanswered challenges of trainers that left (or, at the `deadline`, of any trainer) are
+    /// settled as not revealed; checks delegated to validators that left (or, at the deadline,
+    /// to any) are taken back and run here.
+    pub(super) fn expire_checks(&mut self, now_ms: u64, deadline: bool) {
+        let silent: Vec<PeerId> = self
+            .validators
+            .iter()
+            .filter(|(_, &seen)| now_ms.saturating_sub(seen) > self.cfg.silence_ms)
+            .map(|(v, _)| *v)
+            .collect();
+        for v in &silent {
+            self.validators.remove(v);
+            self.event(Event::Left(*v));
+        }
+        let Some(open) = self.open.as_mut() else { return };
+        let mut back = Vec::new();
+        for v in &silent {
+            back.extend(open.checks.take_back(Some(v)));
+        }
+        if deadline {
+            back.extend(open.checks.take_back(None));
+        }
+        let len = crate::LocalState::blob_len(self.spec.n());
+        for (peer, hash) in back {
+            self.out.push(Output::Fetch { from: peer, hash, len });
+        }
         let members = &self.members;
-        let stale = open.checks.waiting_on(|p| !deadline && members.contains_key(p));
-        for p in stale {
+        for p in open.checks.unanswered(|p| !deadline && members.contains_key(p)) {
             self.verdict(p, Outcome::NoReveal);
         }
     }
 
-    /// Trainers proven to have cheated, with the round each was caught in.
+    /// Validators present, and when each was last heard from.
+    pub fn validators(&self) -> impl Iterator<Item = &PeerId> {
+        self.validators.keys()
+    }
+
+    /// Trainers and validators proven to have cheated, with the round each was caught in.
     pub fn banned(&self) -> impl Iterator<Item = (&PeerId, &u64)> {
         self.banned.iter()
+    }
+}
+
+/// What an honest validator reports on a check whose true outcome (the coordinator's own run)
+/// is `outcome`; a decoy's replaced end leaf cannot be reached.
+fn honest_finding(outcome: &Outcome, decoy: bool) -> Finding {
+    match outcome {
+        Outcome::BadReveal(_) => Finding::BadReveal,
+        _ if decoy => Finding::Mismatch,
+        Outcome::Pass | Outcome::Unchecked(_) | Outcome::NoReveal | Outcome::WrongVerdict(_) => Finding::Pass,
+        Outcome::Mismatch => Finding::Mismatch,
+        Outcome::WrongUpdate => Finding::WrongUpdate,
     }
 }
