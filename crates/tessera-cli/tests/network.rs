@@ -505,6 +505,44 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
     assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
 }
 
+/// Validators as processes: every update is checked by one of two validators, one honest
+/// and one that claims a mismatch on everything. The trainer that skips steps is proven by
+/// the honest validator's check, the lying validator by the coordinator's referee re-run;
+/// both are refused from then on, and nobody honest is.
+#[test]
+fn validators_check_trainers_and_a_lying_validator_is_refused() {
+    let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(3, 3) };
+    let run = Run::new("validators", cfg);
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut v = vec![
+        run.node(&ticket, 5, &["--validator"]),
+        run.node(&ticket, 6, &["--validator", "--cheat", "lying-validator"]),
+    ];
+    std::thread::sleep(Duration::from_millis(500)); // the validators are there before round 0
+    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    nodes.push(run.node(&ticket, 3, &["--cheat", "skip-steps"]));
+    c.finish();
+    let log = c.log();
+    for cheat in [3, 6] {
+        let who = short_hex(&peer_id(cheat));
+        assert!(log.contains(&format!("CHEAT: {who} proven to have cheated in round 0")), "{cheat}:\n{log}");
+    }
+    for honest in [1, 2, 5] {
+        let who = short_hex(&peer_id(honest));
+        assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{honest}: {log}");
+    }
+    for n in &mut nodes[..2] {
+        assert!(node_states(&n.finish()).iter().all(|s| s.2), "honest nodes agree");
+    }
+    let out = v[0].finish();
+    assert!(out.contains("validator checks="), "the honest validator reports its checks: {out}");
+    assert!(v[0].log().contains("checked"), "the honest validator checked work:\n{}", v[0].log());
+    assert!(v[1].log().contains("DRILL: this validator cheats (Lying)"));
+    let q = |sql: &str| run.count(sql);
+    assert_eq!(q("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1"), 2, "the shirker and the liar");
+    assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
+}
+
 #[test]
 fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
     killed_node("kill-node", config(3, 4));

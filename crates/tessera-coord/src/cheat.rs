@@ -68,6 +68,10 @@ pub enum CheatKind {
     WrongData,
     /// [`Shirk::Forge`].
     Forge,
+    /// A validator passing everything unchecked ([`crate::Behaviour::Lazy`]).
+    LazyValidator,
+    /// A validator claiming a mismatch on everything ([`crate::Behaviour::Lying`]).
+    LyingValidator,
 }
 
 impl std::str::FromStr for CheatKind {
@@ -79,8 +83,10 @@ impl std::str::FromStr for CheatKind {
             "skip-steps" => Ok(CheatKind::SkipSteps),
             "wrong-data" => Ok(CheatKind::WrongData),
             "forge" => Ok(CheatKind::Forge),
+            "lazy-validator" => Ok(CheatKind::LazyValidator),
+            "lying-validator" => Ok(CheatKind::LyingValidator),
             other => Err(CoordError::Config(format!(
-                "unknown cheat {other:?} (poison, replay, skip-steps, wrong-data, forge)"
+                "unknown cheat {other:?} (poison, replay, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
             ))),
         }
     }
@@ -98,6 +104,18 @@ impl CheatKind {
             CheatKind::SkipSteps => Drill::Train(Shirk::SkipSteps),
             CheatKind::WrongData => Drill::Train(Shirk::WrongData),
             CheatKind::Forge => Drill::Train(Shirk::Forge),
+            CheatKind::LazyValidator | CheatKind::LyingValidator => {
+                Drill::Validate(self.validator_behaviour().expect("a validator's cheat"))
+            }
+        }
+    }
+
+    /// A validator's cheat as its behaviour (`None` for a trainer's).
+    pub fn validator_behaviour(self) -> Option<crate::Behaviour> {
+        match self {
+            CheatKind::LazyValidator => Some(crate::Behaviour::Lazy),
+            CheatKind::LyingValidator => Some(crate::Behaviour::Lying),
+            _ => None,
         }
     }
 }
@@ -108,6 +126,8 @@ impl CheatKind {
 pub enum Drill {
     Send(Cheat),
     Train(Shirk),
+    /// A validator's cheat.
+    Validate(crate::Behaviour),
 }
 
 /// What a cheat may use besides its own honest result: the update it copies (another peer's

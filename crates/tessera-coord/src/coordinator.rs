@@ -74,9 +74,9 @@ pub enum Record {
     /// A node reported the state hash it holds after `round` rounds, computed by itself or
     /// adopted from the checkpoint.
     Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
-    /// A spot check of `peer`'s update of `round` was settled (what the ledger pays and
-    /// slashes by).
-    Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome },
+    /// A spot check of `peer`'s update of `round` was settled, `by` a validator (or, `None`,
+    /// the coordinator itself): what the ledger pays and slashes by.
+    Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome, by: Option<PeerId> },
 }
 
 /// What a closed round's `Accept` names that a store keeps or lets go, read here by the
@@ -123,12 +123,13 @@ pub enum Event {
         reported: Hash32,
         expected: Option<Hash32>,
     },
-    /// A spot check was settled.
+    /// A spot check was settled (`by` the validator whose finding stands, or the coordinator).
     Checked {
         round: u64,
         peer: PeerId,
         segment: usize,
         outcome: Outcome,
+        by: Option<PeerId>,
     },
     /// A trainer proven to have cheated is refused from now on.
     Banned {

@@ -104,6 +104,11 @@ impl Validator {
         }
     }
 
+    /// The run, once configured.
+    pub fn spec(&self) -> Option<&Arc<RunSpec>> {
+        self.spec.as_ref().map(|s| &s.0)
+    }
+
     /// A (new) connection to the coordinator: ask to join as a validator.
     pub fn connected(&mut self, _now_ms: u64) -> Vec<ValidatorAction> {
         let addrs = self.vc.addr.iter().cloned().collect();

@@ -415,8 +415,10 @@ impl Daemon {
                 hex(&reported),
                 expected.map_or("unknown".into(), |h| hex(&h))
             )),
-            Event::Checked { round, peer, segment, outcome } => {
-                let line = format!("round {round}: spot check of {} (segment {segment}): {outcome}", short(&peer));
+            Event::Checked { round, peer, segment, outcome, by } => {
+                let by = by.map_or("the coordinator".to_string(), |v| format!("validator {}", short(&v)));
+                let line =
+                    format!("round {round}: spot check of {} (segment {segment}) by {by}: {outcome}", short(&peer));
                 match outcome.passed() {
                     true => self.log.info(&line),
                     false => self.log.warn(&line),

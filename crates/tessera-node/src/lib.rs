@@ -21,6 +21,7 @@ pub mod coordinator;
 mod fetch;
 mod store;
 pub mod trainer;
+mod validator;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -60,8 +60,10 @@ pub struct Summary {
     pub last_spread: Option<f64>,
     /// The coordinator's bytes sent and received, as last recorded.
     pub traffic: Option<(u64, u64)>,
-    /// Spot checks settled, how many failed, and the trainers proven to have cheated.
+    /// Spot checks settled (and how many a validator's finding settled), how many failed,
+    /// and the trainers and validators proven to have cheated.
     pub checks: u64,
+    pub checks_by_validators: u64,
     pub checks_failed: u64,
     pub cheats_caught: u64,
     /// Seconds the coordinator spent re-running segments, as last recorded.
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
     agrees INTEGER NOT NULL, computed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, segment INTEGER NOT NULL,
-    outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, PRIMARY KEY(round, peer));
+    outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, validator BLOB,
+    PRIMARY KEY(round, peer));
 ";
 
 fn h32(v: Vec<u8>) -> Result<Hash32, StoreError> {
@@ -150,6 +153,7 @@ impl Store {
             last_spread: spread,
             traffic,
             checks: self.count("SELECT COUNT(*) FROM verdicts")?,
+            checks_by_validators: self.count("SELECT COUNT(*) FROM verdicts WHERE validator IS NOT NULL")?,
             checks_failed: self.count("SELECT COUNT(*) FROM verdicts WHERE passed = 0")?,
             cheats_caught: self.count("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1")?,
             check_s: match self.meta("check_s")? {
@@ -249,16 +253,18 @@ impl Store {
                     params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
                 )?;
             }
-            Record::Verdict { round, peer, segment, outcome } => {
+            Record::Verdict { round, peer, segment, outcome, by } => {
                 self.db.execute(
-                    "INSERT INTO verdicts(round, peer, segment, outcome, passed, cheat) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO verdicts(round, peer, segment, outcome, passed, cheat, validator)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         *round as i64,
                         &peer[..],
                         *segment as i64,
                         outcome.to_string(),
                         outcome.passed(),
-                        outcome.proves_cheat()
+                        outcome.proves_cheat(),
+                        by.map(|v| v.to_vec())
                     ],
                 )?;
             }

@@ -44,8 +44,10 @@ pub struct NodeOptions {
     pub slow_step_ms: u64,
     /// Fault drill: corrupt one parameter before closing this round.
     pub fault_round: Option<u64>,
-    /// Cheat drill: what to send instead of honest updates.
+    /// Cheat drill: what to send instead of honest updates (or, a validator, how to lie).
     pub cheat: Option<CheatKind>,
+    /// Check trainers' work instead of training (`tessera node --validator`).
+    pub validator: bool,
 }
 
 /// What comes back to the event loop from tasks it started.
@@ -89,7 +91,7 @@ struct Node {
 
 /// Serves this trainer's blobs (its updates and the states it holds) to the other members.
 /// Control frames from them mean nothing and are dropped.
-async fn serve_peers(net: Net) {
+pub(crate) async fn serve_peers(net: Net) {
     while let Some(conn) = net.accept().await {
         let Ok(conn) = conn else { continue };
         let n = net.clone();
@@ -97,14 +99,43 @@ async fn serve_peers(net: Net) {
     }
 }
 
-enum End {
+pub(crate) enum End {
     Lost,
     Done,
 }
 
-/// Runs a trainer until the run is done (or the coordinator stays unreachable).
+/// Runs a trainer (or, with `validator`, a validator) until the run is done or the
+/// coordinator stays unreachable.
 pub fn run(a: NodeOptions) -> Res<()> {
-    crate::runtime()?.block_on(main_loop(a))
+    match a.validator {
+        true => crate::runtime()?.block_on(crate::validator::main_loop(a)),
+        false => crate::runtime()?.block_on(main_loop(a)),
+    }
+}
+
+/// Connects to the coordinator, retrying every 500 ms; gives up once it has been
+/// unreachable for `limit_s` since `since` (set here on the first failure).
+pub(crate) async fn connect(
+    net: &Net,
+    (coord, addr): (tessera_coord::PeerId, Option<std::net::SocketAddr>),
+    limit_s: u64,
+    since: &mut Option<Instant>,
+) -> Res<Connection> {
+    loop {
+        match net.connect(coord, addr).await {
+            Ok(c) => {
+                *since = None;
+                return Ok(c);
+            }
+            Err(e) => {
+                let t = *since.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(limit_s) {
+                    return Err(NodeError::Run(format!("coordinator unreachable for {limit_s} s: {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 async fn main_loop(a: NodeOptions) -> Res<()> {
@@ -151,19 +182,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
     };
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let conn = match node.net.connect(coord, addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                let t = *unreachable_since.get_or_insert_with(Instant::now);
-                if t.elapsed() > Duration::from_secs(a.reconnect_s) {
-                    let why = format!("coordinator unreachable for {} s: {e}", a.reconnect_s);
-                    return Err(NodeError::Run(why));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        unreachable_since = None;
+        let conn = connect(&node.net, (coord, addr), a.reconnect_s, &mut unreachable_since).await?;
         node.log.info("connected to the coordinator");
         match node.session(conn, &mut inputs).await? {
             End::Done => break,
@@ -352,6 +371,10 @@ impl Node {
                     match k.for_run(&spec) {
                         Drill::Send(c) => self.cheat = Some(Arc::new(c)),
                         Drill::Train(s) => w.shirk(s),
+                        Drill::Validate(_) => {
+                            let e = format!("--cheat {k:?} is a validator's cheat: add --validator");
+                            return Err(NodeError::Run(e));
+                        }
                     }
                 }
                 self.worker = Some(w);

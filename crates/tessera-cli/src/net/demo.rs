@@ -136,6 +136,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
         spec_codec(&cfg),
         cfg.rounds
     ));
+    if cfg.validate == tessera_coord::Validate::Validators {
+        // One validator, there before the first round: it re-runs the segments the
+        // coordinator draws and the coordinator referees what it finds.
+        let key = a.dir.join("validator.key");
+        let args =
+            ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
+        let mut args: Vec<String> = args.map(String::from).to_vec();
+        args.push("--validator".into());
+        kids.0.push(("validator".into(), spawn(&a.dir, "validator", &args)?));
+    }
     for i in 0..a.peers {
         let key = a.dir.join(format!("node-{i}.key"));
         let args =
@@ -188,31 +198,40 @@ pub fn run(a: DemoArgs) -> Result<()> {
     summary(&coord_dir, &cfg, &ds, a.peers, t0.elapsed())
 }
 
+/// The number after `key` on the first line of `name.out` (in the demo's directory) that
+/// holds it, such as a node's `compute train_s=…`.
+fn printed(coord_dir: &Path, name: &str, key: &str) -> Option<f64> {
+    let dir = coord_dir.parent().unwrap_or(coord_dir);
+    let out = std::fs::read_to_string(dir.join(format!("{name}.out"))).ok()?;
+    let at = out.lines().find_map(|l| l.split_once(key).map(|x| x.1.to_string()))?;
+    at.split_whitespace().next()?.parse().ok()
+}
+
 /// The trainers' training seconds, from the `compute train_s=…` line each node prints.
 fn train_seconds(coord_dir: &Path, peers: usize) -> Vec<f64> {
-    let dir = coord_dir.parent().unwrap_or(coord_dir);
-    (1..=peers)
-        .filter_map(|i| std::fs::read_to_string(dir.join(format!("node-{i}.out"))).ok())
-        .filter_map(|out| {
-            let line = out.lines().find_map(|l| l.strip_prefix("compute train_s="))?;
-            line.split_whitespace().next()?.parse().ok()
-        })
-        .collect()
+    (0..peers).filter_map(|i| printed(coord_dir, &format!("node-{i}"), "train_s=")).collect()
 }
 
 /// What the spot checks did and what they cost against the trainers' compute.
-fn checks_line(sum: &tessera_node::Summary, cfg: &RunConfig, train_s: &[f64]) -> String {
+fn checks_line(sum: &tessera_node::Summary, cfg: &RunConfig, train_s: &[f64], validator_s: f64) -> String {
     if cfg.validate == tessera_coord::Validate::Off {
         return "off (validate = \"off\")".into();
     }
     let trained: f64 = train_s.iter().sum();
+    let spent = sum.check_s + validator_s;
     let share = match trained > 0.0 {
-        true => format!("{:.1}% of the trainers' {trained:.1} s", 100.0 * sum.check_s / trained),
+        true => format!("{:.1}% of the trainers' {trained:.1} s", 100.0 * spent / trained),
         false => "trainers' time unknown".into(),
     };
     format!(
-        "{} run by the coordinator (rate {}), {} failed, {} cheats caught; {:.2} s of re-execution = {share}",
-        sum.checks, cfg.check_rate, sum.checks_failed, sum.cheats_caught, sum.check_s
+        "{} (rate {}; {} settled by the validator, {} by the coordinator), {} failed, {} cheats caught; \
+         {spent:.2} s of re-execution = {share}",
+        sum.checks,
+        cfg.check_rate,
+        sum.checks_by_validators,
+        sum.checks - sum.checks_by_validators,
+        sum.checks_failed,
+        sum.cheats_caught
     )
 }
 
@@ -253,7 +272,9 @@ fn summary(
         "  state reports      {} of {} agree with the coordinator; {} computed by the node itself, {} adopted",
         sum.agreed, sum.reports, sum.computed_agreed, sum.adopted
     ));
-    o(&format!("  spot checks        {}", checks_line(&sum, cfg, &train_seconds(coord_dir, peers))));
+    let validator_s = printed(coord_dir, "validator", "check_s=").unwrap_or(0.0);
+    let trained = train_seconds(coord_dir, peers);
+    o(&format!("  spot checks        {}", checks_line(&sum, cfg, &trained, validator_s)));
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));
     o(&format!(
         "  DDP would move     {:.2} MB for the same steps: {:.0}x more",

@@ -97,10 +97,14 @@ pub struct NodeArgs {
     /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
     #[arg(long, hide = true)]
     pub fault_round: Option<u64>,
-    /// Cheat drill: send `poison` (the model-replacement update) or `replay` (the last
-    /// update again) instead of honest updates, to watch the coordinator refuse or clip them.
+    /// Cheat drill: poison, replay, skip-steps, wrong-data or forge (a trainer's), or
+    /// lazy-validator or lying-validator (with --validator), to watch the coordinator catch it.
     #[arg(long, hide = true)]
     pub cheat: Option<tessera_coord::CheatKind>,
+    /// Check other trainers' work instead of training: re-run the segments the coordinator
+    /// hands out and answer with signed verdicts (the run's `validate = "validators"`).
+    #[arg(long)]
+    pub validator: bool,
 }
 
 impl NodeArgs {
@@ -115,6 +119,7 @@ impl NodeArgs {
             slow_step_ms: self.slow_step_ms,
             fault_round: self.fault_round,
             cheat: self.cheat,
+            validator: self.validator,
         }
     }
 }

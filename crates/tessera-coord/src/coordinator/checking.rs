@@ -43,7 +43,7 @@ impl Coordinator {
         match open.checks.reveal(&self.spec, &from, *segment, (*blob, start, end)) {
             Ok(Some(blob)) => self.dispatch(from, blob),
             Ok(None) => {} // not challenged, or a resend
-            Err(outcome) => self.verdict(from, outcome),
+            Err(outcome) => self.verdict(from, outcome, None),
         }
         Ok(())
     }
@@ -114,7 +114,7 @@ impl Coordinator {
         };
         match open.checks.verdict(&from, peer, *finding) {
             Next::Ignore => {}
-            Next::Settle(outcome) => self.verdict(*peer, outcome),
+            Next::Settle(outcome) => self.verdict(*peer, outcome, Some(from)),
             Next::Delegate(v) => {
                 let addr = self.addrs.get(peer).cloned().unwrap_or_default();
                 if let Some(task) = open.checks.delegate(peer, (v, &addr), None) {
@@ -140,7 +140,7 @@ impl Coordinator {
                 let job = open.checks.job(&from, b.clone()).expect("the check waits for this blob");
                 self.out.push(Output::Check(Box::new(job)));
             }
-            _ => self.verdict(from, Outcome::NoReveal),
+            _ => self.verdict(from, Outcome::NoReveal, None),
         }
         true
     }
@@ -163,7 +163,7 @@ impl Coordinator {
                     self.refuse_validator(v, round, claimed);
                 }
             }
-            self.verdict(peer, outcome);
+            self.verdict(peer, outcome, None);
         }
         self.advance(now_ms);
         std::mem::take(&mut self.out)
@@ -177,7 +177,7 @@ impl Coordinator {
         self.validators.remove(&v);
         self.banned.insert(v, round);
         let outcome = Outcome::WrongVerdict(format!("{claimed:?}"));
-        self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome }));
+        self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome, by: None }));
         self.event(Event::Banned { peer: v, round });
         if let Some(open) = self.open.as_mut() {
             for (peer, blob) in open.checks.take_back(Some(&v)) {
@@ -187,9 +187,10 @@ impl Coordinator {
         }
     }
 
-    /// Settles `peer`'s check once: persists the verdict, leaves a failed update out, and
-    /// refuses a proven cheat from now on.
-    pub(super) fn verdict(&mut self, peer: PeerId, outcome: Outcome) {
+    /// Settles `peer`'s check once (`by` the validator whose finding stands, or the
+    /// coordinator): persists the verdict, leaves a failed update out, and refuses a proven
+    /// cheat from now on.
+    pub(super) fn verdict(&mut self, peer: PeerId, outcome: Outcome, by: Option<PeerId>) {
         let Some(open) = self.open.as_mut() else { return };
         let Some(segment) = open.checks.settle(&peer, outcome.clone()) else { return };
         let round = open.round;
@@ -200,7 +201,7 @@ impl Coordinator {
             }
             self.out.push(Output::Event(Event::Rejected { from: peer, reason }));
         }
-        let rec = Record::Verdict { round, peer, segment: segment as u64, outcome: outcome.clone() };
+        let rec = Record::Verdict { round, peer, segment: segment as u64, outcome: outcome.clone(), by };
         self.out.push(Output::Persist(rec));
         if outcome.proves_cheat() && self.banned.len() < MAX_KNOWN_PEERS {
             self.banned.insert(peer, round);
@@ -208,7 +209,7 @@ impl Coordinator {
             self.addrs.remove(&peer);
             self.event(Event::Banned { peer, round });
         }
-        self.event(Event::Checked { round, peer, segment, outcome });
+        self.event(Event::Checked { round, peer, segment, outcome, by });
     }
 
     /// Unanswered challenges of trainers that left (or, at the `deadline`, of any trainer) are
@@ -239,7 +240,7 @@ impl Coordinator {
         }
         let members = &self.members;
         for p in open.checks.unanswered(|p| !deadline && members.contains_key(p)) {
-            self.verdict(p, Outcome::NoReveal);
+            self.verdict(p, Outcome::NoReveal, None);
         }
     }
 

@@ -1,0 +1,224 @@
+//! The validator service (`tessera node --validator`). It drives the
+//! [`tessera_coord::Validator`] state machine: frames, fetch results, check results (run on
+//! blocking threads) and ticks go in; the machine's actions (send, fetch, check, log) are
+//! executed in order. It decides nothing itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use iroh::endpoint::Connection;
+use tessera_coord::{
+    Behaviour, CheckJob, CoordError, Hash32, Outcome, PeerId, Validator, ValidatorAction, ValidatorConfig,
+    ValidatorEvent,
+};
+use tessera_data::Dataset;
+use tessera_net::{parse_ticket, Net, NetError};
+use tokio::sync::mpsc;
+
+use crate::trainer::{connect, serve_peers, End, NodeOptions};
+use crate::{embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, TICK};
+
+type Res<T> = std::result::Result<T, NodeError>;
+
+/// Fetch and check results queued for the event loop.
+const MAX_INPUTS: usize = 256;
+
+enum Input {
+    Fetched(Hash32, Result<Vec<u8>, String>),
+    /// A check's round, trainer, outcome and seconds.
+    Checked(u64, PeerId, Result<Outcome, CoordError>, f64),
+}
+
+struct Checker {
+    net: Net,
+    key: SigningKey,
+    seq: Seq,
+    ds: Arc<Dataset>,
+    pool: Arc<rayon::ThreadPool>,
+    v: Validator,
+    fetcher: crate::fetch::Fetcher,
+    inputs: mpsc::Sender<Input>,
+    started: Instant,
+    log: Log,
+    checks: u64,
+    check_s: f64,
+}
+
+/// The validator's behaviour from the node's `--cheat` drill flag (a trainer's cheat refused).
+fn behaviour(a: &NodeOptions) -> Res<Behaviour> {
+    match a.cheat {
+        None => Ok(Behaviour::Honest),
+        Some(k) => k
+            .validator_behaviour()
+            .ok_or_else(|| NodeError::Run(format!("--cheat {k:?} is a trainer's cheat, not a validator's"))),
+    }
+}
+
+pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
+    let (coord, addr) = parse_ticket(&a.join)?;
+    let key = match &a.key {
+        Some(p) => load_or_create_key(p)?,
+        None => fresh_key()?,
+    };
+    let ds = Arc::new(embedded_dataset(&a.data_dir)?);
+    let net = Net::bind(key.to_bytes(), &a.net).await?;
+    let log = Log::new(&format!("validator {}", short(&net.id())));
+    let behaviour = behaviour(&a)?;
+    if behaviour != Behaviour::Honest {
+        log.warn(&format!("DRILL: this validator cheats ({behaviour:?})"));
+    }
+    let vc = ValidatorConfig {
+        me: net.id(),
+        coordinator: coord,
+        dataset: ds.manifest_hash(),
+        addr: Some(net.local_addr()?.to_string()),
+        behaviour,
+    };
+    tokio::spawn(serve_peers(net.clone()));
+    let (tx, mut inputs) = mpsc::channel(MAX_INPUTS);
+    let mut c = Checker {
+        fetcher: crate::fetch::Fetcher::new(net.clone(), coord),
+        net,
+        key,
+        seq: Seq::from_clock(),
+        ds,
+        pool: Arc::new(crate::pool(a.threads)?),
+        v: Validator::new(vc),
+        inputs: tx,
+        started: Instant::now(),
+        log,
+        checks: 0,
+        check_s: 0.0,
+    };
+    let mut unreachable_since = None;
+    loop {
+        let conn = connect(&c.net, (coord, addr), a.reconnect_s, &mut unreachable_since).await?;
+        c.log.info("connected to the coordinator as a validator");
+        match c.session(conn, &mut inputs).await? {
+            End::Done => break,
+            End::Lost => c.log.warn("lost the coordinator; reconnecting"),
+        }
+        unreachable_since.get_or_insert_with(Instant::now);
+    }
+    out(&format!("validator checks={} check_s={:.3}", c.checks, c.check_s));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.net.close().await;
+    Ok(())
+}
+
+impl Checker {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn session(&mut self, conn: Connection, inputs: &mut mpsc::Receiver<Input>) -> Res<End> {
+        let (tx, mut frames) = mpsc::channel::<Result<Vec<u8>, NetError>>(1024);
+        let (net, c2) = (self.net.clone(), conn.clone());
+        tokio::spawn(async move { net.serve(c2, move |f| drop(tx.try_send(f))).await });
+        let acts = self.v.connected(self.now_ms());
+        if self.execute(&conn, acts).await? {
+            return Ok(End::Done);
+        }
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            let now = self.now_ms();
+            let acts = tokio::select! {
+                f = frames.recv() => match f {
+                    Some(Ok(b)) => match tessera_wire::decode(&b) {
+                        Ok(s) => self.v.handle(now, s),
+                        Err(e) => {
+                            self.log.warn(&format!("frame refused: {e}"));
+                            continue;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        self.log.warn(&format!("frame refused: {e}"));
+                        continue;
+                    }
+                    None => return Ok(End::Lost),
+                },
+                Some(i) = inputs.recv() => match i {
+                    Input::Fetched(hash, got) => self.v.fetched(now, hash, got),
+                    Input::Checked(round, peer, got, took) => {
+                        self.checks += 1;
+                        self.check_s += took;
+                        self.v.checked(now, round, peer, got)
+                    }
+                },
+                _ = ticker.tick() => self.v.tick(now),
+                _ = conn.closed() => return Ok(End::Lost),
+            };
+            if self.execute(&conn, acts).await? {
+                return Ok(End::Done);
+            }
+        }
+    }
+
+    /// Executes the machine's actions in order; true when the run is over.
+    async fn execute(&mut self, conn: &Connection, acts: Vec<ValidatorAction>) -> Res<bool> {
+        let mut done = false;
+        for a in acts {
+            match a {
+                ValidatorAction::Send(m) => match tessera_wire::encode(&self.key, self.seq.next(), &m) {
+                    Ok(f) => {
+                        if let Err(e) = self.net.send_frame(conn, &f).await {
+                            self.log.warn(&format!("send failed: {e}"));
+                        }
+                    }
+                    Err(e) => self.log.warn(&format!("cannot encode: {e}")),
+                },
+                ValidatorAction::Fetch { sources, hash, len } => {
+                    let (f, conn, tx) = (self.fetcher.clone(), conn.clone(), self.inputs.clone());
+                    tokio::spawn(async move {
+                        let got = f.whole(&conn, &sources, &hash, len).await;
+                        let _ = tx.send(Input::Fetched(hash, got)).await;
+                    });
+                }
+                ValidatorAction::Check(job) => self.spawn_check(*job),
+                ValidatorAction::Event(e) => done |= self.on_event(e)?,
+            }
+        }
+        Ok(done)
+    }
+
+    fn spawn_check(&self, job: CheckJob) {
+        let (ds, pool, tx) = (self.ds.clone(), self.pool.clone(), self.inputs.clone());
+        let Some(spec) = self.spec() else { return };
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let got = pool.install(|| tessera_coord::run_check(&spec, &ds, &job));
+            let took = t0.elapsed().as_secs_f64();
+            let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got, took));
+        });
+    }
+
+    fn spec(&self) -> Option<Arc<tessera_coord::RunSpec>> {
+        self.v.spec().cloned()
+    }
+
+    fn on_event(&mut self, e: ValidatorEvent) -> Res<bool> {
+        match e {
+            ValidatorEvent::Configured(spec) => {
+                let c = &spec.cfg;
+                self.log.info(&format!(
+                    "run config: {} {} H={}; checking segments of {}",
+                    c.preset,
+                    c.algo,
+                    c.h(),
+                    c.commit_every
+                ));
+            }
+            ValidatorEvent::Checked { round, peer, segment, finding } => self
+                .log
+                .info(&format!("round {round}: checked {} segment {segment}: {finding:?}", short(&peer))),
+            ValidatorEvent::Warning(e) => self.log.warn(&e.to_string()),
+            ValidatorEvent::Fatal(e) => return Err(NodeError::Trainer(e)),
+            ValidatorEvent::Finished { round } => {
+                self.log.info(&format!("run done after {round} rounds; {} checks run", self.checks));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
