@@ -514,7 +514,7 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(3, 3) };
     let run = Run::new("validators", cfg);
     let (mut c, ticket) = run.coordinator("coord");
-    let mut v = vec![
+    let mut v = [
         run.node(&ticket, 5, &["--validator"]),
         run.node(&ticket, 6, &["--validator", "--cheat", "lying-validator"]),
     ];
