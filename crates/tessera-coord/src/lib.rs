@@ -2,8 +2,10 @@
 //!
 //! **Role.** The round protocol of a networked run (DESIGN §6) as sans-IO state machines:
 //! [`Coordinator`] decides membership, data assignment, deadlines and acceptance and keeps the
-//! shared state; [`Trainer`] is a trainer's side (sync to a state by hash, have its unit
-//! trained, commit, close the round with the aggregate, report). Both are driven by events
+//! shared state, draws spot checks and referees them; [`Trainer`] is a trainer's side (sync
+//! to a state by hash, have its unit trained, commit, reveal a challenged segment, close the
+//! round with the aggregate, report); [`Validator`] re-runs the checks it is handed. All are
+//! driven by events
 //! with explicit time: by the simulator on a virtual clock, and by the daemons over the
 //! network. [`Worker`] is the trainer's computation (H inner steps into an encoded update),
 //! which the trainer's driver runs when the machine asks; [`RunSpec`] is what a run's config
@@ -25,6 +27,9 @@
 //!   accepted update is ever applied twice (a round closes exactly once).
 //! - Every input from a peer is checked (membership, sequence number, round, assignment,
 //!   update shape and values) and refused with a typed [`Reject`], never a panic.
+//! - Spot checks decide only what the coordinator re-ran or a validator's unrefuted pass
+//!   says: a trainer or validator is refused only on the coordinator's own run, and a check
+//!   never changes the state an honest round reaches.
 //! - Clipping leaves an update within the median bound bit for bit as it was; the copy and
 //!   replay thresholds are set so that no honest update is refused (every honest run in the
 //!   tests checks it).
@@ -60,7 +65,7 @@ pub use coordinator::{
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{score, Score, MAX_SCORE_BATCHES, UNSEEN_SLOT};
-pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN};
+pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN, REPLAY_COSINE};
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use spot::{rederive_update, run_segment, LocalState};

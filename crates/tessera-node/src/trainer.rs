@@ -99,6 +99,33 @@ pub(crate) async fn serve_peers(net: Net) {
     }
 }
 
+/// The coordinator's frames on `conn`, as they arrive.
+pub(crate) fn frames_of(net: &Net, conn: &Connection) -> mpsc::Receiver<Result<Vec<u8>, NetError>> {
+    let (tx, frames) = mpsc::channel::<Result<Vec<u8>, NetError>>(1024);
+    let (net, c2) = (net.clone(), conn.clone());
+    tokio::spawn(async move { net.serve(c2, move |f| drop(tx.try_send(f))).await });
+    frames
+}
+
+/// A received frame, decoded and verified: `None` when the connection ended, `Some(None)` for
+/// a frame refused (and logged).
+pub(crate) fn verified(
+    log: &Log,
+    f: Option<Result<Vec<u8>, NetError>>,
+) -> Option<Option<tessera_coord::Signed>> {
+    let refused = |e: &dyn std::fmt::Display| {
+        log.warn(&format!("frame refused: {e}"));
+        Some(None)
+    };
+    match f? {
+        Ok(b) => match tessera_wire::decode(&b) {
+            Ok(s) => Some(Some(s)),
+            Err(e) => refused(&e),
+        },
+        Err(e) => refused(&e),
+    }
+}
+
 pub(crate) enum End {
     Lost,
     Done,
@@ -208,9 +235,7 @@ impl Node {
     }
 
     async fn session(&mut self, conn: Connection, inputs: &mut mpsc::Receiver<Input>) -> Res<End> {
-        let (tx, mut frames) = mpsc::channel::<Result<Vec<u8>, NetError>>(1024);
-        let (net, c2) = (self.net.clone(), conn.clone());
-        tokio::spawn(async move { net.serve(c2, move |f| drop(tx.try_send(f))).await });
+        let mut frames = frames_of(&self.net, &conn);
         let acts = self.t.connected(self.now_ms());
         if self.execute(&conn, acts).await? {
             return Ok(End::Done);
@@ -219,18 +244,9 @@ impl Node {
         loop {
             let now = self.now_ms();
             let acts = tokio::select! {
-                f = frames.recv() => match f {
-                    Some(Ok(b)) => match tessera_wire::decode(&b) {
-                        Ok(s) => self.t.handle(now, s),
-                        Err(e) => {
-                            self.log.warn(&format!("frame refused: {e}"));
-                            continue;
-                        }
-                    },
-                    Some(Err(e)) => {
-                        self.log.warn(&format!("frame refused: {e}"));
-                        continue;
-                    }
+                f = frames.recv() => match verified(&self.log, f) {
+                    Some(Some(s)) => self.t.handle(now, s),
+                    Some(None) => continue,
                     None => return Ok(End::Lost),
                 },
                 Some(i) = inputs.recv() => self.on_input(now, i),

@@ -13,10 +13,10 @@ use tessera_coord::{
     ValidatorEvent,
 };
 use tessera_data::Dataset;
-use tessera_net::{parse_ticket, Net, NetError};
+use tessera_net::{parse_ticket, Net};
 use tokio::sync::mpsc;
 
-use crate::trainer::{connect, serve_peers, End, NodeOptions};
+use crate::trainer::{connect, frames_of, serve_peers, verified, End, NodeOptions};
 use crate::{embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, TICK};
 
 type Res<T> = std::result::Result<T, NodeError>;
@@ -113,9 +113,7 @@ impl Checker {
     }
 
     async fn session(&mut self, conn: Connection, inputs: &mut mpsc::Receiver<Input>) -> Res<End> {
-        let (tx, mut frames) = mpsc::channel::<Result<Vec<u8>, NetError>>(1024);
-        let (net, c2) = (self.net.clone(), conn.clone());
-        tokio::spawn(async move { net.serve(c2, move |f| drop(tx.try_send(f))).await });
+        let mut frames = frames_of(&self.net, &conn);
         let acts = self.v.connected(self.now_ms());
         if self.execute(&conn, acts).await? {
             return Ok(End::Done);
@@ -124,18 +122,9 @@ impl Checker {
         loop {
             let now = self.now_ms();
             let acts = tokio::select! {
-                f = frames.recv() => match f {
-                    Some(Ok(b)) => match tessera_wire::decode(&b) {
-                        Ok(s) => self.v.handle(now, s),
-                        Err(e) => {
-                            self.log.warn(&format!("frame refused: {e}"));
-                            continue;
-                        }
-                    },
-                    Some(Err(e)) => {
-                        self.log.warn(&format!("frame refused: {e}"));
-                        continue;
-                    }
+                f = frames.recv() => match verified(&self.log, f) {
+                    Some(Some(s)) => self.v.handle(now, s),
+                    Some(None) => continue,
                     None => return Ok(End::Lost),
                 },
                 Some(i) = inputs.recv() => match i {

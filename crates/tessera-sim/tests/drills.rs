@@ -1,5 +1,5 @@
 //! The cheat drills over many seeds: in every seeded run each cheat is caught or neutralised,
-//! and no honest trainer is ever refused. A few seeds run by default; the full sweep of 100
+//! and no honest trainer is ever refused. Four seeds run by default; the full sweep of 100
 //! seeds is `cargo test --release -p tessera-sim --test drills -- --ignored`.
 
 use std::path::PathBuf;
@@ -111,7 +111,7 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 ///   gap of the honest run's;
 /// - skip-steps, wrong-data and forge are proven by a spot check within [`MAX_ROUNDS`];
 /// - nobody honest is refused, and no honest spot check fails.
-fn drills(seeds: std::ops::Range<u64>) {
+fn drills(seeds: impl IntoIterator<Item = u64>) {
     let ds = dataset();
     let (mut caught, mut runs, mut rounds_to_catch) = (0, 0, Vec::new());
     for seed in seeds {
@@ -163,7 +163,8 @@ fn drills(seeds: std::ops::Range<u64>) {
                 rounds_to_catch.push(b + 1);
             }
             for honest in (1..=4).filter(|i| *i != who) {
-                assert!(p.refused(&pid(honest)).is_empty(), "seed {seed}: honest trainer {honest} refused");
+                let r = p.refused(&pid(honest));
+                assert!(r.is_empty(), "seed {seed}, {bad:?}: honest trainer {honest} refused: {r:?}");
             }
             let failed = p.events.iter().any(
                 |e| matches!(e, Event::Checked { peer, outcome, .. } if *peer != pid(who) && !outcome.passed()),
@@ -184,9 +185,12 @@ fn drills(seeds: std::ops::Range<u64>) {
     );
 }
 
+/// Seeds 1 to 3, and seed 39, whose honest trainers' updates came within cosine 0.992 of
+/// earlier rounds' in a 60-round run and were once refused as replays (the regression test of
+/// `REPLAY_COSINE`).
 #[test]
-fn three_seeds_of_cheat_drills() {
-    drills(1..4);
+fn four_seeds_of_cheat_drills() {
+    drills([1, 2, 3, 39]);
 }
 
 #[test]

@@ -381,3 +381,43 @@ fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
         assert_eq!(closes(&p), (0..rc.rounds).collect::<Vec<_>>());
     }
 }
+
+/// Checking changes nothing an honest run computes: with a validator checking every update,
+/// with the coordinator checking them itself, and with no checks at all, the run reaches the
+/// same state bit for bit; the validator settles every check, each a pass.
+#[test]
+fn spot_checks_by_a_validator_or_the_coordinator_leave_the_state_as_it_was() {
+    use tessera_coord::{Behaviour, Validate};
+    let ds = dataset("checks-same");
+    let run = |validate: Validate, with_validator: bool| {
+        let rc = RunConfig { validate, check_rate: 1.0, commit_every: 1, ..run_cfg(3) };
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        if with_validator {
+            p.join_validator(pid(9), Behaviour::Honest).unwrap();
+        }
+        for i in 1..=3 {
+            p.join(pid(i)).unwrap();
+        }
+        p.run_until(rc.rounds).unwrap();
+        let verdicts: Vec<(bool, Option<[u8; 32]>)> = p
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Verdict { outcome, by, .. } => Some((outcome.passed(), *by)),
+                _ => None,
+            })
+            .collect();
+        (p.coordinator().state_hash(), verdicts)
+    };
+    let (off, none) = run(Validate::Off, false);
+    let (coord, by_coord) = run(Validate::Coordinator, false);
+    let (valid, by_valid) = run(Validate::Validators, true);
+    assert!(none.is_empty());
+    assert_eq!(off, coord, "the coordinator's checks change no state");
+    assert_eq!(off, valid, "a validator's checks change no state");
+    let rounds = run_cfg(3).rounds as usize;
+    assert_eq!(by_coord.len(), 3 * rounds, "every update checked");
+    assert!(by_coord.iter().all(|v| *v == (true, None)), "all passed, by the coordinator");
+    assert_eq!(by_valid.len(), 3 * rounds);
+    assert!(by_valid.iter().all(|v| *v == (true, Some(pid(9)))), "all passed, by the validator");
+}
