@@ -17,6 +17,9 @@ pub enum Cheat {
     Copy { of: PeerId },
     /// Resubmits its own update of an earlier round, framed with the new round's number.
     Replay,
+    /// Sends a random direction scaled to its honest update's norm (seeded by `seed` and the
+    /// round), committing to its honest states.
+    Random { seed: u64 },
 }
 
 /// How a dishonest trainer skimps on the training itself (drills only; the
@@ -62,6 +65,8 @@ pub enum CheatKind {
     Poison,
     /// [`Cheat::Replay`].
     Replay,
+    /// [`Cheat::Random`].
+    Random,
     /// [`Shirk::SkipSteps`].
     SkipSteps,
     /// [`Shirk::WrongData`].
@@ -80,13 +85,14 @@ impl std::str::FromStr for CheatKind {
         match s {
             "poison" => Ok(CheatKind::Poison),
             "replay" => Ok(CheatKind::Replay),
+            "random" => Ok(CheatKind::Random),
             "skip-steps" => Ok(CheatKind::SkipSteps),
             "wrong-data" => Ok(CheatKind::WrongData),
             "forge" => Ok(CheatKind::Forge),
             "lazy-validator" => Ok(CheatKind::LazyValidator),
             "lying-validator" => Ok(CheatKind::LyingValidator),
             other => Err(CoordError::Config(format!(
-                "unknown cheat {other:?} (poison, replay, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
+                "unknown cheat {other:?} (poison, replay, random, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
             ))),
         }
     }
@@ -101,6 +107,7 @@ impl CheatKind {
                 Drill::Send(Cheat::Poison { target, peers: spec.cfg.min_peers })
             }
             CheatKind::Replay => Drill::Send(Cheat::Replay),
+            CheatKind::Random => Drill::Send(Cheat::Random { seed: spec.cfg.seed }),
             CheatKind::SkipSteps => Drill::Train(Shirk::SkipSteps),
             CheatKind::WrongData => Drill::Train(Shirk::WrongData),
             CheatKind::Forge => Drill::Train(Shirk::Forge),
@@ -163,6 +170,20 @@ impl Cheat {
                 let n = d.header.n as usize;
                 let update =
                     frame_update(spec.outer.algorithm(), s.codec, spec.layout_hash, honest.round, n, payload);
+                Ok(honest.with_update(update))
+            }
+            Cheat::Random { seed } => {
+                let honest_values = decode_update(&honest.update, spec.expected())?.values;
+                let norm = honest_values.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                let rng = tessera_tensor::rng::Philox::new(seed ^ 0x7a4d_0a11);
+                let offset = honest.round.wrapping_mul(state.theta.len() as u64);
+                let mut d: Vec<f32> =
+                    (0..state.theta.len() as u64).map(|i| rng.normal(1, offset + i)).collect();
+                let dn = d.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt().max(1e-12);
+                d.iter_mut().for_each(|x| *x = (f64::from(*x) * norm / dn) as f32);
+                let s = &spec.outer.s;
+                let update =
+                    encode_update(spec.outer.algorithm(), s.codec, spec.layout_hash, honest.round, &d);
                 Ok(honest.with_update(update))
             }
             Cheat::Poison { target, peers } => {

@@ -132,6 +132,7 @@ fn drills(seeds: impl IntoIterator<Item = u64>) {
             (4, Bad::Send(Cheat::Copy { of: pid(1) }), 3),
             (3, Bad::Send(Cheat::Replay), 3),
             (2, Bad::Send(Cheat::Poison { target: target.clone(), peers: 4 }), 3),
+            (4, Bad::Send(Cheat::Random { seed }), MAX_ROUNDS),
             (1, Bad::Train(Shirk::SkipSteps), MAX_ROUNDS),
             (2, Bad::Train(Shirk::WrongData), MAX_ROUNDS),
             (3, Bad::Train(Shirk::Forge), MAX_ROUNDS),
@@ -156,10 +157,14 @@ fn drills(seeds: impl IntoIterator<Item = u64>) {
                     let moved = distance(&p.coordinator().global().theta, &theta) / distance(&theta, &target);
                     acc.iter().all(|r| clipped.contains(r)) && moved < 0.05
                 }
-                Bad::Train(_) | Bad::Validator(_) => banned(&p, who).is_some(),
+                // A random update is proven when the last segment's re-derivation is checked.
+                Bad::Send(Cheat::Random { .. }) | Bad::Train(_) | Bad::Validator(_) => {
+                    banned(&p, who).is_some()
+                }
             };
             assert!(ok, "seed {seed}: {bad:?} was neither caught nor neutralised: accepted {acc:?}, {r:?}");
-            if let (Bad::Train(_) | Bad::Validator(_), Some(b)) = (&bad, banned(&p, who)) {
+            let proven = matches!(bad, Bad::Train(_) | Bad::Validator(_) | Bad::Send(Cheat::Random { .. }));
+            if let (true, Some(b)) = (proven, banned(&p, who)) {
                 rounds_to_catch.push(b + 1);
             }
             for honest in (1..=4).filter(|i| *i != who) {
