@@ -45,6 +45,14 @@ pub struct RunConfig {
     /// The share of validator tasks first sent as a decoy (an end leaf nobody can reach), so
     /// that a validator that passes work without checking it is caught.
     pub decoy_rate: f64,
+    /// Each accepted update is scored on this many held-out (and own, and unseen) batches,
+    /// applied alone to the round's start state (0, the default: no scoring, which costs the
+    /// coordinator about 15% of the trainers' compute at 2 batches; NoLoCo is never scored).
+    pub score_batches: u64,
+    /// An update that raises the held-out loss by more than this (nats/byte) when applied
+    /// alone is left out as harmful. Gross harm only: an honest update applied alone at full
+    /// weight often raises it a little (BENCHMARKS.md measured down to −0.069 in the demo).
+    pub harm_tolerance: f64,
     /// At most this many trainers per round (members beyond it wait).
     pub max_peers: usize,
     /// Trainers send a heartbeat this often; one silent for `silence_ms` has left.
@@ -84,6 +92,8 @@ impl Default for RunConfig {
             validate: crate::Validate::Validators,
             check_rate: 0.5,
             decoy_rate: 0.1,
+            score_batches: 0,
+            harm_tolerance: 0.5,
             max_peers: 64,
             heartbeat_ms: 500,
             silence_ms: 4000,
@@ -153,6 +163,9 @@ impl RunConfig {
         }
         if !(0.0..=1.0).contains(&self.check_rate) || !(0.0..=1.0).contains(&self.decoy_rate) {
             return bad("check_rate and decoy_rate must be within [0, 1]");
+        }
+        if self.score_batches > crate::MAX_SCORE_BATCHES || self.harm_tolerance.is_nan() || self.harm_tolerance < 0.0 {
+            return bad("need score_batches <= 64 and harm_tolerance >= 0");
         }
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
             return bad("need 1 <= min_peers <= max_peers <= 1024");

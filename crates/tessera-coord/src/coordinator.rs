@@ -9,10 +9,14 @@ use std::sync::Arc;
 use tessera_sync::{decode_update, Contribution, Exchange};
 use tessera_wire::{Assignment, Message};
 
-use crate::check::{CheckJob, Outcome};
+use crate::check::Outcome;
 use crate::screen::{Fingerprint, Screen, Screened, Screening};
 mod checking;
+mod outputs;
 mod round_checks;
+mod scoring;
+
+pub use outputs::{ClosedRound, Event, Output, Record, Restored};
 
 pub use checking::MAX_VALIDATORS;
 
@@ -33,135 +37,6 @@ const SPEED_ALPHA: f64 = 0.5;
 
 /// A unit of data: H inner steps on the batches of `(data_round, slot)`.
 pub type Unit = (u64, u64);
-
-/// What the driver must do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    Send {
-        to: PeerId,
-        message: Message,
-    },
-    /// To every current member.
-    Broadcast {
-        message: Message,
-    },
-    /// Fetch blob `hash` (exactly `len` bytes) from `from`, then call [`Coordinator::fetched`].
-    Fetch {
-        from: PeerId,
-        hash: Hash32,
-        len: u64,
-    },
-    /// Store a blob durably and serve it by hash.
-    StoreBlob {
-        hash: Hash32,
-        bytes: Vec<u8>,
-    },
-    /// Write a decision durably before going on.
-    Persist(Record),
-    /// Run a spot check ([`crate::run_check`]), then call [`Coordinator::checked`].
-    Check(Box<CheckJob>),
-    Event(Event),
-}
-
-/// A decision or observation to write down.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    /// A round was announced (the `RoundStart` message).
-    RoundStarted { round: u64, start: Message },
-    /// A round was closed: the `Accept` message, the new state and the backlog after it, and
-    /// (NoLoCo) the spread of the replicas.
-    RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit>, spread: Option<f64> },
-    /// A node reported the state hash it holds after `round` rounds, computed by itself or
-    /// adopted from the checkpoint.
-    Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
-    /// A spot check of `peer`'s update of `round` was settled, `by` a validator (or, `None`,
-    /// the coordinator itself): what the ledger pays and slashes by.
-    Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome, by: Option<PeerId> },
-}
-
-/// What a closed round's `Accept` names that a store keeps or lets go, read here by the
-/// protocol so that no driver interprets the message itself.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ClosedRound {
-    pub accepted: Vec<PeerId>,
-    /// NoLoCo: each member's replica after the round (what a restart restores).
-    pub replicas: Vec<(PeerId, Hash32)>,
-    /// Blobs that expire with the round's state checkpoint (NoLoCo's φ and replica blobs).
-    pub expiring: Vec<Hash32>,
-}
-
-impl ClosedRound {
-    /// `None` when `accept` is not an `Accept`.
-    pub fn of(accept: &Message) -> Option<Self> {
-        let Message::Accept { accepted, pairs, .. } = accept else { return None };
-        let replicas = pairs.as_ref().map(|p| p.replicas.clone()).unwrap_or_default();
-        let phis = pairs.iter().flat_map(|p| p.phis.iter().copied());
-        let expiring = phis.chain(replicas.iter().map(|r| r.1)).collect();
-        Some(Self { accepted: accepted.clone(), replicas, expiring })
-    }
-}
-
-/// Things worth logging.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Joined(PeerId),
-    Left(PeerId),
-    Rejected {
-        from: PeerId,
-        reason: Reject,
-    },
-    RoundClosed {
-        round: u64,
-        accepted: usize,
-        rejected: usize,
-        reassigned: usize,
-        spread: Option<f64>,
-    },
-    Disagreement {
-        round: u64,
-        peer: PeerId,
-        reported: Hash32,
-        expected: Option<Hash32>,
-    },
-    /// A spot check was settled (`by` the validator whose finding stands, or the coordinator).
-    Checked {
-        round: u64,
-        peer: PeerId,
-        segment: usize,
-        outcome: Outcome,
-        by: Option<PeerId>,
-    },
-    /// A trainer proven to have cheated is refused from now on.
-    Banned {
-        peer: PeerId,
-        round: u64,
-    },
-    /// Robust aggregation scaled `count` accepted updates down to the round's median bound.
-    Clipped {
-        round: u64,
-        count: usize,
-    },
-    Finished {
-        round: u64,
-        state_hash: Hash32,
-    },
-}
-
-/// What the coordinator reloads after a restart.
-#[derive(Debug, Clone)]
-pub struct Restored {
-    /// The state blob of the last closed round (or the initial state).
-    pub state: GlobalState,
-    pub backlog: Vec<Unit>,
-    /// A round that was announced but not closed.
-    pub open: Option<Message>,
-    /// State hashes by rounds completed.
-    pub history: Vec<(u64, Hash32)>,
-    /// NoLoCo: every member's replica, of the state's round.
-    pub replicas: Vec<(PeerId, GlobalState)>,
-    /// Trainers proven to have cheated, with the round each was caught in.
-    pub banned: Vec<(PeerId, u64)>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Slot {
@@ -190,6 +65,9 @@ struct OpenRound {
     /// The peers in the order their commits arrived (a copy comes after its original).
     order: Vec<PeerId>,
     checks: Checks,
+    /// Accepted updates whose score is awaited, and the start state they are scored against.
+    scoring: std::collections::BTreeSet<PeerId>,
+    start_state: Option<Arc<GlobalState>>,
 }
 
 /// The coordinator.
@@ -309,6 +187,8 @@ impl Coordinator {
             start,
             order: Vec::new(),
             checks: Checks::new(round),
+            scoring: Default::default(),
+            start_state: None,
         });
     }
 
@@ -412,7 +292,11 @@ impl Coordinator {
                         let reason = reason.clone();
                         self.out.push(Output::Event(Event::Rejected { from, reason }));
                     }
+                    let accepted = matches!(verdict, Slot::Accepted { .. });
                     *slot = verdict;
+                    if accepted {
+                        self.ask_score(from);
+                    }
                 }
             }
         }
@@ -625,7 +509,7 @@ impl Coordinator {
             });
             // Past the deadline every check still open is the checker's own (a fetch or a
             // re-run in flight): the round waits for it, the trainer being not at fault.
-            if (decided || late) && open.checks.settled() {
+            if (decided || late) && open.checks.settled() && open.scoring.is_empty() {
                 if let Err(e) = self.close() {
                     // Our own aggregate failed to decode: a bug, not a peer's fault.
                     panic!("closing round {}: {e}", self.global.round);
@@ -678,6 +562,8 @@ impl Coordinator {
             start,
             order: Vec::new(),
             checks: Checks::new(round),
+            scoring: Default::default(),
+            start_state: None,
         });
     }
 

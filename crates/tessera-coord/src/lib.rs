@@ -64,7 +64,7 @@ pub use coordinator::{
 };
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
-pub use score::{score, Score, MAX_SCORE_BATCHES, UNSEEN_SLOT};
+pub use score::{run_score, score, Score, ScoreJob, MAX_SCORE_BATCHES, UNSEEN_SLOT};
 pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN, REPLAY_COSINE};
 pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
@@ -133,6 +133,8 @@ pub enum Reject {
     Unexpected(&'static str),
     #[error("spot check of segment {segment} failed: {outcome}")]
     FailedCheck { segment: usize, outcome: Outcome },
+    #[error("harmful: applied alone it raises the held-out loss by {:.4} nats/byte", -held_out)]
+    Harmful { held_out: f64 },
     #[error("proven to have cheated in round {0}")]
     Banned(u64),
 }

@@ -30,6 +30,24 @@ pub struct Score {
     pub unseen: f64,
 }
 
+/// One update to score: what the coordinator hands its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreJob {
+    pub round: u64,
+    pub peer: crate::PeerId,
+    pub unit: (u64, u64),
+    /// The decoded update.
+    pub values: Vec<f32>,
+    /// The round's start state.
+    pub state: std::sync::Arc<GlobalState>,
+    pub batches: u64,
+}
+
+/// Runs a [`ScoreJob`].
+pub fn run_score(spec: &RunSpec, ds: &Dataset, job: &ScoreJob) -> Result<Score, CoordError> {
+    score(spec, ds, &job.state, &job.values, job.unit, job.batches)
+}
+
 /// Scores the decoded update `values` of the unit `(data_round, slot)` against `state`, on
 /// `batches` batches per set.
 pub fn score(

@@ -44,6 +44,8 @@ enum Input {
     Connected(PeerId, Connection),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
     Evaluated(u64, u64, Result<f64, String>),
+    /// An update scored off the loop: the round, the trainer, the score, the seconds it took.
+    Scored(u64, PeerId, Result<tessera_coord::Score, tessera_coord::CoordError>, f64),
     /// A spot check run off the loop: the round, the trainer, the outcome, the seconds it took.
     Checked(u64, PeerId, Result<tessera_coord::Outcome, tessera_coord::CoordError>, f64),
 }
@@ -63,8 +65,9 @@ struct Daemon {
     eval: Option<(Arc<tessera_data::Dataset>, u64, u64)>,
     /// The dataset spot checks re-run the trainers' steps on (from `--data-dir`).
     data: Option<Arc<tessera_data::Dataset>>,
-    /// Seconds spent running spot checks (recorded with the traffic).
+    /// Seconds spent running spot checks and scoring updates (recorded with the traffic).
     check_s: f64,
+    score_s: f64,
     evaluated: u64,
     /// Evaluations running on blocking threads; the daemon exits only once they are recorded.
     evals_pending: usize,
@@ -149,6 +152,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         final_reports: 0,
         eval: None,
         check_s: 0.0,
+        score_s: 0.0,
         data: a.data_dir.as_deref().map(tessera_data::Dataset::open).transpose()?.map(Arc::new),
         evaluated: u64::MAX,
         evals_pending: 0,
@@ -274,6 +278,10 @@ impl Daemon {
                 self.check_s += took;
                 self.coord.checked(now, round, peer, got)
             }
+            Input::Scored(round, peer, got, took) => {
+                self.score_s += took;
+                self.coord.scored(now, round, peer, got)
+            }
             Input::Connected(peer, conn) => {
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
@@ -306,6 +314,7 @@ impl Daemon {
     fn record_traffic(&self) -> Res<()> {
         let b = postcard::to_allocvec(&self.net.traffic()).map_err(|e| NodeError::Run(e.to_string()))?;
         self.store.set_meta("check_s", &self.check_s.to_le_bytes())?;
+        self.store.set_meta("score_s", &self.score_s.to_le_bytes())?;
         Ok(self.store.set_meta("traffic", &b)?)
     }
 
@@ -348,10 +357,24 @@ impl Daemon {
                     }
                 }
                 Output::Check(job) => self.spawn_check(*job),
+                Output::Score(job) => self.spawn_score(*job),
                 Output::Event(e) => self.on_event(e),
             }
         }
         Ok(())
+    }
+
+    /// Scores an update on a blocking thread; without a dataset nothing can be scored.
+    fn spawn_score(&self, job: tessera_coord::ScoreJob) {
+        let (spec, data, tx) = (self.coord.spec().clone(), self.data.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let got = match &data {
+                Some(ds) => tessera_coord::run_score(&spec, ds, &job),
+                None => Err(tessera_coord::CoordError::Config("the coordinator has no --data-dir".into())),
+            };
+            let _ = tx.blocking_send(Input::Scored(job.round, job.peer, got, t0.elapsed().as_secs_f64()));
+        });
     }
 
     /// Runs a spot check on a blocking thread; without a dataset nothing can be re-run.
@@ -423,6 +446,23 @@ impl Daemon {
                     true => self.log.info(&line),
                     false => self.log.warn(&line),
                 }
+            }
+            Event::Scored { round, peer, score, harmful } => {
+                let line = format!(
+                    "round {round}: {}'s update scored: held-out gain {:+.4}, own {:+.4}, unseen {:+.4}{}",
+                    short(&peer),
+                    score.held_out,
+                    score.own,
+                    score.unseen,
+                    if harmful { " — HARMFUL, left out" } else { "" }
+                );
+                match harmful {
+                    true => self.log.warn(&line),
+                    false => self.log.info(&line),
+                }
+            }
+            Event::Unscored { round, peer, why } => {
+                self.log.warn(&format!("round {round}: {}'s update not scored: {why}", short(&peer)))
             }
             Event::Banned { peer, round } => self.log.warn(&format!(
                 "CHEAT: {} proven to have cheated in round {round}; refused from now on",

@@ -68,6 +68,10 @@ pub struct Summary {
     pub cheats_caught: u64,
     /// Seconds the coordinator spent re-running segments, as last recorded.
     pub check_s: f64,
+    /// Updates scored, and how many of them were left out as harmful; seconds spent scoring.
+    pub scored: u64,
+    pub harmful: u64,
+    pub score_s: f64,
 }
 
 pub struct Store {
@@ -87,6 +91,8 @@ CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, s
 CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, segment INTEGER NOT NULL,
     outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, validator BLOB,
     PRIMARY KEY(round, peer));
+CREATE TABLE IF NOT EXISTS scores(round INTEGER NOT NULL, peer BLOB NOT NULL, held_out REAL NOT NULL,
+    own REAL NOT NULL, unseen REAL NOT NULL, harmful INTEGER NOT NULL, PRIMARY KEY(round, peer));
 ";
 
 fn h32(v: Vec<u8>) -> Result<Hash32, StoreError> {
@@ -156,15 +162,23 @@ impl Store {
             checks_by_validators: self.count("SELECT COUNT(*) FROM verdicts WHERE validator IS NOT NULL")?,
             checks_failed: self.count("SELECT COUNT(*) FROM verdicts WHERE passed = 0")?,
             cheats_caught: self.count("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1")?,
-            check_s: match self.meta("check_s")? {
-                Some(b) => f64::from_le_bytes(
-                    b.as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("meta check_s is not one f64".into()))?,
-                ),
-                None => 0.0,
-            },
+            check_s: self.meta_f64("check_s")?,
+            scored: self.count("SELECT COUNT(*) FROM scores")?,
+            harmful: self.count("SELECT COUNT(*) FROM scores WHERE harmful = 1")?,
+            score_s: self.meta_f64("score_s")?,
         })
+    }
+
+    /// A meta value holding one f64 (0 when absent).
+    fn meta_f64(&self, key: &str) -> Result<f64, StoreError> {
+        match self.meta(key)? {
+            Some(b) => Ok(f64::from_le_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("meta {key} is not one f64")))?,
+            )),
+            None => Ok(0.0),
+        }
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -251,6 +265,13 @@ impl Store {
                 self.db.execute(
                     "INSERT INTO reports(round, peer, state_hash, agrees, computed) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
+                )?;
+            }
+            Record::Scored { round, peer, score, harmful } => {
+                self.db.execute(
+                    "INSERT OR REPLACE INTO scores(round, peer, held_out, own, unseen, harmful)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![*round as i64, &peer[..], score.held_out, score.own, score.unseen, *harmful],
                 )?;
             }
             Record::Verdict { round, peer, segment, outcome, by } => {

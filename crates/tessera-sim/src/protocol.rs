@@ -51,6 +51,8 @@ enum Delivery {
     BlobToPeer(PeerId, Hash32, Result<Vec<u8>, String>),
     /// A spot check the coordinator ran: (round, trainer, outcome).
     Checked(u64, PeerId, Result<Outcome, CoordError>),
+    /// An update the coordinator scored: (round, trainer, score).
+    Scored(u64, PeerId, Result<tessera_coord::Score, CoordError>),
     /// A spot check a validator ran: (validator, round, trainer, outcome).
     ValidatorChecked(PeerId, u64, PeerId, Result<Outcome, CoordError>),
 }
@@ -415,6 +417,10 @@ impl<'a> ProtocolSim<'a> {
                     let got = tessera_coord::run_check(&self.spec, self.ds, &job);
                     self.queue.push_back(Delivery::Checked(job.round, job.peer, got));
                 }
+                Output::Score(job) => {
+                    let got = tessera_coord::run_score(&self.spec, self.ds, &job);
+                    self.queue.push_back(Delivery::Scored(job.round, job.peer, got));
+                }
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -460,6 +466,10 @@ impl<'a> ProtocolSim<'a> {
                 }
                 Delivery::Checked(round, peer, got) => {
                     let outs = self.coord.checked(self.now, round, peer, got);
+                    self.execute(outs);
+                }
+                Delivery::Scored(round, peer, got) => {
+                    let outs = self.coord.scored(self.now, round, peer, got);
                     self.execute(outs);
                 }
                 Delivery::BlobToPeer(to, hash, got) => {

@@ -203,3 +203,40 @@ fn four_seeds_of_cheat_drills() {
 fn a_hundred_seeds_of_cheat_drills() {
     drills(1..101);
 }
+
+/// The scores honest and cheating updates get (held-out gain, applied alone), over `seeds`:
+/// the measurement behind `harm_tolerance`. Prints the honest minimum and each cheat's range.
+#[test]
+#[ignore = "a measurement: cargo test --release -p tessera-sim --test drills -- --ignored --nocapture scores"]
+fn scores_of_honest_and_cheating_updates() {
+    let ds = dataset();
+    let (mut honest, mut random, mut poison) = (Vec::new(), Vec::new(), Vec::new());
+    for seed in 1..11 {
+        let start = RunSpec::new(cfg(seed)).unwrap().initial_state().theta;
+        let target: Vec<f32> = start.iter().map(|x| x + 0.5).collect();
+        for (bad, into) in
+            [(Cheat::Random { seed }, &mut random), (Cheat::Poison { target, peers: 4 }, &mut poison)]
+        {
+            let p = run(&ds, seed, Some((4, Bad::Send(bad))), 5);
+            for e in &p.events {
+                if let Event::Scored { peer, score, .. } = e {
+                    match *peer == pid(4) {
+                        true => into.push(score.held_out),
+                        false => honest.push(score.held_out),
+                    }
+                }
+            }
+        }
+    }
+    let range = |v: &[f64]| {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (v.len(), min, max)
+    };
+    eprintln!(
+        "held-out gains (count, min, max): honest {:?}, random {:?}, poison {:?}",
+        range(&honest),
+        range(&random),
+        range(&poison)
+    );
+}

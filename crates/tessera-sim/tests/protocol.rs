@@ -421,3 +421,42 @@ fn spot_checks_by_a_validator_or_the_coordinator_leave_the_state_as_it_was() {
     assert_eq!(by_valid.len(), 3 * rounds);
     assert!(by_valid.iter().all(|v| *v == (true, Some(pid(9)))), "all passed, by the validator");
 }
+
+/// Scoring inside the round: every accepted update is scored before the round closes (the
+/// scores persisted before the `Accept`), and the model-replacement update, which applied
+/// alone raises the held-out loss far beyond the tolerance, is left out as harmful; no honest
+/// update is.
+#[test]
+fn updates_are_scored_in_the_round_and_a_harmful_one_is_left_out() {
+    use tessera_coord::{Cheat, Reject, Validate};
+    let ds = dataset("scores");
+    let rc = RunConfig { validate: Validate::Off, score_batches: 2, harm_tolerance: 0.1, ..run_cfg(4) }
+        .with(|c| c.rounds = 1);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=4 {
+        p.join(pid(i)).unwrap();
+    }
+    let target: Vec<f32> =
+        RunSpec::new(rc.clone()).unwrap().initial_state().theta.iter().map(|x| x + 0.5).collect();
+    p.cheat(&pid(4), Cheat::Poison { target, peers: 4 });
+    p.run_until(1).unwrap();
+    let scored: Vec<_> = p
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Scored { peer, score, harmful, .. } => Some((*peer, score.held_out, *harmful)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scored.len(), 4, "every accepted update is scored: {scored:?}");
+    for (peer, gain, harmful) in &scored {
+        assert_eq!(*harmful, *peer == pid(4), "{gain}: only the poison is harmful");
+    }
+    assert!(matches!(p.refused(&pid(4))[..], [Reject::Harmful { .. }]), "{:?}", p.refused(&pid(4)));
+    let closed = p.records.iter().position(|r| matches!(r, Record::RoundClosed { .. })).unwrap();
+    let last_score = p.records.iter().rposition(|r| matches!(r, Record::Scored { .. })).unwrap();
+    assert!(last_score < closed, "scores are persisted before the round closes");
+    for i in 1..=3 {
+        assert!(p.refused(&pid(i)).is_empty(), "honest trainer {i} is never refused");
+    }
+}

@@ -275,6 +275,12 @@ fn summary(
     let validator_s = printed(coord_dir, "validator", "check_s=").unwrap_or(0.0);
     let trained = train_seconds(coord_dir, peers);
     o(&format!("  spot checks        {}", checks_line(&sum, cfg, &trained, validator_s)));
+    if sum.scored > 0 {
+        o(&format!(
+            "  scores             {} updates scored on {} held-out batches, {} left out as harmful; {:.2} s",
+            sum.scored, cfg.score_batches, sum.harmful, sum.score_s
+        ));
+    }
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));
     o(&format!(
         "  DDP would move     {:.2} MB for the same steps: {:.0}x more",
