@@ -164,7 +164,10 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&self.check_rate) || !(0.0..=1.0).contains(&self.decoy_rate) {
             return bad("check_rate and decoy_rate must be within [0, 1]");
         }
-        if self.score_batches > crate::MAX_SCORE_BATCHES || self.harm_tolerance.is_nan() || self.harm_tolerance < 0.0 {
+        if self.score_batches > crate::MAX_SCORE_BATCHES
+            || self.harm_tolerance.is_nan()
+            || self.harm_tolerance < 0.0
+        {
             return bad("need score_batches <= 64 and harm_tolerance >= 0");
         }
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
