@@ -49,10 +49,18 @@ struct Run {
 impl Run {
     /// Two members joined; round 0 is open.
     fn start() -> Self {
-        let spec = Arc::new(RunSpec::new(cfg()).unwrap());
+        Self::start_with(cfg(), None)
+    }
+
+    /// The same with `cfg`, and (`validator`) a validator joined first.
+    fn start_with(cfg: RunConfig, validator: Option<PeerId>) -> Self {
+        let spec = Arc::new(RunSpec::new(cfg).unwrap());
         let c = Coordinator::new(spec.clone(), [9; 32]).unwrap();
         let workers = vec![Worker::new(spec.clone()), Worker::new(spec.clone())];
         let mut r = Self { c, spec, seq: Default::default(), workers, assignments: Vec::new() };
+        if let Some(v) = validator {
+            r.send(0, v, Message::JoinValidator { addrs: vec![] });
+        }
         r.send(0, pid(1), Message::Join { addrs: vec![] });
         let out = r.send(1, pid(2), Message::Join { addrs: vec![] });
         r.assignments = out
@@ -239,4 +247,83 @@ fn the_draw_follows_the_rate_and_the_blob_decodes_only_at_its_length() {
     assert_eq!(b.len() as u64, LocalState::blob_len(2));
     assert_eq!(LocalState::decode(&b, 2).unwrap(), s);
     assert!(matches!(LocalState::decode(&b[1..], 2), Err(CoordError::State(_))));
+}
+
+/// A validator is ruled against only by the coordinator's own completed run: a mismatch it
+/// claims on a trainer whose state can then not be fetched proves nothing against it; a
+/// mismatch the coordinator's re-run contradicts is a lie, and the validator is refused.
+#[test]
+fn a_validator_is_ruled_against_only_by_the_coordinators_completed_run() {
+    let ds = dataset();
+    let v = pid(9);
+    let c = RunConfig { validate: Validate::Validators, decoy_rate: 0.0, ..cfg() };
+    let mut r = Run::start_with(c, Some(v));
+    let task = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Send { to, message: Message::CheckTask { peer, segment, .. } } if *to == pid(9) => {
+                Some((*peer, *segment))
+            }
+            _ => None,
+        })
+    };
+    let banned = |out: &[Output], who: PeerId| {
+        out.iter().any(|o| matches!(o, Output::Event(Event::Banned { peer, .. }) if *peer == who))
+    };
+    for i in 0..2 {
+        let (out, _) = r.commit(&ds, i);
+        let (round, seg) = challenge(&out).expect("challenged");
+        let rev = r.workers[i].reveal_committed(round, seg as usize, &ds).unwrap();
+        let peer = r.assignments[i].peer;
+        let out = r.send(30, peer, rev.message.clone());
+        assert_eq!(task(&out), Some((peer, seg)), "the revealed check goes to the validator");
+        let claim = Message::Verdict { round, peer, segment: seg, finding: tessera_wire::Finding::Mismatch };
+        let out = r.send(35, v, claim);
+        assert_eq!(fetch(&out).map(|f| f.0), Some(rev.blob_hash), "a claimed mismatch is refereed");
+        if i == 0 {
+            // The trainer's state cannot be had: its update is left out, nobody is refused.
+            let out = r.c.fetched(40, peer, rev.blob_hash, Err("gone".into()));
+            assert_eq!(verdicts(&out), [Outcome::NoReveal]);
+            assert!(!banned(&out, v) && !banned(&out, peer), "nothing is proven against anyone");
+        } else {
+            let out = r.c.fetched(40, peer, rev.blob_hash, Ok(rev.blob.to_vec()));
+            let j = job(&out).expect("the referee re-runs the check");
+            let out = r.c.checked(50, round, peer, run_check(&r.spec, &ds, &j));
+            assert!(banned(&out, v), "the coordinator's pass refutes the claimed mismatch");
+            assert!(!banned(&out, peer), "the honest trainer is not refused");
+            assert!(out.iter().any(|o| matches!(o, Output::Persist(Record::Verdict { peer: p, outcome: Outcome::WrongVerdict(_), .. }) if *p == v)));
+            assert_eq!(accepted(&out), Some(vec![pid(2)]), "the honest update is aggregated");
+        }
+    }
+}
+
+/// A validator that could not check a decoy (it could not fetch the state, say) is not
+/// called lazy: the coordinator checks the trainer itself, and nobody is refused.
+#[test]
+fn a_decoy_the_validator_could_not_check_proves_nothing() {
+    let ds = dataset();
+    let v = pid(9);
+    let c = RunConfig { validate: Validate::Validators, decoy_rate: 1.0, ..cfg() };
+    let mut r = Run::start_with(c, Some(v));
+    let (out, _) = r.commit(&ds, 0);
+    let (round, seg) = challenge(&out).expect("challenged");
+    let rev = r.workers[0].reveal_committed(round, seg as usize, &ds).unwrap();
+    let out = r.send(30, pid(1), rev.message.clone());
+    let decoy_end = out.iter().find_map(|o| match o {
+        Output::Send { message: Message::CheckTask { end, .. }, .. } => Some(*end),
+        _ => None,
+    });
+    let real_end = match &rev.message {
+        Message::Reveal { end, .. } => end.hash,
+        _ => unreachable!(),
+    };
+    assert!(decoy_end.is_some_and(|e| e != real_end), "the first task is a decoy");
+    let answer =
+        Message::Verdict { round, peer: pid(1), segment: seg, finding: tessera_wire::Finding::Unchecked };
+    let out = r.send(35, v, answer);
+    assert_eq!(fetch(&out).map(|f| f.0), Some(rev.blob_hash), "the coordinator checks it itself");
+    let out = r.c.fetched(40, pid(1), rev.blob_hash, Ok(rev.blob.to_vec()));
+    let j = job(&out).expect("a job");
+    let out = r.c.checked(50, round, pid(1), run_check(&r.spec, &ds, &j));
+    assert_eq!(verdicts(&out), [Outcome::Pass]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Banned { .. }))), "nobody is refused");
 }

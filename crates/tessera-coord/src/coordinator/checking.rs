@@ -159,7 +159,9 @@ impl Coordinator {
             let second = open.checks.second(&peer);
             let outcome = got.unwrap_or_else(|e| Outcome::Unchecked(e.to_string()));
             if let Some((v, claimed, decoy)) = second {
-                if !matches!(outcome, Outcome::Unchecked(_)) && claimed != honest_finding(&outcome, decoy) {
+                // Only the coordinator's own completed run rules on the validator.
+                let ruled = !matches!(outcome, Outcome::Unchecked(_) | Outcome::NoReveal);
+                if ruled && claimed != honest_finding(&outcome, decoy) {
                     self.refuse_validator(v, round, claimed);
                 }
             }

@@ -165,7 +165,9 @@ impl Checks {
         match (decoy, finding) {
             (true, Finding::Mismatch) => Next::Delegate(v),
             (false, Finding::Pass) => Next::Settle(Outcome::Pass),
-            (false, Finding::Unchecked) => {
+            // It could not check (a blob it could not fetch): the coordinator checks instead,
+            // and nobody is ruled against for it.
+            (_, Finding::Unchecked) => {
                 c.phase = Phase::Fetching { second: None };
                 Next::Referee(blob)
             }
