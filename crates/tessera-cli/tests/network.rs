@@ -493,6 +493,11 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
         let who = short_hex(&peer_id(cheat));
         assert!(log.contains(&format!("CHEAT: {who} proven to have cheated in round 0")), "{cheat}:\n{log}");
         assert!(log.contains(why), "node {cheat} fails its check: {why}\n{log}");
+        let node = nodes[cheat as usize - 1].log();
+        assert!(
+            node.contains("the coordinator refuses this node from now on (round 0)"),
+            "told why:\n{node}"
+        );
     }
     for honest in [1, 2] {
         let who = short_hex(&peer_id(honest));

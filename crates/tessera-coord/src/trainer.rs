@@ -131,6 +131,8 @@ pub enum TrainerError {
     Fetch { what: &'static str, err: String },
     #[error("training round {round} failed: {err}")]
     Training { round: u64, err: String },
+    #[error("the coordinator refuses this node from now on (round {round}): {reason}")]
+    Refused { round: u64, reason: String },
     #[error("revealing round {round}: {err}")]
     Reveal { round: u64, err: String },
     #[error("aggregate of round {round} refused: {err}; taking the checkpoint")]
@@ -142,7 +144,10 @@ impl TrainerError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            TrainerError::ConfigChanged | TrainerError::WrongDataset { .. } | TrainerError::Config(_)
+            TrainerError::ConfigChanged
+                | TrainerError::WrongDataset { .. }
+                | TrainerError::Config(_)
+                | TrainerError::Refused { .. }
         )
     }
 }
@@ -412,6 +417,7 @@ impl Trainer {
                 self.out.push(Action::Reveal { round, segment: segment as usize });
             }
             Message::Challenge { .. } => return Err(TrainerError::Unexpected("a challenge of no commit")),
+            Message::Refused { round, reason } => return Err(TrainerError::Refused { round, reason }),
             other => return Err(TrainerError::Unexpected(other.kind())),
         }
         Ok(())

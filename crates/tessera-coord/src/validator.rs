@@ -239,6 +239,7 @@ impl Validator {
                 self.out.push(ValidatorAction::Event(ValidatorEvent::Finished { round }));
                 Ok(())
             }
+            Message::Refused { round, reason } => Err(TrainerError::Refused { round, reason }),
             Message::RoundStart { .. } | Message::Accept { .. } | Message::CheckpointPointer { .. } => Ok(()),
             other => Err(TrainerError::Unexpected(other.kind())),
         }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tessera_coord::{
     Action, Cheat, CoordError, Coordinator, Event, Hash32, Loot, Message, Outcome, Output, PeerId, Record,
-    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerEvent, Validator, ValidatorAction,
-    ValidatorConfig, ValidatorEvent, Worker,
+    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerError, TrainerEvent, Validator,
+    ValidatorAction, ValidatorConfig, ValidatorEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -194,9 +194,13 @@ impl<'a> ProtocolSim<'a> {
                     self.queue.push_back(Delivery::ValidatorChecked(id, job.round, job.peer, got));
                 }
                 ValidatorAction::Event(e) => {
-                    if let ValidatorEvent::Fatal(err) = &e {
-                        let peer = tessera_tensor::hex(&id[..4]);
-                        return Err(SimError::Trainer { peer, err: err.clone() });
+                    match &e {
+                        ValidatorEvent::Fatal(TrainerError::Refused { .. }) => c.alive = false,
+                        ValidatorEvent::Fatal(err) => {
+                            let peer = tessera_tensor::hex(&id[..4]);
+                            return Err(SimError::Trainer { peer, err: err.clone() });
+                        }
+                        _ => {}
                     }
                     self.validator_events.push((id, e));
                 }
@@ -364,6 +368,10 @@ impl<'a> ProtocolSim<'a> {
                                 w.shirk(s);
                             }
                             p.w = Some(w);
+                        }
+                        // A trainer the coordinator refuses stops, as the daemon does.
+                        TrainerEvent::Fatal(TrainerError::Refused { .. }) => {
+                            self.peer_mut(&peer).alive = false
                         }
                         TrainerEvent::Fatal(err) => {
                             let peer = tessera_tensor::hex(&peer[..4]);

@@ -143,6 +143,9 @@ pub enum Message {
     },
     /// A validator's finding on a `CheckTask`.
     Verdict { round: u64, peer: PeerId, segment: u32, finding: Finding },
+    /// The coordinator refuses this peer from now on (proven to have cheated in `round`),
+    /// saying why.
+    Refused { round: u64, reason: String },
 }
 
 /// What a validator found (see `tessera_coord::Outcome`, which adds the coordinator's own
@@ -185,6 +188,7 @@ impl Message {
             Message::JoinValidator { .. } => "JoinValidator",
             Message::CheckTask { .. } => "CheckTask",
             Message::Verdict { .. } => "Verdict",
+            Message::Refused { .. } => "Refused",
         }
     }
 }
@@ -289,6 +293,7 @@ impl Message {
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
             }
             Message::CheckTask { addr, .. } => lim("address length", addr.len(), MAX_TEXT),
+            Message::Refused { reason, .. } => lim("reason length", reason.len(), MAX_TEXT),
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

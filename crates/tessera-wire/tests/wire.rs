@@ -16,12 +16,12 @@ fn h(r: &Philox, i: u64) -> [u8; 32] {
     out
 }
 
-/// A random message of kind `kind % 14`, drawn from the counter-based RNG.
+/// A random message of kind `kind % 15`, drawn from the counter-based RNG.
 fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 14) {
+    match r.below(3, i, 15) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
         1 => Message::Welcome {
             round,
@@ -100,6 +100,10 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 Finding::BadReveal,
                 Finding::Unchecked,
             ][r.below(8, i, 5) as usize],
+        },
+        13 => Message::Refused {
+            round,
+            reason: "re-running the segment does not reach the committed state".into(),
         },
         _ => Message::Done { round, state_hash: h(r, i) },
     }

@@ -179,6 +179,7 @@ impl Coordinator {
         self.validators.remove(&v);
         self.banned.insert(v, round);
         let outcome = Outcome::WrongVerdict(format!("{claimed:?}"));
+        self.tell_refused(v, round, &outcome);
         self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome, by: None }));
         self.event(Event::Banned { peer: v, round });
         if let Some(open) = self.open.as_mut() {
@@ -206,12 +207,20 @@ impl Coordinator {
         let rec = Record::Verdict { round, peer, segment: segment as u64, outcome: outcome.clone(), by };
         self.out.push(Output::Persist(rec));
         if outcome.proves_cheat() && self.banned.len() < MAX_KNOWN_PEERS {
+            self.tell_refused(peer, round, &outcome);
             self.banned.insert(peer, round);
             self.members.remove(&peer);
             self.addrs.remove(&peer);
             self.event(Event::Banned { peer, round });
         }
         self.event(Event::Checked { round, peer, segment, outcome, by });
+    }
+
+    /// Tells a peer proven to have cheated that it is refused, and why (so it stops, rather
+    /// than wait out the run).
+    fn tell_refused(&mut self, to: PeerId, round: u64, why: &Outcome) {
+        let reason = super::truncate(why.to_string());
+        self.out.push(Output::Send { to, message: Message::Refused { round, reason } });
     }
 
     /// Unanswered challenges of trainers that left (or, at the `deadline`, of any trainer) are
