@@ -7,7 +7,9 @@
 //! blob against the start leaf, re-runs the segment on the assigned batches and compares the
 //! end; for the last segment it also re-derives the encoded update (DDP, DiLoCo, NoLoCo,
 //! whose encodings depend on the final state alone) and compares it with the committed hash.
-//! [`run_check`] is pure: the coordinator's driver runs it off the protocol's thread.
+//! [`run_check`] is pure: a validator's or the coordinator's driver runs it off the
+//! protocol's thread. The coordinator's bookkeeping of a round's checks, delegation and
+//! refereeing live in `coordinator/round_checks.rs` and `coordinator/checking.rs`.
 
 use std::sync::Arc;
 

@@ -255,7 +255,7 @@ impl Coordinator {
         }
     }
 
-    /// Validators present, and when each was last heard from.
+    /// The validators present.
     pub fn validators(&self) -> impl Iterator<Item = &PeerId> {
         self.validators.keys()
     }
