@@ -1,6 +1,6 @@
 //! The cheat drills over many seeds: in every seeded run each cheat is caught or neutralised,
 //! and no honest trainer is ever refused. Four seeds run by default; the full sweep of 100
-//! seeds is `cargo test --release -p tessera-sim --test drills -- --ignored`.
+//! seeds is `cargo test --release -p tessera-sim --test drills -- --ignored a_hundred`.
 
 use std::path::PathBuf;
 
@@ -9,8 +9,10 @@ use tessera_data::{ingest_bytes, Dataset, IngestOptions};
 use tessera_model::fixtures::SONNETS;
 use tessera_sim::ProtocolSim;
 
-fn dataset() -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-drills-{}", std::process::id()));
+/// The Sonnets as a dataset, one directory per test (`name`), so that tests running in
+/// parallel never share or remove each other's files.
+fn dataset(name: &str) -> Dataset {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-drills-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
     ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
@@ -58,7 +60,12 @@ enum Bad {
 /// Runs four trainers for `rounds` rounds, `who` (if any) cheating, stopping early once it
 /// is refused for good.
 fn run<'a>(ds: &'a Dataset, seed: u64, bad: Option<(u8, Bad)>, rounds: u64) -> ProtocolSim<'a> {
-    let mut p = ProtocolSim::new(cfg(seed), ds).unwrap();
+    run_with(ds, cfg(seed), bad, rounds)
+}
+
+/// [`run`] with another config.
+fn run_with<'a>(ds: &'a Dataset, cfg: RunConfig, bad: Option<(u8, Bad)>, rounds: u64) -> ProtocolSim<'a> {
+    let mut p = ProtocolSim::new(cfg, ds).unwrap();
     for i in 1..=4 {
         p.join(pid(i)).unwrap();
     }
@@ -111,8 +118,8 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 ///   gap of the honest run's;
 /// - skip-steps, wrong-data and forge are proven by a spot check within [`MAX_ROUNDS`];
 /// - nobody honest is refused, and no honest spot check fails.
-fn drills(seeds: impl IntoIterator<Item = u64>) {
-    let ds = dataset();
+fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
+    let ds = dataset(name);
     let (mut caught, mut runs, mut rounds_to_catch) = (0, 0, Vec::new());
     for seed in seeds {
         let honest = run(&ds, seed, None, 3);
@@ -195,13 +202,13 @@ fn drills(seeds: impl IntoIterator<Item = u64>) {
 /// `REPLAY_COSINE`).
 #[test]
 fn four_seeds_of_cheat_drills() {
-    drills([1, 2, 3, 39]);
+    drills("four", [1, 2, 3, 39]);
 }
 
 #[test]
-#[ignore = "slow: 100 seeds × 7 runs; cargo test --release -p tessera-sim --test drills -- --ignored"]
+#[ignore = "slow: 100 seeds × 10 runs; cargo test --release -p tessera-sim --test drills -- --ignored a_hundred"]
 fn a_hundred_seeds_of_cheat_drills() {
-    drills(1..101);
+    drills("hundred", 1..101);
 }
 
 /// The scores honest and cheating updates get (held-out gain, applied alone), over `seeds`:
@@ -209,7 +216,7 @@ fn a_hundred_seeds_of_cheat_drills() {
 #[test]
 #[ignore = "a measurement: cargo test --release -p tessera-sim --test drills -- --ignored --nocapture scores"]
 fn scores_of_honest_and_cheating_updates() {
-    let ds = dataset();
+    let ds = dataset("scores");
     let (mut honest, mut random, mut poison) = (Vec::new(), Vec::new(), Vec::new());
     for seed in 1..11 {
         let start = RunSpec::new(cfg(seed)).unwrap().initial_state().theta;
@@ -217,7 +224,9 @@ fn scores_of_honest_and_cheating_updates() {
         for (bad, into) in
             [(Cheat::Random { seed }, &mut random), (Cheat::Poison { target, peers: 4 }, &mut poison)]
         {
-            let p = run(&ds, seed, Some((4, Bad::Send(bad))), 5);
+            // Every update scored, none left out (this measures; it does not filter).
+            let scoring = RunConfig { score_batches: 2, harm_tolerance: f64::MAX, ..cfg(seed) };
+            let p = run_with(&ds, scoring, Some((4, Bad::Send(bad))), 5);
             for e in &p.events {
                 if let Event::Scored { peer, score, .. } = e {
                     match *peer == pid(4) {
