@@ -16,9 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use tessera_coord::{
-    pick, run_check, Assignment, CheckJob, Message, Outcome, RunConfig, RunSpec, Shirk, Worker,
-};
+use tessera_coord::{pick, run_check, Assignment, CheckJob, Outcome, RunConfig, RunSpec, Shirk, Worker};
 
 /// What the bench is asked to measure.
 pub struct ChecksBench<'a> {
@@ -130,7 +128,7 @@ fn measure_k(b: &ChecksBench, ds: &tessera_data::Dataset, k: u64) -> Result<(f64
         let mut failing = Vec::new();
         for seg in 0..segs {
             let r = w.reveal_committed(0, seg, ds)?;
-            let Message::Reveal { start, end, .. } = &r.message else { bail!("a reveal") };
+            let (start, end) = r.leaves();
             let last = seg + 1 == segs && tessera_coord::rederivable(&spec);
             let t0 = Instant::now();
             tessera_coord::verify_reveal(&t.commitment.root(), segs, seg, start, end)

@@ -488,12 +488,7 @@ impl Coordinator {
 
     /// Drops silent members, closes the open round when it is decided or late, starts the next.
     fn advance(&mut self, now_ms: u64) {
-        let silent: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|(_, &seen)| now_ms.saturating_sub(seen) > self.cfg.silence_ms)
-            .map(|(p, _)| *p)
-            .collect();
+        let silent = silent(&self.members, now_ms, self.cfg.silence_ms);
         for p in silent {
             self.members.remove(&p);
             self.addrs.remove(&p);
@@ -728,6 +723,11 @@ impl Coordinator {
         assert_eq!(self.global.round, round + 1, "a round closes once");
         Ok(Stepped { aggregate: agg_hash, pairs: None, spread: None })
     }
+}
+
+/// The peers of `seen` (last heard from, by peer) silent for more than `silence_ms`.
+fn silent(seen: &BTreeMap<PeerId, u64>, now_ms: u64, silence_ms: u64) -> Vec<PeerId> {
+    seen.iter().filter(|(_, &t)| now_ms.saturating_sub(t) > silence_ms).map(|(p, _)| *p).collect()
 }
 
 fn truncate(mut s: String) -> String {

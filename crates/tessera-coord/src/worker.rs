@@ -29,6 +29,16 @@ pub struct Revealed {
     pub message: Message,
 }
 
+impl Revealed {
+    /// The committed leaves the `Reveal` names at the segment's start and end.
+    pub fn leaves(&self) -> (&tessera_wire::Leaf, &tessera_wire::Leaf) {
+        match &self.message {
+            Message::Reveal { start, end, .. } => (start, end),
+            other => unreachable!("a Revealed holds a Reveal, not {}", other.kind()),
+        }
+    }
+}
+
 /// The result of training one unit, kept so that a round re-announced after a coordinator
 /// restart is answered with the same commit instead of being trained twice.
 #[derive(Clone, Debug)]

@@ -192,10 +192,7 @@ fn a_skipped_step_is_found_by_rerunning_its_segment() {
     // Segments 2 and 3 were never trained; force the check onto one of them.
     let seg = seg.max(2) as usize;
     let rev = r.workers[0].reveal_committed(round, seg, &ds).unwrap();
-    let (start, end) = match &rev.message {
-        Message::Reveal { start, end, .. } => (start.hash, end.hash),
-        _ => unreachable!(),
-    };
+    let (start, end) = (rev.leaves().0.hash, rev.leaves().1.hash);
     let j = CheckJob {
         round,
         peer: pid(1),
@@ -209,10 +206,7 @@ fn a_skipped_step_is_found_by_rerunning_its_segment() {
     assert_eq!(run_check(&r.spec, &ds, &j).unwrap(), Outcome::Mismatch);
     let honest = CheckJob { segment: 0, ..j.clone() };
     let rev0 = r.workers[0].reveal_committed(round, 0, &ds).unwrap();
-    let (s0, e0) = match &rev0.message {
-        Message::Reveal { start, end, .. } => (start.hash, end.hash),
-        _ => unreachable!(),
-    };
+    let (s0, e0) = (rev0.leaves().0.hash, rev0.leaves().1.hash);
     let first = CheckJob { blob: rev0.blob.to_vec(), start: s0, end: e0, ..honest };
     assert_eq!(run_check(&r.spec, &ds, &first).unwrap(), Outcome::Pass, "the steps it did run pass");
 }
@@ -312,10 +306,7 @@ fn a_decoy_the_validator_could_not_check_proves_nothing() {
         Output::Send { message: Message::CheckTask { end, .. }, .. } => Some(*end),
         _ => None,
     });
-    let real_end = match &rev.message {
-        Message::Reveal { end, .. } => end.hash,
-        _ => unreachable!(),
-    };
+    let real_end = rev.leaves().1.hash;
     assert!(decoy_end.is_some_and(|e| e != real_end), "the first task is a decoy");
     let answer =
         Message::Verdict { round, peer: pid(1), segment: seg, finding: tessera_wire::Finding::Unchecked };

@@ -366,28 +366,40 @@ impl Daemon {
 
     /// Scores an update on a blocking thread; without a dataset nothing can be scored.
     fn spawn_score(&self, job: tessera_coord::ScoreJob) {
-        let (spec, data, tx) = (self.coord.spec().clone(), self.data.clone(), self.tx.clone());
-        tokio::task::spawn_blocking(move || {
-            let t0 = Instant::now();
-            let got = match &data {
-                Some(ds) => tessera_coord::run_score(&spec, ds, &job),
+        let (round, peer) = (job.round, job.peer);
+        self.off_loop(
+            move |spec, ds| match ds {
+                Some(ds) => tessera_coord::run_score(spec, ds, &job),
                 None => Err(tessera_coord::CoordError::Config("the coordinator has no --data-dir".into())),
-            };
-            let _ = tx.blocking_send(Input::Scored(job.round, job.peer, got, t0.elapsed().as_secs_f64()));
-        });
+            },
+            move |got, took| Input::Scored(round, peer, got, took),
+        );
     }
 
     /// Runs a spot check on a blocking thread; without a dataset nothing can be re-run.
     fn spawn_check(&self, job: tessera_coord::CheckJob) {
+        let (round, peer) = (job.round, job.peer);
+        self.off_loop(
+            move |spec, ds| match ds {
+                Some(ds) => tessera_coord::run_check(spec, ds, &job),
+                None => Ok(tessera_coord::Outcome::Unchecked("the coordinator has no --data-dir".into())),
+            },
+            move |got, took| Input::Checked(round, peer, got, took),
+        );
+    }
+
+    /// Runs `work` on a blocking thread against the run and its dataset (if any), and sends
+    /// its result with the seconds it took back to the loop.
+    fn off_loop<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&RunSpec, Option<&tessera_data::Dataset>) -> T + Send + 'static,
+        done: impl FnOnce(T, f64) -> Input + Send + 'static,
+    ) {
         let (spec, data, tx) = (self.coord.spec().clone(), self.data.clone(), self.tx.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let got = match &data {
-                Some(ds) => tessera_coord::run_check(&spec, ds, &job),
-                None => Ok(tessera_coord::Outcome::Unchecked("the coordinator has no --data-dir".into())),
-            };
-            let took = t0.elapsed().as_secs_f64();
-            let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got, took));
+            let got = work(&spec, data.as_deref());
+            let _ = tx.blocking_send(done(got, t0.elapsed().as_secs_f64()));
         });
     }
 

@@ -160,7 +160,7 @@ impl Coordinator {
             let outcome = got.unwrap_or_else(|e| Outcome::Unchecked(e.to_string()));
             if let Some((v, claimed, decoy)) = second {
                 // Only the coordinator's own completed run rules on the validator.
-                let ruled = !matches!(outcome, Outcome::Unchecked(_) | Outcome::NoReveal);
+                let ruled = !matches!(outcome, Outcome::Unchecked(_));
                 if ruled && claimed != honest_finding(&outcome, decoy) {
                     self.refuse_validator(v, round, claimed);
                 }
@@ -227,12 +227,7 @@ impl Coordinator {
     /// settled as not revealed; checks delegated to validators that left (or, at the deadline,
     /// to any) are taken back and run here.
     pub(super) fn expire_checks(&mut self, now_ms: u64, deadline: bool) {
-        let silent: Vec<PeerId> = self
-            .validators
-            .iter()
-            .filter(|(_, &seen)| now_ms.saturating_sub(seen) > self.cfg.silence_ms)
-            .map(|(v, _)| *v)
-            .collect();
+        let silent = super::silent(&self.validators, now_ms, self.cfg.silence_ms);
         for v in &silent {
             self.validators.remove(v);
             self.event(Event::Left(*v));
