@@ -511,9 +511,10 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
 }
 
 /// Validators as processes: every update is checked by one of two validators, one honest
-/// and one that claims a mismatch on everything. The trainer that skips steps is proven by
-/// the honest validator's check, the lying validator by the coordinator's referee re-run;
-/// both are refused from then on, and nobody honest is.
+/// and one that claims a mismatch on everything. The trainer that skips steps is proven in
+/// round 0 (whichever validator checks it, the referee confirms a failing finding), the lying
+/// validator by the referee re-run of the first honest update it is handed; both are refused
+/// from then on, and nobody honest is.
 #[test]
 fn validators_check_trainers_and_a_lying_validator_is_refused() {
     let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(3, 3) };
@@ -528,10 +529,13 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     nodes.push(run.node(&ticket, 3, &["--cheat", "skip-steps"]));
     c.finish();
     let log = c.log();
-    for cheat in [3, 6] {
-        let who = short_hex(&peer_id(cheat));
-        assert!(log.contains(&format!("CHEAT: {who} proven to have cheated in round 0")), "{cheat}:\n{log}");
-    }
+    let shirker = short_hex(&peer_id(3));
+    assert!(log.contains(&format!("CHEAT: {shirker} proven to have cheated in round 0")), "{log}");
+    // Which validator gets which check depends on the order reveals arrive in: the liar may
+    // first be handed the shirker (and be right by accident), so it is proven in the first
+    // round it is handed honest work, not necessarily round 0.
+    let liar = short_hex(&peer_id(6));
+    assert!(log.contains(&format!("CHEAT: {liar} proven to have cheated in round")), "{log}");
     for honest in [1, 2, 5] {
         let who = short_hex(&peer_id(honest));
         assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{honest}: {log}");
