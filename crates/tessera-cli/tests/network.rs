@@ -513,8 +513,9 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
 /// Validators as processes: every update is checked by one of two validators, one honest
 /// and one that claims a mismatch on everything. The trainer that skips steps is proven in
 /// round 0 (whichever validator checks it, the referee confirms a failing finding), the lying
-/// validator by the referee re-run of the first honest update it is handed; both are refused
-/// from then on, and nobody honest is.
+/// validator by the dispute over the first update it accuses (the game narrows its lie to one
+/// operator, which the coordinator recomputes); both are refused from then on, and nobody
+/// honest is.
 #[test]
 fn validators_check_trainers_and_a_lying_validator_is_refused() {
     let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(3, 3) };
@@ -549,6 +550,11 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     assert!(v[1].log().contains("DRILL: this validator cheats (Lying)"));
     let q = |sql: &str| run.count(sql);
     assert_eq!(q("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1"), 2, "the shirker and the liar");
+    // The liar's mismatch went to the dispute game, narrowed to one operator it got wrong.
+    let pinned = "SELECT COUNT(*) FROM disputes WHERE loser = 'validator' AND op IS NOT NULL AND forfeit = 0";
+    assert!(q(pinned) >= 1, "a dispute decided at one operator:\n{log}");
+    assert!(log.contains("operator") && log.contains("the validator loses"), "{log}");
+    log.lines().filter(|l| l.contains("dispute between")).for_each(|l| eprintln!("{l}"));
     assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
 }
 

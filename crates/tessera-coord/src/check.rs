@@ -149,30 +149,45 @@ pub struct CheckJob {
     pub rederive: Option<(Arc<GlobalState>, Hash32)>,
 }
 
+/// What a check found, and the end state the checker reached when it re-ran the segment
+/// (what a validator stands by if its mismatch is disputed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub outcome: Outcome,
+    pub reached: Option<Hash32>,
+}
+
 /// Runs a check. `Err` is the checker's own failure (its dataset), never the trainer's.
 pub fn run_check(spec: &RunSpec, ds: &Dataset, job: &CheckJob) -> Result<Outcome, CoordError> {
+    check_segment(spec, ds, job).map(|c| c.outcome)
+}
+
+/// [`run_check`], also saying which end state the re-run reached.
+pub fn check_segment(spec: &RunSpec, ds: &Dataset, job: &CheckJob) -> Result<Checked, CoordError> {
+    let only = |outcome| Ok(Checked { outcome, reached: None });
     let start = match LocalState::decode(&job.blob, spec.n()) {
         Ok(s) => s,
-        Err(e) => return Ok(Outcome::BadReveal(e.to_string())),
+        Err(e) => return only(Outcome::BadReveal(e.to_string())),
     };
     match start.hash(spec) {
         Ok(h) if h == job.start => {}
-        Ok(_) => return Ok(Outcome::BadReveal("the blob is not the committed start state".into())),
-        Err(e) => return Ok(Outcome::BadReveal(e.to_string())),
+        Ok(_) => return only(Outcome::BadReveal("the blob is not the committed start state".into())),
+        Err(e) => return only(Outcome::BadReveal(e.to_string())),
     }
     let segs = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every)?;
     let seg = *segs.get(job.segment).ok_or(CoordError::Config("segment out of range".into()))?;
     let end = run_segment(spec, ds, &start, job.unit, seg)?;
-    if end.hash(spec)? != job.end {
-        return Ok(Outcome::Mismatch);
+    let reached = Some(end.hash(spec)?);
+    if reached != Some(job.end) {
+        return Ok(Checked { outcome: Outcome::Mismatch, reached });
     }
     if let Some((g, want)) = &job.rederive {
         let update = rederive(spec, ds, g, job.unit, &end)?;
         if blake3::hash(&update).as_bytes() != want {
-            return Ok(Outcome::WrongUpdate);
+            return Ok(Checked { outcome: Outcome::WrongUpdate, reached });
         }
     }
-    Ok(Outcome::Pass)
+    Ok(Checked { outcome: Outcome::Pass, reached })
 }
 
 /// Whether a run's updates can be re-derived from the final local state alone (SparseLoCo's

@@ -12,11 +12,13 @@ use tessera_wire::{Assignment, Message};
 use crate::check::Outcome;
 use crate::screen::{Fingerprint, Screen, Screened, Screening};
 mod checking;
+mod disputes;
 mod outputs;
 mod round_checks;
 mod scoring;
 
-pub use outputs::{ClosedRound, Event, Output, Record, Restored};
+pub use disputes::RecomputeJob;
+pub use outputs::{ClosedRound, Disputed, Event, Output, Record, Restored};
 
 pub use checking::MAX_VALIDATORS;
 
@@ -99,6 +101,8 @@ pub struct Coordinator {
     validators: BTreeMap<PeerId, u64>,
     /// Tasks handed to validators so far (the round-robin's position).
     delegated: usize,
+    /// Operators per inner step, counted at the first dispute.
+    ops: Option<u64>,
     finished: bool,
     out: Vec<Output>,
 }
@@ -156,6 +160,7 @@ impl Coordinator {
             banned: r.banned.into_iter().collect(),
             validators: BTreeMap::new(),
             delegated: 0,
+            ops: None,
             out: Vec::new(),
         };
         if let Some(start @ Message::RoundStart { .. }) = r.open {
@@ -266,7 +271,7 @@ impl Coordinator {
         hash: Hash32,
         got: Result<Vec<u8>, String>,
     ) -> Vec<Output> {
-        if self.reveal_blob(from, hash, &got) {
+        if self.dispute_blob(from, hash, &got) || self.reveal_blob(from, hash, &got) {
             self.advance(now_ms);
             return std::mem::take(&mut self.out);
         }
@@ -337,6 +342,7 @@ impl Coordinator {
             Message::Heartbeat { .. } => {}
             Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
             Message::Reveal { .. } => self.on_reveal(from, &s.message)?,
+            Message::DisputeAnswer { .. } => self.on_dispute_answer(from, &s.message)?,
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
             }
@@ -354,6 +360,7 @@ impl Coordinator {
             Message::JoinValidator { .. } => self.validator_join(now_ms, from)?,
             Message::Heartbeat { .. } => {}
             Message::Verdict { .. } => self.on_verdict(from, m)?,
+            Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
             other => return Err(Reject::Unexpected(other.kind())),
         }
         if let Some(seen) = self.validators.get_mut(&from) {

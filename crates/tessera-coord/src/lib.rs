@@ -39,6 +39,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod answers;
 mod cheat;
 mod check;
 mod config;
@@ -55,12 +56,18 @@ mod trainer;
 mod validator;
 mod worker;
 
+pub use answers::{
+    kernel_hash, ops_per_step, recompute_step, Answered, Disputant, DisputeKey, DisputedSegment, OpInputs,
+    MAX_DISPUTE_BLOB, MAX_RECORDS,
+};
 pub use cheat::{Cheat, CheatKind, Drill, Loot, Shirk, WRONG_SLOT};
-pub use check::{pick, rederivable, run_check, verify_reveal, CheckJob, Outcome, Validate};
+pub use check::{
+    check_segment, pick, rederivable, run_check, verify_reveal, CheckJob, Checked, Outcome, Validate,
+};
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
-    ClosedRound, Coordinator, Event, Output, Record, Restored, Unit, MAX_BACKLOG, MAX_HISTORY,
-    MAX_KNOWN_PEERS, MAX_VALIDATORS,
+    ClosedRound, Coordinator, Disputed, Event, Output, RecomputeJob, Record, Restored, Unit, MAX_BACKLOG,
+    MAX_HISTORY, MAX_KNOWN_PEERS, MAX_VALIDATORS,
 };
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
@@ -70,7 +77,8 @@ pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
-pub use tessera_wire::{Assignment, Hash32, Message, Pairs, PeerId, Signed};
+pub use tessera_verify::{Dispute, Loser, Ruling};
+pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
 pub use validator::{Behaviour, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, MAX_TASKS};
 pub use worker::{Revealed, Trained, Worker, MAX_KEPT_BYTES};

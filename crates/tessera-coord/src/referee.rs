@@ -54,6 +54,7 @@ impl Claims {
             .iter()
             .map(|t| {
                 let e = |e: &tessera_tensor::TraceEntry| EntryHashes {
+                    kernel: crate::kernel_hash(&e.kernel),
                     inputs: e.input_hashes.clone(),
                     outputs: e.output_hashes.clone(),
                 };
@@ -83,7 +84,7 @@ pub fn settle(trainer: &Claims, validator: &Claims, traces: &[Trace]) -> Result<
     let k = traces.len() as u64;
     let ops = traces.first().map_or(0, |t| t.entries.len()) as u64;
     let ends = [trainer.states[k as usize], validator.states[k as usize]];
-    let mut d = Dispute::new(0, k, ops, ends)?;
+    let mut d = Dispute::new(0, k, ops, trainer.states[0], ends)?;
     let (mut bytes, mut recomputed) = (0u64, 0u64);
     let ruling = loop {
         match d.ask() {

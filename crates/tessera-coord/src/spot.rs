@@ -28,7 +28,7 @@ impl LocalState {
         Self { params, m, v, step: tr.opt.step }
     }
 
-    fn trainer(&self, spec: &RunSpec) -> Result<StepTrainer<Gpt>, CoordError> {
+    pub(crate) fn trainer(&self, spec: &RunSpec) -> Result<StepTrainer<Gpt>, CoordError> {
         let model = Gpt { cfg: spec.gpt.clone(), params: spec.params(&self.params)? };
         let opt = OptState { m: spec.params(&self.m)?, v: spec.params(&self.v)?, step: self.step };
         Ok(StepTrainer { model, opt, cfg: spec.cfg.inner_adamw() })

@@ -47,6 +47,12 @@ pub enum Action {
         round: u64,
         segment: usize,
     },
+    /// Answer question `question` of the dispute over this trainer's commit for `round`
+    /// (see [`crate::Worker::answer`]), then call [`Trainer::answered`].
+    Answer {
+        round: u64,
+        question: tessera_wire::Question,
+    },
     /// Serve this blob to whoever asks for it by hash.
     Serve {
         hash: Hash32,
@@ -366,6 +372,27 @@ impl Trainer {
         self.take()
     }
 
+    /// The driver answered what [`Action::Answer`] asked; `Err` leaves the question
+    /// unanswered (the dispute is then lost by timeout).
+    pub fn answered(
+        &mut self,
+        _now_ms: u64,
+        round: u64,
+        got: Result<crate::Answered, CoordError>,
+    ) -> Vec<Action> {
+        match got {
+            Ok(a) => {
+                if let (Some(bytes), tessera_wire::Answer::Blob { hash, .. }) = (a.blob, &a.answer) {
+                    self.out.push(Action::Serve { hash: *hash, bytes });
+                }
+                let answer = Message::DisputeAnswer { round, peer: self.tc.me, answer: a.answer };
+                self.out.push(Action::Send(answer));
+            }
+            Err(e) => self.warn(TrainerError::Reveal { round, err: e.to_string() }),
+        }
+        self.take()
+    }
+
     fn take(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
     }
@@ -417,6 +444,12 @@ impl Trainer {
                 self.out.push(Action::Reveal { round, segment: segment as usize });
             }
             Message::Challenge { .. } => return Err(TrainerError::Unexpected("a challenge of no commit")),
+            Message::DisputeAsk { round, peer, question }
+                if self.committed == Some(round) && peer == self.tc.me =>
+            {
+                self.out.push(Action::Answer { round, question });
+            }
+            Message::DisputeAsk { .. } => return Err(TrainerError::Unexpected("a dispute of no commit")),
             Message::Refused { round, reason } => return Err(TrainerError::Refused { round, reason }),
             other => return Err(TrainerError::Unexpected(other.kind())),
         }

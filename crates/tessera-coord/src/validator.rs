@@ -5,15 +5,19 @@
 //! then asks its driver to run the check ([`crate::run_check`]) and answers with a signed
 //! `Verdict`. It decides nothing about the trainer: the coordinator referees every failing
 //! finding, and sends decoys that only a validator that re-runs the segment answers rightly.
-//! The drill behaviours (`Lazy`, `Lying`) exist to show that both are caught.
+//! A mismatch it reports may be disputed: it keeps the revealed start state and answers the
+//! coordinator's `DisputeAsk`s ([`ValidatorAction::Answer`]). The drill behaviours (`Lazy`,
+//! `Lying`) exist to show that both are caught.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tessera_wire::Finding;
 
+use tessera_wire::{Answer, Question};
+
 use crate::{
-    CheckJob, CoordError, GlobalState, Hash32, LocalState, Message, Outcome, PeerId, RunSpec, SeqWindow,
+    CheckJob, Checked, CoordError, GlobalState, Hash32, LocalState, Message, PeerId, RunSpec, SeqWindow,
     Signed, Source, TrainerError,
 };
 
@@ -27,7 +31,8 @@ pub enum Behaviour {
     Honest,
     /// Passes every task without checking it (`--cheat lazy-validator`).
     Lazy,
-    /// Claims a mismatch on every task (`--cheat lying-validator`).
+    /// Claims a mismatch on every task (`--cheat lying-validator`), and in the dispute that
+    /// follows answers as a machine that computed one operator wrongly would.
     Lying,
 }
 
@@ -54,8 +59,11 @@ pub enum ValidatorAction {
         hash: Hash32,
         len: u64,
     },
-    /// Run the check, then call [`Validator::checked`].
+    /// Run the check ([`crate::check_segment`]), then call [`Validator::checked`].
     Check(Box<CheckJob>),
+    /// Answer a dispute's question ([`crate::Disputant::answer`]), then call
+    /// [`Validator::answered`].
+    Answer(Box<AnswerJob>),
     Event(ValidatorEvent),
 }
 
@@ -80,12 +88,53 @@ struct Task {
     state: Option<Arc<GlobalState>>,
 }
 
+/// A question of the dispute over `peer`'s round-`round` update, which this validator found
+/// reaching another end: the segment's steps, the revealed start state it re-ran from, and
+/// (drills) whether it lies.
+#[derive(Debug, Clone)]
+pub struct AnswerJob {
+    pub round: u64,
+    pub peer: PeerId,
+    pub unit: (u64, u64),
+    pub seg: (u64, u64),
+    pub start: Arc<Vec<u8>>,
+    pub question: Question,
+    pub lie: bool,
+}
+
+impl AnswerJob {
+    /// Computes the answer (re-running the segment from the revealed start the first time).
+    pub fn run(
+        &self,
+        spec: &RunSpec,
+        ds: &tessera_data::Dataset,
+        d: &mut crate::Disputant,
+    ) -> Result<Answer, CoordError> {
+        let what = || {
+            let start = LocalState::decode(&self.start, spec.n())?;
+            Ok(crate::DisputedSegment { start, unit: self.unit, seg: self.seg })
+        };
+        let key = (self.round, self.peer, self.seg.0);
+        Ok(d.answer(spec, ds, key, what, &self.question, self.lie)?.answer)
+    }
+}
+
+/// What this validator keeps of a mismatch it reported, to answer the dispute over it.
+#[derive(Debug, Clone)]
+struct Held {
+    unit: (u64, u64),
+    seg: (u64, u64),
+    start: Arc<Vec<u8>>,
+}
+
 /// The validator's state machine.
 pub struct Validator {
     vc: ValidatorConfig,
     window: SeqWindow,
     spec: Option<(Arc<RunSpec>, String)>,
     tasks: BTreeMap<(u64, PeerId), Task>,
+    /// Mismatches reported, kept for their disputes (at most [`MAX_TASKS`], oldest out first).
+    held: BTreeMap<(u64, PeerId), Held>,
     last_heartbeat: Option<u64>,
     finished: bool,
     out: Vec<ValidatorAction>,
@@ -98,6 +147,7 @@ impl Validator {
             window: SeqWindow::default(),
             spec: None,
             tasks: BTreeMap::new(),
+            held: BTreeMap::new(),
             last_heartbeat: None,
             finished: false,
             out: Vec::new(),
@@ -179,7 +229,7 @@ impl Validator {
                 },
             };
             if !ok {
-                self.answer(key, Finding::Unchecked);
+                self.answer(key, Finding::Unchecked, None);
             } else if t.blob.is_none() && t.from.is_none() {
                 let mut job = t.job.clone();
                 job.rederive = t.state.clone().zip(t.update);
@@ -190,27 +240,70 @@ impl Validator {
     }
 
     /// The driver ran the check asked for by [`ValidatorAction::Check`]; `Err` is this
-    /// validator's own failure.
+    /// validator's own failure. A mismatch is kept for the dispute that may follow.
     pub fn checked(
         &mut self,
         _now_ms: u64,
         round: u64,
         peer: PeerId,
-        got: Result<Outcome, CoordError>,
+        got: Result<Checked, CoordError>,
     ) -> Vec<ValidatorAction> {
-        let finding = got.map_or(Finding::Unchecked, |o| o.finding());
-        self.answer((round, peer), finding);
+        let key = (round, peer);
+        let (mut finding, mut reached) =
+            got.map_or((Finding::Unchecked, None), |c| (c.outcome.finding(), c.reached));
+        if self.vc.behaviour == Behaviour::Lying {
+            let end = self.tasks.get(&key).map(|t| t.job.end);
+            (finding, reached) = (Finding::Mismatch, end.map(|e| *blake3::hash(&e).as_bytes()));
+        }
+        if finding == Finding::Mismatch {
+            self.hold(key);
+        }
+        self.answer(key, finding, reached);
         self.take()
+    }
+
+    /// The driver answered the dispute question asked for by [`ValidatorAction::Answer`];
+    /// `Err` (this validator's own failure) leaves it unanswered, to be lost by timeout.
+    pub fn answered(
+        &mut self,
+        _now_ms: u64,
+        (round, peer): (u64, PeerId),
+        got: Result<Answer, CoordError>,
+    ) -> Vec<ValidatorAction> {
+        match got {
+            Ok(answer) => {
+                self.out.push(ValidatorAction::Send(Message::DisputeAnswer { round, peer, answer }))
+            }
+            Err(e) => self.warn(TrainerError::Reveal { round, err: e.to_string() }),
+        }
+        self.take()
+    }
+
+    fn warn(&mut self, e: TrainerError) {
+        self.out.push(ValidatorAction::Event(ValidatorEvent::Warning(e)));
+    }
+
+    /// Keeps what the dispute over task `key` needs.
+    fn hold(&mut self, key: (u64, PeerId)) {
+        let (Some(t), Some((spec, _))) = (self.tasks.get(&key), &self.spec) else { return };
+        let segs = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every).unwrap_or_default();
+        let Some(&seg) = segs.get(t.job.segment) else { return };
+        while self.held.len() >= MAX_TASKS {
+            self.held.pop_first();
+        }
+        let held = Held { unit: t.job.unit, seg, start: Arc::new(t.job.blob.clone()) };
+        self.held.insert(key, held);
     }
 
     fn take(&mut self) -> Vec<ValidatorAction> {
         std::mem::take(&mut self.out)
     }
 
-    fn answer(&mut self, key: (u64, PeerId), finding: Finding) {
+    fn answer(&mut self, key: (u64, PeerId), finding: Finding, reached: Option<Hash32>) {
         let Some(t) = self.tasks.remove(&key) else { return };
         let (round, peer, segment) = (key.0, key.1, t.job.segment as u32);
-        self.out.push(ValidatorAction::Send(Message::Verdict { round, peer, segment, finding }));
+        let reached = reached.filter(|_| finding == Finding::Mismatch);
+        self.out.push(ValidatorAction::Send(Message::Verdict { round, peer, segment, finding, reached }));
         self.out.push(ValidatorAction::Event(ValidatorEvent::Checked { round, peer, segment, finding }));
     }
 
@@ -240,6 +333,17 @@ impl Validator {
                 Ok(())
             }
             Message::Refused { round, reason } => Err(TrainerError::Refused { round, reason }),
+            Message::DisputeAsk { round, peer, question } => {
+                let h = self
+                    .held
+                    .get(&(round, peer))
+                    .ok_or(TrainerError::Unexpected("a dispute of no mismatch"))?;
+                let (unit, seg, start) = (h.unit, h.seg, h.start.clone());
+                let lie = self.vc.behaviour == Behaviour::Lying;
+                let job = AnswerJob { round, peer, unit, seg, start, question, lie };
+                self.out.push(ValidatorAction::Answer(Box::new(job)));
+                Ok(())
+            }
             Message::RoundStart { .. } | Message::Accept { .. } | Message::CheckpointPointer { .. } => Ok(()),
             other => Err(TrainerError::Unexpected(other.kind())),
         }
@@ -252,10 +356,9 @@ impl Validator {
         let spec = self.spec.as_ref().expect("configured").0.clone();
         self.tasks.insert(key, t.clone());
         match self.vc.behaviour {
-            Behaviour::Lazy => return self.answer(key, Finding::Pass),
-            Behaviour::Lying => return self.answer(key, Finding::Mismatch),
-            Behaviour::Honest if full => return self.answer(key, Finding::Unchecked),
-            Behaviour::Honest => {}
+            Behaviour::Lazy => return self.answer(key, Finding::Pass, None),
+            _ if full => return self.answer(key, Finding::Unchecked, None),
+            Behaviour::Honest | Behaviour::Lying => {}
         }
         let coord = Source { peer: self.vc.coordinator, addr: None };
         let trainer = Source { peer, addr: (!addr.is_empty()).then_some(addr) };

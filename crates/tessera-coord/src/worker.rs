@@ -112,6 +112,8 @@ pub struct Worker {
     from: Option<Arc<GlobalState>>,
     /// A drill: how this worker skimps on its training.
     shirk: Option<Shirk>,
+    /// What it re-ran of a segment it is disputed over.
+    disputant: crate::Disputant,
 }
 
 impl Worker {
@@ -125,6 +127,7 @@ impl Worker {
             kept: Vec::new(),
             from: None,
             shirk: None,
+            disputant: crate::Disputant::default(),
         }
     }
 
@@ -168,6 +171,39 @@ impl Worker {
         let (start, end) = (leaf(at)?, leaf(at + 1)?);
         let message = Message::Reveal { round, segment: seg as u32, blob: blob_hash, start, end };
         Ok(Revealed { round, segment: seg, blob: Arc::new(blob), blob_hash, message })
+    }
+
+    /// The trainer's answer to question `q` of the dispute over its commit for `round`: from
+    /// the start of the segment the question falls in, re-run honestly (whatever was sent).
+    pub fn answer(
+        &mut self,
+        round: u64,
+        q: &tessera_wire::Question,
+        ds: &Dataset,
+    ) -> Result<crate::Answered, CoordError> {
+        use tessera_wire::Question;
+        let Some(t) = self.cached.clone().filter(|t| t.round == round) else {
+            return Err(CoordError::NotSynced(format!("no commit of round {round} to dispute")));
+        };
+        let step = match *q {
+            Question::State { step } | Question::StateBlob { step } => step,
+            Question::Prefix { step, .. } | Question::Entry { step, .. } | Question::Inputs { step, .. } => {
+                step
+            }
+        };
+        let segs = tessera_verify::segments(self.spec.cfg.h(), self.spec.cfg.commit_every)?;
+        let seg = segs.iter().position(|s| s.0 <= step && step < s.1);
+        let seg = seg.ok_or_else(|| CoordError::State(format!("step {step} is outside the round")))?;
+        let start = match self.kept.get(seg) {
+            Some(s) => s.clone(),
+            None => {
+                let from = self.from.clone().expect("kept with the cached round");
+                self.reveal(&from, &t.start_state, t.unit, ds, seg)?
+            }
+        };
+        let (spec, what) =
+            (self.spec.clone(), crate::DisputedSegment { start, unit: t.unit, seg: segs[seg] });
+        self.disputant.answer(&spec, ds, (round, [0; 32], segs[seg].0), || Ok(what), q, false)
     }
 
     /// The trainer's side of a spot check: its local state at the start of segment `seg`

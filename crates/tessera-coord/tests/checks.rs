@@ -244,6 +244,7 @@ fn the_draw_follows_the_rate_and_the_blob_decodes_only_at_its_length() {
 }
 
 /// A validator is ruled against only by the coordinator's own completed run: a mismatch it
+/// names no end state for (so there is nothing to dispute) is refereed by re-running; one it
 /// claims on a trainer whose state can then not be fetched proves nothing against it; a
 /// mismatch the coordinator's re-run contradicts is a lie, and the validator is refused.
 #[test]
@@ -270,7 +271,13 @@ fn a_validator_is_ruled_against_only_by_the_coordinators_completed_run() {
         let peer = r.assignments[i].peer;
         let out = r.send(30, peer, rev.message.clone());
         assert_eq!(task(&out), Some((peer, seg)), "the revealed check goes to the validator");
-        let claim = Message::Verdict { round, peer, segment: seg, finding: tessera_wire::Finding::Mismatch };
+        let claim = Message::Verdict {
+            round,
+            peer,
+            segment: seg,
+            finding: tessera_wire::Finding::Mismatch,
+            reached: None,
+        };
         let out = r.send(35, v, claim);
         assert_eq!(fetch(&out).map(|f| f.0), Some(rev.blob_hash), "a claimed mismatch is refereed");
         if i == 0 {
@@ -308,8 +315,13 @@ fn a_decoy_the_validator_could_not_check_proves_nothing() {
     });
     let real_end = rev.leaves().1.hash;
     assert!(decoy_end.is_some_and(|e| e != real_end), "the first task is a decoy");
-    let answer =
-        Message::Verdict { round, peer: pid(1), segment: seg, finding: tessera_wire::Finding::Unchecked };
+    let answer = Message::Verdict {
+        round,
+        peer: pid(1),
+        segment: seg,
+        finding: tessera_wire::Finding::Unchecked,
+        reached: None,
+    };
     let out = r.send(35, v, answer);
     assert_eq!(fetch(&out).map(|f| f.0), Some(rev.blob_hash), "the coordinator checks it itself");
     let out = r.c.fetched(40, pid(1), rev.blob_hash, Ok(rev.blob.to_vec()));

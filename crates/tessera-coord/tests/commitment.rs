@@ -113,7 +113,7 @@ fn a_dispute_names_the_step_and_operator_and_the_referee_rules_against_the_liar(
 #[test]
 fn a_side_that_stops_answering_loses_the_dispute() {
     use tessera_verify::{Ask, Dispute, Loser};
-    let mut d = Dispute::new(0, 8, 300, [[1; 32], [2; 32]]).unwrap();
+    let mut d = Dispute::new(0, 8, 300, [0; 32], [[1; 32], [2; 32]]).unwrap();
     assert_eq!(d.ask(), Ask::State { step: 4 });
     let r = d.timeout(Loser::Trainer);
     assert_eq!(r.loser, Loser::Trainer);
@@ -157,4 +157,59 @@ fn every_segment_passes_a_spot_check_and_a_skipped_step_fails_one() {
     assert_eq!(start.hash(&spec).unwrap(), lazy[1], "the lazy trainer's state at step 5 is honest");
     assert_ne!(run_segment(&spec, &ds, &start, u, segs[1]).unwrap().hash(&spec).unwrap(), lazy[2], "caught");
     assert!(w.reveal(&g, &g.hash(), u, &ds, 3).is_err(), "no fourth segment");
+}
+
+/// The referee's half over the network: it counts a step's operators itself, and recomputes
+/// one operator only from a blob whose kernel and inputs hash to what both sides named.
+#[test]
+fn the_referee_recomputes_one_operator_only_from_the_inputs_both_sides_named() {
+    let ds = common::dataset("referee");
+    let spec = RunSpec::new(cfg().with(|c| c.inner_steps = 1)).unwrap();
+    let (honest, traces) = Claims::honest(&spec, &ds, (0, 0), 1).unwrap();
+    assert_eq!(ops_per_step(&spec).unwrap(), traces[0].entries.len() as u64, "counted from a batch of zeros");
+    let j = traces[0].entries.len() / 2;
+    let e = &traces[0].entries[j];
+    let agreed = honest.entries[0][j].clone();
+    let kept = e.inputs.as_ref().unwrap();
+    let op = OpInputs {
+        kernel: e.kernel.clone(),
+        inputs: kept.iter().map(|t| (t.shape().to_vec(), t.data().to_vec())).collect(),
+    };
+    let blob = op.encode();
+    assert_eq!(OpInputs::decode(&blob).unwrap().replay(&agreed).unwrap(), e.output_hashes);
+    let mut tampered = op.clone();
+    tampered.inputs[0].1[0] += 1.0;
+    assert!(matches!(tampered.replay(&agreed), Err(CoordError::State(_))), "an input not named");
+    let other = OpInputs { kernel: tessera_tensor::Kernel::Relu, ..op.clone() };
+    assert!(matches!(other.replay(&agreed), Err(CoordError::State(_))), "another operator");
+    assert!(matches!(OpInputs::decode(&blob[..blob.len() / 2]), Err(CoordError::State(_))), "a cut blob");
+    assert_ne!(kernel_hash(&e.kernel), kernel_hash(&tessera_tensor::Kernel::Relu));
+    // Every operator of a real step can be recomputed so (none is refused for its shapes).
+    for (e, agreed) in traces[0].entries.iter().zip(&honest.entries[0]) {
+        let kept = e.inputs.as_ref().unwrap();
+        let inputs = kept.iter().map(|t| (t.shape().to_vec(), t.data().to_vec())).collect();
+        let op = OpInputs { kernel: e.kernel.clone(), inputs };
+        assert_eq!(op.replay(agreed).unwrap(), e.output_hashes, "{}", e.kernel.name());
+    }
+}
+
+/// Writes seeds for the `dispute_decode` fuzz target (fuzz/README.md): the operator-inputs
+/// blobs of the smallest operators of a real step.
+/// `cargo test -p tessera-coord --test commitment -- --ignored write_dispute_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/dispute_decode; run by hand"]
+fn write_dispute_fuzz_seeds() {
+    let ds = common::dataset("seeds");
+    let spec = RunSpec::new(cfg().with(|c| c.inner_steps = 1)).unwrap();
+    let (_, traces) = Claims::honest(&spec, &ds, (0, 0), 1).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/dispute_decode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut small: Vec<_> = traces[0].entries.iter().collect();
+    small.sort_by_key(|e| e.inputs.as_ref().unwrap().iter().map(|t| t.data().len()).sum::<usize>());
+    for (i, e) in small.iter().take(8).enumerate() {
+        let kept = e.inputs.as_ref().unwrap();
+        let inputs = kept.iter().map(|t| (t.shape().to_vec(), t.data().to_vec())).collect();
+        let op = OpInputs { kernel: e.kernel.clone(), inputs };
+        std::fs::write(dir.join(format!("op-{i:02}")), op.encode()).unwrap();
+    }
 }

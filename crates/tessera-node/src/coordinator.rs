@@ -48,6 +48,9 @@ enum Input {
     Scored(u64, PeerId, Result<tessera_coord::Score, tessera_coord::CoordError>, f64),
     /// A spot check run off the loop: the round, the trainer, the outcome, the seconds it took.
     Checked(u64, PeerId, Result<tessera_coord::Outcome, tessera_coord::CoordError>, f64),
+    /// A disputed step the referee recomputed off the loop: the round, the trainer, the
+    /// state reached (or why the trainer's blob was not the agreed state), the seconds.
+    Recomputed(u64, PeerId, Result<Result<Hash32, String>, tessera_coord::CoordError>, f64),
 }
 
 struct Daemon {
@@ -278,6 +281,10 @@ impl Daemon {
                 self.check_s += took;
                 self.coord.checked(now, round, peer, got)
             }
+            Input::Recomputed(round, peer, got, took) => {
+                self.check_s += took;
+                self.coord.recomputed(now, round, peer, got)
+            }
             Input::Scored(round, peer, got, took) => {
                 self.score_s += took;
                 self.coord.scored(now, round, peer, got)
@@ -358,6 +365,18 @@ impl Daemon {
                 }
                 Output::Check(job) => self.spawn_check(*job),
                 Output::Score(job) => self.spawn_score(*job),
+                Output::Recompute(job) => {
+                    let (round, peer) = (job.round, job.peer);
+                    self.off_loop(
+                        move |spec, ds| match ds {
+                            Some(ds) => job.run(spec, ds),
+                            None => Err(tessera_coord::CoordError::Config(
+                                "the coordinator has no --data-dir".into(),
+                            )),
+                        },
+                        move |got, took| Input::Recomputed(round, peer, got, took),
+                    );
+                }
                 Output::Event(e) => self.on_event(e),
             }
         }
@@ -459,6 +478,7 @@ impl Daemon {
                     false => self.log.warn(&line),
                 }
             }
+            Event::Disputed(d) => self.log.warn(&d.to_string()),
             Event::Scored { round, peer, score, harmful } => {
                 let line = format!(
                     "round {round}: {}'s update scored: held-out gain {:+.4}, own {:+.4}, unseen {:+.4}{}",

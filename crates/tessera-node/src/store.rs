@@ -72,6 +72,9 @@ pub struct Summary {
     pub scored: u64,
     pub harmful: u64,
     pub score_s: f64,
+    /// Disputes decided, and how many of them down to one operator the referee recomputed.
+    pub disputes: u64,
+    pub disputes_to_op: u64,
 }
 
 pub struct Store {
@@ -93,6 +96,9 @@ CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, 
     PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS scores(round INTEGER NOT NULL, peer BLOB NOT NULL, held_out REAL NOT NULL,
     own REAL NOT NULL, unseen REAL NOT NULL, harmful INTEGER NOT NULL, PRIMARY KEY(round, peer));
+CREATE TABLE IF NOT EXISTS disputes(round INTEGER NOT NULL, trainer BLOB NOT NULL, validator BLOB NOT NULL,
+    step INTEGER NOT NULL, op INTEGER, kernel TEXT, loser TEXT NOT NULL, forfeit INTEGER NOT NULL,
+    exchanges INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY(round, trainer));
 ";
 
 fn h32(v: Vec<u8>) -> Result<Hash32, StoreError> {
@@ -166,6 +172,8 @@ impl Store {
             scored: self.count("SELECT COUNT(*) FROM scores")?,
             harmful: self.count("SELECT COUNT(*) FROM scores WHERE harmful = 1")?,
             score_s: self.meta_f64("score_s")?,
+            disputes: self.count("SELECT COUNT(*) FROM disputes")?,
+            disputes_to_op: self.count("SELECT COUNT(*) FROM disputes WHERE op IS NOT NULL")?,
         })
     }
 
@@ -272,6 +280,25 @@ impl Store {
                     "INSERT OR REPLACE INTO scores(round, peer, held_out, own, unseen, harmful)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![*round as i64, &peer[..], score.held_out, score.own, score.unseen, *harmful],
+                )?;
+            }
+            Record::Dispute(d) => {
+                let loser = format!("{:?}", d.ruling.loser).to_lowercase();
+                self.db.execute(
+                    "INSERT OR REPLACE INTO disputes(round, trainer, validator, step, op, kernel, loser, forfeit,
+                     exchanges, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        d.round as i64,
+                        &d.trainer[..],
+                        &d.validator[..],
+                        d.ruling.step as i64,
+                        d.ruling.op.map(|o| o as i64),
+                        d.kernel,
+                        loser,
+                        d.forfeit,
+                        i64::from(d.exchanges),
+                        d.bytes as i64
+                    ],
                 )?;
             }
             Record::Verdict { round, peer, segment, outcome, by } => {

@@ -301,6 +301,16 @@ impl Node {
                     let more = self.t.revealed(self.now_ms(), round, got);
                     acts.extend(more);
                 }
+                Action::Answer { round, question } => {
+                    // A dispute's question: the first re-runs the segment (k steps), the
+                    // operator questions trace one step; short enough for the loop.
+                    let got = match self.worker.as_mut() {
+                        Some(w) => w.answer(round, &question, &self.ds),
+                        None => Err(tessera_coord::CoordError::NotSynced("the worker is training".into())),
+                    };
+                    let more = self.t.answered(self.now_ms(), round, got);
+                    acts.extend(more);
+                }
                 Action::Event(e) => done |= self.on_event(e)?,
             }
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{
-    Behaviour, CheckJob, CoordError, Hash32, Outcome, PeerId, Validator, ValidatorAction, ValidatorConfig,
-    ValidatorEvent,
+    Behaviour, CheckJob, Checked, CoordError, Disputant, Hash32, PeerId, Validator, ValidatorAction,
+    ValidatorConfig, ValidatorEvent,
 };
 use tessera_data::Dataset;
 use tessera_net::{parse_ticket, Net};
@@ -27,7 +27,7 @@ const MAX_INPUTS: usize = 256;
 enum Input {
     Fetched(Hash32, Result<Vec<u8>, String>),
     /// A check's round, trainer, outcome and seconds.
-    Checked(u64, PeerId, Result<Outcome, CoordError>, f64),
+    Checked(u64, PeerId, Result<Checked, CoordError>, f64),
 }
 
 struct Checker {
@@ -43,6 +43,8 @@ struct Checker {
     log: Log,
     checks: u64,
     check_s: f64,
+    /// What it re-ran of the segments it is disputed over.
+    disputant: Disputant,
 }
 
 /// The validator's behaviour from the node's `--cheat` drill flag (a trainer's cheat refused).
@@ -90,6 +92,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         log,
         checks: 0,
         check_s: 0.0,
+        disputant: Disputant::default(),
     };
     let mut unreachable_since = None;
     loop {
@@ -165,6 +168,15 @@ impl Checker {
                     });
                 }
                 ValidatorAction::Check(job) => self.spawn_check(*job),
+                ValidatorAction::Answer(job) => {
+                    // A dispute's question: the first re-runs the segment, an operator
+                    // question traces one step; short enough for the loop.
+                    let Some(spec) = self.spec() else { continue };
+                    let (ds, d) = (&self.ds, &mut self.disputant);
+                    let got = self.pool.install(|| job.run(&spec, ds, d));
+                    let more = self.v.answered(self.now_ms(), (job.round, job.peer), got);
+                    Box::pin(self.execute(conn, more)).await?;
+                }
                 ValidatorAction::Event(e) => done |= self.on_event(e)?,
             }
         }
@@ -176,7 +188,7 @@ impl Checker {
         let Some(spec) = self.spec() else { return };
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let got = pool.install(|| tessera_coord::run_check(&spec, &ds, &job));
+            let got = pool.install(|| tessera_coord::check_segment(&spec, &ds, &job));
             let took = t0.elapsed().as_secs_f64();
             let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got, took));
         });

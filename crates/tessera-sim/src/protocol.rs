@@ -8,10 +8,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use tessera_coord::Answer;
 use tessera_coord::{
-    Action, Cheat, CoordError, Coordinator, Event, Hash32, Loot, Message, Outcome, Output, PeerId, Record,
-    RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerError, TrainerEvent, Validator,
-    ValidatorAction, ValidatorConfig, ValidatorEvent, Worker,
+    Action, Cheat, Checked, CoordError, Coordinator, Disputant, Event, Hash32, Loot, Message, Outcome,
+    Output, PeerId, Record, RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerError,
+    TrainerEvent, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, Worker,
 };
 use tessera_data::Dataset;
 
@@ -40,6 +41,8 @@ struct Peer {
     shirk: Option<Shirk>,
     /// Its last update sent (what a copier or a replay takes).
     last: Option<(u64, Arc<Vec<u8>>)>,
+    /// A drill: it leaves every dispute question unanswered.
+    mute: bool,
 }
 
 /// What travels, in order. Blobs come back through the queue like messages, so a message
@@ -54,12 +57,17 @@ enum Delivery {
     /// An update the coordinator scored: (round, trainer, score).
     Scored(u64, PeerId, Result<tessera_coord::Score, CoordError>),
     /// A spot check a validator ran: (validator, round, trainer, outcome).
-    ValidatorChecked(PeerId, u64, PeerId, Result<Outcome, CoordError>),
+    ValidatorChecked(PeerId, u64, PeerId, Result<Checked, CoordError>),
+    /// A validator's answer to a dispute question: (validator, (round, trainer), answer).
+    ValidatorAnswered(PeerId, (u64, PeerId), Result<Answer, CoordError>),
+    /// A step the coordinator recomputed as a dispute's referee: (round, trainer, state).
+    Recomputed(u64, PeerId, Result<Result<Hash32, String>, CoordError>),
 }
 
 /// A simulated validator.
 struct Checker {
     v: Validator,
+    d: Disputant,
     alive: bool,
     seq: u64,
 }
@@ -141,6 +149,7 @@ impl<'a> ProtocolSim<'a> {
             cheat: None,
             shirk: None,
             last: None,
+            mute: false,
         };
         self.peers.insert(peer, p);
         let now = self.now;
@@ -163,7 +172,7 @@ impl<'a> ProtocolSim<'a> {
         };
         let mut v = Validator::new(vc);
         let acts = v.connected(self.now);
-        self.validators.insert(id, Checker { v, alive: true, seq: 0 });
+        self.validators.insert(id, Checker { v, d: Disputant::default(), alive: true, seq: 0 });
         self.act_validator(id, acts)
     }
 
@@ -190,8 +199,12 @@ impl<'a> ProtocolSim<'a> {
                     self.queue.push_back(Delivery::BlobToPeer(id, hash, got));
                 }
                 ValidatorAction::Check(job) => {
-                    let got = tessera_coord::run_check(&self.spec, self.ds, &job);
+                    let got = tessera_coord::check_segment(&self.spec, self.ds, &job);
                     self.queue.push_back(Delivery::ValidatorChecked(id, job.round, job.peer, got));
+                }
+                ValidatorAction::Answer(job) => {
+                    let got = job.run(&self.spec, self.ds, &mut c.d);
+                    self.queue.push_back(Delivery::ValidatorAnswered(id, (job.round, job.peer), got));
                 }
                 ValidatorAction::Event(e) => {
                     match &e {
@@ -227,6 +240,14 @@ impl<'a> ProtocolSim<'a> {
     pub fn cheat(&mut self, peer: &PeerId, cheat: Cheat) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.cheat = Some(cheat);
+        }
+    }
+
+    /// The trainer leaves every dispute question unanswered from now on (a drill: it loses
+    /// its disputes by timeout).
+    pub fn mute_in_disputes(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.mute = true;
         }
     }
 
@@ -349,6 +370,17 @@ impl<'a> ProtocolSim<'a> {
                     let more = p.t.revealed(now, round, got);
                     self.act(peer, more)?;
                 }
+                Action::Answer { round, question } => {
+                    let (ds, now) = (self.ds, self.now);
+                    let p = self.peer_mut(&peer);
+                    if p.mute {
+                        continue;
+                    }
+                    let w = p.w.as_mut().expect("configured before a dispute");
+                    let got = w.answer(round, &question, ds);
+                    let more = p.t.answered(now, round, got);
+                    self.act(peer, more)?;
+                }
                 Action::Serve { hash, bytes } => {
                     let p = self.peer_mut(&peer);
                     if p.served.insert(hash, bytes).is_none() {
@@ -429,6 +461,10 @@ impl<'a> ProtocolSim<'a> {
                     let got = tessera_coord::run_score(&self.spec, self.ds, &job);
                     self.queue.push_back(Delivery::Scored(job.round, job.peer, got));
                 }
+                Output::Recompute(job) => {
+                    let got = job.run(&self.spec, self.ds);
+                    self.queue.push_back(Delivery::Recomputed(job.round, job.peer, got));
+                }
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -462,6 +498,16 @@ impl<'a> ProtocolSim<'a> {
                         .map(|c| c.v.checked(now, round, peer, got))
                         .unwrap_or_default();
                     self.act_validator(to, acts)?;
+                }
+                Delivery::ValidatorAnswered(to, key, got) => {
+                    let now = self.now;
+                    let acts =
+                        self.validators.get_mut(&to).map(|c| c.v.answered(now, key, got)).unwrap_or_default();
+                    self.act_validator(to, acts)?;
+                }
+                Delivery::Recomputed(round, peer, got) => {
+                    let outs = self.coord.recomputed(self.now, round, peer, got);
+                    self.execute(outs);
                 }
                 Delivery::ToPeer(to, s) => {
                     let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };

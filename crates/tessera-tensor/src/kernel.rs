@@ -11,8 +11,9 @@ use crate::{Tensor, TensorError};
 /// Largest number of inputs one kernel takes (gradient clipping takes all gradients).
 pub const MAX_KERNEL_INPUTS: usize = 4096;
 
-/// One operator with its static parameters. Inputs are given to [`Kernel::execute`].
-#[derive(Clone, Debug, PartialEq)]
+/// One operator with its static parameters. Inputs are given to [`Kernel::execute`]. It
+/// serializes (serde) so that a dispute's referee can be told which operator to recompute.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kernel {
     /// `op(A)·op(B)`; both 2-D, or both with the same leading batch dims.
     MatMul {

@@ -6,7 +6,7 @@ use crate::ops_basic::{map2, PAR_CHUNK};
 use crate::{Tensor, TensorError};
 
 /// Hyper-parameters of one AdamW update of one tensor. `step` counts from 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWParams {
     pub lr: f32,
     pub beta1: f32,

@@ -10,7 +10,7 @@
 //!    the midpoint operator (`tessera_tensor::Trace::prefix_chain`; index 0, before any
 //!    operator, is agreed), down to the first operator `j` whose output they disagree on.
 //! 3. **Referee.** Both reveal that operator's entry (kernel, input and output hashes). If their
-//!    input hashes agree, the referee fetches the inputs, checks them against those hashes,
+//!    kernels and input hashes agree, the referee fetches the inputs, checks them against those hashes,
 //!    recomputes the one operator, and rules for the side whose outputs it reproduces. If the
 //!    input hashes differ (the operator read something outside the chain, such as the batch or
 //!    the step counter), or the chains agree at the step's end although the states do not,
@@ -71,9 +71,11 @@ pub enum Ask {
     Ruled(Ruling),
 }
 
-/// One side's revealed trace entry: input hashes, then output hashes.
+/// One side's revealed trace entry: the hash of its kernel (operator and static parameters),
+/// its input hashes, then its output hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryHashes {
+    pub kernel: Hash32,
     pub inputs: Vec<Hash32>,
     pub outputs: Vec<Hash32>,
 }
@@ -112,21 +114,28 @@ pub struct Dispute {
     ops: u64,
     /// The end states both revealed last, by step (for the step phase's last answer).
     last: Option<(u64, [Hash32; 2])>,
+    /// The latest state both sides agree on, by step (the referee recomputes from it).
+    agreed: (u64, Hash32),
     to: u64,
     exchanges: u32,
 }
 
 impl Dispute {
-    /// A dispute over the segment `from..to` (states agreed at `from`, disputed at `to`), each
-    /// step having `ops` traced operators; `ends` are the two sides' claimed states at `to`.
-    pub fn new(from: u64, to: u64, ops: u64, ends: [Hash32; 2]) -> Result<Self, VerifyError> {
+    /// A dispute over the segment `from..to` (state `start` agreed at `from`, disputed at
+    /// `to`), each step having `ops` traced operators; `ends` are the two sides' claimed states
+    /// at `to`.
+    pub fn new(from: u64, to: u64, ops: u64, start: Hash32, ends: [Hash32; 2]) -> Result<Self, VerifyError> {
         if ops == 0 {
             return Err(VerifyError::Range { lo: 0, hi: 0 });
+        }
+        if ends[0] == ends[1] {
+            return Err(VerifyError::Range { lo: from, hi: to }); // nothing is disputed
         }
         Ok(Self {
             phase: Phase::Steps(Bisection::new(from, to)?),
             ops,
             last: Some((to, ends)),
+            agreed: (from, start),
             to,
             exchanges: 0,
         })
@@ -141,6 +150,20 @@ impl Dispute {
         self.exchanges
     }
 
+    /// The latest state both sides agree on: its step and hash. Once the game reaches a
+    /// step's operators, this is the state that step starts from.
+    pub fn agreed(&self) -> (u64, Hash32) {
+        self.agreed
+    }
+
+    /// The ruling, once made.
+    pub fn ruling(&self) -> Option<Ruling> {
+        match self.phase {
+            Phase::Ruled(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// What happens next.
     pub fn ask(&mut self) -> Ask {
         match &mut self.phase {
@@ -151,6 +174,7 @@ impl Dispute {
                     let ends =
                         self.last.filter(|l| l.0 == i).map(|l| l.1).expect("the disputed state was revealed");
                     let b = Bisection::new(0, self.ops).expect("ops > 0");
+                    assert_eq!(self.agreed.0, i - 1, "the disputed step starts from the agreed state");
                     self.phase = Phase::Ops { step: i - 1, b, ends, confirmed: false };
                     self.ask()
                 }
@@ -181,8 +205,9 @@ impl Dispute {
                     Turn::Decided(_) => return Err(VerifyError::NotAsked),
                 };
                 b.answer(agree)?;
-                if !agree {
-                    self.last = Some((asked, hashes));
+                match agree {
+                    true => self.agreed = (asked, hashes[0]),
+                    false => self.last = Some((asked, hashes)),
                 }
             }
             Phase::Ops { step, ends, confirmed, .. } if !*confirmed => {
@@ -210,7 +235,7 @@ impl Dispute {
         let Phase::Entry { step, op, ends } = self.phase.clone() else { return Err(VerifyError::NotAsked) };
         self.exchanges += 1;
         let [t, v] = e;
-        self.phase = if t.inputs == v.inputs {
+        self.phase = if t.inputs == v.inputs && t.kernel == v.kernel {
             Phase::Replay { step, op, outputs: [t.outputs, v.outputs] }
         } else {
             Phase::Recompute { step, ends }

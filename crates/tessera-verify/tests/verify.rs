@@ -136,25 +136,25 @@ fn a_difference_outside_the_traced_operators_is_settled_by_recomputing_the_step(
     // Both chains agree after the step's last operator, yet the states differ (a forged step
     // counter, say): the referee recomputes the step.
     let (t_state, v_state) = (h(1), h(2));
-    let mut d = Dispute::new(3, 4, 200, [t_state, v_state]).unwrap();
+    let mut d = Dispute::new(3, 4, 200, h(0), [t_state, v_state]).unwrap();
     assert_eq!(d.ask(), Ask::Prefix { step: 3, op: 200 });
     d.revealed([h(9), h(9)]).unwrap();
     assert_eq!(d.ask(), Ask::RecomputeStep { step: 3 });
     let r = d.recomputed(&v_state).unwrap();
     assert_eq!((r.loser, r.step, r.op), (Loser::Trainer, 3, None));
     // An operator whose inputs the two sides name differently: recompute the step as well.
-    let mut d = Dispute::new(0, 1, 2, [t_state, v_state]).unwrap();
+    let mut d = Dispute::new(0, 1, 2, h(0), [t_state, v_state]).unwrap();
     assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 2 }, "one step: straight to its operators");
     d.revealed([h(5), h(6)]).unwrap(); // the chains differ at the end
     assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 1 });
     d.revealed([h(7), h(8)]).unwrap(); // and already after the first operator
     assert_eq!(d.ask(), Ask::Entry { step: 0, op: 1 });
-    let e = |i: u64| EntryHashes { inputs: vec![h(i)], outputs: vec![h(100 + i)] };
+    let e = |i: u64| EntryHashes { kernel: h(50), inputs: vec![h(i)], outputs: vec![h(100 + i)] };
     d.entries([e(1), e(2)]).unwrap();
     assert_eq!(d.ask(), Ask::RecomputeStep { step: 0 });
     assert_eq!(d.recomputed(&t_state).unwrap().loser, Loser::Validator);
     // Both wrong: both lose. Moves out of turn are refused.
-    let mut d = Dispute::new(0, 1, 1, [t_state, v_state]).unwrap();
+    let mut d = Dispute::new(0, 1, 1, h(0), [t_state, v_state]).unwrap();
     assert!(d.revealed([h(5), h(6)]).is_err(), "an answer before the question is refused");
     assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 1 });
     d.revealed([h(5), h(6)]).unwrap();
@@ -163,6 +163,34 @@ fn a_difference_outside_the_traced_operators_is_settled_by_recomputing_the_step(
     d.entries([e(1), e(1)]).unwrap();
     assert_eq!(d.ask(), Ask::ReplayOp { step: 0, op: 1 });
     assert_eq!(d.replayed(&[h(0)]).unwrap().loser, Loser::Both);
+    // Two sides that name different kernels for the operator: the referee recomputes the step.
+    let mut d = Dispute::new(0, 1, 1, h(0), [t_state, v_state]).unwrap();
+    assert_eq!(d.ask(), Ask::Prefix { step: 0, op: 1 });
+    d.revealed([h(5), h(6)]).unwrap();
+    assert_eq!(d.ask(), Ask::Entry { step: 0, op: 1 });
+    d.entries([e(1), EntryHashes { kernel: h(51), ..e(1) }]).unwrap();
+    assert_eq!(d.ask(), Ask::RecomputeStep { step: 0 });
+    assert_eq!(d.agreed(), (0, h(0)), "from the segment's start");
+    // Nothing to dispute when both claim the same end.
+    assert!(Dispute::new(0, 4, 10, h(0), [t_state, t_state]).is_err());
+}
+
+#[test]
+fn the_step_bisection_tracks_the_state_the_disputed_step_starts_from() {
+    use tessera_verify::{Ask, Dispute};
+    let mut d = Dispute::new(0, 8, 10, h(0), [h(1), h(2)]).unwrap();
+    // The sides agree on states 0..=5 and disagree from 6 on: step 5 is disputed.
+    let step = loop {
+        match d.ask() {
+            Ask::State { step } if step <= 5 => d.revealed([h(10 + step), h(10 + step)]).unwrap(),
+            Ask::State { step } => d.revealed([h(10 + step), h(20 + step)]).unwrap(),
+            Ask::Prefix { step, .. } => break step,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(step, 5);
+    assert_eq!(d.agreed(), (5, h(15)), "the referee recomputes step 5 from the agreed state 5");
+    assert!(d.ruling().is_none());
 }
 
 #[test]

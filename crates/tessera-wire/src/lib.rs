@@ -41,6 +41,8 @@ pub const MAX_TEXT: usize = 256;
 pub const MAX_CONFIG: usize = 16 * 1024;
 /// Most sibling hashes one Merkle proof may carry (a commitment has at most 2^16 + 2 leaves).
 pub const MAX_PROOF: usize = 32;
+/// Most input (or output) hashes one operator's entry may carry in a dispute.
+pub const MAX_OP_IO: usize = 4096;
 const HEADER: usize = 4 + 2 + 4;
 const SIG: usize = 64;
 
@@ -141,13 +143,48 @@ pub enum Message {
         end: Hash32,
         rederive: Option<(Hash32, Hash32)>,
     },
-    /// A validator's finding on a `CheckTask`.
-    Verdict { round: u64, peer: PeerId, segment: u32, finding: Finding },
+    /// A validator's finding on a `CheckTask`; for a mismatch, the end state it `reached`
+    /// (what it stands by if the trainer disputes it).
+    Verdict { round: u64, peer: PeerId, segment: u32, finding: Finding, reached: Option<Hash32> },
     /// The coordinator refuses this peer from now on (proven to have cheated in `round`),
     /// saying why.
     Refused { round: u64, reason: String },
+    /// The referee (the coordinator) asks one side of the dispute over `peer`'s round-`round`
+    /// update (the trainer `peer` itself, or the validator whose mismatch it disputes) one
+    /// question of the dispute game.
+    DisputeAsk { round: u64, peer: PeerId, question: Question },
+    /// A side's answer to a `DisputeAsk`.
+    DisputeAnswer { round: u64, peer: PeerId, answer: Answer },
 }
 
+/// One question of the dispute game (`tessera_verify::Dispute`). Steps count inner steps from
+/// the round's start; operators count from 1 within a step's op trace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Question {
+    /// The hash of the local state after `step` inner steps.
+    State { step: u64 },
+    /// The prefix hash chain value after operator `op` of step `step`.
+    Prefix { step: u64, op: u64 },
+    /// Operator `op` of step `step`: its kernel's hash, input hashes and output hashes.
+    Entry { step: u64, op: u64 },
+    /// (Trainer only.) A blob holding operator `op`'s kernel and input tensors, for the
+    /// referee to recompute it.
+    Inputs { step: u64, op: u64 },
+    /// (Trainer only.) A blob holding the local state after `step` steps, for the referee to
+    /// recompute step `step` from.
+    StateBlob { step: u64 },
+}
+
+/// A side's answer to one [`Question`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// To `State` and `Prefix`.
+    Hash(Hash32),
+    /// To `Entry` (at most [`MAX_OP_IO`] hashes each).
+    Entry { kernel: Hash32, inputs: Vec<Hash32>, outputs: Vec<Hash32> },
+    /// To `Inputs` and `StateBlob`: the blob this side serves, and its length.
+    Blob { hash: Hash32, len: u64 },
+}
 /// What a validator found (see `tessera_coord::Outcome`, which adds the coordinator's own
 /// cases).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +226,8 @@ impl Message {
             Message::CheckTask { .. } => "CheckTask",
             Message::Verdict { .. } => "Verdict",
             Message::Refused { .. } => "Refused",
+            Message::DisputeAsk { .. } => "DisputeAsk",
+            Message::DisputeAnswer { .. } => "DisputeAnswer",
         }
     }
 }
@@ -294,6 +333,10 @@ impl Message {
             }
             Message::CheckTask { addr, .. } => lim("address length", addr.len(), MAX_TEXT),
             Message::Refused { reason, .. } => lim("reason length", reason.len(), MAX_TEXT),
+            Message::DisputeAnswer { answer: Answer::Entry { inputs, outputs, .. }, .. } => {
+                lim("operator inputs", inputs.len(), MAX_OP_IO)?;
+                lim("operator outputs", outputs.len(), MAX_OP_IO)
+            }
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

@@ -98,6 +98,15 @@ fn message() -> impl Strategy<Value = Message> {
                 tessera_wire::Finding::BadReveal,
                 tessera_wire::Finding::Unchecked
             ][f as usize],
+            reached: (f == 1).then_some(peer),
+        }),
+        (any::<u64>(), id(), any::<u64>(), any::<u64>()).prop_map(|(round, peer, step, op)| {
+            let question = tessera_wire::Question::Prefix { step, op };
+            Message::DisputeAsk { round, peer, question }
+        }),
+        (any::<u64>(), id(), prop::collection::vec(id(), 0..20)).prop_map(|(round, peer, hs)| {
+            let answer = tessera_wire::Answer::Entry { kernel: peer, inputs: hs.clone(), outputs: hs };
+            Message::DisputeAnswer { round, peer, answer }
         }),
         (any::<u64>(), id(), id(), any::<bool>()).prop_map(|(round, peer, blob, last)| Message::CheckTask {
             round,

@@ -21,7 +21,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 15) {
+    match r.below(3, i, 17) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
         1 => Message::Welcome {
             round,
@@ -100,10 +100,31 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 Finding::BadReveal,
                 Finding::Unchecked,
             ][r.below(8, i, 5) as usize],
+            reached: i.is_multiple_of(3).then(|| h(r, i + 6)),
         },
         13 => Message::Refused {
             round,
             reason: "re-running the segment does not reach the committed state".into(),
+        },
+        14 => Message::DisputeAsk {
+            round,
+            peer: h(r, i),
+            question: match r.below(9, i, 5) {
+                0 => Question::State { step: r.u64(10, i) },
+                1 => Question::Prefix { step: r.u64(10, i), op: r.u64(11, i) },
+                2 => Question::Entry { step: r.u64(10, i), op: r.u64(11, i) },
+                3 => Question::Inputs { step: r.u64(10, i), op: r.u64(11, i) },
+                _ => Question::StateBlob { step: r.u64(10, i) },
+            },
+        },
+        15 => Message::DisputeAnswer {
+            round,
+            peer: h(r, i),
+            answer: match r.below(9, i, 3) {
+                0 => Answer::Hash(h(r, i + 1)),
+                1 => Answer::Entry { kernel: h(r, i + 1), inputs: ids.clone(), outputs: ids.clone() },
+                _ => Answer::Blob { hash: h(r, i + 1), len: r.u64(12, i) },
+            },
         },
         _ => Message::Done { round, state_hash: h(r, i) },
     }
@@ -157,6 +178,9 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
         end: Leaf { hash: [0; 32], proof: vec![] },
     };
     assert!(matches!(encode(&key(1), 0, &reveal), Err(WireError::Limit { what: "proof length", .. })));
+    let entry = Answer::Entry { kernel: [0; 32], inputs: vec![[0; 32]; MAX_OP_IO + 1], outputs: vec![] };
+    let answer = Message::DisputeAnswer { round: 0, peer: [0; 32], answer: entry };
+    assert!(matches!(encode(&key(1), 0, &answer), Err(WireError::Limit { what: "operator inputs", .. })));
     // NoLoCo's lists must line up with the members and the accepted peers they describe.
     let ids = vec![[1u8; 32], [2u8; 32]];
     let start = Message::RoundStart {

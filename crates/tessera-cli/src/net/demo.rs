@@ -224,13 +224,15 @@ fn checks_line(sum: &tessera_node::Summary, cfg: &RunConfig, train_s: &[f64], va
         false => "trainers' time unknown".into(),
     };
     format!(
-        "{} (rate {}; {} settled by the validator, {} by the coordinator), {} failed, {} cheats caught; \
-         {spent:.2} s of re-execution = {share}",
+        "{} (rate {}; {} settled by the validator, {} by the coordinator), {} failed, {} disputes \
+         ({} down to one operator), {} cheats caught; {spent:.2} s of re-execution = {share}",
         sum.checks,
         cfg.check_rate,
         sum.checks_by_validators,
         sum.checks - sum.checks_by_validators,
         sum.checks_failed,
+        sum.disputes,
+        sum.disputes_to_op,
         sum.cheats_caught
     )
 }

@@ -1,10 +1,11 @@
 //! The coordinator as checker and referee. It draws spot checks at commit time and takes the
 //! reveals. With `validate = "validators"` and a validator present, it hands each revealed
 //! check to a validator (now and then a decoy whose end leaf was replaced); otherwise it
-//! fetches the revealed state and runs the check itself. A validator's failing finding, or
-//! a pass on a decoy, is refereed by the coordinator re-running the check: the side it rules
-//! against (the trainer, or the validator that lied or did not check) is refused from then
-//! on. The round's bookkeeping is [`round_checks::Checks`].
+//! fetches the revealed state and runs the check itself. A validator's mismatch goes to the
+//! dispute game (`disputes.rs`), which the coordinator referees by recomputing one operator;
+//! any other failing finding, or a pass on a decoy, is refereed by the coordinator re-running
+//! the check: the side it rules against (the trainer, or the validator that lied or did not
+//! check) is refused from then on. The round's bookkeeping is [`round_checks::Checks`].
 
 use super::round_checks::{Drawn, Next};
 use super::*;
@@ -106,13 +107,13 @@ impl Coordinator {
 
     /// A validator's `Verdict` arrived.
     pub(super) fn on_verdict(&mut self, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::Verdict { round, peer, finding, .. } = m else {
+        let Message::Verdict { round, peer, finding, reached, .. } = m else {
             return Err(Reject::Unexpected("a verdict"));
         };
         let Some(open) = self.open.as_mut().filter(|o| o.round == *round) else {
             return Err(Reject::WrongRound { got: *round, want: self.open.as_ref().map(|o| o.round) });
         };
-        match open.checks.verdict(&from, peer, *finding) {
+        match open.checks.verdict(&self.spec, &from, peer, (*finding, *reached)) {
             Next::Ignore => {}
             Next::Settle(outcome) => self.verdict(*peer, outcome, Some(from)),
             Next::Delegate(v) => {
@@ -125,6 +126,7 @@ impl Coordinator {
                 let len = crate::LocalState::blob_len(self.spec.n());
                 self.out.push(Output::Fetch { from: *peer, hash: blob, len });
             }
+            Next::Dispute(opened) => self.open_dispute(*peer, opened),
         }
         Ok(())
     }
@@ -172,7 +174,7 @@ impl Coordinator {
     }
 
     /// A validator whose finding was overturned is refused from now on.
-    fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: Finding) {
+    pub(super) fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: Finding) {
         if self.banned.len() >= MAX_KNOWN_PEERS {
             return;
         }
@@ -232,6 +234,7 @@ impl Coordinator {
             self.validators.remove(v);
             self.event(Event::Left(*v));
         }
+        self.expire_disputes(deadline);
         let Some(open) = self.open.as_mut() else { return };
         let mut back = Vec::new();
         for v in &silent {

@@ -32,6 +32,9 @@ pub enum Output {
     Check(Box<CheckJob>),
     /// Score an update ([`crate::run_score`]), then call [`crate::Coordinator::scored`].
     Score(Box<crate::ScoreJob>),
+    /// Recompute one disputed step ([`super::RecomputeJob::run`]), then call
+    /// [`crate::Coordinator::recomputed`].
+    Recompute(Box<super::RecomputeJob>),
     Event(Event),
 }
 
@@ -51,6 +54,47 @@ pub enum Record {
     Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome, by: Option<PeerId> },
     /// `peer`'s update of `round` was scored (`harmful`: left out).
     Scored { round: u64, peer: PeerId, score: crate::Score, harmful: bool },
+    /// A dispute was decided.
+    Dispute(Disputed),
+}
+
+/// How a dispute between a trainer and the validator that contradicted it ended: the ruling
+/// (who lost, and the exact step and operator decided; `op` is `None` when the referee
+/// recomputed the whole step or a side forfeited), the disputed operator's kernel, and what
+/// the game cost: exchanges and bytes revealed or fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disputed {
+    pub round: u64,
+    pub trainer: PeerId,
+    pub validator: PeerId,
+    pub ruling: tessera_verify::Ruling,
+    pub kernel: Option<&'static str>,
+    /// The loser did not answer in time, answered out of turn, or served a blob that is not
+    /// what it named: nothing was recomputed.
+    pub forfeit: bool,
+    pub exchanges: u32,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for Disputed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, v) = (tessera_tensor::hex(&self.trainer[..4]), tessera_tensor::hex(&self.validator[..4]));
+        write!(f, "round {}: dispute between trainer {t} and validator {v} ", self.round)?;
+        let step = self.ruling.step;
+        match (self.forfeit, self.ruling.op, self.kernel) {
+            (true, _, _) => write!(f, "forfeited at step {step}")?,
+            (false, Some(op), k) => {
+                write!(f, "decided at step {step}, operator {op} ({})", k.unwrap_or("?"))?
+            }
+            (false, None, _) => write!(f, "decided by recomputing step {step}")?,
+        }
+        let loser = match self.ruling.loser {
+            tessera_verify::Loser::Trainer => "the trainer",
+            tessera_verify::Loser::Validator => "the validator",
+            tessera_verify::Loser::Both => "both",
+        };
+        write!(f, " after {} exchanges, {} bytes: {loser} loses", self.exchanges, self.bytes)
+    }
 }
 
 /// What a closed round's `Accept` names that a store keeps or lets go, read here by the
@@ -105,6 +149,8 @@ pub enum Event {
         outcome: Outcome,
         by: Option<PeerId>,
     },
+    /// A dispute was decided.
+    Disputed(Disputed),
     /// An update was scored (`harmful`: left out).
     Scored {
         round: u64,

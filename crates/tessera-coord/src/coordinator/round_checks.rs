@@ -1,7 +1,9 @@
 //! A round's spot checks on the coordinator's side. Each check moves once through
 //! Challenged → (Delegated to a validator →) Fetching → Running → Done, or skips to Done.
-//! A validator's failing finding, or a decoy it passed, is refereed by the coordinator
-//! re-running the check itself; `second` carries the finding being refereed.
+//! A validator's mismatch (of a run whose segments step) is disputed with the trainer
+//! (Delegated → Disputed → Done, `disputes.rs`); any other failing finding, or a decoy it
+//! passed, is refereed by the coordinator re-running the check itself; `second` carries the
+//! finding being refereed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub(super) enum Phase {
     Running {
         second: Option<Second>,
     },
+    /// A validator's mismatch the trainer disputes: the game is in `Checks::games`.
+    Disputed,
     Done(Outcome),
 }
 
@@ -72,6 +76,20 @@ pub(super) enum Next {
     Delegate(PeerId),
     /// The coordinator checks it itself: fetch this blob.
     Referee(Hash32),
+    /// The validator's mismatch is disputed (see `disputes.rs`).
+    Dispute(Opened),
+}
+
+/// What a dispute over a check starts from: the segment's steps, its committed start leaf,
+/// the two claimed ends (the trainer's committed leaf, the state the validator reached) and
+/// the unit trained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Opened {
+    pub validator: PeerId,
+    pub seg: (u64, u64),
+    pub start: Hash32,
+    pub ends: [Hash32; 2],
+    pub unit: (u64, u64),
 }
 
 /// A round's spot checks.
@@ -79,11 +97,13 @@ pub(super) enum Next {
 pub(super) struct Checks {
     round: u64,
     by_peer: BTreeMap<PeerId, Check>,
+    /// The disputes under way, by trainer.
+    pub games: BTreeMap<PeerId, super::disputes::Game>,
 }
 
 impl Checks {
     pub fn new(round: u64) -> Self {
-        Self { round, by_peer: BTreeMap::new() }
+        Self { round, by_peer: BTreeMap::new(), games: BTreeMap::new() }
     }
 
     /// Draws whether to check a commit; returns the `Challenge` to send.
@@ -154,16 +174,31 @@ impl Checks {
         })
     }
 
-    /// `validator` found `finding` on `peer`'s check.
-    pub fn verdict(&mut self, validator: &PeerId, peer: &PeerId, finding: Finding) -> Next {
+    /// `validator` found `finding` on `peer`'s check, reaching end state `reached`; a
+    /// mismatch of a run whose segments step (`disputable`) goes to a dispute.
+    pub fn verdict(
+        &mut self,
+        spec: &RunSpec,
+        validator: &PeerId,
+        peer: &PeerId,
+        (finding, reached): (Finding, Option<Hash32>),
+    ) -> Next {
+        let disputable = spec.outer.work() != tessera_sync::Work::Gradient;
         let Some(c) = self.by_peer.get_mut(peer) else { return Next::Ignore };
         let Phase::Delegated { validator: v, decoy } = c.phase.clone() else { return Next::Ignore };
         if v != *validator {
             return Next::Ignore;
         }
-        let blob = c.revealed.expect("delegated after a reveal").0;
+        let (blob, start, end) = c.revealed.expect("delegated after a reveal");
         match (decoy, finding) {
             (true, Finding::Mismatch) => Next::Delegate(v),
+            (false, Finding::Mismatch) if disputable && reached.is_some_and(|r| r != end) => {
+                let segs = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every).unwrap_or_default();
+                let Some(&seg) = segs.get(c.segment) else { return Next::Ignore };
+                c.phase = Phase::Disputed;
+                let ends = [end, reached.expect("matched above")];
+                Next::Dispute(Opened { validator: v, seg, start, ends, unit: c.unit })
+            }
             (false, Finding::Pass) => Next::Settle(Outcome::Pass),
             // It could not check (a blob it could not fetch): the coordinator checks instead,
             // and nobody is ruled against for it.
@@ -192,6 +227,14 @@ impl Checks {
             }
         }
         out
+    }
+
+    /// A dispute over `peer`'s check ended without a ruling (its validator was refused or
+    /// left): the check is the coordinator's again; the revealed blob to fetch.
+    pub fn undispute(&mut self, peer: &PeerId) -> Option<Hash32> {
+        let c = self.by_peer.get_mut(peer).filter(|c| c.phase == Phase::Disputed)?;
+        c.phase = Phase::Fetching { second: None };
+        c.revealed.map(|r| r.0)
     }
 
     /// Whether `peer`'s check waits for the coordinator to fetch blob `hash`.
