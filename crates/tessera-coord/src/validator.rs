@@ -133,7 +133,8 @@ pub struct Validator {
     window: SeqWindow,
     spec: Option<(Arc<RunSpec>, String)>,
     tasks: BTreeMap<(u64, PeerId), Task>,
-    /// Mismatches reported, kept for their disputes (at most [`MAX_TASKS`], oldest out first).
+    /// Mismatches reported, kept for their disputes: of the latest round only, at most
+    /// [`MAX_TASKS`].
     held: BTreeMap<(u64, PeerId), Held>,
     last_heartbeat: Option<u64>,
     finished: bool,
@@ -288,6 +289,8 @@ impl Validator {
         let (Some(t), Some((spec, _))) = (self.tasks.get(&key), &self.spec) else { return };
         let segs = tessera_verify::segments(spec.cfg.h(), spec.cfg.commit_every).unwrap_or_default();
         let Some(&seg) = segs.get(t.job.segment) else { return };
+        // A round closes only once its disputes are decided: earlier rounds' are over.
+        self.held.retain(|k, _| k.0 >= key.0);
         while self.held.len() >= MAX_TASKS {
             self.held.pop_first();
         }
