@@ -136,10 +136,15 @@ impl Coordinator {
             return Err(Reject::Unexpected("a dispute answer"));
         };
         let want = self.open.as_ref().map(|o| o.round);
+        if want.is_some_and(|w| *round < w) {
+            return Ok(()); // a game that ended with its round: a late answer changes nothing
+        }
         if want != Some(*round) {
             return Err(Reject::WrongRound { got: *round, want });
         }
-        let g = self.game(peer).ok_or(Reject::Unexpected("an answer of no dispute"))?;
+        // A game that ended (ruled, or dropped with its validator) while a question was out:
+        // the answer is late, not wrong.
+        let Some(g) = self.game(peer) else { return Ok(()) };
         let side = match from {
             f if f == *peer => 0,
             f if f == g.validator => 1,
