@@ -95,6 +95,18 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit, however it does.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(t0.elapsed() < WAIT, "process did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn kill9(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
@@ -469,6 +481,37 @@ fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
     assert!(nodes[3].log().contains("DRILL: this node cheats (Poison)"));
     let rounds = run.cfg.rounds as i64;
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
+}
+
+/// The copy drill with real processes: a node resubmits, as its own, the update its twin
+/// (an honest node with the same `--twin-dir`) committed this round. With the checks off, the
+/// coordinator's screening refuses the copy in every round, and nobody honest is refused. A
+/// copier without a twin directory is refused at start with a typed error.
+#[test]
+fn a_copying_node_is_refused_every_round() {
+    let run = Run::new("copy", config(4, 3).with(|c| c.validate = tessera_coord::Validate::Off));
+    let (mut c, ticket) = run.coordinator("coord");
+    let twin = run.dir.join("twin").display().to_string();
+    let mut nodes = vec![run.node(&ticket, 1, &["--twin-dir", &twin])];
+    nodes.extend((2..=3).map(|i| run.node(&ticket, i, &[])));
+    nodes.push(run.node(&ticket, 4, &["--cheat", "copy", "--twin-dir", &twin]));
+    let mut lone = run.node(&ticket, 5, &["--cheat", "copy"]);
+    c.finish();
+    let log = c.log();
+    let copier = short_hex(&peer_id(4));
+    let copies = log
+        .lines()
+        .filter(|l| l.contains(&format!("message from {copier} refused")) && l.contains("a copy of"));
+    assert_eq!(copies.count(), 3, "the copy is refused in every round:\n{log}");
+    for honest in [1, 2, 3] {
+        let who = short_hex(&peer_id(honest));
+        assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{honest}:\n{log}");
+        assert!(node_states(&nodes[honest as usize - 1].finish()).iter().all(|s| s.2), "honest nodes agree");
+    }
+    assert!(nodes[3].log().contains("DRILL: this node cheats (Copy)"));
+    assert_eq!(run.count("SELECT COUNT(*) FROM accepted"), 9, "only the three honest updates, each round");
+    let st = lone.wait();
+    assert!(!st.success() && lone.log().contains("--cheat copy needs --twin-dir"), "{}", lone.log());
 }
 
 /// Spot checks end to end: with every update checked, a node that trains only half of its

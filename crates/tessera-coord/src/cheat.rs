@@ -67,6 +67,8 @@ pub enum CheatKind {
     Replay,
     /// [`Cheat::Random`].
     Random,
+    /// [`Cheat::Copy`] of a twin's update (a node takes it from its drill's twin directory).
+    Copy,
     /// [`Shirk::SkipSteps`].
     SkipSteps,
     /// [`Shirk::WrongData`].
@@ -86,13 +88,14 @@ impl std::str::FromStr for CheatKind {
             "poison" => Ok(CheatKind::Poison),
             "replay" => Ok(CheatKind::Replay),
             "random" => Ok(CheatKind::Random),
+            "copy" => Ok(CheatKind::Copy),
             "skip-steps" => Ok(CheatKind::SkipSteps),
             "wrong-data" => Ok(CheatKind::WrongData),
             "forge" => Ok(CheatKind::Forge),
             "lazy-validator" => Ok(CheatKind::LazyValidator),
             "lying-validator" => Ok(CheatKind::LyingValidator),
             other => Err(CoordError::Config(format!(
-                "unknown cheat {other:?} (poison, replay, random, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
+                "unknown cheat {other:?} (poison, replay, random, copy, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
             ))),
         }
     }
@@ -108,6 +111,8 @@ impl CheatKind {
             }
             CheatKind::Replay => Drill::Send(Cheat::Replay),
             CheatKind::Random => Drill::Send(Cheat::Random { seed: spec.cfg.seed }),
+            // Whose update is the driver's to find (a node: its `--twin-dir`).
+            CheatKind::Copy => Drill::Send(Cheat::Copy { of: [0; 32] }),
             CheatKind::SkipSteps => Drill::Train(Shirk::SkipSteps),
             CheatKind::WrongData => Drill::Train(Shirk::WrongData),
             CheatKind::Forge => Drill::Train(Shirk::Forge),

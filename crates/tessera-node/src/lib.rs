@@ -21,6 +21,7 @@ pub mod coordinator;
 mod fetch;
 mod store;
 pub mod trainer;
+mod twin;
 mod validator;
 
 use std::path::Path;

@@ -46,6 +46,9 @@ pub struct NodeOptions {
     pub fault_round: Option<u64>,
     /// Cheat drill: what to send instead of honest updates (or, a validator, how to lie).
     pub cheat: Option<CheatKind>,
+    /// Copy drill: where an honest node leaves its committed updates and a `copy` cheat takes
+    /// its twin's from (see [`crate::twin`]).
+    pub twin_dir: Option<PathBuf>,
     /// Check trainers' work instead of training (`tessera node --validator`).
     pub validator: bool,
 }
@@ -84,6 +87,8 @@ struct Node {
     cheat_kind: Option<CheatKind>,
     cheat: Option<Arc<Cheat>>,
     last_update: Option<(u64, Arc<Vec<u8>>)>,
+    /// The copy drill's twin directory.
+    twin_dir: Option<PathBuf>,
     inputs: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
@@ -167,6 +172,11 @@ pub(crate) async fn connect(
 
 async fn main_loop(a: NodeOptions) -> Res<()> {
     let (coord, addr) = parse_ticket(&a.join)?;
+    if a.cheat == Some(CheatKind::Copy) && a.twin_dir.is_none() {
+        return Err(NodeError::Run(
+            "--cheat copy needs --twin-dir (where its twin leaves its updates)".into(),
+        ));
+    }
     let key = match &a.key {
         Some(p) => load_or_create_key(p)?,
         None => fresh_key()?,
@@ -203,6 +213,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         cheat_kind: a.cheat,
         cheat: None,
         last_update: None,
+        twin_dir: a.twin_dir.clone(),
         inputs: tx,
         started: Instant::now(),
         log,
@@ -284,7 +295,10 @@ impl Node {
         let mut acts: std::collections::VecDeque<Action> = acts.into();
         while let Some(a) = acts.pop_front() {
             match a {
-                Action::Send(m) => self.send(conn, &m).await,
+                Action::Send(m) => {
+                    self.send(conn, &m).await;
+                    self.leave_for_twin(&m);
+                }
                 Action::Fetch { sources, hash, len, split } => {
                     self.spawn_fetch(conn, sources, hash, len, split)
                 }
@@ -317,6 +331,21 @@ impl Node {
         Ok(done)
     }
 
+    /// The copy drill: an honest node with a twin directory leaves its update there once its
+    /// `Commit` is sent.
+    fn leave_for_twin(&self, m: &tessera_coord::Message) {
+        let (Some(dir), None, tessera_coord::Message::Commit { round, .. }) =
+            (&self.twin_dir, self.cheat_kind, m)
+        else {
+            return;
+        };
+        if let Some((_, u)) = self.last_update.as_ref().filter(|l| l.0 == *round) {
+            if let Err(e) = crate::twin::leave(dir, *round, u) {
+                self.log.warn(&format!("cannot leave the update for the twin: {e}"));
+            }
+        }
+    }
+
     async fn send(&self, conn: &Connection, m: &tessera_coord::Message) {
         match tessera_wire::encode(&self.key, self.seq.next(), m) {
             Ok(f) => {
@@ -346,7 +375,7 @@ impl Node {
         };
         let (ds, pool, step, slow, tx) =
             (self.ds.clone(), self.pool.clone(), self.step.clone(), self.slow_step, self.inputs.clone());
-        let (cheat, last) = (self.cheat.clone(), self.last_update.clone());
+        let (cheat, last, twin) = (self.cheat.clone(), self.last_update.clone(), self.twin_dir.clone());
         self.first_train.get_or_insert_with(Instant::now);
         step.store(0, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
@@ -361,7 +390,13 @@ impl Node {
                 match (cheat, honest) {
                     (Some(c), Ok(t)) => {
                         let earlier = last.as_ref().filter(|l| l.0 < state.round).map(|l| l.1.as_slice());
-                        let got = c.apply(w.spec(), &state, t, Loot { copy: None, earlier });
+                        let copied = match (&*c, &twin) {
+                            (Cheat::Copy { .. }, Some(dir)) => {
+                                crate::twin::take(dir, state.round, t.update.len() as u64)
+                            }
+                            _ => None,
+                        };
+                        let got = c.apply(w.spec(), &state, t, Loot { copy: copied.as_deref(), earlier });
                         if let Ok(t) = &got {
                             w.committed_instead(t); // it answers challenges for what it sent
                         }

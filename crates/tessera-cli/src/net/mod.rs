@@ -97,10 +97,16 @@ pub struct NodeArgs {
     /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
     #[arg(long, hide = true)]
     pub fault_round: Option<u64>,
-    /// Cheat drill: poison, replay, skip-steps, wrong-data or forge (a trainer's), or
-    /// lazy-validator or lying-validator (with --validator), to watch the coordinator catch it.
+    /// Cheat drill: poison, replay, random, copy, skip-steps, wrong-data or forge (a
+    /// trainer's), or lazy-validator or lying-validator (with --validator), to watch the
+    /// coordinator catch it.
     #[arg(long, hide = true)]
     pub cheat: Option<tessera_coord::CheatKind>,
+    /// Copy drill: an honest node writes each update it commits to this directory after
+    /// sending the commit; a `--cheat copy` node waits there for its twin's update of the
+    /// round and commits that as its own.
+    #[arg(long, hide = true)]
+    pub twin_dir: Option<PathBuf>,
     /// Check other trainers' work instead of training: re-run the segments the coordinator
     /// hands out and answer with signed verdicts (the run's `validate = "validators"`).
     #[arg(long)]
@@ -119,6 +125,7 @@ impl NodeArgs {
             slow_step_ms: self.slow_step_ms,
             fault_round: self.fault_round,
             cheat: self.cheat,
+            twin_dir: self.twin_dir,
             validator: self.validator,
         }
     }
