@@ -601,6 +601,31 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
 }
 
+/// Scoring by a validator process: it fetches each accepted update and the round's start
+/// state, scores the update and reports; the coordinator audits a share of the scores by
+/// scoring them itself, and every score is recorded with who scored it.
+#[test]
+fn a_validator_scores_the_updates() {
+    let cfg = RunConfig { check_rate: 0.0, score_batches: 1, decoy_rate: 0.5, ..config(3, 3) };
+    let run = Run::new("validator-scores", cfg);
+    let (mut c, ticket) = run.coordinator("coord");
+    let mut v = run.node(&ticket, 5, &["--validator"]);
+    std::thread::sleep(Duration::from_millis(500)); // the validator is there before round 0
+    let mut nodes: Vec<Proc> = (1..=3).map(|i| run.node(&ticket, i, &[])).collect();
+    c.finish();
+    let log = c.log();
+    let out = v.finish();
+    assert!(out.contains("scores=") && !out.contains("scores=0 "), "the validator scored: {out}");
+    let q = |sql: &str| run.count(sql);
+    assert_eq!(q("SELECT COUNT(*) FROM scores"), 9, "every accepted update scored:\n{log}");
+    assert!(q("SELECT COUNT(*) FROM scores WHERE validator IS NOT NULL") >= 1, "{log}");
+    assert!(log.contains("scored by validator"), "{log}");
+    assert!(!log.contains("CHEAT"), "the honest validator is not refused:\n{log}");
+    for n in &mut nodes {
+        assert!(node_states(&n.finish()).iter().all(|s| s.2), "honest nodes agree");
+    }
+}
+
 #[test]
 fn a_node_killed_mid_round_is_left_out_and_its_unit_reassigned() {
     killed_node("kill-node", config(3, 4));

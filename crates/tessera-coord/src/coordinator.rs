@@ -68,7 +68,7 @@ struct OpenRound {
     order: Vec<PeerId>,
     checks: Checks,
     /// Accepted updates whose score is awaited, and the start state they are scored against.
-    scoring: std::collections::BTreeSet<PeerId>,
+    scoring: BTreeMap<PeerId, scoring::Scoring>,
     start_state: Option<Arc<GlobalState>>,
 }
 
@@ -361,6 +361,7 @@ impl Coordinator {
             Message::Heartbeat { .. } => {}
             Message::Verdict { .. } => self.on_verdict(from, m)?,
             Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
+            Message::ScoreReport { .. } => self.on_score_report(from, m)?,
             other => return Err(Reject::Unexpected(other.kind())),
         }
         if let Some(seen) = self.validators.get_mut(&from) {

@@ -30,6 +30,17 @@ pub struct Score {
     pub unseen: f64,
 }
 
+impl Score {
+    /// The three losses as f64 bit patterns, as a `ScoreReport` carries them.
+    pub fn to_bits(&self) -> [u64; 3] {
+        [self.held_out.to_bits(), self.own.to_bits(), self.unseen.to_bits()]
+    }
+
+    pub fn from_bits(b: [u64; 3]) -> Self {
+        Self { held_out: f64::from_bits(b[0]), own: f64::from_bits(b[1]), unseen: f64::from_bits(b[2]) }
+    }
+}
+
 /// One update to score: what the coordinator hands its driver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreJob {

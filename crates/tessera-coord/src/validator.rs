@@ -64,6 +64,8 @@ pub enum ValidatorAction {
     /// Answer a dispute's question ([`crate::Disputant::answer`]), then call
     /// [`Validator::answered`].
     Answer(Box<AnswerJob>),
+    /// Score an update ([`crate::run_score`]), then call [`Validator::scored`].
+    Score(Box<crate::ScoreJob>),
     Event(ValidatorEvent),
 }
 
@@ -119,6 +121,18 @@ impl AnswerJob {
     }
 }
 
+/// A `ScoreTask` being assembled: the blobs still to arrive (the update, the round's start
+/// state) and what has come of them.
+#[derive(Debug, Clone)]
+struct ScoreTask {
+    unit: (u64, u64),
+    batches: u64,
+    update: Option<Hash32>,
+    state: Option<Hash32>,
+    values: Option<Vec<f32>>,
+    start: Option<Arc<GlobalState>>,
+}
+
 /// What this validator keeps of a mismatch it reported, to answer the dispute over it.
 #[derive(Debug, Clone)]
 struct Held {
@@ -136,6 +150,8 @@ pub struct Validator {
     /// Mismatches reported, kept for their disputes: of the latest round only, at most
     /// [`MAX_TASKS`].
     held: BTreeMap<(u64, PeerId), Held>,
+    /// Score tasks waiting for their blobs (at most [`MAX_TASKS`]).
+    scores: BTreeMap<(u64, PeerId), ScoreTask>,
     last_heartbeat: Option<u64>,
     finished: bool,
     out: Vec<ValidatorAction>,
@@ -149,6 +165,7 @@ impl Validator {
             spec: None,
             tasks: BTreeMap::new(),
             held: BTreeMap::new(),
+            scores: BTreeMap::new(),
             last_heartbeat: None,
             finished: false,
             out: Vec::new(),
@@ -204,6 +221,7 @@ impl Validator {
         hash: Hash32,
         got: Result<Vec<u8>, String>,
     ) -> Vec<ValidatorAction> {
+        self.score_blob(&hash, &got);
         let waiting: Vec<(u64, PeerId)> = self
             .tasks
             .iter()
@@ -280,6 +298,81 @@ impl Validator {
         self.take()
     }
 
+    /// The driver scored what [`ValidatorAction::Score`] asked; `Err` (this validator's own
+    /// failure) is reported as no score, for the coordinator to score instead.
+    pub fn scored(
+        &mut self,
+        _now_ms: u64,
+        (round, peer): (u64, PeerId),
+        got: Result<crate::Score, CoordError>,
+    ) -> Vec<ValidatorAction> {
+        self.report_score((round, peer), got.ok().map(|s| s.to_bits()));
+        self.take()
+    }
+
+    fn report_score(&mut self, (round, peer): (u64, PeerId), score: Option<[u64; 3]>) {
+        self.scores.remove(&(round, peer));
+        self.out.push(ValidatorAction::Send(Message::ScoreReport { round, peer, score }));
+    }
+
+    /// A score task in: answered at once by a drill behaviour (a lazy validator makes a
+    /// score up, a lying one calls every update harmful), else its two blobs are fetched.
+    fn take_score_task(&mut self, key: (u64, PeerId), addr: String, t: ScoreTask) {
+        let made_up = |held_out: f64| Some(crate::Score { held_out, own: 0.0, unseen: 0.0 }.to_bits());
+        match self.vc.behaviour {
+            Behaviour::Lazy => return self.report_score(key, made_up(0.0)),
+            Behaviour::Lying => return self.report_score(key, made_up(-1e3)),
+            Behaviour::Honest if self.scores.len() >= MAX_TASKS => return self.report_score(key, None),
+            Behaviour::Honest => {}
+        }
+        let spec = self.spec.as_ref().expect("configured").0.clone();
+        let coord = Source { peer: self.vc.coordinator, addr: None };
+        let trainer = Source { peer: key.1, addr: (!addr.is_empty()).then_some(addr) };
+        if let Some(hash) = t.update {
+            let sources = vec![trainer, coord.clone()];
+            self.out.push(ValidatorAction::Fetch { sources, hash, len: spec.update_len });
+        }
+        if let Some(hash) = t.state {
+            self.out.push(ValidatorAction::Fetch { sources: vec![coord], hash, len: spec.state_len as u64 });
+        }
+        self.scores.insert(key, t);
+    }
+
+    /// A fetched blob, for the score tasks waiting on it; a task with both is handed to the
+    /// driver, one whose blob failed is reported unscored.
+    fn score_blob(&mut self, hash: &Hash32, got: &Result<Vec<u8>, String>) {
+        let Some(spec) = self.spec.as_ref().map(|s| s.0.clone()) else { return };
+        let waiting: Vec<(u64, PeerId)> = self
+            .scores
+            .iter()
+            .filter(|(_, t)| t.update == Some(*hash) || t.state == Some(*hash))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in waiting {
+            let t = self.scores.get_mut(&key).expect("listed above");
+            let ok = match got {
+                Err(_) => false,
+                Ok(b) if t.update == Some(*hash) => {
+                    t.update = None;
+                    let d = tessera_sync::decode_update(b, spec.expected());
+                    d.map(|d| t.values = Some(d.values)).is_ok()
+                }
+                Ok(b) => {
+                    t.state = None;
+                    spec.decode_state(b, hash).map(|g| t.start = Some(Arc::new(g))).is_ok()
+                }
+            };
+            if !ok {
+                self.report_score(key, None);
+            } else if let (Some(values), Some(state)) = (&t.values, &t.start) {
+                let (round, peer) = key;
+                let (values, state) = (values.clone(), state.clone());
+                let job = crate::ScoreJob { round, peer, unit: t.unit, values, state, batches: t.batches };
+                self.out.push(ValidatorAction::Score(Box::new(job)));
+            }
+        }
+    }
+
     fn warn(&mut self, e: TrainerError) {
         self.out.push(ValidatorAction::Event(ValidatorEvent::Warning(e)));
     }
@@ -336,6 +429,19 @@ impl Validator {
                 Ok(())
             }
             Message::Refused { round, reason } => Err(TrainerError::Refused { round, reason }),
+            Message::ScoreTask { .. } if self.spec.is_none() => Err(TrainerError::NotConfigured("ScoreTask")),
+            Message::ScoreTask { round, peer, addr, unit, update, state, batches, .. } => {
+                let t = ScoreTask {
+                    unit,
+                    batches,
+                    update: Some(update),
+                    state: Some(state),
+                    values: None,
+                    start: None,
+                };
+                self.take_score_task((round, peer), addr, t);
+                Ok(())
+            }
             Message::DisputeAsk { round, peer, question } => {
                 let h = self
                     .held

@@ -479,9 +479,10 @@ impl Daemon {
                 }
             }
             Event::Disputed(d) => self.log.warn(&d.to_string()),
-            Event::Scored { round, peer, score, harmful } => {
+            Event::Scored { round, peer, score, harmful, by } => {
+                let by = by.map_or("the coordinator".to_string(), |v| format!("validator {}", short(&v)));
                 let line = format!(
-                    "round {round}: {}'s update scored: held-out gain {:+.4}, own {:+.4}, unseen {:+.4}{}",
+                    "round {round}: {}'s update scored by {by}: held-out gain {:+.4}, own {:+.4}, unseen {:+.4}{}",
                     short(&peer),
                     score.held_out,
                     score.own,

@@ -70,6 +70,7 @@ pub struct Summary {
     pub check_s: f64,
     /// Updates scored, and how many of them were left out as harmful; seconds spent scoring.
     pub scored: u64,
+    pub scored_by_validators: u64,
     pub harmful: u64,
     pub score_s: f64,
     /// Disputes decided, and how many of them down to one operator the referee recomputed.
@@ -95,7 +96,8 @@ CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, 
     outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, validator BLOB,
     PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS scores(round INTEGER NOT NULL, peer BLOB NOT NULL, held_out REAL NOT NULL,
-    own REAL NOT NULL, unseen REAL NOT NULL, harmful INTEGER NOT NULL, PRIMARY KEY(round, peer));
+    own REAL NOT NULL, unseen REAL NOT NULL, harmful INTEGER NOT NULL, validator BLOB,
+    PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS disputes(round INTEGER NOT NULL, trainer BLOB NOT NULL, validator BLOB NOT NULL,
     step INTEGER NOT NULL, op INTEGER, kernel TEXT, loser TEXT NOT NULL, forfeit INTEGER NOT NULL,
     exchanges INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY(round, trainer));
@@ -170,6 +172,7 @@ impl Store {
             cheats_caught: self.count("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1")?,
             check_s: self.meta_f64("check_s")?,
             scored: self.count("SELECT COUNT(*) FROM scores")?,
+            scored_by_validators: self.count("SELECT COUNT(*) FROM scores WHERE validator IS NOT NULL")?,
             harmful: self.count("SELECT COUNT(*) FROM scores WHERE harmful = 1")?,
             score_s: self.meta_f64("score_s")?,
             disputes: self.count("SELECT COUNT(*) FROM disputes")?,
@@ -275,11 +278,19 @@ impl Store {
                     params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
                 )?;
             }
-            Record::Scored { round, peer, score, harmful } => {
+            Record::Scored { round, peer, score, harmful, by } => {
                 self.db.execute(
-                    "INSERT OR REPLACE INTO scores(round, peer, held_out, own, unseen, harmful)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![*round as i64, &peer[..], score.held_out, score.own, score.unseen, *harmful],
+                    "INSERT OR REPLACE INTO scores(round, peer, held_out, own, unseen, harmful, validator)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        *round as i64,
+                        &peer[..],
+                        score.held_out,
+                        score.own,
+                        score.unseen,
+                        *harmful,
+                        by.map(|v| v.to_vec())
+                    ],
                 )?;
             }
             Record::Dispute(d) => {

@@ -28,6 +28,8 @@ enum Input {
     Fetched(Hash32, Result<Vec<u8>, String>),
     /// A check's round, trainer, outcome and seconds.
     Checked(u64, PeerId, Result<Checked, CoordError>, f64),
+    /// A score's round, trainer, result and seconds.
+    Scored(u64, PeerId, Result<tessera_coord::Score, CoordError>, f64),
 }
 
 struct Checker {
@@ -42,6 +44,7 @@ struct Checker {
     started: Instant,
     log: Log,
     checks: u64,
+    scores: u64,
     check_s: f64,
     /// What it re-ran of the segments it is disputed over.
     disputant: Disputant,
@@ -91,6 +94,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         started: Instant::now(),
         log,
         checks: 0,
+        scores: 0,
         check_s: 0.0,
         disputant: Disputant::default(),
     };
@@ -104,7 +108,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         }
         unreachable_since.get_or_insert_with(Instant::now);
     }
-    out(&format!("validator checks={} check_s={:.3}", c.checks, c.check_s));
+    out(&format!("validator checks={} scores={} check_s={:.3}", c.checks, c.scores, c.check_s));
     tokio::time::sleep(Duration::from_millis(200)).await;
     c.net.close().await;
     Ok(())
@@ -137,6 +141,11 @@ impl Checker {
                         self.check_s += took;
                         self.v.checked(now, round, peer, got)
                     }
+                    Input::Scored(round, peer, got, took) => {
+                        self.scores += 1;
+                        self.check_s += took;
+                        self.v.scored(now, (round, peer), got)
+                    }
                 },
                 _ = ticker.tick() => self.v.tick(now),
                 _ = conn.closed() => return Ok(End::Lost),
@@ -168,6 +177,7 @@ impl Checker {
                     });
                 }
                 ValidatorAction::Check(job) => self.spawn_check(*job),
+                ValidatorAction::Score(job) => self.spawn_score(*job),
                 ValidatorAction::Answer(job) => {
                     // A dispute's question: the first re-runs the segment, an operator
                     // question traces one step; short enough for the loop.
@@ -191,6 +201,17 @@ impl Checker {
             let got = pool.install(|| tessera_coord::check_segment(&spec, &ds, &job));
             let took = t0.elapsed().as_secs_f64();
             let _ = tx.blocking_send(Input::Checked(job.round, job.peer, got, took));
+        });
+    }
+
+    fn spawn_score(&self, job: tessera_coord::ScoreJob) {
+        let (ds, pool, tx) = (self.ds.clone(), self.pool.clone(), self.inputs.clone());
+        let Some(spec) = self.spec() else { return };
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let got = pool.install(|| tessera_coord::run_score(&spec, &ds, &job));
+            let took = t0.elapsed().as_secs_f64();
+            let _ = tx.blocking_send(Input::Scored(job.round, job.peer, got, took));
         });
     }
 

@@ -58,6 +58,8 @@ enum Delivery {
     Scored(u64, PeerId, Result<tessera_coord::Score, CoordError>),
     /// A spot check a validator ran: (validator, round, trainer, outcome).
     ValidatorChecked(PeerId, u64, PeerId, Result<Checked, CoordError>),
+    /// An update a validator scored: (validator, (round, trainer), score).
+    ValidatorScored(PeerId, (u64, PeerId), Result<tessera_coord::Score, CoordError>),
     /// A validator's answer to a dispute question: (validator, (round, trainer), answer).
     ValidatorAnswered(PeerId, (u64, PeerId), Result<Answer, CoordError>),
     /// A step the coordinator recomputed as a dispute's referee: (round, trainer, state).
@@ -201,6 +203,10 @@ impl<'a> ProtocolSim<'a> {
                 ValidatorAction::Check(job) => {
                     let got = tessera_coord::check_segment(&self.spec, self.ds, &job);
                     self.queue.push_back(Delivery::ValidatorChecked(id, job.round, job.peer, got));
+                }
+                ValidatorAction::Score(job) => {
+                    let got = tessera_coord::run_score(&self.spec, self.ds, &job);
+                    self.queue.push_back(Delivery::ValidatorScored(id, (job.round, job.peer), got));
                 }
                 ValidatorAction::Answer(job) => {
                     let got = job.run(&self.spec, self.ds, &mut c.d);
@@ -497,6 +503,12 @@ impl<'a> ProtocolSim<'a> {
                         .get_mut(&to)
                         .map(|c| c.v.checked(now, round, peer, got))
                         .unwrap_or_default();
+                    self.act_validator(to, acts)?;
+                }
+                Delivery::ValidatorScored(to, key, got) => {
+                    let now = self.now;
+                    let acts =
+                        self.validators.get_mut(&to).map(|c| c.v.scored(now, key, got)).unwrap_or_default();
                     self.act_validator(to, acts)?;
                 }
                 Delivery::ValidatorAnswered(to, key, got) => {

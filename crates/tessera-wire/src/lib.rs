@@ -155,6 +155,24 @@ pub enum Message {
     DisputeAsk { round: u64, peer: PeerId, question: Question },
     /// A side's answer to a `DisputeAsk`.
     DisputeAnswer { round: u64, peer: PeerId, answer: Answer },
+    /// The coordinator hands a validator the scoring of `peer`'s accepted round-`round`
+    /// update: the update blob (`update_len` bytes, served by the trainer at `addr`), the
+    /// round's start state blob it is applied to (served by the coordinator), the unit the
+    /// trainer was assigned, and the batches per set to score on.
+    ScoreTask {
+        round: u64,
+        peer: PeerId,
+        addr: String,
+        unit: (u64, u64),
+        update: Hash32,
+        update_len: u64,
+        state: Hash32,
+        batches: u64,
+    },
+    /// A validator's score of a `ScoreTask`: the loss the update gains on the held-out set,
+    /// on the trainer's own batches and on unassigned batches, as f64 bit patterns (scores are
+    /// bit-reproducible, so they compare exactly); `None`: it could not score.
+    ScoreReport { round: u64, peer: PeerId, score: Option<[u64; 3]> },
 }
 
 /// One question of the dispute game (`tessera_verify::Dispute`). Steps count inner steps from
@@ -228,6 +246,8 @@ impl Message {
             Message::Refused { .. } => "Refused",
             Message::DisputeAsk { .. } => "DisputeAsk",
             Message::DisputeAnswer { .. } => "DisputeAnswer",
+            Message::ScoreTask { .. } => "ScoreTask",
+            Message::ScoreReport { .. } => "ScoreReport",
         }
     }
 }
@@ -331,7 +351,9 @@ impl Message {
                 lim("rejected", rejected.len(), MAX_MEMBERS)?;
                 rejected.iter().try_for_each(|(_, r)| lim("reason length", r.len(), MAX_TEXT))
             }
-            Message::CheckTask { addr, .. } => lim("address length", addr.len(), MAX_TEXT),
+            Message::CheckTask { addr, .. } | Message::ScoreTask { addr, .. } => {
+                lim("address length", addr.len(), MAX_TEXT)
+            }
             Message::Refused { reason, .. } => lim("reason length", reason.len(), MAX_TEXT),
             Message::DisputeAnswer { answer: Answer::Entry { inputs, outputs, .. }, .. } => {
                 lim("operator inputs", inputs.len(), MAX_OP_IO)?;

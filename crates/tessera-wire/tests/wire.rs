@@ -21,7 +21,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 17) {
+    match r.below(3, i, 19) {
         0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
         1 => Message::Welcome {
             round,
@@ -125,6 +125,23 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 1 => Answer::Entry { kernel: h(r, i + 1), inputs: ids.clone(), outputs: ids.clone() },
                 _ => Answer::Blob { hash: h(r, i + 1), len: r.u64(12, i) },
             },
+        },
+        16 => Message::ScoreTask {
+            round,
+            peer: h(r, i),
+            addr: "127.0.0.1:4000".into(),
+            unit: (round, r.u64(8, i)),
+            update: h(r, i + 1),
+            update_len: r.u64(12, i),
+            state: h(r, i + 2),
+            batches: r.below(13, i, 64),
+        },
+        17 => Message::ScoreReport {
+            round,
+            peer: h(r, i),
+            score: i
+                .is_multiple_of(2)
+                .then(|| [(r.u64(14, i) as f64 / 7.0).to_bits(), (-0.25f64).to_bits(), 3]),
         },
         _ => Message::Done { round, state_hash: h(r, i) },
     }

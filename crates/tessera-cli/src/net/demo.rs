@@ -279,8 +279,9 @@ fn summary(
     o(&format!("  spot checks        {}", checks_line(&sum, cfg, &trained, validator_s)));
     if sum.scored > 0 {
         o(&format!(
-            "  scores             {} updates scored on {} held-out batches, {} left out as harmful; {:.2} s",
-            sum.scored, cfg.score_batches, sum.harmful, sum.score_s
+            "  scores             {} updates scored on {} held-out batches ({} by the validator), {} left \
+             out as harmful; {:.2} s of the coordinator's",
+            sum.scored, cfg.score_batches, sum.scored_by_validators, sum.harmful, sum.score_s
         ));
     }
     o(&format!("  bytes moved        {:.2} MB (coordinator sent + received)", moved as f64 / 1e6));

@@ -69,7 +69,7 @@ impl Coordinator {
     }
 
     /// Validators in turn, round-robin.
-    fn next_validator(&mut self) -> Option<PeerId> {
+    pub(super) fn next_validator(&mut self) -> Option<PeerId> {
         let n = self.validators.len();
         let v = self.validators.keys().nth(self.delegated % n.max(1)).copied();
         self.delegated = self.delegated.wrapping_add(1);
@@ -164,7 +164,7 @@ impl Coordinator {
                 // Only the coordinator's own completed run rules on the validator.
                 let ruled = !matches!(outcome, Outcome::Unchecked(_));
                 if ruled && claimed != honest_finding(&outcome, decoy) {
-                    self.refuse_validator(v, round, claimed);
+                    self.refuse_validator(v, round, format!("{claimed:?}"));
                 }
             }
             self.verdict(peer, outcome, None);
@@ -174,13 +174,13 @@ impl Coordinator {
     }
 
     /// A validator whose finding was overturned is refused from now on.
-    pub(super) fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: Finding) {
+    pub(super) fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: String) {
         if self.banned.len() >= MAX_KNOWN_PEERS {
             return;
         }
         self.validators.remove(&v);
         self.banned.insert(v, round);
-        let outcome = Outcome::WrongVerdict(format!("{claimed:?}"));
+        let outcome = Outcome::WrongVerdict(claimed);
         self.tell_refused(v, round, &outcome);
         self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome, by: None }));
         self.event(Event::Banned { peer: v, round });
@@ -235,6 +235,7 @@ impl Coordinator {
             self.event(Event::Left(*v));
         }
         self.expire_disputes(deadline);
+        self.expire_scores(deadline);
         let Some(open) = self.open.as_mut() else { return };
         let mut back = Vec::new();
         for v in &silent {

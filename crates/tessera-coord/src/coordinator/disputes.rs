@@ -359,7 +359,7 @@ impl Coordinator {
         self.out.push(Output::Persist(Record::Dispute(d.clone())));
         self.event(Event::Disputed(d));
         if matches!(r.loser, Loser::Validator | Loser::Both) {
-            self.refuse_validator(v, round, Finding::Mismatch);
+            self.refuse_validator(v, round, format!("{:?}", Finding::Mismatch));
         }
         match r.loser {
             Loser::Trainer => self.verdict(trainer, Outcome::Mismatch, Some(v)),

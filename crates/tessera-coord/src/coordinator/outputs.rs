@@ -52,8 +52,9 @@ pub enum Record {
     /// A spot check of `peer`'s update of `round` was settled, `by` a validator (or, `None`,
     /// the coordinator itself): what the ledger pays and slashes by.
     Verdict { round: u64, peer: PeerId, segment: u64, outcome: Outcome, by: Option<PeerId> },
-    /// `peer`'s update of `round` was scored (`harmful`: left out).
-    Scored { round: u64, peer: PeerId, score: crate::Score, harmful: bool },
+    /// `peer`'s update of `round` was scored (`harmful`: left out), `by` a validator whose
+    /// score stands (or, `None`, the coordinator).
+    Scored { round: u64, peer: PeerId, score: crate::Score, harmful: bool, by: Option<PeerId> },
     /// A dispute was decided.
     Dispute(Disputed),
 }
@@ -151,12 +152,13 @@ pub enum Event {
     },
     /// A dispute was decided.
     Disputed(Disputed),
-    /// An update was scored (`harmful`: left out).
+    /// An update was scored (`harmful`: left out), `by` a validator (or the coordinator).
     Scored {
         round: u64,
         peer: PeerId,
         score: crate::Score,
         harmful: bool,
+        by: Option<PeerId>,
     },
     /// An update could not be scored (the scorer's own failure); it stays in.
     Unscored {
