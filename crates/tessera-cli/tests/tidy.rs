@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The sans-IO core: everything below `net`.
-const CORE: [&str; 9] = [
+const CORE: [&str; 10] = [
     "tessera-tensor",
     "tessera-verify",
+    "tessera-ledger",
     "tessera-model",
     "tessera-data",
     "tessera-checkpoint",

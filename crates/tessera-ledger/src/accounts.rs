@@ -1,0 +1,219 @@
+//! The accounts a log implies: applying its entries in order. Payouts are queued by their
+//! causes (a closed round, a proven cheat, a stake fallen below the minimum) and must follow
+//! them in the log exactly as the rules give them.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::rules::{slash, split_reward};
+use crate::{Amount, Entry, Hash32, PeerId, StakeRules, MAX_ACCOUNTS, MAX_REASON, MAX_ROUND_ENTRIES};
+
+/// One peer's account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Locked at join, less what was slashed.
+    pub stake: Amount,
+    pub validator: bool,
+    /// Still in the run (left, or removed below the minimum stake: false).
+    pub active: bool,
+    /// Round rewards, check fees, and whistleblower shares of slashes it proved.
+    pub rewards: Amount,
+    pub fees: Amount,
+    pub bounties: Amount,
+    pub slashed: Amount,
+    /// Accepted updates and the sum of their scores (millionths).
+    pub accepted: u64,
+    pub score_sum: i64,
+}
+
+impl Account {
+    /// What it earned.
+    pub fn earned(&self) -> Amount {
+        self.rewards.saturating_add(self.fees).saturating_add(self.bounties)
+    }
+}
+
+/// Every account, and what the rules still owe the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accounts {
+    config: Option<(Hash32, StakeRules)>,
+    by_peer: BTreeMap<PeerId, Account>,
+    owed: VecDeque<Entry>,
+    /// Slashed amounts nobody was paid (the part beyond whistleblower shares).
+    pub burned: Amount,
+    /// Rounds closed.
+    pub rounds: u64,
+}
+
+impl Accounts {
+    /// The run's config hash and economics, once created.
+    pub fn rules(&self) -> Option<&StakeRules> {
+        self.config.as_ref().map(|c| &c.1)
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&Account> {
+        self.by_peer.get(peer)
+    }
+
+    /// Accounts in peer-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Account)> {
+        self.by_peer.iter()
+    }
+
+    /// The next entry the rules require, if any (the writer appends it next).
+    pub fn owed(&self) -> Option<&Entry> {
+        self.owed.front()
+    }
+
+    /// Applies one entry; `Err` says why it breaks the rules (the accounts are then as
+    /// they were only up to the failing check: callers stop at the first error).
+    pub fn apply(&mut self, e: &Entry) -> Result<(), String> {
+        match self.owed.front() {
+            Some(want) if want == e => {
+                self.owed.pop_front();
+                return self.pay(e);
+            }
+            Some(want) => return Err(format!("the rules require {want:?} next")),
+            None if matches!(e, Entry::Rewarded { .. } | Entry::Slashed { .. }) => {
+                return Err("a payout no rule implies".into())
+            }
+            None => {}
+        }
+        let rules = match (e, &self.config) {
+            (Entry::RunCreated { config, rules }, None) => {
+                self.config = Some((*config, *rules));
+                return Ok(());
+            }
+            (Entry::RunCreated { .. }, Some(_)) => return Err("the run was created already".into()),
+            (_, None) => return Err("no RunCreated before it".into()),
+            (_, Some(c)) => c.1,
+        };
+        self.cause(e, &rules)
+    }
+
+    /// An entry that is not a payout: its effect, and the payouts it implies.
+    fn cause(&mut self, e: &Entry, rules: &StakeRules) -> Result<(), String> {
+        match e {
+            Entry::Joined { peer, stake, validator } => {
+                if *stake < rules.min_stake {
+                    return Err(format!("a stake of {stake} is below the minimum of {}", rules.min_stake));
+                }
+                if self.by_peer.get(peer).is_some_and(|a| a.active) {
+                    return Err("joined already".into());
+                }
+                if !self.by_peer.contains_key(peer) && self.by_peer.len() >= MAX_ACCOUNTS {
+                    return Err(format!("more than {MAX_ACCOUNTS} accounts"));
+                }
+                let a = self.by_peer.entry(*peer).or_default();
+                (a.stake, a.validator, a.active) = (*stake, *validator, true);
+            }
+            Entry::RoundClosed { round, accepted, rejected, .. } => {
+                if *round != self.rounds {
+                    return Err(format!("round {round} closed, round {} expected", self.rounds));
+                }
+                if accepted.len() > MAX_ROUND_ENTRIES || rejected.len() > MAX_ROUND_ENTRIES {
+                    return Err(format!("more than {MAX_ROUND_ENTRIES} updates"));
+                }
+                if rejected.iter().any(|r| r.1.len() > MAX_REASON) {
+                    return Err(format!("a reason over {MAX_REASON} bytes"));
+                }
+                if !accepted.windows(2).all(|w| w[0].peer < w[1].peer) {
+                    return Err("accepted updates not in strict peer order".into());
+                }
+                for u in accepted {
+                    let a = self.active(&u.peer)?;
+                    a.accepted += 1;
+                    a.score_sum = a.score_sum.saturating_add(u.score);
+                }
+                self.rounds += 1;
+                let round = *round;
+                for (peer, amount) in split_reward(rules.reward_per_round, accepted) {
+                    self.owed.push_back(Entry::Rewarded { round, peer, amount });
+                }
+            }
+            Entry::Verdict { round, peer, cheat, by, proven_by, .. } => {
+                self.known(peer)?;
+                if let Some(v) = by {
+                    let a = self.active(v)?;
+                    if !a.validator {
+                        return Err("a verdict by a trainer".into());
+                    }
+                    a.fees = a.fees.saturating_add(rules.check_fee);
+                }
+                if *cheat {
+                    let stake = self.known(peer)?.stake;
+                    let (amount, share) = slash(rules, stake);
+                    if let Some(w) = proven_by {
+                        self.known(w)?;
+                    }
+                    let whistleblower = proven_by.filter(|w| share > 0 && w != peer);
+                    let share = if whistleblower.is_some() { share } else { 0 };
+                    self.owed.push_back(Entry::Slashed {
+                        round: *round,
+                        peer: *peer,
+                        amount,
+                        whistleblower,
+                        share,
+                    });
+                }
+            }
+            Entry::DisputeOpened { trainer, validator, .. }
+            | Entry::DisputeResolved { trainer, validator, .. } => {
+                self.known(trainer)?;
+                self.known(validator)?;
+            }
+            Entry::Left { peer } => {
+                let a = self.active(peer)?;
+                a.active = false;
+            }
+            Entry::RunCreated { .. } | Entry::Rewarded { .. } | Entry::Slashed { .. } => {
+                unreachable!("handled by apply")
+            }
+        }
+        Ok(())
+    }
+
+    /// A payout the rules owed.
+    fn pay(&mut self, e: &Entry) -> Result<(), String> {
+        let min = self.rules().map_or(0, |r| r.min_stake);
+        match e {
+            Entry::Rewarded { peer, amount, .. } => {
+                let a = self.known(peer)?;
+                a.rewards = a.rewards.saturating_add(*amount);
+            }
+            Entry::Slashed { peer, amount, whistleblower, share, .. } => {
+                let a = self.known(peer)?;
+                assert!(*amount <= a.stake, "the rules slash at most the stake");
+                a.stake -= amount;
+                a.slashed = a.slashed.saturating_add(*amount);
+                let removed = a.active && a.stake < min;
+                if let Some(w) = whistleblower {
+                    let b = self.known(w)?;
+                    b.bounties = b.bounties.saturating_add(*share);
+                }
+                self.burned = self.burned.saturating_add(amount - share);
+                if removed {
+                    self.owed.push_front(Entry::Left { peer: *peer });
+                }
+            }
+            Entry::Left { peer } => self.known(peer)?.active = false,
+            other => unreachable!("{} is never owed", other.kind()),
+        }
+        Ok(())
+    }
+
+    fn known(&mut self, peer: &PeerId) -> Result<&mut Account, String> {
+        self.by_peer.get_mut(peer).ok_or_else(|| format!("{} has no account", hex4(peer)))
+    }
+
+    fn active(&mut self, peer: &PeerId) -> Result<&mut Account, String> {
+        let a = self.known(peer)?;
+        match a.active {
+            true => Ok(a),
+            false => Err("the account is no longer active".into()),
+        }
+    }
+}
+
+fn hex4(p: &PeerId) -> String {
+    p[..4].iter().map(|b| format!("{b:02x}")).collect()
+}

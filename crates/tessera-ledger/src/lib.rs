@@ -1,0 +1,173 @@
+//! # tessera-ledger
+//!
+//! **Role.** The accounting of a run (DESIGN §7): an append-only event log whose records are
+//! hash-chained and signed by the coordinator ([`Record`], [`Ledger`]), the accounts it
+//! implies (stake, rewards, fees, slashes: [`Accounts`]), the rules that turn a closed round
+//! or a proven cheat into payouts ([`rules`]), and Yuma consensus over several validators'
+//! scores ([`yuma`]).
+//!
+//! **Invariants.**
+//! - Balances are a pure function of the log: replaying the records from genesis
+//!   ([`verify`]) gives the same accounts, bit for bit, as the writer holds. All amounts are
+//!   integers ([`Amount`]); no float reaches a balance.
+//! - Payouts are derived, not asserted: a `RoundClosed` implies its `Rewarded` entries, and a
+//!   proven cheat or a lost dispute its `Slashed` entry; the ledger writes them itself, right
+//!   after their cause, and a replay refuses a log whose payouts differ from the rules.
+//! - Record `n` names the hash of record `n − 1` and is signed by the coordinator over its
+//!   sequence number, that hash and the entry: a changed, dropped, reordered or forked record
+//!   is found by the first check that fails, and named.
+//! - Decoding never panics: every record is size-checked ([`MAX_RECORD`]) before it is read.
+//!
+//! **Must not.** Do I/O, read clocks or draw randomness (ed25519 signing is deterministic);
+//! keep unbounded state (accounts are capped by [`MAX_ACCOUNTS`]).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod accounts;
+mod chain;
+pub mod rules;
+pub mod yuma;
+
+pub use accounts::{Account, Accounts};
+pub use chain::{verify, Ledger, Record, MAX_RECORD};
+
+use serde::{Deserialize, Serialize};
+
+/// A peer's identity: its ed25519 public key.
+pub type PeerId = [u8; 32];
+/// A BLAKE3 hash.
+pub type Hash32 = [u8; 32];
+/// An amount of the run's reward unit (integers only).
+pub type Amount = u64;
+
+/// Most accounts one ledger holds.
+pub const MAX_ACCOUNTS: usize = 65_536;
+/// Most accepted or rejected updates one `RoundClosed` lists.
+pub const MAX_ROUND_ENTRIES: usize = 4096;
+/// Longest reason text a rejection carries.
+pub const MAX_REASON: usize = 256;
+
+/// A run's economics, fixed at genesis.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StakeRules {
+    /// What a trainer or validator must lock to join, and keep to stay.
+    pub min_stake: Amount,
+    /// Split over each round's accepted updates by score.
+    pub reward_per_round: Amount,
+    /// Paid to a validator for each check it settles.
+    pub check_fee: Amount,
+    /// The share of its stake a proven cheat or a dispute's loser loses, in basis points.
+    pub slash_bps: u32,
+    /// The share of a slash paid to whoever proved it, in basis points.
+    pub whistleblower_bps: u32,
+}
+
+impl Default for StakeRules {
+    fn default() -> Self {
+        Self {
+            min_stake: 1_000,
+            reward_per_round: 1_000,
+            check_fee: 5,
+            slash_bps: 5_000,
+            whistleblower_bps: 2_000,
+        }
+    }
+}
+
+/// One accepted update of a closed round: its blob and its score (the held-out loss gain in
+/// millionths of a nat per byte; 0 when the run does not score).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptedUpdate {
+    pub peer: PeerId,
+    pub update: Hash32,
+    pub score: i64,
+}
+
+/// Who lost a dispute.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loser {
+    Trainer,
+    Validator,
+    Both,
+}
+
+/// What the ledger records.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The first entry: the run config's hash and its economics.
+    RunCreated { config: Hash32, rules: StakeRules },
+    /// A trainer or validator joined, locking `stake`.
+    Joined { peer: PeerId, stake: Amount, validator: bool },
+    /// Round `round` went from state `start` to `end`, taking `accepted` and refusing
+    /// `rejected` (with reasons).
+    RoundClosed {
+        round: u64,
+        start: Hash32,
+        end: Hash32,
+        accepted: Vec<AcceptedUpdate>,
+        rejected: Vec<(PeerId, String)>,
+    },
+    /// A spot check of `peer`'s round-`round` update was settled, `by` a validator (paid the
+    /// check fee) or the coordinator; `cheat`: it proves a cheat (a trainer's, or a
+    /// validator's false finding), and `proven_by` is paid the whistleblower's share of the
+    /// slash (`None`: the coordinator proved it, and the share is burned).
+    Verdict {
+        round: u64,
+        peer: PeerId,
+        segment: u32,
+        passed: bool,
+        cheat: bool,
+        by: Option<PeerId>,
+        proven_by: Option<PeerId>,
+    },
+    /// A validator's mismatch on `trainer`'s update is disputed.
+    DisputeOpened { round: u64, trainer: PeerId, validator: PeerId },
+    /// The dispute was decided at `step` (and `op`, when one operator was recomputed).
+    DisputeResolved {
+        round: u64,
+        trainer: PeerId,
+        validator: PeerId,
+        loser: Loser,
+        step: u64,
+        op: Option<u64>,
+    },
+    /// Implied by a `RoundClosed`: `peer`'s share of the round's reward.
+    Rewarded { round: u64, peer: PeerId, amount: Amount },
+    /// Implied by a proven cheat or a lost dispute: `amount` taken from `peer`'s stake, of
+    /// which `share` goes to the `whistleblower` (the rest is burned).
+    Slashed { round: u64, peer: PeerId, amount: Amount, whistleblower: Option<PeerId>, share: Amount },
+    /// A peer left (or, its stake below the minimum, was removed); its stake is released.
+    Left { peer: PeerId },
+}
+
+impl Entry {
+    /// The entry's kind, for errors and listings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::RunCreated { .. } => "RunCreated",
+            Entry::Joined { .. } => "Joined",
+            Entry::RoundClosed { .. } => "RoundClosed",
+            Entry::Verdict { .. } => "Verdict",
+            Entry::DisputeOpened { .. } => "DisputeOpened",
+            Entry::DisputeResolved { .. } => "DisputeResolved",
+            Entry::Rewarded { .. } => "Rewarded",
+            Entry::Slashed { .. } => "Slashed",
+            Entry::Left { .. } => "Left",
+        }
+    }
+}
+
+/// Why an entry or a log was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LedgerError {
+    #[error("record {seq}: {why}")]
+    Chain { seq: u64, why: String },
+    #[error("record {seq} ({kind}): {why}")]
+    Rule { seq: u64, kind: &'static str, why: String },
+    #[error("a stake of {got} is below the minimum of {need}")]
+    StakeTooLow { got: Amount, need: Amount },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("record does not decode: {0}")]
+    Decode(String),
+}

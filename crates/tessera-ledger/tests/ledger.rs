@@ -1,0 +1,273 @@
+//! The ledger: a signed hash chain whose replay gives the writer's accounts bit for bit,
+//! payouts derived by the rules, every tampering named, and Yuma consensus.
+
+use ed25519_dalek::SigningKey;
+use tessera_ledger::rules::{slash, split_reward};
+use tessera_ledger::yuma::{consensus, yuma};
+use tessera_ledger::*;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn pid(i: u8) -> PeerId {
+    [i; 32]
+}
+
+fn rules() -> StakeRules {
+    StakeRules {
+        min_stake: 100,
+        reward_per_round: 1_000,
+        check_fee: 3,
+        slash_bps: 5_000,
+        whistleblower_bps: 2_000,
+    }
+}
+
+fn accepted(scores: &[(u8, i64)]) -> Vec<AcceptedUpdate> {
+    scores.iter().map(|&(p, score)| AcceptedUpdate { peer: pid(p), update: [p; 32], score }).collect()
+}
+
+/// A small run: three trainers and a validator join, two rounds close, a cheat is proven.
+fn run() -> (Ledger, Vec<Record>) {
+    let k = key(200);
+    let (mut l, first) = Ledger::genesis(&k, [7; 32], rules()).unwrap();
+    let mut log = vec![first];
+    let mut add = |l: &mut Ledger, e: Entry| log.extend(l.append(&k, e).unwrap());
+    for i in 1..=3 {
+        add(&mut l, Entry::Joined { peer: pid(i), stake: 200, validator: false });
+    }
+    add(&mut l, Entry::Joined { peer: pid(9), stake: 500, validator: true });
+    let close = |round: u64, accepted| Entry::RoundClosed {
+        round,
+        start: [round as u8; 32],
+        end: [round as u8 + 1; 32],
+        accepted,
+        rejected: vec![],
+    };
+    add(&mut l, close(0, accepted(&[(1, 10), (2, 20), (3, 0)])));
+    let verdict = |peer: PeerId, cheat: bool| Entry::Verdict {
+        round: 1,
+        peer,
+        segment: 0,
+        passed: !cheat,
+        cheat,
+        by: Some(pid(9)),
+        proven_by: Some(pid(9)),
+    };
+    add(&mut l, verdict(pid(1), false));
+    add(&mut l, verdict(pid(3), true));
+    add(&mut l, close(1, accepted(&[(1, 5), (2, 5)])));
+    (l, log)
+}
+
+#[test]
+fn the_replay_gives_the_writers_accounts_and_payouts_follow_the_rules() {
+    let (l, log) = run();
+    let replayed = verify(&key(200).verifying_key().to_bytes(), &log).unwrap();
+    assert_eq!(replayed.accounts(), l.accounts(), "the same accounts, bit for bit");
+    assert_eq!(replayed.head(), l.head());
+    let a = |i: u8| l.accounts().get(&pid(i)).unwrap().clone();
+    // Round 0: 1,000 split by weights 11, 21, 1; round 1: 500 each.
+    assert_eq!(
+        split_reward(1_000, &accepted(&[(1, 10), (2, 20), (3, 0)])).iter().map(|s| s.1).sum::<u64>(),
+        1_000
+    );
+    assert_eq!(a(1).rewards + a(2).rewards + a(3).rewards, 2_000, "the whole budget of both rounds");
+    assert!(a(2).rewards > a(1).rewards && a(1).rewards > a(3).rewards, "rewards follow scores");
+    // The cheat lost half its stake; the validator that proved it got a fifth of that.
+    assert_eq!((a(3).stake, a(3).slashed), (100, 100));
+    assert_eq!(a(9).bounties, 20);
+    assert_eq!(a(9).fees, 6, "two checks settled");
+    assert_eq!(l.accounts().burned, 80);
+    assert!(a(3).active, "still at the minimum stake");
+    let kinds: Vec<&str> = log.iter().map(|r| r.entry.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Rewarded").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| **k == "Slashed").count(), 1);
+}
+
+#[test]
+fn a_stake_below_the_minimum_is_refused_and_a_slashed_one_below_it_is_removed() {
+    let k = key(200);
+    let (mut l, _) = Ledger::genesis(&k, [7; 32], rules()).unwrap();
+    let low = l.append(&k, Entry::Joined { peer: pid(1), stake: 99, validator: false });
+    assert_eq!(low.unwrap_err(), LedgerError::StakeTooLow { got: 99, need: 100 });
+    assert_eq!(l.head().0, 1, "nothing appended");
+    l.append(&k, Entry::Joined { peer: pid(1), stake: 150, validator: false }).unwrap();
+    let cheat = Entry::Verdict {
+        round: 0,
+        peer: pid(1),
+        segment: 0,
+        passed: false,
+        cheat: true,
+        by: None,
+        proven_by: None,
+    };
+    let out = l.append(&k, cheat).unwrap();
+    let kinds: Vec<&str> = out.iter().map(|r| r.entry.kind()).collect();
+    assert_eq!(kinds, ["Verdict", "Slashed", "Left"], "75 left of 150: removed");
+    assert!(!l.accounts().get(&pid(1)).unwrap().active);
+    let late = Entry::RoundClosed {
+        round: 0,
+        start: [0; 32],
+        end: [1; 32],
+        accepted: accepted(&[(1, 0)]),
+        rejected: vec![],
+    };
+    assert!(
+        matches!(l.append(&k, late), Err(LedgerError::Rule { kind: "RoundClosed", .. })),
+        "a removed peer earns nothing"
+    );
+    assert!(l.append(&key(201), Entry::Left { peer: pid(1) }).is_err(), "only the coordinator writes");
+}
+
+#[test]
+fn every_tampering_is_named_by_the_replay() {
+    let (_, log) = run();
+    let coord = key(200).verifying_key().to_bytes();
+    let at = |i: usize, e: LedgerError| match e {
+        LedgerError::Chain { seq, .. } | LedgerError::Rule { seq, .. } => assert_eq!(seq, i as u64, "{e}"),
+        other => panic!("{other}"),
+    };
+    // A changed entry (a reward raised), re-signed by nobody: its signature fails.
+    let mut changed = log.clone();
+    let i = changed.iter().position(|r| matches!(r.entry, Entry::Rewarded { .. })).unwrap();
+    if let Entry::Rewarded { amount, .. } = &mut changed[i].entry {
+        *amount += 1;
+    }
+    at(i, verify(&coord, &changed).unwrap_err());
+    // A dropped record: a gap at its place.
+    let mut dropped = log.clone();
+    dropped.remove(3);
+    at(3, verify(&coord, &dropped).unwrap_err());
+    // Two records swapped.
+    let mut swapped = log.clone();
+    swapped.swap(2, 3);
+    at(2, verify(&coord, &swapped).unwrap_err());
+    // A fork: a different history signed by the coordinator from record 5 on.
+    let k = key(200);
+    let mut fork = verify(&coord, &log[..5]).unwrap();
+    let other = fork.append(&k, Entry::Left { peer: pid(2) }).unwrap();
+    let mut forked = log.clone();
+    forked[5] = other[0].clone();
+    at(6, verify(&coord, &forked).unwrap_err());
+    // A payout the rules do not give, even when signed: the rule check names it.
+    let (mut w, _) = Ledger::genesis(&k, [7; 32], rules()).unwrap();
+    let base = verify(&coord, &log[..1]).unwrap();
+    assert_eq!(base.head(), w.head());
+    let forged = w.append(&k, Entry::Joined { peer: pid(1), stake: 200, validator: false }).unwrap();
+    let mut bad = vec![log[0].clone(), forged[0].clone()];
+    assert!(verify(&coord, &bad).is_ok());
+    let sneaky = Record {
+        seq: 2,
+        prev: bad[1].hash(),
+        entry: Entry::Rewarded { round: 0, peer: pid(1), amount: 5 },
+        sig: vec![0; 64],
+    };
+    bad.push(sneaky);
+    at(2, verify(&coord, &bad).unwrap_err());
+    // Decoding refuses garbage and oversized input with typed errors.
+    assert!(matches!(Record::decode(&[1, 2, 3]), Err(LedgerError::Decode(_))));
+    assert!(matches!(Record::decode(&vec![0; MAX_RECORD + 1]), Err(LedgerError::Decode(_))));
+    let r = &log[4];
+    assert_eq!(Record::decode(&r.encode()).unwrap(), *r);
+    // The same record with its sequence number written as an overlong varint: refused.
+    let b = r.encode();
+    assert_eq!(b[0], 4);
+    let overlong = [&[0x84u8, 0x00][..], &b[1..]].concat();
+    assert!(matches!(Record::decode(&overlong), Err(LedgerError::Decode(_))), "one record, one encoding");
+}
+
+#[test]
+fn a_resumed_ledger_continues_the_same_chain() {
+    let (l, log) = run();
+    let k = key(200);
+    let mut resumed = Ledger::resume(&k.verifying_key().to_bytes(), &log).unwrap();
+    assert_eq!(resumed.head(), l.head());
+    let more = resumed.append(&k, Entry::Left { peer: pid(2) }).unwrap();
+    let mut all = log.clone();
+    all.extend(more);
+    assert!(verify(&k.verifying_key().to_bytes(), &all).is_ok());
+}
+
+#[test]
+fn rewards_split_exactly_and_slashes_are_integers() {
+    for budget in [0u64, 1, 7, 1_000, 999_999_937] {
+        for n in 1..=7u8 {
+            let acc: Vec<AcceptedUpdate> = (1..=n)
+                .map(|i| AcceptedUpdate { peer: pid(i), update: [0; 32], score: i64::from(i) * 37 - 50 })
+                .collect();
+            let s = split_reward(budget, &acc);
+            assert_eq!(s.iter().map(|x| x.1).sum::<u64>(), budget, "{budget} over {n}");
+        }
+    }
+    assert!(split_reward(100, &[]).is_empty());
+    let even = split_reward(10, &accepted(&[(1, 0), (2, 0), (3, 0)]));
+    assert_eq!(
+        even.iter().map(|x| x.1).collect::<Vec<_>>(),
+        [4, 3, 3],
+        "the remainder to the lowest peer id"
+    );
+    assert_eq!(slash(&rules(), 201), (100, 20));
+    assert_eq!(slash(&StakeRules { slash_bps: 20_000, ..rules() }, 50).0, 50, "never more than the stake");
+}
+
+#[test]
+fn yuma_consensus_matches_the_reference_vectors() {
+    let stake = [0.0, 0.75, 0.25, 0.0];
+    let w = vec![vec![0.0, 0.1, 0.0], vec![0.0, 0.2, 0.4], vec![0.0, 0.3, 0.1], vec![0.0, 0.4, 0.5]];
+    assert_eq!(consensus(&stake, &w, 0.24), [0.0, 0.3, 0.4]);
+    assert_eq!(consensus(&stake, &w, 0.26), [0.0, 0.2, 0.4]);
+    assert_eq!(consensus(&stake, &w, 0.76), [0.0, 0.2, 0.1]);
+}
+
+/// Three validators of equal stake score five peers; one colludes and gives its friend (peer
+/// 4) top marks. The consensus is the stake-weighted median, so the friend's consensus weight
+/// stays within the honest validators' range, and the colluder, whose weights disagree with
+/// the consensus, earns the least. (Its row-normalized weights on the other peers sink,
+/// which does raise the friend's share of the incentive: measured here and in the issue's
+/// notes, not hidden.)
+#[test]
+fn a_colluding_validator_moves_the_consensus_nowhere_and_earns_less() {
+    let a = vec![0.20, 0.25, 0.15, 0.30, 0.10];
+    let b = vec![0.22, 0.23, 0.17, 0.26, 0.12];
+    let honest_c = vec![0.21, 0.24, 0.16, 0.28, 0.11];
+    let colluder = vec![0.05, 0.05, 0.05, 0.05, 0.80];
+    let stake = [1.0, 1.0, 1.0];
+    let honest = yuma(&stake, &[a.clone(), b.clone(), honest_c], 0.5, &[]);
+    let with = yuma(&stake, &[a.clone(), b.clone(), colluder], 0.5, &[]);
+    let (lo, hi) = (a[4].min(b[4]), a[4].max(b[4]));
+    assert!(
+        (lo..=hi).contains(&with.consensus[4]),
+        "the friend's consensus {} within [{lo}, {hi}]",
+        with.consensus[4]
+    );
+    for j in 0..4 {
+        assert!((a[j].min(b[j])..=a[j].max(b[j])).contains(&with.consensus[j]), "peer {j}");
+    }
+    assert!(
+        with.dividends[2] < with.dividends[0] && with.dividends[2] < with.dividends[1],
+        "{:?}",
+        with.dividends
+    );
+    assert!(
+        with.dividends[2] < honest.dividends[2],
+        "the colluder earns less than an honest third validator"
+    );
+    eprintln!(
+        "friend's incentive: {:.4} with an honest third validator, {:.4} with the colluder",
+        honest.incentive[4], with.incentive[4]
+    );
+}
+
+/// Writes seeds for the `ledger_decode` fuzz target (fuzz/README.md): every record of a
+/// small run. `cargo test -p tessera-ledger --test ledger -- --ignored write_ledger_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/ledger_decode; run by hand"]
+fn write_ledger_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ledger_decode");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, r) in run().1.iter().enumerate() {
+        std::fs::write(dir.join(format!("record-{i:02}")), r.encode()).unwrap();
+    }
+}
