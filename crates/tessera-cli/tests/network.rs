@@ -791,16 +791,20 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
         send(b"not a frame at all, and long enough to have a header and a signature: ".repeat(2)).await;
         net.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 10, &[0u8; 64]).await.unwrap();
         // A forged signature: signed by us, claiming to be node 1.
-        let mut forged = tessera_wire::encode(&me, 1, &Message::Join { addrs: vec![] }).unwrap();
+        let mut forged =
+            tessera_wire::encode(&me, 1, &Message::Join { addrs: vec![], stake: 1_000 }).unwrap();
         let body_start = 10;
         forged[body_start..body_start + 32].copy_from_slice(&peer_id(1));
         send(forged).await;
         // A valid frame of node 1's, relayed over our connection.
-        let relayed =
-            tessera_wire::encode(&SigningKey::from_bytes(&secret(1)), 1, &Message::Join { addrs: vec![] });
+        let relayed = tessera_wire::encode(
+            &SigningKey::from_bytes(&secret(1)),
+            1,
+            &Message::Join { addrs: vec![], stake: 1_000 },
+        );
         send(relayed.unwrap()).await;
         // Join properly, then replay the same frame, then commit to a wrong round.
-        let join = tessera_wire::encode(&me, 5, &Message::Join { addrs: vec![] }).unwrap();
+        let join = tessera_wire::encode(&me, 5, &Message::Join { addrs: vec![], stake: 1_000 }).unwrap();
         send(join.clone()).await;
         send(join).await;
         let bad = Message::Commit {

@@ -53,6 +53,12 @@ pub struct RunConfig {
     /// alone is left out as harmful. Gross harm only: an honest update applied alone at full
     /// weight often raises it a little (BENCHMARKS.md measured down to −0.069 in the demo).
     pub harm_tolerance: f64,
+    /// The run's economics (the ledger's `StakeRules`): `min_stake` every trainer and
+    /// validator locks to join, `reward_per_round` split over the accepted updates by score,
+    /// `check_fee` per check a validator settles, and `slash_bps`/`whistleblower_bps`: the
+    /// share of a proven cheat's stake taken, and the share of that paid to who proved it.
+    #[serde(flatten)]
+    pub stakes: tessera_ledger::StakeRules,
     /// At most this many trainers per round (members beyond it wait).
     pub max_peers: usize,
     /// Trainers send a heartbeat this often; one silent for `silence_ms` has left.
@@ -94,6 +100,7 @@ impl Default for RunConfig {
             decoy_rate: 0.1,
             score_batches: 0,
             harm_tolerance: 0.5,
+            stakes: tessera_ledger::StakeRules::default(),
             max_peers: 64,
             heartbeat_ms: 500,
             silence_ms: 4000,
@@ -160,6 +167,9 @@ impl RunConfig {
         self.training.validate().map_err(|e| CoordError::Config(e.to_string()))?;
         if tessera_verify::segments(self.h(), self.commit_every).is_err() {
             return bad("commit_every must be at least 1 (and cut a round into at most 65536 segments)");
+        }
+        if self.stakes.slash_bps > 10_000 || self.stakes.whistleblower_bps > 10_000 {
+            return bad("slash_bps and whistleblower_bps are basis points: at most 10000");
         }
         if !(0.0..=1.0).contains(&self.check_rate) || !(0.0..=1.0).contains(&self.decoy_rate) {
             return bad("check_rate and decoy_rate must be within [0, 1]");

@@ -13,6 +13,7 @@ use crate::check::Outcome;
 use crate::screen::{Fingerprint, Screen, Screened, Screening};
 mod checking;
 mod disputes;
+mod ledgering;
 mod outputs;
 mod round_checks;
 mod scoring;
@@ -103,6 +104,10 @@ pub struct Coordinator {
     delegated: usize,
     /// Operators per inner step, counted at the first dispute.
     ops: Option<u64>,
+    /// The ledger, once the driver hands it over, and the open round's scores (millionths
+    /// of the held-out gain) for its `RoundClosed`.
+    kept: Option<ledgering::Kept>,
+    round_scores: BTreeMap<PeerId, i64>,
     finished: bool,
     out: Vec<Output>,
 }
@@ -161,6 +166,8 @@ impl Coordinator {
             validators: BTreeMap::new(),
             delegated: 0,
             ops: None,
+            kept: None,
+            round_scores: BTreeMap::new(),
             out: Vec::new(),
         };
         if let Some(start @ Message::RoundStart { .. }) = r.open {
@@ -338,7 +345,11 @@ impl Coordinator {
             return self.admit_validator(now_ms, from, &s.message);
         }
         match &s.message {
-            Message::Join { addrs } => self.join(now_ms, from, addrs.first())?,
+            Message::Join { addrs, stake } => {
+                self.check_stake(*stake)?;
+                self.join(now_ms, from, addrs.first())?;
+                self.ledger_join(from, *stake, false);
+            }
             Message::Heartbeat { .. } => {}
             Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
             Message::Reveal { .. } => self.on_reveal(from, &s.message)?,
@@ -357,7 +368,11 @@ impl Coordinator {
     /// A message from a validator: it joins, heartbeats and reports verdicts, nothing else.
     fn admit_validator(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
         match m {
-            Message::JoinValidator { .. } => self.validator_join(now_ms, from)?,
+            Message::JoinValidator { stake, .. } => {
+                self.check_stake(*stake)?;
+                self.validator_join(now_ms, from)?;
+                self.ledger_join(from, *stake, true);
+            }
             Message::Heartbeat { .. } => {}
             Message::Verdict { .. } => self.on_verdict(from, m)?,
             Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
@@ -626,6 +641,7 @@ impl Coordinator {
             }
         }
         let members: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
+        let start_hash = self.state_hash;
         let Stepped { aggregate: agg_hash, pairs, spread } =
             self.step(round, &members, &accepted, contribs)?;
         let state_blob = self.global.encode();
@@ -636,7 +652,7 @@ impl Coordinator {
         }
         self.out.push(Output::StoreBlob { hash: self.state_hash, bytes: state_blob });
         let (n_acc, n_rej) = (accepted.len(), rejected.len());
-        let accept = Message::Accept {
+        let mut accept = Message::Accept {
             round,
             accepted,
             updates,
@@ -644,7 +660,13 @@ impl Coordinator {
             aggregate: agg_hash,
             next_state_hash: self.state_hash,
             pairs,
+            ledger: None,
         };
+        // The ledger's entries of the round are persisted before the Accept that names them.
+        self.ledger_round(round, (start_hash, self.state_hash), &accept);
+        if let Message::Accept { ledger, .. } = &mut accept {
+            *ledger = self.ledger_head();
+        }
         let backlog = self.backlog.iter().copied().collect();
         self.out.push(Output::Persist(Record::RoundClosed {
             round,

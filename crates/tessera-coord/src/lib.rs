@@ -69,6 +69,7 @@ pub use coordinator::{
     ClosedRound, Coordinator, Disputed, Event, Output, RecomputeJob, Record, Restored, Unit, MAX_BACKLOG,
     MAX_HISTORY, MAX_KNOWN_PEERS, MAX_VALIDATORS,
 };
+pub use ed25519_dalek::SigningKey;
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{run_score, score, Score, ScoreJob, MAX_SCORE_BATCHES, UNSEEN_SLOT};
@@ -77,6 +78,7 @@ pub use seq::{SeqWindow, SEQ_WINDOW};
 pub use spec::RunSpec;
 pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
+pub use tessera_ledger::DEFAULT_STAKE;
 pub use tessera_verify::{Dispute, Loser, Ruling};
 pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
@@ -143,6 +145,8 @@ pub enum Reject {
     FailedCheck { segment: usize, outcome: Outcome },
     #[error("harmful: applied alone it raises the held-out loss by {:.4} nats/byte", -held_out)]
     Harmful { held_out: f64 },
+    #[error("a stake of {got} is below the run's minimum of {need}")]
+    Stake { got: u64, need: u64 },
     #[error("proven to have cheated in round {0}")]
     Banned(u64),
 }

@@ -169,6 +169,8 @@ pub struct TrainerConfig {
     pub fault_round: Option<u64>,
     /// Where this trainer serves blobs to other members (announced in `Join`).
     pub addr: Option<String>,
+    /// What it locks to join (see `RunConfig::stakes`).
+    pub stake: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -268,7 +270,7 @@ impl Trainer {
     /// connection are answered with errors by the driver.
     pub fn connected(&mut self, _now_ms: u64) -> Vec<Action> {
         let addrs = self.tc.addr.iter().cloned().collect();
-        self.out.push(Action::Send(Message::Join { addrs }));
+        self.out.push(Action::Send(Message::Join { addrs, stake: self.tc.stake }));
         self.take()
     }
 

@@ -45,10 +45,14 @@ pub struct ValidatorConfig {
     pub dataset: Hash32,
     pub addr: Option<String>,
     pub behaviour: Behaviour,
+    /// What it locks to join (see `RunConfig::stakes`).
+    pub stake: u64,
 }
 
-/// What the driver must do, in order.
+/// What the driver must do, in order. (Sending is the common action: it keeps its message
+/// inline rather than allocate for each.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum ValidatorAction {
     /// Sign and send to the coordinator.
     Send(Message),
@@ -180,7 +184,7 @@ impl Validator {
     /// A (new) connection to the coordinator: ask to join as a validator.
     pub fn connected(&mut self, _now_ms: u64) -> Vec<ValidatorAction> {
         let addrs = self.vc.addr.iter().cloned().collect();
-        self.out.push(ValidatorAction::Send(Message::JoinValidator { addrs }));
+        self.out.push(ValidatorAction::Send(Message::JoinValidator { addrs, stake: self.vc.stake }));
         self.take()
     }
 

@@ -59,10 +59,10 @@ impl Run {
         let workers = vec![Worker::new(spec.clone()), Worker::new(spec.clone())];
         let mut r = Self { c, spec, seq: Default::default(), workers, assignments: Vec::new() };
         if let Some(v) = validator {
-            r.send(0, v, Message::JoinValidator { addrs: vec![] });
+            r.send(0, v, Message::JoinValidator { addrs: vec![], stake: 1_000 });
         }
-        r.send(0, pid(1), Message::Join { addrs: vec![] });
-        let out = r.send(1, pid(2), Message::Join { addrs: vec![] });
+        r.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+        let out = r.send(1, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
         r.assignments = out
             .iter()
             .find_map(|o| match o {

@@ -91,10 +91,10 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     let (mut h, spec) = Harness::new(cfg());
     let initial = spec.initial_state();
     assert!(h
-        .send(0, pid(1), Message::Join { addrs: vec![] })
+        .send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 })
         .iter()
         .all(|o| !matches!(o, Output::Broadcast { .. })));
-    let out = h.send(10, pid(2), Message::Join { addrs: vec![] });
+    let out = h.send(10, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let (round, s0, assignments, deadline) = round_start(&out).expect("two members start a round");
     assert_eq!((round, deadline), (0, 60_000), "unknown speeds get the configured timeout");
     let persisted = index_of(&out, |o| matches!(o, Output::Persist(Record::RoundStarted { .. })));
@@ -168,8 +168,8 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     let ds = dataset();
     let (mut h, spec) = Harness::new(cfg());
     let initial = spec.initial_state();
-    h.send(0, pid(1), Message::Join { addrs: vec![] });
-    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // Peer 1 trains and commits; peer 2 goes silent.
     let mut w = Worker::new(spec.clone());
@@ -195,7 +195,7 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     assert_eq!(units, [(pid(1), 0, 1)]);
     assert_eq!(h.c.backlog().count(), 0);
     // A peer joining mid-round waits for the next round, which gives it fresh data.
-    let out = h.send(1100, pid(3), Message::Join { addrs: vec![] });
+    let out = h.send(1100, pid(3), Message::Join { addrs: vec![], stake: 1_000 });
     assert!(round_start(&out).is_none());
     let t1 = {
         let (s1, g1) = (h.c.state_hash(), h.c.global().clone());
@@ -218,8 +218,8 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     let out =
         h.c.handle(0, Signed { sender: pid(7), seq: 1, message: Message::Heartbeat { round: 0, step: 0 } });
     assert_eq!(rejections(&out), [Reject::NotMember]);
-    h.send(0, pid(1), Message::Join { addrs: vec![] });
-    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let (_, s0, a0, _) = round_start(&out).unwrap();
     // Replay: an old sequence number.
     let out =
@@ -240,8 +240,8 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     assert!(matches!(rejections(&out)[..], [Reject::BadLength { .. }]));
     // Trained from another state, or local hashes that inner steps would have changed.
     let mut h2 = Harness::new(cfg()).0;
-    h2.send(0, pid(1), Message::Join { addrs: vec![] });
-    h2.send(0, pid(2), Message::Join { addrs: vec![] });
+    h2.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    h2.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let mut wrong = commit_msg(0, &t);
     if let Message::Commit { state, .. } = &mut wrong {
         *state = [3; 32];
@@ -279,8 +279,8 @@ fn non_finite_and_huge_updates_are_rejected() {
         c.max_update_norm = 10.0;
     }));
     let (n, layout) = (spec.n(), spec.layout_hash);
-    h.send(0, pid(1), Message::Join { addrs: vec![] });
-    h.send(0, pid(2), Message::Join { addrs: vec![] });
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let codec = cfg().update_codec().unwrap();
     let mut nan = vec![0.0f32; n];
     nan[3] = f32::NAN;
@@ -312,8 +312,8 @@ fn non_finite_and_huge_updates_are_rejected() {
 #[test]
 fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
     let (mut h, _) = Harness::new(RunConfig { round_timeout_ms: 700, silence_ms: 5000, ..cfg() });
-    h.send(0, pid(1), Message::Join { addrs: vec![] });
-    h.send(0, pid(2), Message::Join { addrs: vec![] });
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     assert!(h.c.tick(699).is_empty());
     let out = h.c.tick(700);
     assert!(out.contains(&Output::Event(Event::RoundClosed {
@@ -348,8 +348,8 @@ fn restored_round_zero(algo: tessera_sync::Algorithm) {
     });
     let (mut h, spec) = Harness::new(c1.clone());
     let initial = spec.initial_state();
-    h.send(0, pid(1), Message::Join { addrs: vec![] });
-    let out = h.send(0, pid(2), Message::Join { addrs: vec![] });
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let start = out
         .iter()
         .find_map(|o| match o {
@@ -369,7 +369,10 @@ fn restored_round_zero(algo: tessera_sync::Algorithm) {
     };
     let mut c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
     // A member reconnects: it is welcomed and re-sent the open round.
-    let out = c.handle(5100, Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![] } });
+    let out = c.handle(
+        5100,
+        Signed { sender: pid(1), seq: 10, message: Message::Join { addrs: vec![], stake: 1_000 } },
+    );
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Welcome { round: 0, .. }, .. })));
     assert!(out
         .iter()
@@ -383,7 +386,10 @@ fn restored_round_zero(algo: tessera_sync::Algorithm) {
     assert!(last.iter().any(|o| matches!(o, Output::Broadcast { message: Message::Done { round: 1, .. } })));
     assert!(c.is_finished());
     // A late joiner is told the run is done.
-    let out = c.handle(6000, Signed { sender: pid(9), seq: 1, message: Message::Join { addrs: vec![] } });
+    let out = c.handle(
+        6000,
+        Signed { sender: pid(9), seq: 1, message: Message::Join { addrs: vec![], stake: 1_000 } },
+    );
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Done { round: 1, .. }, .. })));
 }
 

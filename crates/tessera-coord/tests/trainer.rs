@@ -35,6 +35,7 @@ impl H {
     fn new(fault_round: Option<u64>) -> Self {
         let ds = dataset();
         let tc = TrainerConfig {
+            stake: tessera_coord::DEFAULT_STAKE,
             me: ME,
             coordinator: COORD,
             dataset: ds.manifest_hash(),
@@ -196,6 +197,7 @@ fn round_zero_accept(h: &H) -> (Vec<u8>, Hash32, GlobalState, Message) {
         aggregate: Some(agg_hash),
         next_state_hash: next.hash(),
         pairs: None,
+        ledger: None,
     };
     (agg, agg_hash, next, accept)
 }
@@ -229,6 +231,7 @@ fn a_missing_aggregate_means_adopting_the_checkpoint_and_saying_so() {
         aggregate: Some([5; 32]),
         next_state_hash: next.hash(),
         pairs: None,
+        ledger: None,
     };
     h.frame(accept);
     let out = h.t.fetched(0, [5; 32], Err("gone".into()));
@@ -253,6 +256,7 @@ fn the_fault_drill_reports_a_different_state_then_resyncs() {
         aggregate: None,
         next_state_hash: next.hash(),
         pairs: None,
+        ledger: None,
     };
     let out = h.frame(accept);
     assert!(out.iter().any(|a| matches!(a, Action::Event(TrainerEvent::FaultInjected { round: 0 }))));
@@ -357,6 +361,7 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
         aggregate: None,
         next_state_hash: [0; 32],
         pairs: None,
+        ledger: None,
     };
     let out = sl.frame(accept);
     let f: Vec<(Vec<PeerId>, Hash32, bool)> = out

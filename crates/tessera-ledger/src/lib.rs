@@ -47,6 +47,9 @@ pub const MAX_ROUND_ENTRIES: usize = 4096;
 /// Longest reason text a rejection carries.
 pub const MAX_REASON: usize = 256;
 
+/// What a node locks when it joins unless told otherwise (the default `min_stake`).
+pub const DEFAULT_STAKE: Amount = 1_000;
+
 /// A run's economics, fixed at genesis.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StakeRules {
@@ -65,7 +68,7 @@ pub struct StakeRules {
 impl Default for StakeRules {
     fn default() -> Self {
         Self {
-            min_stake: 1_000,
+            min_stake: DEFAULT_STAKE,
             reward_per_round: 1_000,
             check_fee: 5,
             slash_bps: 5_000,

@@ -111,7 +111,7 @@ fn load_config(a: &CoordinatorOptions, store: &Store) -> Res<RunConfig> {
 
 async fn serve(a: CoordinatorOptions) -> Res<()> {
     let log = Log::new("coordinator");
-    let store = Store::open(&a.dir)?;
+    let mut store = Store::open(&a.dir)?;
     let spec = Arc::new(RunSpec::new(load_config(&a, &store)?)?);
     let key = load_or_create_key(&a.dir.join("coordinator.key"))?;
     // Which commits are spot-checked is drawn from a secret the trainers cannot know.
@@ -129,6 +129,14 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
             Coordinator::new(spec.clone(), secret)?
         }
     };
+    let mut coord = coord;
+    store.set_meta("coordinator", &key.verifying_key().to_bytes())?;
+    let genesis = coord.keep_ledger(key.clone(), &store.ledger()?)?;
+    for o in genesis {
+        if let Output::Persist(rec) = o {
+            store.persist(&rec)?;
+        }
+    }
     let net = Net::bind(key.to_bytes(), &a.net).await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
@@ -479,6 +487,7 @@ impl Daemon {
                 }
             }
             Event::Disputed(d) => self.log.warn(&d.to_string()),
+            Event::LedgerRefused { kind, why } => self.log.warn(&format!("the ledger refused a {kind} entry: {why}")),
             Event::Scored { round, peer, score, harmful, by } => {
                 let by = by.map_or("the coordinator".to_string(), |v| format!("validator {}", short(&v)));
                 let line = format!(

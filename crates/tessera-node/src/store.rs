@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, 
 CREATE TABLE IF NOT EXISTS scores(round INTEGER NOT NULL, peer BLOB NOT NULL, held_out REAL NOT NULL,
     own REAL NOT NULL, unseen REAL NOT NULL, harmful INTEGER NOT NULL, validator BLOB,
     PRIMARY KEY(round, peer));
+CREATE TABLE IF NOT EXISTS ledger(seq INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS disputes(round INTEGER NOT NULL, trainer BLOB NOT NULL, validator BLOB NOT NULL,
     step INTEGER NOT NULL, op INTEGER, kernel TEXT, loser TEXT NOT NULL, forfeit INTEGER NOT NULL,
     exchanges INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY(round, trainer));
@@ -293,6 +294,16 @@ impl Store {
                     ],
                 )?;
             }
+            Record::Ledger(records) => {
+                let tx = self.db.transaction()?;
+                for r in records {
+                    tx.execute(
+                        "INSERT INTO ledger(seq, record) VALUES (?1, ?2)",
+                        params![r.seq as i64, r.encode()],
+                    )?;
+                }
+                tx.commit()?;
+            }
             Record::Dispute(d) => {
                 let loser = format!("{:?}", d.ruling.loser).to_lowercase();
                 self.db.execute(
@@ -329,6 +340,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The ledger's records in order, each decoded (size-limited, canonical) but not yet
+    /// verified: `tessera_ledger::verify` checks the chain.
+    pub fn ledger(&self) -> Result<Vec<tessera_ledger::Record>, StoreError> {
+        let mut q = self.db.prepare("SELECT seq, record FROM ledger ORDER BY seq")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, bytes) = row?;
+            let r = tessera_ledger::Record::decode(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("ledger record {seq}: {e}")))?;
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Records the validation loss after `round` rounds, `ms` after this process started.
@@ -502,6 +528,7 @@ mod tests {
             aggregate: None,
             next_state_hash: g1.hash(),
             pairs: None,
+            ledger: None,
         };
         let rec = Record::RoundClosed {
             round: 0,

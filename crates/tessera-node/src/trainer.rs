@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub twin_dir: Option<PathBuf>,
     /// Check trainers' work instead of training (`tessera node --validator`).
     pub validator: bool,
+    /// What this node locks to join (the run's `min_stake` at least).
+    pub stake: u64,
 }
 
 /// What comes back to the event loop from tasks it started.
@@ -185,6 +187,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
     let net = Net::bind(key.to_bytes(), &a.net).await?;
     let log = Log::new(&format!("node {}", short(&net.id())));
     let tc = TrainerConfig {
+        stake: a.stake,
         me: net.id(),
         coordinator: coord,
         dataset: ds.manifest_hash(),

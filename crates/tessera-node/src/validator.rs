@@ -74,6 +74,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         log.warn(&format!("DRILL: this validator cheats ({behaviour:?})"));
     }
     let vc = ValidatorConfig {
+        stake: a.stake,
         me: net.id(),
         coordinator: coord,
         dataset: ds.manifest_hash(),

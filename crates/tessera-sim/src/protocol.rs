@@ -85,6 +85,8 @@ pub struct ProtocolSim<'a> {
     blobs: HashMap<Hash32, Vec<u8>>,
     queue: VecDeque<Delivery>,
     now: u64,
+    /// The key the coordinator signs its ledger with.
+    ledger_key: PeerId,
     /// Everything the coordinator persisted and logged, in order.
     pub records: Vec<Record>,
     pub events: Vec<Event>,
@@ -102,7 +104,16 @@ impl<'a> ProtocolSim<'a> {
         let mut blobs = HashMap::new();
         blobs.insert(init.hash(), init.encode());
         let secret = *blake3::hash(format!("tessera-sim-checker {}", spec.cfg.seed).as_bytes()).as_bytes();
-        let coord = Coordinator::new(spec.clone(), secret)?;
+        let mut coord = Coordinator::new(spec.clone(), secret)?;
+        // The run keeps its ledger, signed with the simulated coordinator's own key.
+        let key =
+            tessera_coord::SigningKey::from_bytes(&blake3::derive_key("tessera-sim ledger key", &secret));
+        let ledger_key = key.verifying_key().to_bytes();
+        let genesis = coord.keep_ledger(key, &[])?;
+        let records = genesis
+            .into_iter()
+            .filter_map(|o| if let Output::Persist(r) = o { Some(r) } else { None })
+            .collect();
         Ok(Self {
             ds,
             spec,
@@ -113,7 +124,8 @@ impl<'a> ProtocolSim<'a> {
             blobs,
             queue: VecDeque::new(),
             now: 0,
-            records: Vec::new(),
+            ledger_key,
+            records,
             events: Vec::new(),
             trainer_events: Vec::new(),
             peer_fetches: 0,
@@ -125,6 +137,19 @@ impl<'a> ProtocolSim<'a> {
         &self.coord
     }
 
+    /// The public key the coordinator's ledger records are signed with.
+    pub fn ledger_key(&self) -> PeerId {
+        self.ledger_key
+    }
+
+    /// Hands `frame` to the coordinator now (a scripted peer outside the run), executes what
+    /// it answers, and returns that.
+    pub fn deliver_to_coordinator(&mut self, frame: Signed) -> Vec<Output> {
+        let outs = self.coord.handle(self.now, frame);
+        self.execute(outs.clone());
+        outs
+    }
+
     /// A new trainer sends its `Join` (delivered by the next [`ProtocolSim::run_until`]).
     pub fn join(&mut self, peer: PeerId) -> Result<(), SimError> {
         self.join_with(peer, None)
@@ -134,6 +159,7 @@ impl<'a> ProtocolSim<'a> {
     pub fn join_with(&mut self, peer: PeerId, fault_round: Option<u64>) -> Result<(), SimError> {
         let addr = Some(format!("sim:{}", tessera_tensor::hex(&peer[..4])));
         let tc = TrainerConfig {
+            stake: tessera_coord::DEFAULT_STAKE,
             me: peer,
             coordinator: SIM_COORDINATOR,
             dataset: self.ds.manifest_hash(),
@@ -166,6 +192,7 @@ impl<'a> ProtocolSim<'a> {
         behaviour: tessera_coord::Behaviour,
     ) -> Result<(), SimError> {
         let vc = ValidatorConfig {
+            stake: tessera_coord::DEFAULT_STAKE,
             me: id,
             coordinator: SIM_COORDINATOR,
             dataset: self.ds.manifest_hash(),

@@ -54,8 +54,9 @@ pub type Hash32 = [u8; 32];
 /// Every control message of a run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// A peer asks to join; it can be reached at `addrs`.
-    Join { addrs: Vec<String> },
+    /// A peer asks to join, locking `stake` (the run's `min_stake` at least); it can be
+    /// reached at `addrs`.
+    Join { addrs: Vec<String>, stake: u64 },
     /// The coordinator admits a peer: where the run is, which checkpoint to fetch, and the
     /// run's configuration (TOML text).
     /// `peers` are the members that serve blobs, with their addresses, so a joiner can fetch
@@ -110,6 +111,9 @@ pub enum Message {
         next_state_hash: Hash32,
         /// NoLoCo only: the pairing and what the partners exchange.
         pairs: Option<Pairs>,
+        /// The ledger's head after this round's entries: its record count and the hash of
+        /// its last record (absent when the coordinator keeps no ledger).
+        ledger: Option<(u64, Hash32)>,
     },
     /// A node reports the state hash it holds after `round` rounds: computed by applying the
     /// round itself, or (`computed = false`) adopted from the coordinator's checkpoint.
@@ -126,7 +130,7 @@ pub enum Message {
     /// this trainer) that holds the local state at the segment's start.
     Reveal { round: u64, segment: u32, blob: Hash32, start: Leaf, end: Leaf },
     /// A validator asks to check trainers' work; it can be reached at `addrs`.
-    JoinValidator { addrs: Vec<String> },
+    JoinValidator { addrs: Vec<String>, stake: u64 },
     /// The coordinator hands a validator one spot check: `peer`'s reveal of `segment` of its
     /// round-`round` commit (already checked against the commitment), the blob to fetch from
     /// the trainer at `addr` (its local state at the segment's start), the committed leaves at
@@ -322,7 +326,7 @@ impl Message {
             }
         };
         match self {
-            Message::Join { addrs } | Message::JoinValidator { addrs } => {
+            Message::Join { addrs, .. } | Message::JoinValidator { addrs, .. } => {
                 lim("addresses", addrs.len(), MAX_ADDRS)?;
                 addrs.iter().try_for_each(|a| lim("address length", a.len(), MAX_TEXT))
             }

@@ -12,7 +12,8 @@ fn id() -> impl Strategy<Value = [u8; 32]> + Clone {
 fn message() -> impl Strategy<Value = Message> {
     let ids = proptest::collection::vec(id(), 0..8);
     prop_oneof![
-        proptest::collection::vec("[a-z0-9.:]{0,40}", 0..MAX_ADDRS).prop_map(|addrs| Message::Join { addrs }),
+        proptest::collection::vec("[a-z0-9.:]{0,40}", 0..MAX_ADDRS)
+            .prop_map(|addrs| Message::Join { addrs, stake: 1_000 }),
         (any::<u64>(), id(), id(), "[ -~]{0,200}", proptest::collection::vec((id(), "[0-9.:]{0,21}"), 0..4))
             .prop_map(|(round, checkpoint, state_hash, config, peers)| Message::Welcome {
                 round,
@@ -73,7 +74,8 @@ fn message() -> impl Strategy<Value = Message> {
                 accepted,
                 rejected,
                 aggregate,
-                next_state_hash
+                next_state_hash,
+                ledger: (round % 3 == 0).then_some((round, next_state_hash)),
             }),
         (any::<u64>(), id(), any::<bool>()).prop_map(|(round, state_hash, computed)| Message::StateReport {
             round,

@@ -22,7 +22,10 @@ fn random_message(r: &Philox, i: u64) -> Message {
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
     match r.below(3, i, 19) {
-        0 => Message::Join { addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect() },
+        0 => Message::Join {
+            addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect(),
+            stake: r.u64(15, i),
+        },
         1 => Message::Welcome {
             round,
             checkpoint: h(r, i),
@@ -66,6 +69,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             accepted: ids,
             aggregate: i.is_multiple_of(2).then(|| h(r, i + 5)),
             next_state_hash: h(r, i),
+            ledger: i.is_multiple_of(2).then(|| (r.u64(16, i), h(r, i + 8))),
         },
         6 => Message::StateReport { round, state_hash: h(r, i), computed: i.is_multiple_of(2) },
         7 => Message::CheckpointPointer { round, checkpoint: h(r, i), state_hash: h(r, i + 3) },
@@ -77,7 +81,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             start: Leaf { hash: h(r, i + 1), proof: ids.clone() },
             end: Leaf { hash: h(r, i + 2), proof: ids.iter().rev().copied().collect() },
         },
-        10 => Message::JoinValidator { addrs: vec![format!("10.0.0.{n}:4000")] },
+        10 => Message::JoinValidator { addrs: vec![format!("10.0.0.{n}:4000")], stake: r.u64(15, i) },
         11 => Message::CheckTask {
             round,
             peer: h(r, i),
@@ -184,7 +188,7 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
     assert_eq!(decode(&[0u8; 100]), Err(WireError::Magic));
     let huge = vec![0u8; MAX_FRAME + 1];
     assert_eq!(decode(&huge), Err(WireError::TooLarge(MAX_FRAME + 1)));
-    let too_many = Message::Join { addrs: vec!["a".into(); MAX_ADDRS + 1] };
+    let too_many = Message::Join { addrs: vec!["a".into(); MAX_ADDRS + 1], stake: 0 };
     assert!(matches!(encode(&key(1), 0, &too_many), Err(WireError::Limit { .. })));
     let long_proof = Leaf { hash: [0; 32], proof: vec![[0; 32]; MAX_PROOF + 1] };
     let reveal = Message::Reveal {
@@ -222,6 +226,7 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
         aggregate: None,
         next_state_hash: [0; 32],
         pairs: Some(tessera_wire::Pairs { groups: vec![ids.clone()], phis: vec![[4; 32]], replicas: vec![] }),
+        ledger: None,
     };
     assert!(matches!(
         encode(&key(1), 0, &accept),

@@ -111,6 +111,10 @@ pub struct NodeArgs {
     /// hands out and answer with signed verdicts (the run's `validate = "validators"`).
     #[arg(long)]
     pub validator: bool,
+    /// What this node locks to join the run (the run's `min_stake` at least; slashed if it
+    /// is proven to cheat).
+    #[arg(long, default_value_t = tessera_coord::DEFAULT_STAKE)]
+    pub stake: u64,
 }
 
 impl NodeArgs {
@@ -127,6 +131,7 @@ impl NodeArgs {
             cheat: self.cheat,
             twin_dir: self.twin_dir,
             validator: self.validator,
+            stake: self.stake,
         }
     }
 }

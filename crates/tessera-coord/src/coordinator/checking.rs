@@ -164,7 +164,7 @@ impl Coordinator {
                 // Only the coordinator's own completed run rules on the validator.
                 let ruled = !matches!(outcome, Outcome::Unchecked(_));
                 if ruled && claimed != honest_finding(&outcome, decoy) {
-                    self.refuse_validator(v, round, format!("{claimed:?}"));
+                    self.refuse_validator(v, round, format!("{claimed:?}"), None);
                 }
             }
             self.verdict(peer, outcome, None);
@@ -173,8 +173,15 @@ impl Coordinator {
         std::mem::take(&mut self.out)
     }
 
-    /// A validator whose finding was overturned is refused from now on.
-    pub(super) fn refuse_validator(&mut self, v: PeerId, round: u64, claimed: String) {
+    /// A validator whose finding was overturned is refused from now on (and slashed: the
+    /// ledger pays the whistleblower's share to `proven_by`, if anyone).
+    pub(super) fn refuse_validator(
+        &mut self,
+        v: PeerId,
+        round: u64,
+        claimed: String,
+        proven_by: Option<PeerId>,
+    ) {
         if self.banned.len() >= MAX_KNOWN_PEERS {
             return;
         }
@@ -183,6 +190,16 @@ impl Coordinator {
         let outcome = Outcome::WrongVerdict(claimed);
         self.tell_refused(v, round, &outcome);
         self.out.push(Output::Persist(Record::Verdict { round, peer: v, segment: 0, outcome, by: None }));
+        let (passed, cheat) = (false, true);
+        self.ledger(tessera_ledger::Entry::Verdict {
+            round,
+            peer: v,
+            segment: 0,
+            passed,
+            cheat,
+            by: None,
+            proven_by,
+        });
         self.event(Event::Banned { peer: v, round });
         if let Some(open) = self.open.as_mut() {
             for (peer, blob) in open.checks.take_back(Some(&v)) {
@@ -208,6 +225,17 @@ impl Coordinator {
         }
         let rec = Record::Verdict { round, peer, segment: segment as u64, outcome: outcome.clone(), by };
         self.out.push(Output::Persist(rec));
+        let (passed, cheat, segment32) = (outcome.passed(), outcome.proves_cheat(), segment as u32);
+        let entry = tessera_ledger::Entry::Verdict {
+            round,
+            peer,
+            segment: segment32,
+            passed,
+            cheat,
+            by,
+            proven_by: by,
+        };
+        self.ledger(entry);
         if outcome.proves_cheat() && self.banned.len() < MAX_KNOWN_PEERS {
             self.tell_refused(peer, round, &outcome);
             self.banned.insert(peer, round);

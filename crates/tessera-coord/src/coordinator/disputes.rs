@@ -101,6 +101,8 @@ impl Coordinator {
         let open = self.open.as_mut().expect("a dispute of the open round");
         assert!(!open.checks.games.contains_key(&trainer), "one dispute per check");
         open.checks.games.insert(trainer, g);
+        let (round, validator) = (open.round, o.validator);
+        self.ledger(tessera_ledger::Entry::DisputeOpened { round, trainer, validator });
         self.ask_next(trainer);
     }
 
@@ -357,9 +359,16 @@ impl Coordinator {
             bytes: g.bytes,
         };
         self.out.push(Output::Persist(Record::Dispute(d.clone())));
+        let loser = match r.loser {
+            Loser::Trainer => tessera_ledger::Loser::Trainer,
+            Loser::Validator => tessera_ledger::Loser::Validator,
+            Loser::Both => tessera_ledger::Loser::Both,
+        };
+        let (step, op) = (r.step, r.op);
+        self.ledger(tessera_ledger::Entry::DisputeResolved { round, trainer, validator: v, loser, step, op });
         self.event(Event::Disputed(d));
         if matches!(r.loser, Loser::Validator | Loser::Both) {
-            self.refuse_validator(v, round, format!("{:?}", Finding::Mismatch));
+            self.refuse_validator(v, round, format!("{:?}", Finding::Mismatch), Some(trainer));
         }
         match r.loser {
             Loser::Trainer => self.verdict(trainer, Outcome::Mismatch, Some(v)),

@@ -57,6 +57,8 @@ pub enum Record {
     Scored { round: u64, peer: PeerId, score: crate::Score, harmful: bool, by: Option<PeerId> },
     /// A dispute was decided.
     Dispute(Disputed),
+    /// Ledger records to append, in order (the ledger's `Record`s, chained and signed).
+    Ledger(Vec<tessera_ledger::Record>),
 }
 
 /// How a dispute between a trainer and the validator that contradicted it ended: the ruling
@@ -152,6 +154,11 @@ pub enum Event {
     },
     /// A dispute was decided.
     Disputed(Disputed),
+    /// The ledger refused an entry of `kind` (a peer it holds no account of, say).
+    LedgerRefused {
+        kind: &'static str,
+        why: String,
+    },
     /// An update was scored (`harmful`: left out), `by` a validator (or the coordinator).
     Scored {
         round: u64,

@@ -135,7 +135,7 @@ impl Coordinator {
         match (own, got) {
             (Some(s), Ok(score)) => {
                 if let Some((v, c)) = s.claimed.filter(|(_, c)| c.to_bits() != score.to_bits()) {
-                    self.refuse_validator(v, round, format!("score {c:?}, not {score:?}"));
+                    self.refuse_validator(v, round, format!("score {c:?}, not {score:?}"), None);
                 }
                 self.settle_score(round, peer, score, None);
             }
@@ -152,6 +152,9 @@ impl Coordinator {
     /// update out.
     fn settle_score(&mut self, round: u64, peer: PeerId, score: crate::Score, by: Option<PeerId>) {
         let harmful = harms(&score, self.cfg.harm_tolerance);
+        // The ledger weighs rewards by the held-out gain, in millionths.
+        let micro = (score.held_out * 1e6).round().clamp(-1e15, 1e15) as i64;
+        self.round_scores.insert(peer, micro);
         self.out.push(Output::Persist(Record::Scored { round, peer, score, harmful, by }));
         let open = self.open.as_mut().filter(|o| o.round == round);
         if let (true, Some(slot)) = (harmful, open.and_then(|o| o.slots.get_mut(&peer))) {

@@ -1,0 +1,110 @@
+//! The coordinator as the ledger's writer (`tessera_ledger`). Once its driver hands it the
+//! signing key and the stored log ([`Coordinator::keep_ledger`]), every join locks a stake
+//! (one below `min_stake` is refused with [`Reject::Stake`]), every closed round, verdict and
+//! dispute is appended, with the payouts the ledger's rules imply, and each append is
+//! persisted ([`Record::Ledger`]) before the message that announces it; the `Accept` of a
+//! round carries the ledger's head after it. Without a ledger (tests of the protocol alone)
+//! nothing is kept and stakes are not checked.
+
+use ed25519_dalek::SigningKey;
+use tessera_ledger::{AcceptedUpdate, Entry, Ledger};
+
+use super::*;
+
+/// The ledger and the key that signs it.
+pub(super) struct Kept {
+    key: SigningKey,
+    ledger: Ledger,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").field("head", &self.ledger.head()).finish()
+    }
+}
+
+impl Coordinator {
+    /// Keeps the run's ledger from now on, signed with `key` (the coordinator's identity):
+    /// `log` is what the store holds, verified and continued; empty, a new ledger begins,
+    /// whose first record is among the outputs to persist.
+    pub fn keep_ledger(
+        &mut self,
+        key: SigningKey,
+        log: &[tessera_ledger::Record],
+    ) -> Result<Vec<Output>, CoordError> {
+        let me = key.verifying_key().to_bytes();
+        let ledger = match log.is_empty() {
+            true => {
+                let config = *blake3::hash(self.cfg.to_toml().as_bytes()).as_bytes();
+                let (l, first) = Ledger::genesis(&key, config, self.cfg.stakes).map_err(ledger_err)?;
+                self.out.push(Output::Persist(Record::Ledger(vec![first])));
+                l
+            }
+            false => Ledger::resume(&me, log).map_err(ledger_err)?,
+        };
+        assert_eq!(
+            ledger.accounts().rules(),
+            Some(&self.cfg.stakes),
+            "the ledger is of this run's economics"
+        );
+        self.kept = Some(Kept { key, ledger });
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    /// The accounts the ledger holds (`None`: no ledger kept).
+    pub fn accounts(&self) -> Option<&tessera_ledger::Accounts> {
+        self.kept.as_ref().map(|k| k.ledger.accounts())
+    }
+
+    /// The ledger's head: its record count and last record's hash.
+    pub(super) fn ledger_head(&self) -> Option<(u64, Hash32)> {
+        self.kept.as_ref().map(|k| k.ledger.head())
+    }
+
+    /// A join's stake, checked against the run's minimum (when a ledger is kept).
+    pub(super) fn check_stake(&self, stake: u64) -> Result<(), Reject> {
+        let need = self.cfg.stakes.min_stake;
+        match self.kept.is_some() && stake < need {
+            true => Err(Reject::Stake { got: stake, need }),
+            false => Ok(()),
+        }
+    }
+
+    /// A peer joined (or rejoined: an active account is kept as it is).
+    pub(super) fn ledger_join(&mut self, peer: PeerId, stake: u64, validator: bool) {
+        let active = self.accounts().and_then(|a| a.get(&peer)).is_some_and(|a| a.active);
+        if !active {
+            self.ledger(Entry::Joined { peer, stake, validator });
+        }
+    }
+
+    /// A round closed from state `start` to `end`, with these accepted updates (in peer
+    /// order) and rejections; `scores` are the round's scores by peer.
+    pub(super) fn ledger_round(&mut self, round: u64, (start, end): (Hash32, Hash32), accept: &Message) {
+        let Message::Accept { accepted, updates, rejected, .. } = accept else { return };
+        let score = |p: &PeerId| self.round_scores.get(p).copied().unwrap_or(0);
+        let accepted: Vec<AcceptedUpdate> = accepted
+            .iter()
+            .zip(updates)
+            .map(|(p, u)| AcceptedUpdate { peer: *p, update: *u, score: score(p) })
+            .collect();
+        let rejected = rejected.clone();
+        self.round_scores.clear();
+        self.ledger(Entry::RoundClosed { round, start, end, accepted, rejected });
+    }
+
+    /// Appends `entry` (and its payouts), to be persisted before what announces it. An entry
+    /// the ledger refuses (a peer it has no account of) is reported, never fatal.
+    pub(super) fn ledger(&mut self, entry: Entry) {
+        let Some(k) = self.kept.as_mut() else { return };
+        let kind = entry.kind();
+        match k.ledger.append(&k.key, entry) {
+            Ok(records) => self.out.push(Output::Persist(Record::Ledger(records))),
+            Err(e) => self.event(Event::LedgerRefused { kind, why: e.to_string() }),
+        }
+    }
+}
+
+fn ledger_err(e: tessera_ledger::LedgerError) -> CoordError {
+    CoordError::State(format!("ledger: {e}"))
+}
