@@ -52,6 +52,9 @@ enum Cmd {
     Coordinator(net::CoordinatorArgs),
     /// Train in a networked run: `tessera node --join <ticket>`.
     Node(net::NodeArgs),
+    /// Print a run's accounts from its coordinator directory, after checking its ledger
+    /// (signatures, chain, rules): stake, rewards, fees, slashes and scores per peer.
+    Ledger(net::ledger::LedgerArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -73,6 +76,7 @@ fn main() -> Result<()> {
         Cmd::Demo(a) => net::demo::run(a),
         Cmd::Coordinator(a) => Ok(tessera_node::coordinator::run(a.options())?),
         Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
+        Cmd::Ledger(a) => net::ledger::run(a),
     }
 }
 

@@ -223,6 +223,21 @@ impl Run {
         Proc::start_env(&self.dir, &format!("node{i}"), &args, &env)
     }
 
+    /// What `tessera ledger` prints of the coordinator's directory (it must succeed).
+    fn ledger(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["ledger", &self.dir.join("coord").display().to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "tessera ledger failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     fn db(&self) -> Connection {
         Connection::open_with_flags(
             self.dir.join("coord").join("coordinator.sqlite"),
@@ -551,6 +566,22 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
     assert_eq!(q("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1"), 2);
     assert_eq!(q("SELECT COUNT(*) FROM verdicts WHERE passed = 1"), 6, "two honest nodes, three rounds");
     assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
+    // The ledger: verified, the two cheats slashed, the honest nodes paid and never slashed.
+    let ledger = run.ledger();
+    assert!(ledger.contains("verified"), "{ledger}");
+    let row = |i: u8| {
+        let who = short_hex(&peer_id(i));
+        ledger.lines().find(|l| l.starts_with(&who)).unwrap_or_else(|| panic!("{who}:\n{ledger}")).to_string()
+    };
+    let slashed = |line: &str| line.split_whitespace().nth(6).and_then(|v| v.parse::<u64>().ok()).unwrap();
+    let rewards = |line: &str| line.split_whitespace().nth(3).and_then(|v| v.parse::<u64>().ok()).unwrap();
+    for cheat in [3, 4] {
+        assert!(slashed(&row(cheat)) > 0, "node {cheat} is slashed:\n{ledger}");
+    }
+    for honest in [1, 2] {
+        assert_eq!(slashed(&row(honest)), 0, "{ledger}");
+        assert!(rewards(&row(honest)) > 0, "{ledger}");
+    }
 }
 
 /// Validators as processes: every update is checked by one of two validators, one honest

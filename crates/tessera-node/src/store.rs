@@ -30,6 +30,8 @@ pub enum StoreError {
     ClosedTwice(u64),
     #[error(transparent)]
     State(#[from] tessera_coord::CoordError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] tessera_ledger::LedgerError),
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -340,6 +342,19 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The ledger replayed from its records and checked against the coordinator's key
+    /// (signatures, chain, rules); `None` when this store keeps no ledger.
+    pub fn verified_ledger(&self) -> Result<Option<tessera_ledger::Ledger>, StoreError> {
+        let records = self.ledger()?;
+        let Some(key) = self.meta("coordinator")? else { return Ok(None) };
+        let key: [u8; 32] =
+            key.try_into().map_err(|_| StoreError::Corrupt("the coordinator's key".into()))?;
+        match records.is_empty() {
+            true => Ok(None),
+            false => Ok(Some(tessera_ledger::verify(&key, &records)?)),
+        }
     }
 
     /// The ledger's records in order, each decoded (size-limited, canonical) but not yet

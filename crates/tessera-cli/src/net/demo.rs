@@ -291,6 +291,17 @@ fn summary(
         ddp as f64 / moved.max(1) as f64
     ));
     o(&format!("  final state        {}", hex(&hash)));
+    if let Some(l) = store.verified_ledger()? {
+        let (n, head) = l.head();
+        o(&format!(
+            "  ledger             {n} records, head {}, verified (tessera ledger {})",
+            hex(&head[..4]),
+            coord_dir.display()
+        ));
+        for line in super::ledger::table(l.accounts()) {
+            o(&format!("    {line}"));
+        }
+    }
     if let Some(spread) = sum.last_spread {
         o(&format!("  replica spread     {spread:.3e} (NoLoCo: the final state is the replicas' mean)"));
     }

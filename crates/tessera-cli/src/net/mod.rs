@@ -3,6 +3,7 @@
 //! orchestration (processes, progress bar, summary) is the command line's own.
 
 pub mod demo;
+pub mod ledger;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,67 @@
+//! `tessera ledger DIR`: a run's accounts, read from the coordinator's store after its ledger
+//! is verified (signatures, chain links and the payout rules), printed one peer a line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tessera_ledger::{Account, Accounts};
+use tessera_node::Store;
+
+#[derive(clap::Args)]
+pub struct LedgerArgs {
+    /// The coordinator's directory (its `--dir`).
+    pub dir: PathBuf,
+}
+
+pub fn run(a: LedgerArgs) -> Result<()> {
+    let store = Store::open_read_only(&a.dir).with_context(|| format!("opening {}", a.dir.display()))?;
+    let ledger = store.verified_ledger().context("checking the ledger")?;
+    let Some(l) = ledger else {
+        println!("no ledger in {} (a run from before ledgers, or not started)", a.dir.display());
+        return Ok(());
+    };
+    let (n, head) = l.head();
+    println!(
+        "ledger: {n} records, head {}, signatures, chain and payouts verified",
+        tessera_net::hex(&head[..4])
+    );
+    for line in table(l.accounts()) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The accounts as lines of a table, a header first, then a line of totals.
+pub fn table(accounts: &Accounts) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<10} {:<9} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10}  {}",
+        "peer", "role", "stake", "rewards", "fees", "bounties", "slashed", "accepted", "mean score", "status"
+    )];
+    for (p, a) in accounts.iter() {
+        out.push(line(&tessera_net::hex(&p[..4]), a));
+    }
+    let sum = |f: fn(&Account) -> u64| accounts.iter().map(|(_, a)| f(a)).sum::<u64>();
+    out.push(format!(
+        "{} rounds paid; {} rewarded, {} in fees, {} to whistleblowers, {} slashed ({} burned)",
+        accounts.rounds,
+        sum(|a| a.rewards),
+        sum(|a| a.fees),
+        sum(|a| a.bounties),
+        sum(|a| a.slashed),
+        accounts.burned
+    ));
+    out
+}
+
+fn line(peer: &str, a: &Account) -> String {
+    let role = if a.validator { "validator" } else { "trainer" };
+    let mean = match a.accepted {
+        0 => "-".to_string(),
+        n => format!("{:+.4}", a.score_sum as f64 / n as f64 / 1e6),
+    };
+    let status = if a.active { "active" } else { "removed" };
+    format!(
+        "{peer:<10} {role:<9} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {mean:>10}  {status}",
+        a.stake, a.rewards, a.fees, a.bounties, a.slashed, a.accepted
+    )
+}
