@@ -774,6 +774,11 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     assert!(c2.log().contains("resuming at round 2"), "{}", c2.log());
     let outs: Vec<String> = nodes.iter_mut().map(|p| p.finish()).collect();
     run.check_ledger();
+    // The restarted coordinator continued the same signed chain: it verifies whole, and
+    // every round was paid once.
+    let ledger = run.ledger();
+    assert!(ledger.contains("verified"), "{ledger}");
+    assert!(ledger.contains(&format!("{} rounds paid", run.cfg.rounds)), "{ledger}");
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
     let ids: Vec<u8> = (1..=n).collect();
     assert_eq!(final_hash, simulated(&run, &ids));
