@@ -354,6 +354,7 @@ impl Coordinator {
             Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
             Message::Reveal { .. } => self.on_reveal(from, &s.message)?,
             Message::DisputeAnswer { .. } => self.on_dispute_answer(from, &s.message)?,
+            Message::LedgerFetch { from: seq } => self.on_ledger_fetch(from, *seq),
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
             }
@@ -377,6 +378,7 @@ impl Coordinator {
             Message::Verdict { .. } => self.on_verdict(from, m)?,
             Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
             Message::ScoreReport { .. } => self.on_score_report(from, m)?,
+            Message::LedgerFetch { from: seq } => self.on_ledger_fetch(from, *seq),
             other => return Err(Reject::Unexpected(other.kind())),
         }
         if let Some(seen) = self.validators.get_mut(&from) {

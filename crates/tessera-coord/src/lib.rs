@@ -44,6 +44,7 @@ mod cheat;
 mod check;
 mod config;
 mod coordinator;
+mod ledger_copy;
 mod referee;
 mod replicas;
 mod score;
@@ -70,6 +71,7 @@ pub use coordinator::{
     MAX_HISTORY, MAX_KNOWN_PEERS, MAX_VALIDATORS,
 };
 pub use ed25519_dalek::SigningKey;
+pub use ledger_copy::{LedgerCopy, MAX_COPY_RECORDS};
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{run_score, score, Score, ScoreJob, MAX_SCORE_BATCHES, UNSEEN_SLOT};

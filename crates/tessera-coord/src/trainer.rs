@@ -143,6 +143,8 @@ pub enum TrainerError {
     Reveal { round: u64, err: String },
     #[error("aggregate of round {round} refused: {err}; taking the checkpoint")]
     Aggregate { round: u64, err: String },
+    #[error("the coordinator's ledger does not check: {0}; this node no longer trusts it")]
+    Ledger(String),
 }
 
 impl TrainerError {
@@ -154,6 +156,7 @@ impl TrainerError {
                 | TrainerError::WrongDataset { .. }
                 | TrainerError::Config(_)
                 | TrainerError::Refused { .. }
+                | TrainerError::Ledger(_)
         )
     }
 }
@@ -237,12 +240,15 @@ pub struct Trainer {
     round: u64,
     last_heartbeat: Option<u64>,
     finished: bool,
+    /// Its verified copy of the coordinator's ledger.
+    ledger: crate::LedgerCopy,
     out: Vec<Action>,
 }
 
 impl Trainer {
     pub fn new(tc: TrainerConfig) -> Self {
         Self {
+            ledger: crate::LedgerCopy::new(&tc.coordinator),
             tc,
             window: SeqWindow::default(),
             spec: None,
@@ -407,6 +413,10 @@ impl Trainer {
         if !matches!(m, Message::Welcome { .. }) && self.spec.is_none() {
             return Err(TrainerError::NotConfigured(m.kind()));
         }
+        if let Message::Accept { ledger: Some(head), .. } = &m {
+            let head = *head;
+            self.fetch_ledger(|c| c.announced(head))?;
+        }
         match m {
             // The checkpoint is the shared state, or (NoLoCo) this trainer's replica.
             Message::Welcome { round, checkpoint, config, peers, .. } => {
@@ -453,9 +463,28 @@ impl Trainer {
             }
             Message::DisputeAsk { .. } => return Err(TrainerError::Unexpected("a dispute of no commit")),
             Message::Refused { round, reason } => return Err(TrainerError::Refused { round, reason }),
+            Message::LedgerRecords { from, records } => {
+                self.fetch_ledger(|c| c.received(from, &records))?;
+            }
             other => return Err(TrainerError::Unexpected(other.kind())),
         }
         Ok(())
+    }
+
+    /// Updates the ledger copy, and asks for the records it lacks.
+    fn fetch_ledger(
+        &mut self,
+        f: impl FnOnce(&mut crate::LedgerCopy) -> Result<Option<u64>, String>,
+    ) -> Result<(), TrainerError> {
+        if let Some(from) = f(&mut self.ledger).map_err(TrainerError::Ledger)? {
+            self.out.push(Action::Send(Message::LedgerFetch { from }));
+        }
+        Ok(())
+    }
+
+    /// The verified copy of the coordinator's ledger.
+    pub fn ledger(&self) -> &tessera_ledger::Ledger {
+        self.ledger.ledger()
     }
 
     fn configure(&mut self, text: String) -> Result<(), TrainerError> {

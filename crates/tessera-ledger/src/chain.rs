@@ -144,28 +144,45 @@ impl Ledger {
 /// payouts of its last entry (fetched before they were written): see
 /// [`Accounts::owed`].
 pub fn verify(coordinator: &PeerId, records: &[Record]) -> Result<Ledger, LedgerError> {
-    let key = VerifyingKey::from_bytes(coordinator)
-        .map_err(|_| LedgerError::Invalid("the coordinator's key is not a valid ed25519 point".into()))?;
-    let mut l = Ledger { coordinator: *coordinator, next: 0, head: [0; 32], accounts: Accounts::default() };
-    for r in records {
-        let chain = |why: &str| LedgerError::Chain { seq: r.seq, why: why.to_string() };
-        if r.seq != l.next {
-            return Err(LedgerError::Chain {
-                seq: l.next,
-                why: format!("record {} found in its place (a gap or a reorder)", r.seq),
-            });
+    let mut l = Ledger::replica(coordinator);
+    l.extend(records)?;
+    Ok(l)
+}
+
+impl Ledger {
+    /// An empty copy of `coordinator`'s ledger, to be [`Ledger::extend`]ed as records arrive
+    /// (a node's replica).
+    pub fn replica(coordinator: &PeerId) -> Self {
+        Self { coordinator: *coordinator, next: 0, head: [0; 32], accounts: Accounts::default() }
+    }
+
+    /// Checks and applies `records`, which must continue this ledger. On the first that
+    /// fails the error names it, and the ledger holds what came before it.
+    pub fn extend(&mut self, records: &[Record]) -> Result<(), LedgerError> {
+        let key = VerifyingKey::from_bytes(&self.coordinator)
+            .map_err(|_| LedgerError::Invalid("the coordinator's key is not a valid ed25519 point".into()))?;
+        for r in records {
+            self.extend_one(&key, r)?;
         }
-        if r.prev != l.head {
+        Ok(())
+    }
+
+    fn extend_one(&mut self, key: &VerifyingKey, r: &Record) -> Result<(), LedgerError> {
+        let chain = |why: &str| LedgerError::Chain { seq: r.seq, why: why.to_string() };
+        if r.seq != self.next {
+            let why = format!("record {} found in its place (a gap or a reorder)", r.seq);
+            return Err(LedgerError::Chain { seq: self.next, why });
+        }
+        if r.prev != self.head {
             return Err(chain("does not name the record before it (a changed or forked history)"));
         }
-        r.check_sig(&key).map_err(|why| chain(&why))?;
-        l.accounts.apply(&r.entry).map_err(|why| LedgerError::Rule {
-            seq: r.seq,
-            kind: r.entry.kind(),
-            why,
-        })?;
-        l.head = r.hash();
-        l.next += 1;
+        r.check_sig(key).map_err(|why| chain(&why))?;
+        let mut accounts = self.accounts.clone();
+        let rule = |why| LedgerError::Rule { seq: r.seq, kind: r.entry.kind(), why };
+        accounts.apply(&r.entry).map_err(rule)?;
+        self.accounts = accounts;
+        self.head = r.hash();
+        self.next += 1;
+        Ok(())
     }
-    Ok(l)
 }

@@ -22,8 +22,10 @@ use crate::SimError;
 pub const MAX_IDLE_TICKS: u64 = 100_000;
 /// Most blobs one simulated trainer serves (the oldest go first), as a real endpoint bounds.
 pub const MAX_SERVED: usize = 64;
-/// The simulated coordinator's identity.
-pub const SIM_COORDINATOR: PeerId = [0xC0; 32];
+/// The simulated coordinator's signing key (its identity and its ledger's signer), fixed.
+pub fn sim_coordinator_key() -> tessera_coord::SigningKey {
+    tessera_coord::SigningKey::from_bytes(&blake3::derive_key("tessera-sim coordinator key", b""))
+}
 
 struct Peer {
     t: Trainer,
@@ -85,7 +87,7 @@ pub struct ProtocolSim<'a> {
     blobs: HashMap<Hash32, Vec<u8>>,
     queue: VecDeque<Delivery>,
     now: u64,
-    /// The key the coordinator signs its ledger with.
+    /// The coordinator's identity: the key its ledger is signed with.
     ledger_key: PeerId,
     /// Everything the coordinator persisted and logged, in order.
     pub records: Vec<Record>,
@@ -106,8 +108,7 @@ impl<'a> ProtocolSim<'a> {
         let secret = *blake3::hash(format!("tessera-sim-checker {}", spec.cfg.seed).as_bytes()).as_bytes();
         let mut coord = Coordinator::new(spec.clone(), secret)?;
         // The run keeps its ledger, signed with the simulated coordinator's own key.
-        let key =
-            tessera_coord::SigningKey::from_bytes(&blake3::derive_key("tessera-sim ledger key", &secret));
+        let key = sim_coordinator_key();
         let ledger_key = key.verifying_key().to_bytes();
         let genesis = coord.keep_ledger(key, &[])?;
         let records = genesis
@@ -142,6 +143,20 @@ impl<'a> ProtocolSim<'a> {
         self.ledger_key
     }
 
+    /// The trainer's verified copy of the coordinator's ledger.
+    pub fn peer_ledger(&self, peer: &PeerId) -> Option<&tessera_ledger::Ledger> {
+        self.peers.get(peer).map(|p| p.t.ledger())
+    }
+
+    /// Hands `message`, signed as the coordinator's, to trainer `peer` now (a scripted
+    /// coordinator's lie), and executes what it does.
+    pub fn deliver_to_peer(&mut self, peer: PeerId, message: Message) -> Result<(), SimError> {
+        let s = self.signed_by_coord(message);
+        let now = self.now;
+        let acts = self.peer_mut(&peer).t.handle(now, s);
+        self.act(peer, acts)
+    }
+
     /// Hands `frame` to the coordinator now (a scripted peer outside the run), executes what
     /// it answers, and returns that.
     pub fn deliver_to_coordinator(&mut self, frame: Signed) -> Vec<Output> {
@@ -161,7 +176,7 @@ impl<'a> ProtocolSim<'a> {
         let tc = TrainerConfig {
             stake: tessera_coord::DEFAULT_STAKE,
             me: peer,
-            coordinator: SIM_COORDINATOR,
+            coordinator: self.ledger_key,
             dataset: self.ds.manifest_hash(),
             addr,
             fault_round,
@@ -194,7 +209,7 @@ impl<'a> ProtocolSim<'a> {
         let vc = ValidatorConfig {
             stake: tessera_coord::DEFAULT_STAKE,
             me: id,
-            coordinator: SIM_COORDINATOR,
+            coordinator: self.ledger_key,
             dataset: self.ds.manifest_hash(),
             addr: None,
             behaviour,
@@ -361,7 +376,7 @@ impl<'a> ProtocolSim<'a> {
                 Action::Fetch { sources, hash, len, .. } => {
                     // The first source that holds it; the coordinator is the last.
                     let found = sources.iter().find_map(|s| self.fetch(&s.peer, &hash).map(|b| (s.peer, b)));
-                    if found.as_ref().is_some_and(|(from, _)| *from != SIM_COORDINATOR) {
+                    if found.as_ref().is_some_and(|(from, _)| *from != self.ledger_key) {
                         self.peer_fetches += 1;
                     }
                     let got = found.map(|(_, b)| b).filter(|b| b.len() as u64 == len);
@@ -453,7 +468,7 @@ impl<'a> ProtocolSim<'a> {
 
     /// A blob from the coordinator's store or a live peer's served blobs.
     fn fetch(&self, from: &PeerId, hash: &Hash32) -> Option<Vec<u8>> {
-        if *from == SIM_COORDINATOR {
+        if *from == self.ledger_key {
             return self.blobs.get(hash).cloned();
         }
         let p = self.peers.get(from).filter(|p| p.alive)?;
@@ -462,7 +477,7 @@ impl<'a> ProtocolSim<'a> {
 
     fn signed_by_coord(&mut self, message: Message) -> Signed {
         self.coord_seq += 1;
-        Signed { sender: SIM_COORDINATOR, seq: self.coord_seq, message }
+        Signed { sender: self.ledger_key, seq: self.coord_seq, message }
     }
 
     fn execute(&mut self, outs: Vec<Output>) {

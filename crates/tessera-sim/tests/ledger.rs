@@ -137,3 +137,42 @@ fn a_join_without_the_stake_is_refused() {
     assert!(p.coordinator().accounts().unwrap().get(&pid(7)).is_none());
     assert_eq!(p.coordinator().members().count(), 0);
 }
+
+/// Every trainer fetches the ledger as the `Accept`s announce it and checks it: its copy
+/// ends at the coordinator's head, with the same accounts.
+#[test]
+fn every_trainer_keeps_a_verified_copy_of_the_ledger() {
+    let ds = dataset("copies");
+    let p = run(&ds, Behaviour::Honest, None);
+    let live = p.coordinator().accounts().unwrap().clone();
+    let n = log(&p).len() as u64;
+    for i in 1..=3 {
+        let copy = p.peer_ledger(&pid(i)).unwrap();
+        // The last round's Accept names the head after its RoundClosed and rewards.
+        assert!(copy.head().0 >= n - 4, "trainer {i} holds {} of {n} records", copy.head().0);
+        let full = verify(&p.ledger_key(), &log(&p)[..copy.head().0 as usize]).unwrap();
+        assert_eq!(copy.accounts(), full.accounts(), "trainer {i}'s copy is the coordinator's prefix");
+    }
+    assert_eq!(replay(&p, &p.ledger_key()), live);
+}
+
+/// A coordinator that serves a record it did not sign as it chained the others (here: the
+/// next record, with another's signature) is caught: the trainer stops trusting it and says
+/// why.
+#[test]
+fn a_trainer_catches_a_rewritten_ledger_record() {
+    let ds = dataset("fork");
+    let mut p = run(&ds, Behaviour::Honest, None);
+    let log = log(&p);
+    let (have, head) = p.peer_ledger(&pid(2)).unwrap().head();
+    let forged = tessera_ledger::Record {
+        seq: have,
+        prev: head,
+        entry: tessera_ledger::Entry::Left { peer: pid(1) },
+        sig: log.last().unwrap().sig.clone(),
+    };
+    let lie = Message::LedgerRecords { from: have, records: vec![forged.encode()] };
+    let why = p.deliver_to_peer(pid(2), lie).unwrap_err().to_string();
+    assert!(why.contains("ledger") && why.contains("no longer trusts") && why.contains("signature"), "{why}");
+    assert_eq!(p.peer_ledger(&pid(2)).unwrap().head(), (have, head), "its copy is kept as it was");
+}

@@ -41,6 +41,8 @@ pub const MAX_TEXT: usize = 256;
 pub const MAX_CONFIG: usize = 16 * 1024;
 /// Most sibling hashes one Merkle proof may carry (a commitment has at most 2^16 + 2 leaves).
 pub const MAX_PROOF: usize = 32;
+/// Most ledger records one `LedgerRecords` carries.
+pub const MAX_LEDGER_BATCH: usize = 256;
 /// Most input (or output) hashes one operator's entry may carry in a dispute.
 pub const MAX_OP_IO: usize = 4096;
 const HEADER: usize = 4 + 2 + 4;
@@ -177,6 +179,11 @@ pub enum Message {
     /// on the trainer's own batches and on unassigned batches, as f64 bit patterns (scores are
     /// bit-reproducible, so they compare exactly); `None`: it could not score.
     ScoreReport { round: u64, peer: PeerId, score: Option<[u64; 3]> },
+    /// A node asks for the ledger's records from sequence number `from` on.
+    LedgerFetch { from: u64 },
+    /// The coordinator's answer: encoded ledger records `from`, `from + 1`, … (at most
+    /// [`MAX_LEDGER_BATCH`], within the frame limit).
+    LedgerRecords { from: u64, records: Vec<Vec<u8>> },
 }
 
 /// One question of the dispute game (`tessera_verify::Dispute`). Steps count inner steps from
@@ -252,6 +259,8 @@ impl Message {
             Message::DisputeAnswer { .. } => "DisputeAnswer",
             Message::ScoreTask { .. } => "ScoreTask",
             Message::ScoreReport { .. } => "ScoreReport",
+            Message::LedgerFetch { .. } => "LedgerFetch",
+            Message::LedgerRecords { .. } => "LedgerRecords",
         }
     }
 }
@@ -363,6 +372,7 @@ impl Message {
                 lim("operator inputs", inputs.len(), MAX_OP_IO)?;
                 lim("operator outputs", outputs.len(), MAX_OP_IO)
             }
+            Message::LedgerRecords { records, .. } => lim("ledger records", records.len(), MAX_LEDGER_BATCH),
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

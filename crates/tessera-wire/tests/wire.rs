@@ -21,7 +21,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
     let round = r.u64(2, i);
-    match r.below(3, i, 19) {
+    match r.below(3, i, 21) {
         0 => Message::Join {
             addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect(),
             stake: r.u64(15, i),
@@ -147,6 +147,10 @@ fn random_message(r: &Philox, i: u64) -> Message {
                 .is_multiple_of(2)
                 .then(|| [(r.u64(14, i) as f64 / 7.0).to_bits(), (-0.25f64).to_bits(), 3]),
         },
+        18 => Message::LedgerFetch { from: r.u64(17, i) },
+        19 => {
+            Message::LedgerRecords { from: r.u64(17, i), records: ids.iter().map(|x| x.to_vec()).collect() }
+        }
         _ => Message::Done { round, state_hash: h(r, i) },
     }
 }

@@ -11,10 +11,17 @@ use tessera_ledger::{AcceptedUpdate, Entry, Ledger};
 
 use super::*;
 
-/// The ledger and the key that signs it.
+/// Most ledger records the coordinator holds in memory to serve `LedgerFetch`es (the store
+/// holds them all).
+pub const MAX_SERVED_RECORDS: usize = 1 << 20;
+/// Most bytes of records one `LedgerRecords` carries (within the frame limit).
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+/// The ledger, the key that signs it, and its records (to serve to the nodes).
 pub(super) struct Kept {
     key: SigningKey,
     ledger: Ledger,
+    log: Vec<tessera_ledger::Record>,
 }
 
 impl std::fmt::Debug for Kept {
@@ -33,21 +40,21 @@ impl Coordinator {
         log: &[tessera_ledger::Record],
     ) -> Result<Vec<Output>, CoordError> {
         let me = key.verifying_key().to_bytes();
-        let ledger = match log.is_empty() {
+        let (ledger, log) = match log.is_empty() {
             true => {
                 let config = *blake3::hash(self.cfg.to_toml().as_bytes()).as_bytes();
                 let (l, first) = Ledger::genesis(&key, config, self.cfg.stakes).map_err(ledger_err)?;
-                self.out.push(Output::Persist(Record::Ledger(vec![first])));
-                l
+                self.out.push(Output::Persist(Record::Ledger(vec![first.clone()])));
+                (l, vec![first])
             }
-            false => Ledger::resume(&me, log).map_err(ledger_err)?,
+            false => (Ledger::resume(&me, log).map_err(ledger_err)?, log.to_vec()),
         };
         assert_eq!(
             ledger.accounts().rules(),
             Some(&self.cfg.stakes),
             "the ledger is of this run's economics"
         );
-        self.kept = Some(Kept { key, ledger });
+        self.kept = Some(Kept { key, ledger, log });
         Ok(std::mem::take(&mut self.out))
     }
 
@@ -99,9 +106,33 @@ impl Coordinator {
         let Some(k) = self.kept.as_mut() else { return };
         let kind = entry.kind();
         match k.ledger.append(&k.key, entry) {
-            Ok(records) => self.out.push(Output::Persist(Record::Ledger(records))),
+            Ok(records) => {
+                if k.log.len() + records.len() <= MAX_SERVED_RECORDS {
+                    k.log.extend(records.iter().cloned());
+                }
+                self.out.push(Output::Persist(Record::Ledger(records)));
+            }
             Err(e) => self.event(Event::LedgerRefused { kind, why: e.to_string() }),
         }
+    }
+}
+
+impl Coordinator {
+    /// A node asks for the ledger from record `from` on: as many as fit one message.
+    pub(super) fn on_ledger_fetch(&mut self, to: PeerId, from: u64) {
+        let Some(k) = self.kept.as_ref() else { return };
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for r in k.log.iter().skip(usize::try_from(from).unwrap_or(usize::MAX)) {
+            let b = r.encode();
+            if records.len() >= tessera_wire::MAX_LEDGER_BATCH || bytes + b.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += b.len();
+            records.push(b);
+        }
+        assert!(records.len() <= tessera_wire::MAX_LEDGER_BATCH, "one batch");
+        self.out.push(Output::Send { to, message: Message::LedgerRecords { from, records } });
     }
 }
 

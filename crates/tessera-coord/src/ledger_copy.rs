@@ -1,0 +1,91 @@
+//! A node's copy of the coordinator's ledger. Each `Accept` names the ledger's head; the
+//! node fetches the records it lacks (`LedgerFetch`, answered by `LedgerRecords`), checks
+//! each against the chain it holds (sequence, link, the coordinator's signature, the payout
+//! rules) and compares the announced heads with its own records. A coordinator that rewrites
+//! history (a fork, a gap, a changed record) is caught by the first check that fails, and the
+//! proof is what the error says; the copy keeps what it verified before it.
+
+use tessera_ledger::{Ledger, Record};
+
+use crate::{Hash32, PeerId};
+
+/// Most record hashes a copy remembers to compare announced heads with.
+pub const MAX_COPY_RECORDS: usize = 1 << 20;
+
+/// A verified prefix of the coordinator's ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerCopy {
+    ledger: Ledger,
+    hashes: Vec<Hash32>,
+    /// The latest head the coordinator announced.
+    announced: Option<(u64, Hash32)>,
+}
+
+impl LedgerCopy {
+    pub fn new(coordinator: &PeerId) -> Self {
+        Self { ledger: Ledger::replica(coordinator), hashes: Vec::new(), announced: None }
+    }
+
+    /// The verified ledger so far.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// An `Accept` announced the head `(n, h)`: the record to fetch from, if any is missing;
+    /// `Err` is the proof that the announced history is not the one this copy verified.
+    pub fn announced(&mut self, head: (u64, Hash32)) -> Result<Option<u64>, String> {
+        if self.announced.is_some_and(|a| head.0 < a.0) {
+            return Err(format!(
+                "the ledger's head went back from {} to {} records",
+                self.announced.map_or(0, |a| a.0),
+                head.0
+            ));
+        }
+        self.announced = Some(head);
+        self.check()?;
+        let have = self.ledger.head().0;
+        Ok((head.0 > have).then_some(have))
+    }
+
+    /// Records `from`, `from + 1`, … arrived: verified and kept; the next record to fetch,
+    /// if the announced head is still ahead; `Err` is the proof of a tampered history.
+    pub fn received(&mut self, from: u64, records: &[Vec<u8>]) -> Result<Option<u64>, String> {
+        let have = self.ledger.head().0;
+        if from != have {
+            return Ok(None); // an answer to an earlier fetch
+        }
+        for (i, b) in records.iter().enumerate() {
+            let seq = from + i as u64;
+            let r = Record::decode(b).map_err(|e| format!("ledger record {seq}: {e}"))?;
+            self.ledger.extend(std::slice::from_ref(&r)).map_err(|e| e.to_string())?;
+            if self.hashes.len() < MAX_COPY_RECORDS {
+                self.hashes.push(r.hash());
+            }
+        }
+        self.check()?;
+        let (have, want) = (self.ledger.head().0, self.announced.map_or(0, |a| a.0));
+        match (want > have, records.is_empty()) {
+            (true, true) => Err(format!("the coordinator announced {want} ledger records but serves {have}")),
+            (true, false) => Ok(Some(have)),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// The announced head, where this copy has reached it, must be this copy's record.
+    fn check(&self) -> Result<(), String> {
+        let Some((n, h)) = self.announced else { return Ok(()) };
+        let Some(i) = n.checked_sub(1) else { return Ok(()) };
+        match self.hashes.get(i as usize) {
+            Some(mine) if *mine != h => Err(format!(
+                "the coordinator announced record {i} as {}, but its record {i} was {} (a rewritten history)",
+                hex4(&h),
+                hex4(mine)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn hex4(h: &Hash32) -> String {
+    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,32 @@
+//! A node's copy of the ledger: it fetches what the announced heads say it lacks, and a head
+//! that names another history than the one it verified, or one that goes back, is caught.
+
+use tessera_coord::{LedgerCopy, SigningKey};
+use tessera_ledger::{Entry, Ledger, StakeRules};
+
+#[test]
+fn a_copy_follows_the_announced_heads_and_catches_a_rewritten_history() {
+    let k = SigningKey::from_bytes(&[3; 32]);
+    let me = k.verifying_key().to_bytes();
+    let (mut l, first) = Ledger::genesis(&k, [1; 32], StakeRules::default()).unwrap();
+    let mut log = vec![first];
+    for i in 1..=3u8 {
+        log.extend(l.append(&k, Entry::Joined { peer: [i; 32], stake: 1_000, validator: false }).unwrap());
+    }
+    let enc: Vec<Vec<u8>> = log.iter().map(|r| r.encode()).collect();
+    let mut c = LedgerCopy::new(&me);
+    assert_eq!(c.announced(l.head()), Ok(Some(0)), "fetch from the start");
+    assert_eq!(c.received(0, &enc[..2]), Ok(Some(2)), "more to fetch");
+    assert_eq!(c.received(0, &enc[..2]), Ok(None), "a stale answer changes nothing");
+    assert_eq!(c.received(2, &enc[2..]), Ok(None), "caught up");
+    assert_eq!(c.ledger().head(), l.head());
+    // The coordinator announces another record 3 than the one it served: a rewritten history.
+    let err = c.announced((4, [9; 32])).unwrap_err();
+    assert!(err.contains("rewritten"), "{err}");
+    assert!(c.announced((2, log[1].hash())).is_err(), "a head that goes back");
+    // Announcing more than it serves.
+    let mut c = LedgerCopy::new(&me);
+    c.announced((9, [0; 32])).unwrap();
+    assert_eq!(c.received(0, &enc), Ok(Some(4)));
+    assert!(c.received(4, &[]).unwrap_err().contains("serves"), "and then serves nothing");
+}
