@@ -42,6 +42,9 @@ pub struct Accounts {
     pub burned: Amount,
     /// Rounds closed.
     pub rounds: u64,
+    /// The peers with a verdict in the open round (one each: a coordinator that re-settles a
+    /// check after a restart pays and slashes once).
+    judged: std::collections::BTreeSet<PeerId>,
 }
 
 impl Accounts {
@@ -125,6 +128,7 @@ impl Accounts {
                     a.score_sum = a.score_sum.saturating_add(u.score);
                 }
                 self.rounds += 1;
+                self.judged.clear();
                 let round = *round;
                 for (peer, amount) in split_reward(rules.reward_per_round, accepted) {
                     self.owed.push_back(Entry::Rewarded { round, peer, amount });
@@ -132,6 +136,12 @@ impl Accounts {
             }
             Entry::Verdict { round, peer, cheat, by, proven_by, .. } => {
                 self.known(peer)?;
+                if *round != self.rounds {
+                    return Err(format!("a verdict of round {round} while round {} is open", self.rounds));
+                }
+                if self.judged.len() >= MAX_ACCOUNTS || !self.judged.insert(*peer) {
+                    return Err("a second verdict of the round on this peer".into());
+                }
                 if let Some(v) = by {
                     let a = self.active(v)?;
                     if !a.validator {

@@ -119,6 +119,30 @@ fn a_stake_below_the_minimum_is_refused_and_a_slashed_one_below_it_is_removed() 
         "a removed peer earns nothing"
     );
     assert!(l.append(&key(201), Entry::Left { peer: pid(1) }).is_err(), "only the coordinator writes");
+    // One verdict per peer and round: a check re-settled after a restart pays and slashes once.
+    let (mut l, _) = Ledger::genesis(&k, [7; 32], rules()).unwrap();
+    l.append(&k, Entry::Joined { peer: pid(2), stake: 500, validator: false }).unwrap();
+    let pass = Entry::Verdict {
+        round: 0,
+        peer: pid(2),
+        segment: 0,
+        passed: true,
+        cheat: false,
+        by: None,
+        proven_by: None,
+    };
+    l.append(&k, pass.clone()).unwrap();
+    assert!(matches!(l.append(&k, pass), Err(LedgerError::Rule { kind: "Verdict", .. })));
+    let late = Entry::Verdict {
+        round: 3,
+        peer: pid(2),
+        segment: 0,
+        passed: true,
+        cheat: false,
+        by: None,
+        proven_by: None,
+    };
+    assert!(l.append(&k, late).is_err(), "a verdict of a round that is not open");
 }
 
 #[test]

@@ -327,7 +327,7 @@ impl Store {
             }
             Record::Verdict { round, peer, segment, outcome, by } => {
                 self.db.execute(
-                    "INSERT INTO verdicts(round, peer, segment, outcome, passed, cheat, validator)
+                    "INSERT OR REPLACE INTO verdicts(round, peer, segment, outcome, passed, cheat, validator)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         *round as i64,

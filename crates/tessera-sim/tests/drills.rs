@@ -182,6 +182,8 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
                 |e| matches!(e, Event::Checked { peer, outcome, .. } if *peer != pid(who) && !outcome.passed()),
             );
             assert!(!failed, "seed {seed}: an honest trainer failed a spot check");
+            let refused = p.events.iter().find(|e| matches!(e, Event::LedgerRefused { .. }));
+            assert!(refused.is_none(), "seed {seed}, {bad:?}: the ledger refused {refused:?}");
             if !matches!(bad, Bad::Validator(_)) {
                 assert!(banned(&p, VALIDATOR).is_none(), "seed {seed}: the honest validator was refused");
             }
