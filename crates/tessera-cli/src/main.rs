@@ -55,6 +55,10 @@ enum Cmd {
     /// Print a run's accounts from its coordinator directory, after checking its ledger
     /// (signatures, chain, rules): stake, rewards, fees, slashes and scores per peer.
     Ledger(net::ledger::LedgerArgs),
+    /// Audit a coordinator directory from genesis: the ledger's signatures, chain, payouts and
+    /// balances, each round's states and accepted updates, the stored state blobs. Prints
+    /// `audit: OK` or the first divergent entry, and exits non-zero on one.
+    Audit(net::ledger::LedgerArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
         Cmd::Coordinator(a) => Ok(tessera_node::coordinator::run(a.options())?),
         Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
         Cmd::Ledger(a) => net::ledger::run(a),
+        Cmd::Audit(a) => net::ledger::audit(a),
     }
 }
 

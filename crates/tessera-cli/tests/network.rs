@@ -223,6 +223,15 @@ impl Run {
         Proc::start_env(&self.dir, &format!("node{i}"), &args, &env)
     }
 
+    /// What `tessera audit` prints of the coordinator's directory, and whether it passed.
+    fn audit(&self) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["audit", &self.dir.join("coord").display().to_string()])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
     /// What `tessera ledger` prints of the coordinator's directory (it must succeed).
     fn ledger(&self) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -582,6 +591,32 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
         assert_eq!(slashed(&row(honest)), 0, "{ledger}");
         assert!(rewards(&row(honest)) > 0, "{ledger}");
     }
+    audited_and_tampered(&run);
+}
+
+/// The audit passes on the run as it is, and names the entry when one byte of a ledger row,
+/// or of a stored state blob, is flipped.
+fn audited_and_tampered(run: &Run) {
+    let (ok, out) = run.audit();
+    assert!(ok && out.contains("audit: OK") && out.contains("3 rounds"), "{out}");
+    let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
+    let row: Vec<u8> = db.query_row("SELECT record FROM ledger WHERE seq = 5", [], |r| r.get(0)).unwrap();
+    let mut bad = row.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1; // a bit of the signature
+    db.execute("UPDATE ledger SET record = ?1 WHERE seq = 5", [&bad]).unwrap();
+    let (ok, out) = run.audit();
+    assert!(!ok && out.contains("audit: FAILED") && out.contains("record 5"), "{out}");
+    db.execute("UPDATE ledger SET record = ?1 WHERE seq = 5", [&row]).unwrap();
+    assert!(run.audit().0, "restored");
+    // The final state's blob, flipped on disk.
+    let h: Vec<u8> = db.query_row("SELECT state_hash FROM rounds WHERE round = 2", [], |r| r.get(0)).unwrap();
+    let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&h));
+    let mut blob = std::fs::read(&path).unwrap();
+    blob[100] ^= 1;
+    std::fs::write(&path, &blob).unwrap();
+    let (ok, out) = run.audit();
+    assert!(!ok && out.contains("RoundClosed of round 2") && out.contains("corrupt"), "{out}");
 }
 
 /// Validators as processes: every update is checked by one of two validators, one honest

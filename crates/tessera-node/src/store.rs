@@ -344,6 +344,27 @@ impl Store {
         Ok(())
     }
 
+    /// The state hash recorded after round `round` closed, if it did.
+    pub fn closed_state(&self, round: u64) -> Result<Option<Hash32>, StoreError> {
+        let row: Option<Option<Vec<u8>>> = self
+            .db
+            .query_row("SELECT state_hash FROM rounds WHERE round = ?1", [round as i64], |r| r.get(0))
+            .optional()?;
+        row.flatten().map(h32).transpose()
+    }
+
+    /// The peers whose updates round `round` accepted, in peer order.
+    pub fn accepted_in(&self, round: u64) -> Result<Vec<Hash32>, StoreError> {
+        let mut q = self.db.prepare("SELECT peer FROM accepted WHERE round = ?1 ORDER BY peer")?;
+        let rows = q.query_map([round as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| h32(r?)).collect()
+    }
+
+    /// Whether blob `h` is stored (it may have been collected with its round).
+    pub fn has_blob(&self, h: &Hash32) -> bool {
+        self.blob_path(h).exists()
+    }
+
     /// The ledger replayed from its records and checked against the coordinator's key
     /// (signatures, chain, rules); `None` when this store keeps no ledger.
     pub fn verified_ledger(&self) -> Result<Option<tessera_ledger::Ledger>, StoreError> {

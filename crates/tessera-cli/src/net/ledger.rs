@@ -31,6 +31,24 @@ pub fn run(a: LedgerArgs) -> Result<()> {
     Ok(())
 }
 
+/// `tessera audit DIR`.
+pub fn audit(a: LedgerArgs) -> Result<()> {
+    match tessera_node::audit::audit(&a.dir) {
+        Ok(r) => {
+            let last = r.final_state.map_or("none".to_string(), |h| tessera_net::hex(&h));
+            println!(
+                "audit: OK: {} records, {} rounds, {} state blobs re-hashed; final state {last}",
+                r.records, r.rounds, r.blobs_checked
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("audit: FAILED: {e}");
+            anyhow::bail!("the audit of {} failed: {e}", a.dir.display())
+        }
+    }
+}
+
 /// The accounts as lines of a table, a header first, then a line of totals.
 pub fn table(accounts: &Accounts) -> Vec<String> {
     let mut out = vec![format!(
