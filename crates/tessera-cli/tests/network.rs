@@ -814,6 +814,11 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let ledger = run.ledger();
     assert!(ledger.contains("verified"), "{ledger}");
     assert!(ledger.contains(&format!("{} rounds paid", run.cfg.rounds)), "{ledger}");
+    // And the audit of the run, across the kill and the restart, passes from genesis.
+    let (ok, audit) = run.audit();
+    let rounds = format!("{} rounds", run.cfg.rounds);
+    assert!(ok && audit.contains("audit: OK") && audit.contains(&rounds), "{audit}");
+    assert!(audit.contains(&final_hash), "the audit ends in the run's final state: {audit}");
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
     let ids: Vec<u8> = (1..=n).collect();
     assert_eq!(final_hash, simulated(&run, &ids));
