@@ -3,26 +3,14 @@
 //! recomputing that operator (or, when the operators cannot decide, that one step). The loser
 //! is refused; a side that stops answering loses by timeout.
 
-use std::path::PathBuf;
+mod common;
 
+use common::pid;
 use tessera_coord::{
     ops_per_step, Behaviour, Dispute, Disputed, Event, Loser, Record, RunConfig, RunSpec, Shirk,
 };
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
-use tessera_model::fixtures::SONNETS;
+use tessera_data::Dataset;
 use tessera_sim::ProtocolSim;
-
-fn dataset(name: &str) -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-disputes-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
-    Dataset::open(&dir).unwrap()
-}
-
-fn pid(i: u8) -> [u8; 32] {
-    [i; 32]
-}
 
 const VALIDATOR: u8 = 9;
 
@@ -82,7 +70,7 @@ fn until_banned(p: &mut ProtocolSim, who: u8, rounds: u64) {
 /// validator loses and is refused, and the honest trainer's update is aggregated.
 #[test]
 fn a_lying_validator_is_narrowed_to_one_operator_and_loses() {
-    let ds = dataset("liar");
+    let ds = common::dataset("disputes", "liar");
     let rc = cfg(2, 1);
     let ops = ops_per_step(&RunSpec::new(rc.clone()).unwrap()).unwrap();
     let mut p = sim(&ds, rc, Behaviour::Lying);
@@ -118,7 +106,7 @@ fn a_lying_validator_is_narrowed_to_one_operator_and_loses() {
 /// it ends, so the referee recomputes that one step and rules against the trainer.
 #[test]
 fn a_skipping_trainer_loses_its_dispute_by_the_referees_recomputation() {
-    let ds = dataset("skipper");
+    let ds = common::dataset("disputes", "skipper");
     let mut p = sim(&ds, cfg(4, 2), Behaviour::Honest);
     p.shirk(&pid(1), Shirk::SkipSteps);
     until_banned(&mut p, 1, 8);
@@ -135,7 +123,7 @@ fn a_skipping_trainer_loses_its_dispute_by_the_referees_recomputation() {
 /// goes on without it.
 #[test]
 fn a_trainer_that_stops_answering_loses_by_timeout() {
-    let ds = dataset("mute");
+    let ds = common::dataset("disputes", "mute");
     let mut p = sim(&ds, cfg(4, 2), Behaviour::Honest);
     p.shirk(&pid(1), Shirk::SkipSteps);
     p.mute_in_disputes(&pid(1));
@@ -154,7 +142,7 @@ fn a_trainer_that_stops_answering_loses_by_timeout() {
 /// skipping too: both are refused (the regression test of ruling "pass" on a won dispute).
 #[test]
 fn a_won_dispute_does_not_clear_a_cheating_trainer() {
-    let ds = dataset("both");
+    let ds = common::dataset("disputes", "both");
     let mut p = sim(&ds, cfg(2, 1), Behaviour::Lying);
     p.shirk(&pid(1), Shirk::SkipSteps);
     until_banned(&mut p, 1, 8);
@@ -185,7 +173,7 @@ fn a_late_answer_to_an_ended_dispute_is_not_refused() {
         c.rounds = 20;
         c.batch = 2;
     });
-    let ds = dataset("late");
+    let ds = common::dataset("disputes", "late");
     let mut p = ProtocolSim::new(rc, &ds).unwrap();
     for i in 1..=4 {
         p.join(pid(i)).unwrap();

@@ -2,26 +2,12 @@
 //! and no honest trainer is ever refused. Four seeds run by default; the full sweep of 100
 //! seeds is `cargo test --release -p tessera-sim --test drills -- --ignored a_hundred`.
 
-use std::path::PathBuf;
+mod common;
 
+use common::pid;
 use tessera_coord::{Behaviour, Cheat, ClosedRound, Event, Record, RunConfig, RunSpec, Shirk};
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
-use tessera_model::fixtures::SONNETS;
+use tessera_data::Dataset;
 use tessera_sim::ProtocolSim;
-
-/// The Sonnets as a dataset, one directory per test (`name`), so that tests running in
-/// parallel never share or remove each other's files.
-fn dataset(name: &str) -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-drills-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
-    Dataset::open(&dir).unwrap()
-}
-
-fn pid(i: u8) -> [u8; 32] {
-    [i; 32]
-}
 
 fn cfg(seed: u64) -> RunConfig {
     let base = RunConfig {
@@ -119,7 +105,7 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 /// - skip-steps, wrong-data and forge are proven by a spot check within [`MAX_ROUNDS`];
 /// - nobody honest is refused, and no honest spot check fails.
 fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
-    let ds = dataset(name);
+    let ds = common::dataset("drills", name);
     let (mut caught, mut runs, mut rounds_to_catch) = (0, 0, Vec::new());
     for seed in seeds {
         let honest = run(&ds, seed, None, 3);
@@ -221,7 +207,7 @@ fn a_hundred_seeds_of_cheat_drills() {
 #[test]
 #[ignore = "a measurement: cargo test --release -p tessera-sim --test drills -- --ignored --nocapture scores"]
 fn scores_of_honest_and_cheating_updates() {
-    let ds = dataset("scores");
+    let ds = common::dataset("drills", "scores");
     let (mut honest, mut random, mut poison) = (Vec::new(), Vec::new(), Vec::new());
     let (mut honest_margin, mut wrong_margin) = (Vec::new(), Vec::new());
     for seed in 1..11 {

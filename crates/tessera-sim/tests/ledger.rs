@@ -2,25 +2,13 @@
 //! its budget over the accepted updates, every proven cheat is slashed and its whistleblower
 //! paid, and replaying the persisted records gives the coordinator's accounts bit for bit.
 
-use std::path::PathBuf;
+mod common;
 
+use common::pid;
 use tessera_coord::{Behaviour, Event, Message, Output, Record, RunConfig, Shirk, Signed};
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
+use tessera_data::Dataset;
 use tessera_ledger::{verify, Accounts};
-use tessera_model::fixtures::SONNETS;
 use tessera_sim::ProtocolSim;
-
-fn dataset(name: &str) -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-ledger-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
-    Dataset::open(&dir).unwrap()
-}
-
-fn pid(i: u8) -> [u8; 32] {
-    [i; 32]
-}
 
 const VALIDATOR: u8 = 9;
 
@@ -72,7 +60,7 @@ fn run<'a>(ds: &'a Dataset, validator: Behaviour, shirker: Option<u8>) -> Protoc
 
 #[test]
 fn the_ledger_pays_honest_work_and_slashes_a_proven_cheat() {
-    let ds = dataset("skipper");
+    let ds = common::dataset("ledger", "skipper");
     let p = run(&ds, Behaviour::Honest, Some(1));
     let refused: Vec<&Event> = p.events.iter().filter(|e| matches!(e, Event::LedgerRefused { .. })).collect();
     assert!(refused.is_empty(), "{refused:?}");
@@ -108,7 +96,7 @@ fn the_ledger_pays_honest_work_and_slashes_a_proven_cheat() {
 
 #[test]
 fn a_lying_validator_is_slashed_and_the_trainer_it_accused_is_paid() {
-    let ds = dataset("liar");
+    let ds = common::dataset("ledger", "liar");
     let p = run(&ds, Behaviour::Lying, None);
     let live = p.coordinator().accounts().unwrap().clone();
     assert_eq!(replay(&p, &p.ledger_key()), live);
@@ -123,7 +111,7 @@ fn a_lying_validator_is_slashed_and_the_trainer_it_accused_is_paid() {
 /// no account of it.
 #[test]
 fn a_join_without_the_stake_is_refused() {
-    let ds = dataset("stake");
+    let ds = common::dataset("ledger", "stake");
     let mut p = ProtocolSim::new(cfg(), &ds).unwrap();
     let outs = p.deliver_to_coordinator(Signed {
         sender: pid(7),
@@ -142,7 +130,7 @@ fn a_join_without_the_stake_is_refused() {
 /// ends at the coordinator's head, with the same accounts.
 #[test]
 fn every_trainer_keeps_a_verified_copy_of_the_ledger() {
-    let ds = dataset("copies");
+    let ds = common::dataset("ledger", "copies");
     let p = run(&ds, Behaviour::Honest, None);
     let live = p.coordinator().accounts().unwrap().clone();
     let n = log(&p).len() as u64;
@@ -161,7 +149,7 @@ fn every_trainer_keeps_a_verified_copy_of_the_ledger() {
 /// why.
 #[test]
 fn a_trainer_catches_a_rewritten_ledger_record() {
-    let ds = dataset("fork");
+    let ds = common::dataset("ledger", "fork");
     let mut p = run(&ds, Behaviour::Honest, None);
     let log = log(&p);
     let (have, head) = p.peer_ledger(&pid(2)).unwrap().head();

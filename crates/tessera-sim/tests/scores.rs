@@ -3,24 +3,12 @@
 //! re-scores every update called harmful and a share (`decoy_rate`) of the others, and
 //! refuses a validator whose score is not its own bit for bit.
 
-use std::path::PathBuf;
+mod common;
 
+use common::pid;
 use tessera_coord::{Behaviour, Event, Record, RunConfig, Validate};
-use tessera_data::{ingest_bytes, Dataset, IngestOptions};
-use tessera_model::fixtures::SONNETS;
+use tessera_data::Dataset;
 use tessera_sim::ProtocolSim;
-
-fn dataset(name: &str) -> Dataset {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-scores-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = IngestOptions { shard_tokens: 8192, ..IngestOptions::default() };
-    ingest_bytes(SONNETS, "sonnets", &dir, &opts).unwrap();
-    Dataset::open(&dir).unwrap()
-}
-
-fn pid(i: u8) -> [u8; 32] {
-    [i; 32]
-}
 
 const VALIDATOR: u8 = 9;
 
@@ -78,7 +66,7 @@ fn banned(p: &ProtocolSim, who: u8) -> bool {
 /// included, and the run reaches the same state as when the coordinator scores.
 #[test]
 fn a_validators_scores_are_the_coordinators_bit_for_bit() {
-    let ds = dataset("honest");
+    let ds = common::dataset("scores", "honest");
     let own = run(&ds, cfg(Validate::Coordinator, 0.5), None);
     let by_v = run(&ds, cfg(Validate::Validators, 0.5), Some(Behaviour::Honest));
     let (a, b) = (scores(&own), scores(&by_v));
@@ -98,7 +86,7 @@ fn a_validators_scores_are_the_coordinators_bit_for_bit() {
 /// audit. No honest update is left out either way.
 #[test]
 fn lying_and_lazy_scorers_are_refused_and_no_honest_update_is_left_out() {
-    let ds = dataset("cheats");
+    let ds = common::dataset("scores", "cheats");
     for (behaviour, audit) in [(Behaviour::Lying, 0.0), (Behaviour::Lazy, 1.0)] {
         let p = run(&ds, cfg(Validate::Validators, audit), Some(behaviour));
         assert!(banned(&p, VALIDATOR), "{behaviour:?} is refused");
