@@ -594,12 +594,31 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
     audited_and_tampered(&run);
 }
 
-/// The audit passes on the run as it is, and names the entry when one byte of a ledger row,
-/// or of a stored state blob, is flipped.
+/// The audit passes on the run as it is, recomputing every round from its accepted updates,
+/// and names the entry when one byte of a ledger row, of an accepted update blob, or of a
+/// stored state blob, is flipped.
 fn audited_and_tampered(run: &Run) {
     let (ok, out) = run.audit();
-    assert!(ok && out.contains("audit: OK") && out.contains("3 rounds"), "{out}");
+    assert!(
+        ok && out.contains("audit: OK") && out.contains("3 rounds (3 recomputed from 6 update blobs)"),
+        "{out}"
+    );
     let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
+    // One byte of an update accepted in round 1, flipped on disk.
+    let accept: Vec<u8> =
+        db.query_row("SELECT accept FROM rounds WHERE round = 1", [], |r| r.get(0)).unwrap();
+    let Ok(Message::Accept { updates, .. }) = postcard::from_bytes::<Message>(&accept) else {
+        panic!("an Accept")
+    };
+    let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&updates[1]));
+    let blob = std::fs::read(&path).unwrap();
+    let mut bad = blob.clone();
+    bad[blob.len() / 2] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, out) = run.audit();
+    assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the update of"), "{out}");
+    std::fs::write(&path, &blob).unwrap();
+    assert!(run.audit().0, "restored");
     let row: Vec<u8> = db.query_row("SELECT record FROM ledger WHERE seq = 5", [], |r| r.get(0)).unwrap();
     let mut bad = row.clone();
     let last = bad.len() - 1;
@@ -818,6 +837,10 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let (ok, audit) = run.audit();
     let rounds = format!("{} rounds", run.cfg.rounds);
     assert!(ok && audit.contains("audit: OK") && audit.contains(&rounds), "{audit}");
+    // Every round is recomputed from its updates, but NoLoCo's, which close through replicas.
+    let noloco = run.cfg.algo == Algorithm::NoLoCo;
+    let recomputed = format!("({} recomputed", if noloco { 0 } else { run.cfg.rounds });
+    assert!(audit.contains(&recomputed), "{audit}");
     assert!(audit.contains(&final_hash), "the audit ends in the run's final state: {audit}");
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
     let ids: Vec<u8> = (1..=n).collect();

@@ -287,9 +287,9 @@ impl Coordinator {
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => {
-                    // Peers fetch updates themselves unless a hub sends them the aggregate.
-                    let keep = self.spec.outer.exchange() != Exchange::Hub;
-                    Slot::Accepted { hash, values: d.values, support: d.support, bytes: keep.then_some(b) }
+                    // Kept at the close: peers fetch them (all-gather), and `tessera audit`
+                    // recomputes each round's aggregate from them.
+                    Slot::Accepted { hash, values: d.values, support: d.support, bytes: Some(b) }
                 }
                 Ok(d) => {
                     Slot::Rejected(Reject::WrongRound { got: d.header.round, want: Some(self.global.round) })
@@ -736,10 +736,8 @@ impl Coordinator {
             self.global = closed.consensus;
             return Ok(Stepped { aggregate: None, pairs: Some(closed.pairs), spread: Some(closed.spread) });
         }
-        let combined = match contribs.is_empty() {
-            true => None,
-            false => Some(self.spec.outer.combine(round, &contribs)?),
-        };
+        let spec = self.spec.clone();
+        let combined = spec.step(&mut self.global, round, &contribs)?;
         if let Some(c) = combined.as_ref().filter(|c| c.blob.is_some()) {
             self.screen.remember(Fingerprint::of(&c.values, None)); // an aggregate resent is a replay
         }
@@ -748,7 +746,6 @@ impl Coordinator {
         }
         let aggregate = combined.as_ref().and_then(|c| c.blob.clone());
         let agg_hash = aggregate.as_ref().map(|b| *blake3::hash(b).as_bytes());
-        self.global.apply(&self.spec.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
         if let (Some(bytes), Some(hash)) = (aggregate, agg_hash) {
             self.out.push(Output::StoreBlob { hash, bytes });
         }

@@ -5,7 +5,7 @@
 //! layout.
 
 use tessera_model::{Gpt, GptConfig, ParamSet};
-use tessera_sync::{Expected, Outer};
+use tessera_sync::{decode_update, Combined, Contribution, Expected, Outer};
 
 use crate::{CoordError, GlobalState, Hash32, RunConfig};
 
@@ -55,6 +55,33 @@ impl RunSpec {
     /// What a valid update must look like (layout, length, norm bound).
     pub fn expected(&self) -> &Expected {
         &self.expected
+    }
+
+    /// One round of a hub or all-gather algorithm applied to `state`: the accepted
+    /// contributions combined in peer order (none: the outer step alone) and the outer step.
+    /// The coordinator's close and `tessera audit`'s replay both take this one path, so an
+    /// audit recomputes exactly what the coordinator computed. NoLoCo closes through its
+    /// replicas instead.
+    pub fn step(
+        &self,
+        state: &mut GlobalState,
+        round: u64,
+        contribs: &[Contribution],
+    ) -> Result<Option<Combined>, CoordError> {
+        assert_eq!(state.round, round, "a round is applied to the state it started from");
+        let combined = match contribs.is_empty() {
+            true => None,
+            false => Some(self.outer.combine(round, contribs)?),
+        };
+        state.apply(&self.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
+        assert_eq!(state.round, round + 1, "a round closes once");
+        Ok(combined)
+    }
+
+    /// The `index`th accepted update of a round, decoded from its blob.
+    pub fn contribution(&self, index: usize, blob: &[u8]) -> Result<Contribution, CoordError> {
+        let d = decode_update(blob, &self.expected)?;
+        Ok(Contribution { peer: index as u64, weight: 1.0, values: d.values, support: d.support })
     }
 
     /// Decodes a state blob of this run, which must hash to `want`.

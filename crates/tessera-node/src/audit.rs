@@ -1,14 +1,25 @@
 //! `tessera audit DIR`: a coordinator directory checked from genesis, trusting nothing in it.
-//! The ledger is replayed against the coordinator's key (every signature, chain link and
-//! payout rule, and so every balance); every `RoundClosed` must chain from the run's initial
-//! state through each round's recorded state and name the round's accepted updates; every
-//! state blob still stored is read back and re-hashed. The first divergence is named.
-//! Not yet: recomputing each round's aggregate from its accepted update blobs (the store
-//! does not keep them) and re-running each dispute's operator.
+//! - The ledger is replayed against the coordinator's key: every signature, chain link and
+//!   payout rule, and so every balance.
+//! - The stored config must be the one the ledger's `RunCreated` names, and the run's initial
+//!   state is derived from it afresh (never read from the store).
+//! - Every `RoundClosed` must chain from the state the round before ended in, name the
+//!   round's accepted updates as the store recorded them, and, for the hub and all-gather
+//!   algorithms, end in the state recomputed here: each accepted update blob read back,
+//!   re-hashed, decoded and combined in peer order through the very function the coordinator
+//!   closes rounds with ([`tessera_coord::RunSpec::step`]).
+//! - A round whose update blobs are gone (or a NoLoCo round, which closes through replicas)
+//!   is chained but not recomputed; recomputation resumes from the next stored state blob.
+//!   The report counts both.
+//!
+//! The first divergence is named, with the ledger record it is in.
+//! Not yet: re-running each dispute's operator (the store keeps the ruling, not the inputs).
 
 use std::path::Path;
 
-use tessera_ledger::Entry;
+use tessera_coord::{GlobalState, RunConfig, RunSpec};
+use tessera_ledger::{AcceptedUpdate, Entry};
+use tessera_sync::Exchange;
 
 use crate::{Store, StoreError};
 
@@ -17,6 +28,11 @@ use crate::{Store, StoreError};
 pub struct AuditReport {
     pub records: u64,
     pub rounds: u64,
+    /// Rounds whose end state was recomputed from their accepted updates.
+    pub recomputed: u64,
+    /// Update blobs read back, re-hashed and combined.
+    pub updates_checked: u64,
+    /// Stored state blobs read back and re-hashed.
     pub blobs_checked: u64,
     pub final_state: Option<[u8; 32]>,
 }
@@ -28,6 +44,8 @@ pub enum AuditError {
     NoLedger,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the run's config: {0}")]
+    Config(String),
     #[error("record {seq} (RoundClosed of round {round}): {why}")]
     Round { seq: u64, round: u64, why: String },
 }
@@ -37,32 +55,124 @@ pub fn audit(dir: &Path) -> Result<AuditReport, AuditError> {
     let store = Store::open_read_only(dir)?;
     let ledger = store.verified_ledger()?.ok_or(AuditError::NoLedger)?;
     let log = store.ledger()?;
-    let mut state = match store.meta("initial_state")? {
-        Some(b) => b.try_into().map_err(|_| StoreError::Corrupt("the initial state's hash".into()))?,
-        None => return Err(AuditError::Store(StoreError::Corrupt("no initial state recorded".into()))),
+    let spec = run_spec(&store, &log)?;
+    let initial = spec.initial_state();
+    match store.meta("initial_state")? {
+        Some(h) if h == initial.hash() => {}
+        _ => return Err(AuditError::Config("the recorded initial state is not the config's".into())),
+    }
+    let mut replay = Replay { store: &store, spec: &spec, hash: initial.hash(), state: Some(initial) };
+    let mut report = AuditReport {
+        records: ledger.head().0,
+        rounds: 0,
+        recomputed: 0,
+        updates_checked: 0,
+        blobs_checked: 0,
+        final_state: None,
     };
-    let (mut rounds, mut blobs) = (0u64, 0u64);
     for r in &log {
         let Entry::RoundClosed { round, start, end, accepted, .. } = &r.entry else { continue };
         let fail = |why: String| AuditError::Round { seq: r.seq, round: *round, why };
-        if *start != state {
-            return Err(fail("it does not start from the state the round before ended in".into()));
+        replay.round(*round, (start, end), accepted, &mut report).map_err(fail)?;
+        report.rounds += 1;
+    }
+    assert_eq!(report.rounds, ledger.accounts().rounds, "one RoundClosed per paid round");
+    assert!(report.recomputed <= report.rounds, "a round is recomputed at most once");
+    report.final_state = (report.rounds > 0).then_some(replay.hash);
+    Ok(report)
+}
+
+/// The run's spec, from the stored config, which must be the one the ledger was created for.
+fn run_spec(store: &Store, log: &[tessera_ledger::Record]) -> Result<RunSpec, AuditError> {
+    let text = store.meta("config")?.ok_or_else(|| AuditError::Config("no config stored".into()))?;
+    let named = log.iter().find_map(|r| match &r.entry {
+        Entry::RunCreated { config, .. } => Some(*config),
+        _ => None,
+    });
+    if named != Some(*blake3::hash(&text).as_bytes()) {
+        return Err(AuditError::Config(
+            "the stored config is not the one the ledger's RunCreated names".into(),
+        ));
+    }
+    let text = String::from_utf8(text).map_err(|_| AuditError::Config("not UTF-8".into()))?;
+    let cfg = RunConfig::from_toml(&text).map_err(|e| AuditError::Config(e.to_string()))?;
+    RunSpec::new(cfg).map_err(|e| AuditError::Config(e.to_string()))
+}
+
+/// The state the replay has reached: its hash, and the state itself while it is known.
+struct Replay<'a> {
+    store: &'a Store,
+    spec: &'a RunSpec,
+    hash: [u8; 32],
+    state: Option<GlobalState>,
+}
+
+impl Replay<'_> {
+    /// Checks one closed round and moves on to its end state.
+    fn round(
+        &mut self,
+        round: u64,
+        (start, end): (&[u8; 32], &[u8; 32]),
+        accepted: &[AcceptedUpdate],
+        report: &mut AuditReport,
+    ) -> Result<(), String> {
+        if *start != self.hash {
+            return Err("it does not start from the state the round before ended in".into());
         }
-        if store.closed_state(*round)? != Some(*end) {
-            return Err(fail("its end state is not the one the store recorded for the round".into()));
+        let closed = self.store.closed_state(round).map_err(|e| e.to_string())?;
+        if closed != Some(*end) {
+            return Err("its end state is not the one the store recorded for the round".into());
         }
         let peers: Vec<[u8; 32]> = accepted.iter().map(|a| a.peer).collect();
-        if store.accepted_in(*round)? != peers {
-            return Err(fail("its accepted updates are not the ones the store recorded".into()));
+        if self.store.accepted_in(round).map_err(|e| e.to_string())? != peers {
+            return Err("its accepted updates are not the ones the store recorded".into());
         }
-        if store.has_blob(end) {
-            store.blob(end).map_err(|e| fail(format!("the end state's blob: {e}")))?;
-            blobs += 1;
+        let recomputed = self.recompute(round, accepted, report)?;
+        if let Some(s) = &recomputed {
+            if s.hash() != *end {
+                return Err(format!(
+                    "its accepted updates combine to state {}, not to the {} it names",
+                    tessera_tensor::hex(&s.hash()[..4]),
+                    tessera_tensor::hex(&end[..4])
+                ));
+            }
+            report.recomputed += 1;
         }
-        state = *end;
-        rounds += 1;
+        self.state = match (recomputed, self.store.has_blob(end)) {
+            (s, true) => {
+                let stored =
+                    self.store.state(self.spec, end).map_err(|e| format!("its end state's blob: {e}"))?;
+                report.blobs_checked += 1;
+                s.or(Some(stored))
+            }
+            (s, false) => s,
+        };
+        self.hash = *end;
+        Ok(())
     }
-    assert_eq!(rounds, ledger.accounts().rounds, "one RoundClosed per paid round");
-    let final_state = (rounds > 0).then_some(state);
-    Ok(AuditReport { records: ledger.head().0, rounds, blobs_checked: blobs, final_state })
+
+    /// The round's end state recomputed from its update blobs, or `None` when it cannot be
+    /// (no start state known, a NoLoCo round, or an update blob no longer stored).
+    fn recompute(
+        &mut self,
+        round: u64,
+        accepted: &[AcceptedUpdate],
+        report: &mut AuditReport,
+    ) -> Result<Option<GlobalState>, String> {
+        let Some(mut state) = self.state.take() else { return Ok(None) };
+        let stored = accepted.iter().all(|a| self.store.has_blob(&a.update));
+        if self.spec.outer.exchange() == Exchange::Pairs || !stored {
+            return Ok(None);
+        }
+        let mut contribs = Vec::with_capacity(accepted.len());
+        for (i, a) in accepted.iter().enumerate() {
+            let who = tessera_tensor::hex(&a.peer[..4]);
+            let blob = self.store.blob(&a.update).map_err(|e| format!("the update of {who}: {e}"))?;
+            let c = self.spec.contribution(i, &blob).map_err(|e| format!("the update of {who}: {e}"))?;
+            contribs.push(c);
+            report.updates_checked += 1;
+        }
+        self.spec.step(&mut state, round, &contribs).map_err(|e| format!("recomputing the round: {e}"))?;
+        Ok(Some(state))
+    }
 }
