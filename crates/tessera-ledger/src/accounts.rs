@@ -4,8 +4,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::rules::{slash, split_reward};
-use crate::{Amount, Entry, Hash32, PeerId, StakeRules, MAX_ACCOUNTS, MAX_REASON, MAX_ROUND_ENTRIES};
+use crate::rules::{slash, split, split_reward};
+use crate::yuma::{yuma, KAPPA, PPB};
+use crate::{
+    AcceptedUpdate, Amount, Entry, Hash32, PeerId, StakeRules, MAX_ACCOUNTS, MAX_REASON, MAX_ROUND_ENTRIES,
+    MAX_WEIGHING,
+};
 
 /// One peer's account.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,11 +44,18 @@ pub struct Accounts {
     owed: VecDeque<Entry>,
     /// Slashed amounts nobody was paid (the part beyond whistleblower shares).
     pub burned: Amount,
+    /// Round budgets Yuma's clipping left unpaid.
+    pub unpaid: Amount,
     /// Rounds closed.
     pub rounds: u64,
     /// The peers with a verdict in the open round (one each: a coordinator that re-settles a
     /// check after a restart pays and slashes once).
     judged: std::collections::BTreeSet<PeerId>,
+    /// The validators' scores of the open round, by validator.
+    weights: BTreeMap<PeerId, Vec<(PeerId, i64)>>,
+    /// Yuma bonds by (validator, peer), of the last round paid by weights (only its pairs
+    /// are carried, which bounds them by [`MAX_WEIGHING`] × [`MAX_ROUND_ENTRIES`]).
+    bonds: BTreeMap<(PeerId, PeerId), u64>,
 }
 
 impl Accounts {
@@ -130,9 +141,29 @@ impl Accounts {
                 self.rounds += 1;
                 self.judged.clear();
                 let round = *round;
-                for (peer, amount) in split_reward(rules.reward_per_round, accepted) {
+                let paid = match self.weights.is_empty() {
+                    true => split_reward(rules.reward_per_round, accepted),
+                    false => self.by_consensus(rules, accepted),
+                };
+                for (peer, amount) in paid {
                     self.owed.push_back(Entry::Rewarded { round, peer, amount });
                 }
+            }
+            Entry::Weights { round, validator, scores, sig } => {
+                if *round != self.rounds {
+                    return Err(format!("weights of round {round} while round {} is open", self.rounds));
+                }
+                if !self.active(validator)?.validator {
+                    return Err("weights by a trainer".into());
+                }
+                if scores.len() > MAX_ROUND_ENTRIES || !scores.windows(2).all(|w| w[0].0 < w[1].0) {
+                    return Err(format!("scores not in strict peer order, or more than {MAX_ROUND_ENTRIES}"));
+                }
+                if self.weights.contains_key(validator) || self.weights.len() >= MAX_WEIGHING {
+                    return Err(format!("a second Weights of the round, or more than {MAX_WEIGHING}"));
+                }
+                crate::check_weights(validator, *round, scores, sig)?;
+                self.weights.insert(*validator, scores.clone());
             }
             Entry::Verdict { round, peer, cheat, by, proven_by, .. } => {
                 self.known(peer)?;
@@ -180,6 +211,41 @@ impl Accounts {
             }
         }
         Ok(())
+    }
+
+    /// The open round's payouts by Yuma consensus over the validators' weights (taken): each
+    /// accepted update's share of the budget is its incentive (floored; the rest is unpaid),
+    /// and the validators' budget is split by their dividends.
+    fn by_consensus(&mut self, rules: &StakeRules, accepted: &[AcceptedUpdate]) -> Vec<(PeerId, Amount)> {
+        let weights = std::mem::take(&mut self.weights);
+        let validators: Vec<PeerId> = weights.keys().copied().collect();
+        let stake: Vec<u64> = validators.iter().map(|v| self.by_peer.get(v).map_or(0, |a| a.stake)).collect();
+        let score =
+            |row: &[(PeerId, i64)], p: &PeerId| row.binary_search_by_key(p, |s| s.0).map_or(0, |i| row[i].1);
+        let scores: Vec<Vec<i64>> =
+            weights.values().map(|row| accepted.iter().map(|a| score(row, &a.peer)).collect()).collect();
+        let prior: Vec<Vec<u64>> = validators
+            .iter()
+            .map(|v| accepted.iter().map(|a| self.bonds.get(&(*v, a.peer)).copied().unwrap_or(0)).collect())
+            .collect();
+        let c = yuma(&stake, &scores, KAPPA, &prior);
+        self.bonds.clear();
+        for (v, row) in validators.iter().zip(&c.bonds) {
+            self.bonds.extend(accepted.iter().zip(row).map(|(a, b)| ((*v, a.peer), *b)));
+        }
+        let budget = u128::from(rules.reward_per_round);
+        let mut paid: Vec<(PeerId, Amount)> = accepted
+            .iter()
+            .zip(&c.incentive)
+            .map(|(a, i)| (a.peer, (budget * u128::from(*i) / u128::from(PPB)) as Amount))
+            .collect();
+        let total: Amount = paid.iter().map(|p| p.1).sum();
+        assert!(total <= rules.reward_per_round, "consensus pays at most the round's budget");
+        self.unpaid = self.unpaid.saturating_add(rules.reward_per_round - total);
+        let dividends: Vec<(PeerId, u128)> =
+            validators.iter().zip(&c.dividends).map(|(v, d)| (*v, u128::from(*d))).collect();
+        paid.extend(split(rules.validator_budget, &dividends));
+        paid
     }
 
     /// A payout the rules owed.

@@ -4,7 +4,8 @@
 //! hash-chained and signed by the coordinator ([`Record`], [`Ledger`]), the accounts it
 //! implies (stake, rewards, fees, slashes: [`Accounts`]), the rules that turn a closed round
 //! or a proven cheat into payouts ([`rules`]), and Yuma consensus over several validators'
-//! scores ([`yuma`]).
+//! scores ([`yuma`]): a round for which validators' signed [`Entry::Weights`] precede its
+//! `RoundClosed` is paid by consensus, and the validators by their agreement with it.
 //!
 //! **Invariants.**
 //! - Balances are a pure function of the log: replaying the records from genesis
@@ -16,6 +17,8 @@
 //! - Record `n` names the hash of record `n − 1` and is signed by the coordinator over its
 //!   sequence number, that hash and the entry: a changed, dropped, reordered or forked record
 //!   is found by the first check that fails, and named.
+//! - Entries of other participants carry their own signatures: a validator's `Weights` are
+//!   signed by its key ([`sign_weights`]), and the replay checks them.
 //! - Decoding never panics: every record is size-checked ([`MAX_RECORD`]) before it is read.
 //!
 //! **Must not.** Do I/O, read clocks or draw randomness (ed25519 signing is deterministic);
@@ -46,6 +49,8 @@ pub const MAX_ACCOUNTS: usize = 65_536;
 pub const MAX_ROUND_ENTRIES: usize = 4096;
 /// Longest reason text a rejection carries.
 pub const MAX_REASON: usize = 256;
+/// Most validators whose weights one round is paid by.
+pub const MAX_WEIGHING: usize = 64;
 
 /// What a node locks when it joins unless told otherwise (the default `min_stake`).
 pub const DEFAULT_STAKE: Amount = 1_000;
@@ -59,6 +64,9 @@ pub struct StakeRules {
     pub reward_per_round: Amount,
     /// Paid to a validator for each check it settles.
     pub check_fee: Amount,
+    /// Split each round over the validators whose weights it was paid by, by their Yuma
+    /// dividends (nothing in a round without weights).
+    pub validator_budget: Amount,
     /// The share of its stake a proven cheat or a dispute's loser loses, in basis points.
     pub slash_bps: u32,
     /// The share of a slash paid to whoever proved it, in basis points.
@@ -71,6 +79,7 @@ impl Default for StakeRules {
             min_stake: DEFAULT_STAKE,
             reward_per_round: 1_000,
             check_fee: 5,
+            validator_budget: 100,
             slash_bps: 5_000,
             whistleblower_bps: 2_000,
         }
@@ -141,6 +150,37 @@ pub enum Entry {
     Slashed { round: u64, peer: PeerId, amount: Amount, whistleblower: Option<PeerId>, share: Amount },
     /// A peer left (or, its stake below the minimum, was removed); its stake is released.
     Left { peer: PeerId },
+    /// A validator's scores of round `round`'s updates (by peer, in peer order, millionths
+    /// as in [`AcceptedUpdate::score`]), signed by the validator itself ([`sign_weights`]).
+    /// Written before the round's `RoundClosed`, which is then paid by Yuma consensus.
+    Weights { round: u64, validator: PeerId, scores: Vec<(PeerId, i64)>, sig: Vec<u8> },
+}
+
+const WEIGHTS_DOMAIN: &[u8] = b"tessera-weights-v1";
+
+/// What a validator signs for its `Weights` of `round`.
+pub fn weights_message(round: u64, scores: &[(PeerId, i64)]) -> Vec<u8> {
+    let body = postcard::to_allocvec(scores).expect("scores always encode");
+    [WEIGHTS_DOMAIN, &round.to_le_bytes(), &body].concat()
+}
+
+/// A validator's signature over its scores of `round`.
+pub fn sign_weights(key: &ed25519_dalek::SigningKey, round: u64, scores: &[(PeerId, i64)]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    key.sign(&weights_message(round, scores)).to_bytes().to_vec()
+}
+
+/// Checks `validator`'s signature over its scores of `round`.
+pub fn check_weights(
+    validator: &PeerId,
+    round: u64,
+    scores: &[(PeerId, i64)],
+    sig: &[u8],
+) -> Result<(), String> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(validator).map_err(|_| "not a validator's key")?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| "a weights signature of the wrong length")?;
+    key.verify_strict(&weights_message(round, scores), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| "the validator's signature over its weights does not verify".to_string())
 }
 
 impl Entry {
@@ -156,6 +196,7 @@ impl Entry {
             Entry::Rewarded { .. } => "Rewarded",
             Entry::Slashed { .. } => "Slashed",
             Entry::Left { .. } => "Left",
+            Entry::Weights { .. } => "Weights",
         }
     }
 }

@@ -9,25 +9,32 @@ pub fn weight(score: i64) -> u64 {
     1 + score.max(0) as u64
 }
 
-/// Splits `budget` over the accepted updates in proportion to their [`weight`]s, exactly:
-/// each gets the floor of its share, and what the floors leave goes one unit each to the
-/// largest remainders (ties to the lower peer id). The amounts sum to `budget` (or to 0 when
-/// nothing was accepted).
+/// Splits `budget` over the accepted updates in proportion to their [`weight`]s, exactly
+/// ([`split`]). The amounts sum to `budget` (or to 0 when nothing was accepted).
 pub fn split_reward(budget: Amount, accepted: &[AcceptedUpdate]) -> Vec<(PeerId, Amount)> {
-    if accepted.is_empty() {
+    let weights: Vec<(PeerId, u128)> =
+        accepted.iter().map(|a| (a.peer, u128::from(weight(a.score)))).collect();
+    split(budget, &weights)
+}
+
+/// Splits `budget` in proportion to `weights`, exactly: each gets the floor of its share, and
+/// what the floors leave goes one unit each to the largest remainders (ties to the lower
+/// peer id). The amounts sum to `budget`, or to 0 when every weight is 0.
+pub fn split(budget: Amount, weights: &[(PeerId, u128)]) -> Vec<(PeerId, Amount)> {
+    let total: u128 = weights.iter().map(|w| w.1).sum();
+    if total == 0 {
         return Vec::new();
     }
-    let total: u128 = accepted.iter().map(|a| u128::from(weight(a.score))).sum();
-    let mut shares: Vec<(PeerId, Amount, u128)> = accepted
+    let mut shares: Vec<(PeerId, Amount, u128)> = weights
         .iter()
-        .map(|a| {
-            let num = u128::from(budget) * u128::from(weight(a.score));
-            (a.peer, (num / total) as Amount, num % total)
+        .map(|&(peer, w)| {
+            let num = u128::from(budget) * w;
+            (peer, (num / total) as Amount, num % total)
         })
         .collect();
     let given: Amount = shares.iter().map(|s| s.1).sum();
     let mut left = budget - given;
-    assert!((left as usize) < shares.len().max(1), "floors leave less than one unit per update");
+    assert!((left as usize) < shares.len().max(1), "floors leave less than one unit per share");
     let mut order: Vec<usize> = (0..shares.len()).collect();
     order.sort_by(|&i, &j| shares[j].2.cmp(&shares[i].2).then(shares[i].0.cmp(&shares[j].0)));
     for i in order {

@@ -60,13 +60,17 @@ pub fn table(accounts: &Accounts) -> Vec<String> {
     }
     let sum = |f: fn(&Account) -> u64| accounts.iter().map(|(_, a)| f(a)).sum::<u64>();
     out.push(format!(
-        "{} rounds paid; {} rewarded, {} in fees, {} to whistleblowers, {} slashed ({} burned)",
+        "{} rounds paid; {} rewarded, {} in fees, {} to whistleblowers, {} slashed ({} burned){}",
         accounts.rounds,
         sum(|a| a.rewards),
         sum(|a| a.fees),
         sum(|a| a.bounties),
         sum(|a| a.slashed),
-        accounts.burned
+        accounts.burned,
+        match accounts.unpaid {
+            0 => String::new(),
+            n => format!("; {n} left unpaid by consensus"),
+        }
     ));
     out
 }
