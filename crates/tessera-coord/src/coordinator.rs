@@ -71,6 +71,10 @@ struct OpenRound {
     /// Accepted updates whose score is awaited, and the start state they are scored against.
     scoring: BTreeMap<PeerId, scoring::Scoring>,
     start_state: Option<Arc<GlobalState>>,
+    /// With several validators: the (validator, peer) scores still awaited for Yuma, and the
+    /// signed scores in, by validator and peer.
+    weighing: std::collections::BTreeSet<(PeerId, PeerId)>,
+    weights: BTreeMap<PeerId, BTreeMap<PeerId, tessera_ledger::SignedScore>>,
 }
 
 /// The coordinator.
@@ -200,6 +204,8 @@ impl Coordinator {
             order: Vec::new(),
             checks: Checks::new(round),
             scoring: Default::default(),
+            weighing: Default::default(),
+            weights: Default::default(),
             start_state: None,
         });
     }
@@ -529,7 +535,8 @@ impl Coordinator {
             });
             // Past the deadline every check still open is the checker's own (a fetch or a
             // re-run in flight): the round waits for it, the trainer being not at fault.
-            if (decided || late) && open.checks.settled() && open.scoring.is_empty() {
+            let scored = open.scoring.is_empty() && open.weighing.is_empty();
+            if (decided || late) && open.checks.settled() && scored {
                 if let Err(e) = self.close() {
                     // Our own aggregate failed to decode: a bug, not a peer's fault.
                     panic!("closing round {}: {e}", self.global.round);
@@ -583,6 +590,8 @@ impl Coordinator {
             order: Vec::new(),
             checks: Checks::new(round),
             scoring: Default::default(),
+            weighing: Default::default(),
+            weights: Default::default(),
             start_state: None,
         });
     }
@@ -665,6 +674,7 @@ impl Coordinator {
             ledger: None,
         };
         // The ledger's entries of the round are persisted before the Accept that names them.
+        self.ledger_weights(round, open.weights, &accept);
         self.ledger_round(round, (start_hash, self.state_hash), &accept);
         if let Message::Accept { ledger, .. } = &mut accept {
             *ledger = self.ledger_head();

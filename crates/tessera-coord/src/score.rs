@@ -39,6 +39,11 @@ impl Score {
     pub fn from_bits(b: [u64; 3]) -> Self {
         Self { held_out: f64::from_bits(b[0]), own: f64::from_bits(b[1]), unseen: f64::from_bits(b[2]) }
     }
+
+    /// The held-out gain in millionths, as the ledger weighs it (and a validator signs it).
+    pub fn micro(&self) -> i64 {
+        (self.held_out * 1e6).round().clamp(-1e15, 1e15) as i64
+    }
 }
 
 /// One update to score: what the coordinator hands its driver.

@@ -34,6 +34,9 @@ pub enum Behaviour {
     /// Claims a mismatch on every task (`--cheat lying-validator`), and in the dispute that
     /// follows answers as a machine that computed one operator wrongly would.
     Lying,
+    /// Scores without computing: its friend's updates a held-out gain of 1, every other
+    /// update 0 (a drill for Yuma consensus; simulator only).
+    Colluding(PeerId),
 }
 
 /// Who this validator is and what it holds.
@@ -47,6 +50,9 @@ pub struct ValidatorConfig {
     pub behaviour: Behaviour,
     /// What it locks to join (see `RunConfig::stakes`).
     pub stake: u64,
+    /// Its identity's key (whose public half is `me`), to sign its scores for the ledger's
+    /// Yuma consensus; `None`: its scores are not signed, and count only as scores.
+    pub key: Option<ed25519_dalek::SigningKey>,
 }
 
 /// What the driver must do, in order. (Sending is the common action: it keeps its message
@@ -163,6 +169,8 @@ pub struct Validator {
 
 impl Validator {
     pub fn new(vc: ValidatorConfig) -> Self {
+        let me = vc.key.as_ref().map(|k| k.verifying_key().to_bytes());
+        assert!(me.is_none_or(|k| k == vc.me), "the signing key is the validator's identity");
         Self {
             vc,
             window: SeqWindow::default(),
@@ -316,7 +324,12 @@ impl Validator {
 
     fn report_score(&mut self, (round, peer): (u64, PeerId), score: Option<[u64; 3]>) {
         self.scores.remove(&(round, peer));
-        self.out.push(ValidatorAction::Send(Message::ScoreReport { round, peer, score }));
+        let micro = score.map(|b| crate::Score::from_bits(b).micro());
+        let sig = match (&self.vc.key, micro) {
+            (Some(k), Some(m)) => tessera_ledger::sign_score(k, round, &peer, m),
+            _ => Vec::new(),
+        };
+        self.out.push(ValidatorAction::Send(Message::ScoreReport { round, peer, score, sig }));
     }
 
     /// A score task in: answered at once by a drill behaviour (a lazy validator makes a
@@ -326,6 +339,9 @@ impl Validator {
         match self.vc.behaviour {
             Behaviour::Lazy => return self.report_score(key, made_up(0.0)),
             Behaviour::Lying => return self.report_score(key, made_up(-1e3)),
+            Behaviour::Colluding(friend) => {
+                return self.report_score(key, made_up(if key.1 == friend { 1.0 } else { 0.0 }))
+            }
             Behaviour::Honest if self.scores.len() >= MAX_TASKS => return self.report_score(key, None),
             Behaviour::Honest => {}
         }
@@ -471,7 +487,7 @@ impl Validator {
         match self.vc.behaviour {
             Behaviour::Lazy => return self.answer(key, Finding::Pass, None),
             _ if full => return self.answer(key, Finding::Unchecked, None),
-            Behaviour::Honest | Behaviour::Lying => {}
+            Behaviour::Honest | Behaviour::Lying | Behaviour::Colluding(_) => {}
         }
         let coord = Source { peer: self.vc.coordinator, addr: None };
         let trainer = Source { peer, addr: (!addr.is_empty()).then_some(addr) };

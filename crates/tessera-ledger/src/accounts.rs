@@ -149,21 +149,23 @@ impl Accounts {
                     self.owed.push_back(Entry::Rewarded { round, peer, amount });
                 }
             }
-            Entry::Weights { round, validator, scores, sig } => {
+            Entry::Weights { round, validator, scores } => {
                 if *round != self.rounds {
                     return Err(format!("weights of round {round} while round {} is open", self.rounds));
                 }
                 if !self.active(validator)?.validator {
                     return Err("weights by a trainer".into());
                 }
-                if scores.len() > MAX_ROUND_ENTRIES || !scores.windows(2).all(|w| w[0].0 < w[1].0) {
+                if scores.len() > MAX_ROUND_ENTRIES || !scores.windows(2).all(|w| w[0].peer < w[1].peer) {
                     return Err(format!("scores not in strict peer order, or more than {MAX_ROUND_ENTRIES}"));
                 }
                 if self.weights.contains_key(validator) || self.weights.len() >= MAX_WEIGHING {
                     return Err(format!("a second Weights of the round, or more than {MAX_WEIGHING}"));
                 }
-                crate::check_weights(validator, *round, scores, sig)?;
-                self.weights.insert(*validator, scores.clone());
+                for sc in scores {
+                    crate::check_score(validator, *round, sc)?;
+                }
+                self.weights.insert(*validator, scores.iter().map(|sc| (sc.peer, sc.score)).collect());
             }
             Entry::Verdict { round, peer, cheat, by, proven_by, .. } => {
                 self.known(peer)?;

@@ -18,7 +18,7 @@
 //!   sequence number, that hash and the entry: a changed, dropped, reordered or forked record
 //!   is found by the first check that fails, and named.
 //! - Entries of other participants carry their own signatures: a validator's `Weights` are
-//!   signed by its key ([`sign_weights`]), and the replay checks them.
+//!   signed by its key ([`sign_score`]), and the replay checks them.
 //! - Decoding never panics: every record is size-checked ([`MAX_RECORD`]) before it is read.
 //!
 //! **Must not.** Do I/O, read clocks or draw randomness (ed25519 signing is deterministic);
@@ -150,37 +150,10 @@ pub enum Entry {
     Slashed { round: u64, peer: PeerId, amount: Amount, whistleblower: Option<PeerId>, share: Amount },
     /// A peer left (or, its stake below the minimum, was removed); its stake is released.
     Left { peer: PeerId },
-    /// A validator's scores of round `round`'s updates (by peer, in peer order, millionths
-    /// as in [`AcceptedUpdate::score`]), signed by the validator itself ([`sign_weights`]).
-    /// Written before the round's `RoundClosed`, which is then paid by Yuma consensus.
-    Weights { round: u64, validator: PeerId, scores: Vec<(PeerId, i64)>, sig: Vec<u8> },
-}
-
-const WEIGHTS_DOMAIN: &[u8] = b"tessera-weights-v1";
-
-/// What a validator signs for its `Weights` of `round`.
-pub fn weights_message(round: u64, scores: &[(PeerId, i64)]) -> Vec<u8> {
-    let body = postcard::to_allocvec(scores).expect("scores always encode");
-    [WEIGHTS_DOMAIN, &round.to_le_bytes(), &body].concat()
-}
-
-/// A validator's signature over its scores of `round`.
-pub fn sign_weights(key: &ed25519_dalek::SigningKey, round: u64, scores: &[(PeerId, i64)]) -> Vec<u8> {
-    use ed25519_dalek::Signer;
-    key.sign(&weights_message(round, scores)).to_bytes().to_vec()
-}
-
-/// Checks `validator`'s signature over its scores of `round`.
-pub fn check_weights(
-    validator: &PeerId,
-    round: u64,
-    scores: &[(PeerId, i64)],
-    sig: &[u8],
-) -> Result<(), String> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(validator).map_err(|_| "not a validator's key")?;
-    let sig: [u8; 64] = sig.try_into().map_err(|_| "a weights signature of the wrong length")?;
-    key.verify_strict(&weights_message(round, scores), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| "the validator's signature over its weights does not verify".to_string())
+    /// A validator's scores of round `round`'s updates (in peer order), each signed by the
+    /// validator itself ([`sign_score`]). Written before the round's `RoundClosed`, which is
+    /// then paid by Yuma consensus.
+    Weights { round: u64, validator: PeerId, scores: Vec<SignedScore> },
 }
 
 impl Entry {
@@ -199,6 +172,36 @@ impl Entry {
             Entry::Weights { .. } => "Weights",
         }
     }
+}
+
+/// One validator's score of one peer's update (millionths, as [`AcceptedUpdate::score`]),
+/// with the validator's signature over the round, the peer and the score.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SignedScore {
+    pub peer: PeerId,
+    pub score: i64,
+    pub sig: Vec<u8>,
+}
+
+const SCORE_DOMAIN: &[u8] = b"tessera-score-v1";
+
+/// What a validator signs for its score of `peer`'s update of `round`.
+pub fn score_message(round: u64, peer: &PeerId, score: i64) -> Vec<u8> {
+    [SCORE_DOMAIN, &round.to_le_bytes(), peer, &score.to_le_bytes()].concat()
+}
+
+/// A validator's signature over its score of `peer`'s update of `round`.
+pub fn sign_score(key: &ed25519_dalek::SigningKey, round: u64, peer: &PeerId, score: i64) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    key.sign(&score_message(round, peer, score)).to_bytes().to_vec()
+}
+
+/// Checks `validator`'s signature over its score `s` of round `round`.
+pub fn check_score(validator: &PeerId, round: u64, s: &SignedScore) -> Result<(), String> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(validator).map_err(|_| "not a validator's key")?;
+    let sig: [u8; 64] = s.sig.as_slice().try_into().map_err(|_| "a score signature of the wrong length")?;
+    key.verify_strict(&score_message(round, &s.peer, s.score), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| "the validator's signature over its score does not verify".to_string())
 }
 
 /// Why an entry or a log was refused.

@@ -1,7 +1,7 @@
 //! Yuma consensus (after Bittensor) over several validators' scores of one round, in integer
 //! arithmetic (parts per billion, [`PPB`]), so that what it pays is a pure, exact function of
 //! the log:
-//! - each validator's scores are made non-negative and row-normalized into weights;
+//! - each validator's scores become weights as in the single-scorer split, row-normalized;
 //! - the consensus weight of each peer is its stake-weighted median (the largest weight a
 //!   κ share of the stake gives it at least), and every weight above it is clipped to it;
 //! - a peer's incentive is the stake-weighted sum of its clipped weights, *not* renormalized:
@@ -44,9 +44,10 @@ fn normalize(v: &[u128]) -> Vec<u64> {
     }
 }
 
-/// A validator's scores as weights: negatives count as 0, then the row sums to [`PPB`].
+/// A validator's scores as weights: each weighs as in the single-scorer split
+/// ([`crate::rules::weight`]: 1 plus a positive gain), then the row sums to [`PPB`].
 pub fn weights(scores: &[i64]) -> Vec<u64> {
-    normalize(&scores.iter().map(|&s| s.max(0) as u128).collect::<Vec<_>>())
+    normalize(&scores.iter().map(|&s| u128::from(crate::rules::weight(s))).collect::<Vec<_>>())
 }
 
 /// The consensus weight of each column: the largest `c` among the column's weights such that

@@ -288,8 +288,15 @@ fn yuma_run(colluder: bool) -> (Accounts, (u64, u64)) {
                 let w = weights(&scores.iter().map(|s| s.1).collect::<Vec<_>>());
                 alone.push(rules().reward_per_round * w[usize::from(FRIEND) - 1] / PPB);
             }
-            let sig = sign_weights(v, round, &scores);
-            add(&mut l, Entry::Weights { round, validator: v.verifying_key().to_bytes(), scores, sig });
+            let scores = scores.iter().map(|&(p, score)| SignedScore {
+                peer: p,
+                score,
+                sig: sign_score(v, round, &p, score),
+            });
+            add(
+                &mut l,
+                Entry::Weights { round, validator: v.verifying_key().to_bytes(), scores: scores.collect() },
+            );
         }
         let accepted: Vec<AcceptedUpdate> =
             trainers.iter().map(|t| AcceptedUpdate { peer: *t, update: [t[0]; 32], score: 0 }).collect();
@@ -353,31 +360,30 @@ fn weights_are_signed_by_their_validator_and_checked() {
     let vid = v.verifying_key().to_bytes();
     l.append(&k, Entry::Joined { peer: vid, stake: 500, validator: true }).unwrap();
     l.append(&k, Entry::Joined { peer: pid(1), stake: 200, validator: false }).unwrap();
-    let scores = vec![(pid(1), 5)];
-    let good = Entry::Weights {
-        round: 0,
-        validator: vid,
-        scores: scores.clone(),
-        sig: sign_weights(&v, 0, &scores),
+    let signed = |k: &SigningKey, p: u8, score| SignedScore {
+        peer: pid(p),
+        score,
+        sig: sign_score(k, 0, &pid(p), score),
     };
-    let forged = Entry::Weights {
-        round: 0,
-        validator: vid,
-        scores: scores.clone(),
-        sig: sign_weights(&key(21), 0, &scores),
-    };
+    let w = |scores| Entry::Weights { round: 0, validator: vid, scores };
+    let good = w(vec![signed(&v, 1, 5)]);
     let head = l.head();
     let why = |e: Entry, l: &mut Ledger| match l.append(&k, e) {
         Err(LedgerError::Rule { kind: "Weights", why, .. }) => why,
         other => panic!("{other:?}"),
     };
-    assert!(why(forged, &mut l).contains("signature"));
-    let unordered = vec![(pid(2), 1), (pid(1), 1)];
-    let sig = sign_weights(&v, 0, &unordered);
-    assert!(
-        why(Entry::Weights { round: 0, validator: vid, scores: unordered, sig }, &mut l).contains("order")
-    );
-    assert_eq!(l.head(), head, "nothing refused is written");
+    assert!(why(w(vec![signed(&key(21), 1, 5)]), &mut l).contains("signature"), "signed by another key");
+    let mut altered = signed(&v, 1, 5);
+    altered.score = 6;
+    assert!(why(w(vec![altered]), &mut l).contains("signature"), "a score changed after signing");
+    assert!(why(w(vec![signed(&v, 2, 1), signed(&v, 1, 1)]), &mut l).contains("order"));
+    let t = key(1);
+    l.append(&k, Entry::Joined { peer: t.verifying_key().to_bytes(), stake: 200, validator: false }).unwrap();
+    let by_trainer =
+        Entry::Weights { round: 0, validator: t.verifying_key().to_bytes(), scores: vec![signed(&t, 1, 5)] };
+    assert!(why(by_trainer, &mut l).contains("trainer"));
+    let head2 = l.head();
+    assert_eq!(head2.0, head.0 + 1, "nothing refused is written");
     l.append(&k, good.clone()).unwrap();
     assert!(why(good, &mut l).contains("second"));
 }

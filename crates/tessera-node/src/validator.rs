@@ -80,6 +80,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         dataset: ds.manifest_hash(),
         addr: Some(net.local_addr()?.to_string()),
         behaviour,
+        key: Some(key.clone()),
     };
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_INPUTS);

@@ -200,10 +200,31 @@ impl<'a> ProtocolSim<'a> {
         self.act(peer, acts)
     }
 
-    /// A validator sends its `JoinValidator`; `behaviour` is honest or a drill.
+    /// A validator sends its `JoinValidator`; `behaviour` is honest or a drill. It holds no
+    /// key, so its scores are not signed (and never weigh in Yuma consensus).
     pub fn join_validator(
         &mut self,
         id: PeerId,
+        behaviour: tessera_coord::Behaviour,
+    ) -> Result<(), SimError> {
+        self.join_checker(id, None, behaviour)
+    }
+
+    /// A validator whose identity is `key`'s public half, and which signs its scores.
+    pub fn join_signing_validator(
+        &mut self,
+        key: tessera_coord::SigningKey,
+        behaviour: tessera_coord::Behaviour,
+    ) -> Result<PeerId, SimError> {
+        let id = key.verifying_key().to_bytes();
+        self.join_checker(id, Some(key), behaviour)?;
+        Ok(id)
+    }
+
+    fn join_checker(
+        &mut self,
+        id: PeerId,
+        key: Option<tessera_coord::SigningKey>,
         behaviour: tessera_coord::Behaviour,
     ) -> Result<(), SimError> {
         let vc = ValidatorConfig {
@@ -213,6 +234,7 @@ impl<'a> ProtocolSim<'a> {
             dataset: self.ds.manifest_hash(),
             addr: None,
             behaviour,
+            key,
         };
         let mut v = Validator::new(vc);
         let acts = v.connected(self.now);

@@ -178,7 +178,9 @@ pub enum Message {
     /// A validator's score of a `ScoreTask`: the loss the update gains on the held-out set,
     /// on the trainer's own batches and on unassigned batches, as f64 bit patterns (scores are
     /// bit-reproducible, so they compare exactly); `None`: it could not score.
-    ScoreReport { round: u64, peer: PeerId, score: Option<[u64; 3]> },
+    /// `sig`: the validator's own signature over its score for the ledger
+    /// (`tessera_ledger::sign_score` of the held-out gain in millionths), or empty.
+    ScoreReport { round: u64, peer: PeerId, score: Option<[u64; 3]>, sig: Vec<u8> },
     /// A node asks for the ledger's records from sequence number `from` on.
     LedgerFetch { from: u64 },
     /// The coordinator's answer: encoded ledger records `from`, `from + 1`, … (at most
@@ -373,6 +375,7 @@ impl Message {
                 lim("operator outputs", outputs.len(), MAX_OP_IO)
             }
             Message::LedgerRecords { records, .. } => lim("ledger records", records.len(), MAX_LEDGER_BATCH),
+            Message::ScoreReport { sig, .. } => lim("score signature", sig.len(), 64),
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

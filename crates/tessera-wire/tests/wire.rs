@@ -146,6 +146,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             score: i
                 .is_multiple_of(2)
                 .then(|| [(r.u64(14, i) as f64 / 7.0).to_bits(), (-0.25f64).to_bits(), 3]),
+            sig: vec![r.u64(15, i) as u8; 64 * (i % 2) as usize],
         },
         18 => Message::LedgerFetch { from: r.u64(17, i) },
         19 => {

@@ -85,6 +85,30 @@ impl Coordinator {
         }
     }
 
+    /// The round's `Weights`, when two or more validators scored it: each validator's signed
+    /// scores of the updates it accepted, in peer order (a validator refused since, or one
+    /// with no score of an accepted update, writes none). With one scorer the round is paid
+    /// by its scores as they stand.
+    pub(super) fn ledger_weights(
+        &mut self,
+        round: u64,
+        weights: BTreeMap<PeerId, BTreeMap<PeerId, tessera_ledger::SignedScore>>,
+        accept: &Message,
+    ) {
+        let Message::Accept { accepted, .. } = accept else { return };
+        let weights: Vec<_> = weights.into_iter().filter(|(v, _)| self.validators.contains_key(v)).collect();
+        if weights.len() < 2 {
+            return;
+        }
+        for (validator, mut row) in weights {
+            let scores: Vec<_> = accepted.iter().filter_map(|p| row.remove(p)).collect();
+            assert!(scores.windows(2).all(|w| w[0].peer < w[1].peer), "accepted peers are in order");
+            if !scores.is_empty() {
+                self.ledger(Entry::Weights { round, validator, scores });
+            }
+        }
+    }
+
     /// A round closed from state `start` to `end`, with these accepted updates (in peer
     /// order) and rejections; `scores` are the round's scores by peer.
     pub(super) fn ledger_round(&mut self, round: u64, (start, end): (Hash32, Hash32), accept: &Message) {

@@ -7,6 +7,12 @@
 //! validator calls harmful, and a share (`decoy_rate`) of the others, and refuses a validator
 //! whose score is not bit for bit its own. Every score is persisted (with who scored it), for
 //! the ledger. NoLoCo, with no shared state, is not scored.
+//!
+//! With two or more validators every one of them scores every accepted update (up to
+//! `tessera_ledger::MAX_WEIGHING`): the first asked decides harm as above, and each signs its
+//! scores, which the round's `Weights` entries carry into the ledger, where Yuma consensus
+//! pays the round by them. The round closes once every validator asked has answered, or at
+//! its deadline.
 
 use std::sync::Arc;
 
@@ -58,15 +64,51 @@ impl Coordinator {
         };
         assert!(!open.scoring.contains_key(&peer), "an update is scored once");
         open.scoring.insert(peer, Scoring { job: job.clone(), by: validator, claimed: None });
+        // Several validators: the others score it too, for Yuma.
+        let weighers: Vec<PeerId> = match (validator, self.validators.len() >= 2) {
+            (Some(first), true) => self.validators.keys().copied().filter(|v| *v != first).collect(),
+            _ => Vec::new(),
+        };
+        for v in weighers.into_iter().take(tessera_ledger::MAX_WEIGHING - 1) {
+            open.weighing.insert((v, peer));
+            self.out.push(Output::Send { to: v, message: task.clone() });
+        }
         match validator {
             Some(v) => self.out.push(Output::Send { to: v, message: task }),
             None => self.out.push(Output::Score(job)),
         }
     }
 
+    /// Keeps a validator's signed score of `peer`'s update for the round's `Weights`, when
+    /// it was asked for one (as the first scorer, or as one of several).
+    fn weigh(
+        &mut self,
+        from: PeerId,
+        round: u64,
+        peer: PeerId,
+        score: Option<crate::Score>,
+        sig: &[u8],
+    ) -> Result<(), Reject> {
+        let Some(open) = self.open.as_mut().filter(|o| o.round == round) else { return Ok(()) };
+        let asked = open.weighing.remove(&(from, peer));
+        let first = open.scoring.get(&peer).is_some_and(|s| s.by == Some(from));
+        let (Some(score), false) = (score, sig.is_empty()) else { return Ok(()) };
+        if !(asked || first) {
+            return Ok(());
+        }
+        let signed = tessera_ledger::SignedScore { peer, score: score.micro(), sig: sig.to_vec() };
+        if tessera_ledger::check_score(&from, round, &signed).is_err() {
+            return Err(Reject::Unexpected("a score whose signature does not verify"));
+        }
+        let row = open.weights.entry(from).or_default();
+        assert!(row.len() < tessera_ledger::MAX_ROUND_ENTRIES, "one score per accepted update");
+        row.insert(peer, signed);
+        Ok(())
+    }
+
     /// A validator's `ScoreReport` arrived.
     pub(super) fn on_score_report(&mut self, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::ScoreReport { round, peer, score } = m else {
+        let Message::ScoreReport { round, peer, score, sig } = m else {
             return Err(Reject::Unexpected("a score report"));
         };
         let want = self.open.as_ref().map(|o| o.round);
@@ -76,12 +118,13 @@ impl Coordinator {
         if want != Some(*round) {
             return Err(Reject::WrongRound { got: *round, want });
         }
+        let claimed = score.map(crate::Score::from_bits);
+        self.weigh(from, *round, *peer, claimed, sig)?;
         let (tolerance, audit) = (self.cfg.harm_tolerance, self.audit(peer));
         let open = self.open.as_mut().expect("checked above");
         let Some(s) = open.scoring.get_mut(peer).filter(|s| s.by == Some(from)) else {
             return Ok(()); // taken back already, or not this validator's
         };
-        let claimed = score.map(crate::Score::from_bits);
         match claimed {
             // Harm claimed, or drawn for an audit: the coordinator scores it too and compares.
             Some(c) if harms(&c, tolerance) || audit => {
@@ -112,6 +155,7 @@ impl Coordinator {
     /// Score tasks of validators that left (or, at the `deadline`, of any) are taken back.
     pub(super) fn expire_scores(&mut self, deadline: bool) {
         let Some(open) = self.open.as_mut() else { return };
+        open.weighing.retain(|(v, _)| !deadline && self.validators.contains_key(v));
         for s in open.scoring.values_mut() {
             if s.by.is_some_and(|v| deadline || !self.validators.contains_key(&v)) {
                 s.by = None;
@@ -153,8 +197,7 @@ impl Coordinator {
     fn settle_score(&mut self, round: u64, peer: PeerId, score: crate::Score, by: Option<PeerId>) {
         let harmful = harms(&score, self.cfg.harm_tolerance);
         // The ledger weighs rewards by the held-out gain, in millionths.
-        let micro = (score.held_out * 1e6).round().clamp(-1e15, 1e15) as i64;
-        self.round_scores.insert(peer, micro);
+        self.round_scores.insert(peer, score.micro());
         self.out.push(Output::Persist(Record::Scored { round, peer, score, harmful, by }));
         let open = self.open.as_mut().filter(|o| o.round == round);
         if let (true, Some(slot)) = (harmful, open.and_then(|o| o.slots.get_mut(&peer))) {
