@@ -497,7 +497,10 @@ fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
         log.contains("update(s) over the median-norm bound were clipped"),
         "the poison is clipped:\n{log}"
     );
-    assert_eq!(refused(3, "(a replay)"), 2, "the replayer is refused in rounds 1 and 2:\n{log}");
+    // Bit for bit its round-0 update: refused in round 1, proven, slashed, refused from then on.
+    assert_eq!(refused(3, "(a replay)"), 1, "the replayer is refused in round 1:\n{log}");
+    assert!(ledger_column(&run, 3, 6) > 0, "and slashed:\n{}", run.ledger());
+    assert_eq!(ledger_column(&run, 4, 6), 0, "the poisoner is clipped, not proven (checks are off)");
     for honest in [1, 2] {
         assert_eq!(refused(honest, ""), 0, "honest node {honest} is never refused:\n{log}");
         assert!(node_states(&nodes[honest as usize - 1].finish()).iter().all(|s| s.2), "honest nodes agree");
@@ -507,12 +510,20 @@ fn poisoning_and_replaying_nodes_are_clipped_and_refused() {
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), rounds);
 }
 
+/// Column `col` (0: peer, 3: rewards, 6: slashed) of node `i`'s row in `tessera ledger`.
+fn ledger_column(run: &Run, i: u8, col: usize) -> u64 {
+    let (ledger, who) = (run.ledger(), short_hex(&peer_id(i)));
+    let line = ledger.lines().find(|l| l.starts_with(&who)).unwrap_or_else(|| panic!("{who}:\n{ledger}"));
+    line.split_whitespace().nth(col).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
 /// The copy drill with real processes: a node resubmits, as its own, the update its twin
 /// (an honest node with the same `--twin-dir`) committed this round. With the checks off, the
-/// coordinator's screening refuses the copy in every round, and nobody honest is refused. A
-/// copier without a twin directory is refused at start with a typed error.
+/// coordinator's screening refuses the copy; being bit for bit the twin's, it is proof, so
+/// the copier is slashed and refused from then on. Nobody honest is refused. A copier without
+/// a twin directory is refused at start with a typed error.
 #[test]
-fn a_copying_node_is_refused_every_round() {
+fn a_copying_node_is_refused_and_slashed() {
     let run = Run::new("copy", config(4, 3).with(|c| c.validate = tessera_coord::Validate::Off));
     let (mut c, ticket) = run.coordinator("coord");
     let twin = run.dir.join("twin").display().to_string();
@@ -526,11 +537,13 @@ fn a_copying_node_is_refused_every_round() {
     let copies = log
         .lines()
         .filter(|l| l.contains(&format!("message from {copier} refused")) && l.contains("a copy of"));
-    assert_eq!(copies.count(), 3, "the copy is refused in every round:\n{log}");
+    assert_eq!(copies.count(), 1, "the copy is refused once, then the copier is:\n{log}");
+    assert!(ledger_column(&run, 4, 6) > 0, "the copier is slashed:\n{}", run.ledger());
     for honest in [1, 2, 3] {
         let who = short_hex(&peer_id(honest));
         assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{honest}:\n{log}");
         assert!(node_states(&nodes[honest as usize - 1].finish()).iter().all(|s| s.2), "honest nodes agree");
+        assert_eq!(ledger_column(&run, honest, 6), 0, "honest node {honest} is never slashed");
     }
     assert!(nodes[3].log().contains("DRILL: this node cheats (Copy)"));
     assert_eq!(run.count("SELECT COUNT(*) FROM accepted"), 9, "only the three honest updates, each round");
@@ -578,18 +591,12 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
     // The ledger: verified, the two cheats slashed, the honest nodes paid and never slashed.
     let ledger = run.ledger();
     assert!(ledger.contains("verified"), "{ledger}");
-    let row = |i: u8| {
-        let who = short_hex(&peer_id(i));
-        ledger.lines().find(|l| l.starts_with(&who)).unwrap_or_else(|| panic!("{who}:\n{ledger}")).to_string()
-    };
-    let slashed = |line: &str| line.split_whitespace().nth(6).and_then(|v| v.parse::<u64>().ok()).unwrap();
-    let rewards = |line: &str| line.split_whitespace().nth(3).and_then(|v| v.parse::<u64>().ok()).unwrap();
     for cheat in [3, 4] {
-        assert!(slashed(&row(cheat)) > 0, "node {cheat} is slashed:\n{ledger}");
+        assert!(ledger_column(&run, cheat, 6) > 0, "node {cheat} is slashed:\n{ledger}");
     }
     for honest in [1, 2] {
-        assert_eq!(slashed(&row(honest)), 0, "{ledger}");
-        assert!(rewards(&row(honest)) > 0, "{ledger}");
+        assert_eq!(ledger_column(&run, honest, 6), 0, "{ledger}");
+        assert!(ledger_column(&run, honest, 3) > 0, "{ledger}");
     }
     audited_and_tampered(&run);
 }

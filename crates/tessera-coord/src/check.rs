@@ -54,6 +54,9 @@ pub enum Outcome {
     /// A validator's finding (named) that the referee's own run overturned: the validator
     /// lied, or passed a decoy without checking.
     WrongVerdict(String),
+    /// Screening found the update bit for bit another's of the round, or an earlier accepted
+    /// update or aggregate (what it duplicates, named): a copy or a replay, proven.
+    Duplicate(String),
 }
 
 impl Outcome {
@@ -66,7 +69,11 @@ impl Outcome {
     pub fn proves_cheat(&self) -> bool {
         matches!(
             self,
-            Outcome::Mismatch | Outcome::WrongUpdate | Outcome::BadReveal(_) | Outcome::WrongVerdict(_)
+            Outcome::Mismatch
+                | Outcome::WrongUpdate
+                | Outcome::BadReveal(_)
+                | Outcome::WrongVerdict(_)
+                | Outcome::Duplicate(_)
         )
     }
 
@@ -78,7 +85,9 @@ impl Outcome {
             Outcome::Mismatch => Finding::Mismatch,
             Outcome::WrongUpdate => Finding::WrongUpdate,
             Outcome::BadReveal(_) => Finding::BadReveal,
-            Outcome::NoReveal | Outcome::Unchecked(_) | Outcome::WrongVerdict(_) => Finding::Unchecked,
+            Outcome::NoReveal | Outcome::Unchecked(_) | Outcome::WrongVerdict(_) | Outcome::Duplicate(_) => {
+                Finding::Unchecked
+            }
         }
     }
 }
@@ -95,6 +104,7 @@ impl std::fmt::Display for Outcome {
             Outcome::WrongVerdict(claimed) => {
                 write!(f, "a validator's verdict ({claimed}) overturned by the referee")
             }
+            Outcome::Duplicate(of) => write!(f, "the update is {of}"),
         }
     }
 }

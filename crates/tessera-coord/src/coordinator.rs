@@ -619,7 +619,10 @@ impl Coordinator {
         let mut updates = Vec::new();
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
-        let Screening { refused, mut prints } = self.screen(&open.order, &open.slots);
+        let Screening { refused, mut prints, proven } = self.screen(&open.order, &open.slots);
+        for (peer, of) in proven {
+            self.convict_duplicate(round, peer, of);
+        }
         for (peer, slot) in open.slots {
             if let Some(r) = refused.iter().find(|r| r.0 == peer) {
                 self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.1.clone() }));

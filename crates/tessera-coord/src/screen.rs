@@ -48,11 +48,17 @@ impl Fingerprint {
 pub struct Screening {
     pub refused: Vec<(PeerId, Reject)>,
     pub prints: Vec<(PeerId, Fingerprint)>,
+    /// Of the refused, those whose values are bit for bit an earlier update's or another's
+    /// of this round, with what they duplicate: proof of a cheat (only for the dense codecs,
+    /// whose honest updates never coincide exactly; a sparse or sign-coded one can).
+    pub proven: Vec<(PeerId, String)>,
 }
 
 /// The memory of earlier updates.
 #[derive(Debug)]
 pub struct Screen {
+    /// Whether an exact duplicate proves a cheat (dense codecs).
+    proves: bool,
     /// [`COPY_COSINE`] and [`REPLAY_COSINE`], or 1 (bit for bit only) for DeMo.
     threshold: f64,
     replay_threshold: f64,
@@ -69,7 +75,8 @@ impl Screen {
         let demo = algorithm == Algorithm::DeMo;
         let (threshold, replay_threshold) = if demo { (1.0, 1.0) } else { (COPY_COSINE, REPLAY_COSINE) };
         let (seen, seen_order, recent) = (BTreeSet::new(), VecDeque::new(), VecDeque::new());
-        Self { threshold, replay_threshold, seen, seen_order, recent }
+        let proves = matches!(algorithm, Algorithm::Ddp | Algorithm::DiLoCo | Algorithm::NoLoCo);
+        Self { proves, threshold, replay_threshold, seen, seen_order, recent }
     }
 
     /// Screens the round's accepted updates, in commit order. An all-zero update moves nothing
@@ -86,6 +93,12 @@ impl Screen {
             .filter(|(_, f)| self.seen.contains(&f.hash) || near(&f.sample))
             .map(|((p, _, _), _)| (*p, Reject::Replayed))
             .collect();
+        let mut proven: Vec<(PeerId, String)> = acc
+            .iter()
+            .zip(&prints)
+            .filter(|(_, f)| self.proves && self.seen.contains(&f.hash))
+            .map(|((p, _, _), _)| (*p, "bit for bit an earlier accepted update or aggregate".to_string()))
+            .collect();
         let samples: Vec<Vec<f32>> = prints.iter().map(|f| f.sample.clone()).collect();
         let mut found = copies(&samples, t);
         // A sparse update that sends exactly another's positions is a copy too, whatever values
@@ -98,11 +111,16 @@ impl Screen {
         }
         for (copy, original) in found {
             let of = tessera_tensor::hex(&acc[original].0[..4]);
+            let exact = self.proves && prints[copy].hash == prints[original].hash;
+            if exact && !proven.iter().any(|p| p.0 == acc[copy].0) {
+                proven.push((acc[copy].0, format!("bit for bit the update of {of}, committed before it")));
+            }
             refused.push((acc[copy].0, Reject::Copy { of }));
         }
         assert!(refused.len() <= 2 * acc.len(), "at most two reasons per update");
+        assert!(proven.iter().all(|p| refused.iter().any(|r| r.0 == p.0)), "what is proven is refused");
         let prints = acc.iter().map(|a| a.0).zip(prints).collect();
-        Screening { refused, prints }
+        Screening { refused, prints, proven }
     }
 
     /// Remembers an accepted update or an aggregate.

@@ -48,9 +48,9 @@ pub struct Accounts {
     pub unpaid: Amount,
     /// Rounds closed.
     pub rounds: u64,
-    /// The peers with a verdict in the open round (one each: a coordinator that re-settles a
-    /// check after a restart pays and slashes once).
-    judged: std::collections::BTreeSet<PeerId>,
+    /// The (peer, segment) verdicts of the open round (one each: a coordinator that
+    /// re-settles a check after a restart pays and slashes once).
+    judged: std::collections::BTreeSet<(PeerId, u32)>,
     /// The validators' scores of the open round, by validator.
     weights: BTreeMap<PeerId, Vec<(PeerId, i64)>>,
     /// Yuma bonds by (validator, peer), of the last round paid by weights (only its pairs
@@ -167,12 +167,14 @@ impl Accounts {
                 }
                 self.weights.insert(*validator, scores.iter().map(|sc| (sc.peer, sc.score)).collect());
             }
-            Entry::Verdict { round, peer, cheat, by, proven_by, .. } => {
+            Entry::Verdict { round, peer, segment, cheat, by, proven_by, .. } => {
                 self.known(peer)?;
                 if *round != self.rounds {
                     return Err(format!("a verdict of round {round} while round {} is open", self.rounds));
                 }
-                if self.judged.len() >= MAX_ACCOUNTS || !self.judged.insert(*peer) {
+                // One verdict per check (a restart re-settling one pays and slashes once),
+                // and one on the update itself ([`crate::SEGMENT_UPDATE`]).
+                if self.judged.len() >= MAX_ACCOUNTS || !self.judged.insert((*peer, *segment)) {
                     return Err("a second verdict of the round on this peer".into());
                 }
                 if let Some(v) = by {

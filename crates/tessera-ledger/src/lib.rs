@@ -49,6 +49,9 @@ pub const MAX_ACCOUNTS: usize = 65_536;
 pub const MAX_ROUND_ENTRIES: usize = 4096;
 /// Longest reason text a rejection carries.
 pub const MAX_REASON: usize = 256;
+/// The `segment` of a verdict on an update itself rather than on one of its segments (a
+/// bit-for-bit copy or replay found by screening).
+pub const SEGMENT_UPDATE: u32 = u32::MAX;
 /// Most validators whose weights one round is paid by.
 pub const MAX_WEIGHING: usize = 64;
 

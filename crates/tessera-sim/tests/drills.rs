@@ -107,6 +107,7 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
     let ds = common::dataset("drills", name);
     let (mut caught, mut runs, mut rounds_to_catch) = (0, 0, Vec::new());
+    let (mut slashed, mut whistleblowers) = (0, 0);
     for seed in seeds {
         let honest = run(&ds, seed, None, 3);
         let by_validator = honest
@@ -125,6 +126,7 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
             (4, Bad::Send(Cheat::Copy { of: pid(1) }), 3),
             (3, Bad::Send(Cheat::Replay), 3),
             (2, Bad::Send(Cheat::Poison { target: target.clone(), peers: 4 }), 3),
+            (2, Bad::Send(Cheat::Poison { target: target.clone(), peers: 4 }), MAX_ROUNDS),
             (4, Bad::Send(Cheat::Random { seed }), MAX_ROUNDS),
             (1, Bad::Train(Shirk::SkipSteps), MAX_ROUNDS),
             (2, Bad::Train(Shirk::WrongData), MAX_ROUNDS),
@@ -135,9 +137,13 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
         for (who, bad, rounds) in cheats {
             let p = run(&ds, seed, Some((who, bad.clone())), rounds);
             let (acc, r) = (accepted_in(&p, who), p.refused(&pid(who)));
+            let proven = banned(&p, who).is_some();
             let ok = match &bad {
-                Bad::Send(Cheat::Copy { .. }) => acc.is_empty(),
-                Bad::Send(Cheat::Replay) => acc == [0], // round 0 has nothing to replay
+                // Bit-for-bit duplicates: refused, and proven by the screen.
+                Bad::Send(Cheat::Copy { .. }) => acc.is_empty() && proven,
+                Bad::Send(Cheat::Replay) => acc == [0] && proven, // round 0 has nothing to replay
+                // Given the rounds, a poisoner is proven like a random update (below).
+                Bad::Send(Cheat::Poison { .. }) if rounds == MAX_ROUNDS => proven,
                 Bad::Send(Cheat::Poison { .. }) => {
                     let clipped: Vec<u64> = p
                         .events
@@ -156,10 +162,13 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
                 }
             };
             assert!(ok, "seed {seed}: {bad:?} was neither caught nor neutralised: accepted {acc:?}, {r:?}");
-            let proven = matches!(bad, Bad::Train(_) | Bad::Validator(_) | Bad::Send(Cheat::Random { .. }));
-            if let (true, Some(b)) = (proven, banned(&p, who)) {
+            let spot = matches!(bad, Bad::Train(_) | Bad::Validator(_) | Bad::Send(Cheat::Random { .. }));
+            if let (true, Some(b)) = (spot, banned(&p, who)) {
                 rounds_to_catch.push(b + 1);
             }
+            let paid = ledger_of(&p, seed, &bad, who);
+            slashed += usize::from(proven);
+            whistleblowers += usize::from(paid);
             for honest in (1..=4).filter(|i| *i != who) {
                 let r = p.refused(&pid(honest));
                 assert!(r.is_empty(), "seed {seed}, {bad:?}: honest trainer {honest} refused: {r:?}");
@@ -181,8 +190,39 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
     let worst = rounds_to_catch.iter().max().copied().unwrap_or(0);
     eprintln!(
         "{caught} of {runs} cheating runs caught or neutralised; 0 honest trainers or validators \
-         refused; shirkers and cheating validators proven after {mean:.1} rounds on average, {worst} at worst"
+         refused; shirkers and cheating validators proven after {mean:.1} rounds on average, {worst} at worst; \
+         {slashed} proven cheats slashed, {whistleblowers} of them with a whistleblower paid (the others \
+         proven by the coordinator itself, whose share is burned); 0 honest peers slashed"
     );
+}
+
+/// The run's ledger, checked: it replays to the live accounts; a proven cheat is slashed and
+/// whoever proved it (when not the coordinator) is paid its share; nobody else is slashed.
+/// Returns whether a whistleblower was paid.
+fn ledger_of(p: &ProtocolSim, seed: u64, bad: &Bad, who: u8) -> bool {
+    let log: Vec<tessera_ledger::Record> = p
+        .records
+        .iter()
+        .filter_map(|r| if let Record::Ledger(l) = r { Some(l.clone()) } else { None })
+        .flatten()
+        .collect();
+    let live = p.coordinator().accounts().expect("the sim keeps a ledger");
+    let replayed = tessera_ledger::verify(&p.ledger_key(), &log).expect("the log verifies");
+    assert_eq!(replayed.accounts(), live, "seed {seed}, {bad:?}: the replay is the live accounts");
+    let cheat = live.get(&pid(who)).map_or(0, |a| a.slashed);
+    assert_eq!(cheat > 0, banned(p, who).is_some(), "seed {seed}, {bad:?}: slashed exactly when proven");
+    for (peer, a) in live.iter().filter(|(peer, _)| **peer != pid(who)) {
+        assert_eq!(a.slashed, 0, "seed {seed}, {bad:?}: honest {:?} slashed", &peer[..2]);
+    }
+    let mut paid = false;
+    for e in log.iter().map(|r| &r.entry) {
+        if let tessera_ledger::Entry::Slashed { peer, whistleblower: Some(w), share, .. } = e {
+            assert_eq!(*peer, pid(who), "seed {seed}: only the cheat is slashed");
+            assert!(*share > 0 && live.get(w).is_some_and(|a| a.bounties >= *share), "seed {seed}: paid");
+            paid = true;
+        }
+    }
+    paid
 }
 
 /// Seeds 1 to 3, and seed 39, whose honest trainers' updates came within cosine 0.992 of

@@ -236,14 +236,42 @@ impl Coordinator {
             proven_by: by,
         };
         self.ledger(entry);
-        if outcome.proves_cheat() && self.banned.len() < MAX_KNOWN_PEERS {
-            self.tell_refused(peer, round, &outcome);
-            self.banned.insert(peer, round);
-            self.members.remove(&peer);
-            self.addrs.remove(&peer);
-            self.event(Event::Banned { peer, round });
+        if outcome.proves_cheat() {
+            self.ban(peer, round, &outcome);
         }
         self.event(Event::Checked { round, peer, segment, outcome, by });
+    }
+
+    /// Screening proved `peer`'s update of the open round a bit-for-bit duplicate: the
+    /// verdict is the coordinator's own (it is the whistleblower; the share is burned), on
+    /// the update itself rather than a segment, and the trainer is refused from now on.
+    pub(super) fn convict_duplicate(&mut self, round: u64, peer: PeerId, of: String) {
+        let outcome = Outcome::Duplicate(of);
+        assert!(outcome.proves_cheat() && !outcome.passed(), "a duplicate is proof");
+        let segment = u64::from(tessera_ledger::SEGMENT_UPDATE);
+        self.out.push(Output::Persist(Record::Verdict { round, peer, segment, outcome: outcome.clone(), by: None }));
+        self.ledger(tessera_ledger::Entry::Verdict {
+            round,
+            peer,
+            segment: tessera_ledger::SEGMENT_UPDATE,
+            passed: false,
+            cheat: true,
+            by: None,
+            proven_by: None,
+        });
+        self.ban(peer, round, &outcome);
+    }
+
+    /// Refuses a trainer proven to have cheated from now on (and tells it why).
+    fn ban(&mut self, peer: PeerId, round: u64, why: &Outcome) {
+        if self.banned.len() >= MAX_KNOWN_PEERS {
+            return;
+        }
+        self.tell_refused(peer, round, why);
+        self.banned.insert(peer, round);
+        self.members.remove(&peer);
+        self.addrs.remove(&peer);
+        self.event(Event::Banned { peer, round });
     }
 
     /// Tells a peer proven to have cheated that it is refused, and why (so it stops, rather
@@ -299,7 +327,9 @@ fn honest_finding(outcome: &Outcome, decoy: bool) -> Finding {
     match outcome {
         Outcome::BadReveal(_) => Finding::BadReveal,
         _ if decoy => Finding::Mismatch,
-        Outcome::Pass | Outcome::Unchecked(_) | Outcome::NoReveal | Outcome::WrongVerdict(_) => Finding::Pass,
+        Outcome::Pass | Outcome::Unchecked(_) | Outcome::NoReveal | Outcome::WrongVerdict(_) | Outcome::Duplicate(_) => {
+            Finding::Pass
+        }
         Outcome::Mismatch => Finding::Mismatch,
         Outcome::WrongUpdate => Finding::WrongUpdate,
     }
