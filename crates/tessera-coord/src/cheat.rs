@@ -34,6 +34,10 @@ pub enum Shirk {
     /// Trains honestly but commits, as the end of the middle segment, a state it never
     /// computed.
     Forge,
+    /// Trains on a noisier unit: its assigned batches with half of the target bytes replaced
+    /// by seeded random ones (a drill of data quality for the ledger's rewards; the spot checks
+    /// would prove it, since it is not the assigned data).
+    NoisyData,
 }
 
 /// The slot a wrong-data shirker trains on instead of its own: `slot + WRONG_SLOT`.
@@ -46,6 +50,17 @@ impl Shirk {
             Some(Shirk::SkipSteps) => (h.div_ceil(2), slot),
             Some(Shirk::WrongData) => (h, slot.wrapping_add(WRONG_SLOT)),
             _ => (h, slot),
+        }
+    }
+
+    /// A noisy-data shirker's batch: every other target byte replaced by a seeded one.
+    pub(crate) fn noise(s: Option<Shirk>, b: &mut tessera_model::Batch, step: u64) {
+        if s != Some(Shirk::NoisyData) {
+            return;
+        }
+        for (i, t) in b.targets.data_mut().iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+            let h = blake3::hash(&[step.to_le_bytes(), (i as u64).to_le_bytes()].concat());
+            *t = f32::from(h.as_bytes()[0]);
         }
     }
 
@@ -75,6 +90,8 @@ pub enum CheatKind {
     WrongData,
     /// [`Shirk::Forge`].
     Forge,
+    /// [`Shirk::NoisyData`].
+    NoisyData,
     /// A validator passing everything unchecked ([`crate::Behaviour::Lazy`]).
     LazyValidator,
     /// A validator claiming a mismatch on everything ([`crate::Behaviour::Lying`]).
@@ -92,10 +109,11 @@ impl std::str::FromStr for CheatKind {
             "skip-steps" => Ok(CheatKind::SkipSteps),
             "wrong-data" => Ok(CheatKind::WrongData),
             "forge" => Ok(CheatKind::Forge),
+            "noisy-data" => Ok(CheatKind::NoisyData),
             "lazy-validator" => Ok(CheatKind::LazyValidator),
             "lying-validator" => Ok(CheatKind::LyingValidator),
             other => Err(CoordError::Config(format!(
-                "unknown cheat {other:?} (poison, replay, random, copy, skip-steps, wrong-data, forge, lazy-validator, lying-validator)"
+                "unknown cheat {other:?} (poison, replay, random, copy, skip-steps, wrong-data, forge, noisy-data, lazy-validator, lying-validator)"
             ))),
         }
     }
@@ -116,6 +134,7 @@ impl CheatKind {
             CheatKind::SkipSteps => Drill::Train(Shirk::SkipSteps),
             CheatKind::WrongData => Drill::Train(Shirk::WrongData),
             CheatKind::Forge => Drill::Train(Shirk::Forge),
+            CheatKind::NoisyData => Drill::Train(Shirk::NoisyData),
             CheatKind::LazyValidator | CheatKind::LyingValidator => {
                 Drill::Validate(self.validator_behaviour().expect("a validator's cheat"))
             }

@@ -338,7 +338,8 @@ impl Worker {
                     }
                     if s < run {
                         let key = BatchKey { seed: cfg.seed, round: data_round, slot, step: s };
-                        let b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
+                        let mut b = ds.train_batch(&key, cfg.batch, spec.gpt.context)?;
+                        Shirk::noise(shirk, &mut b, s);
                         loss += f64::from(tr.step(&b, TraceMode::Off)?.loss) * (h_steps / run) as f64;
                     }
                     on_step(s + 1);

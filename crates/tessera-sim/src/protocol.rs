@@ -37,6 +37,7 @@ struct Peer {
     served_order: VecDeque<Hash32>,
     /// Dies when asked to train a unit of this round, before committing.
     crash_in: Option<u64>,
+    miss_every: Option<u64>,
     /// Sends this instead of its honest updates.
     cheat: Option<Cheat>,
     /// Skimps on its training so.
@@ -189,6 +190,7 @@ impl<'a> ProtocolSim<'a> {
             served: HashMap::new(),
             served_order: VecDeque::new(),
             crash_in: None,
+            miss_every: None,
             cheat: None,
             shirk: None,
             last: None,
@@ -321,6 +323,15 @@ impl<'a> ProtocolSim<'a> {
         }
     }
 
+    /// The trainer misses every `n`th round from now on (rounds `n − 1`, `2n − 1`, …): its
+    /// training fails and it commits nothing, while it stays connected.
+    pub fn miss_every(&mut self, peer: &PeerId, n: u64) {
+        assert!(n >= 2, "a trainer that misses every round contributes nothing");
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.miss_every = Some(n);
+        }
+    }
+
     /// The trainer skimps on its training from now on (a drill: see [`Shirk`]).
     pub fn shirk(&mut self, peer: &PeerId, s: Shirk) {
         if let Some(p) = self.peers.get_mut(peer) {
@@ -415,6 +426,12 @@ impl<'a> ProtocolSim<'a> {
                     if p.crash_in == Some(state.round) {
                         p.alive = false;
                         return Ok(());
+                    }
+                    if p.miss_every.is_some_and(|n| state.round % n == n - 1) {
+                        let missed = Err(tessera_coord::CoordError::State("drill: a missed round".into()));
+                        let more = p.t.trained(now, state.round, missed);
+                        self.act(peer, more)?;
+                        continue;
                     }
                     let w = p.w.as_mut().expect("configured before training");
                     let mut got = w.train(&state, &state_hash, &unit, ds, &mut |_| {});

@@ -164,3 +164,104 @@ fn a_trainer_catches_a_rewritten_ledger_record() {
     assert!(why.contains("ledger") && why.contains("no longer trusts") && why.contains("signature"), "{why}");
     assert_eq!(p.peer_ledger(&pid(2)).unwrap().head(), (have, head), "its copy is kept as it was");
 }
+
+/// Ranks of `v` (1 = smallest; ties share their mean rank).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let j = (i..order.len()).take_while(|&j| v[order[j]] == v[order[i]]).last().unwrap_or(i);
+        for k in i..=j {
+            r[order[k]] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation of `a` and `b`.
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let mean = (a.len() as f64 + 1.0) / 2.0;
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - mean) * (y - mean)).sum();
+    let var = |r: &[f64]| r.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+    cov / (var(&ra) * var(&rb)).sqrt()
+}
+
+/// The issue's test: trainers that contribute differently (one misses every other round, one
+/// trains on a noisier unit, three are honest) are paid in the order of what they contributed.
+/// A trainer's contribution is the loss its accepted updates gained, summed over the run, as
+/// measured two ways: on the held-out batches the scorer uses (what the ledger weighs
+/// rewards by, so this checks the payout's follow-through across rounds and absences), and on
+/// an unassigned slot's batches (`Score::unseen`: data nobody trained on or was scored on).
+/// The rank correlation between total reward and each is at least 0.9.
+///
+/// The outer momentum is off here: with the default 0.9, the tiny model's later rounds make
+/// every honest update, applied alone, overshoot (a negative held-out gain), the noisy
+/// trainer's smaller update then scores best, and it earned the most (rank correlation 0.30,
+/// measured): a limit of scoring updates one at a time, noted in the README.
+#[test]
+fn rewards_follow_contributions() {
+    let ds = common::dataset("ledger", "contributions");
+    let rc = RunConfig { min_peers: 5, validate: tessera_coord::Validate::Off, score_batches: 2, ..cfg() }.with(|c| {
+        c.rounds = 8;
+        c.inner_steps = 4;
+        c.outer_momentum = 0.0;
+    });
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=5 {
+        p.join(pid(i)).unwrap();
+    }
+    p.miss_every(&pid(4), 2);
+    p.shirk(&pid(5), Shirk::NoisyData);
+    p.run_until(rc.rounds).unwrap();
+    let live = p.coordinator().accounts().unwrap().clone();
+    assert_eq!(replay(&p, &p.ledger_key()), live);
+    let (mut held_out, mut unseen) = ([0.0f64; 5], [0.0f64; 5]);
+    for r in &p.records {
+        if let Record::Scored { peer, score, harmful: false, .. } = r {
+            held_out[usize::from(peer[0]) - 1] += score.held_out;
+            unseen[usize::from(peer[0]) - 1] += score.unseen;
+        }
+    }
+    let reward: Vec<f64> = (1..=5).map(|i| live.get(&pid(i)).unwrap().rewards as f64).collect();
+    let (rho_held, rho_unseen) = (spearman(&reward, &held_out), spearman(&reward, &unseen));
+    eprintln!(
+        "rewards {reward:?}; gains held-out {held_out:.4?} (Spearman {rho_held:.3}), \
+         unseen slot {unseen:.4?} (Spearman {rho_unseen:.3})"
+    );
+    assert!(rho_held >= 0.9, "rank correlation {rho_held:.3} with the held-out gains");
+    assert!(rho_unseen >= 0.9, "rank correlation {rho_unseen:.3} with the unseen slot's gains");
+    let honest_least = reward[..3].iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(reward[3] < honest_least, "the trainer that misses every other round earns less");
+    assert!(reward[4] < honest_least, "and so does the one on the noisier unit");
+    assert!((1..=5).all(|i| live.get(&pid(i)).unwrap().slashed == 0), "nobody is slashed for contributing less");
+}
+
+/// Regression (the 100-seed drills, seed 7): a lazy validator whose decoys are all overturned
+/// in the same round was refused once per decoy, and the ledger refused the second verdict.
+/// It is refused, and slashed, once.
+#[test]
+fn a_validator_overturned_twice_in_a_round_is_slashed_once() {
+    let ds = common::dataset("ledger", "overturned");
+    let rc = RunConfig { decoy_rate: 1.0, ..cfg() }.with(|c| c.rounds = 2);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    p.join_validator(pid(VALIDATOR), Behaviour::Lazy).unwrap();
+    for i in 1..=3 {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let refused = p.events.iter().find(|e| matches!(e, Event::LedgerRefused { .. }));
+    assert!(refused.is_none(), "{refused:?}");
+    let verdicts = p
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Verdict { peer, .. } if *peer == pid(VALIDATOR)))
+        .count();
+    assert_eq!(verdicts, 1, "one verdict on the validator");
+    let live = p.coordinator().accounts().unwrap();
+    let slashed = live.get(&pid(VALIDATOR)).unwrap().slashed;
+    assert_eq!(slashed, tessera_ledger::rules::slash(&rc.stakes, tessera_coord::DEFAULT_STAKE).0, "slashed once");
+}

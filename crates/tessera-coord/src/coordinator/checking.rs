@@ -182,7 +182,8 @@ impl Coordinator {
         claimed: String,
         proven_by: Option<PeerId>,
     ) {
-        if self.banned.len() >= MAX_KNOWN_PEERS {
+        // Overturned twice in a round (two decoys settling): refused and slashed once.
+        if self.banned.len() >= MAX_KNOWN_PEERS || self.banned.contains_key(&v) {
             return;
         }
         self.validators.remove(&v);
