@@ -691,6 +691,31 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     assert!(log.contains("operator") && log.contains("the validator loses"), "{log}");
     log.lines().filter(|l| l.contains("dispute between")).for_each(|l| eprintln!("{l}"));
     assert_eq!(q("SELECT COUNT(*) FROM accepted"), 6, "only the honest updates are aggregated");
+    disputes_audited(&run);
+}
+
+/// The audit recomputes every operator a dispute was decided by, and names the dispute when
+/// one byte of that operator's stored inputs is flipped.
+fn disputes_audited(run: &Run) {
+    let (ok, out) = run.audit();
+    assert!(ok && !out.contains(" 0 disputed operators recomputed"), "{out}");
+    let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
+    let mut rows = db.prepare("SELECT record FROM ledger ORDER BY seq").unwrap();
+    let records: Vec<Vec<u8>> = rows.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let evidence = records
+        .iter()
+        .find_map(|b| match tessera_ledger::Record::decode(b).unwrap().entry {
+            tessera_ledger::Entry::DisputeResolved { evidence: Some(e), .. } => Some(e),
+            _ => None,
+        })
+        .expect("a dispute decided by one operator");
+    let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&evidence.inputs));
+    let mut blob = std::fs::read(&path).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    std::fs::write(&path, &blob).unwrap();
+    let (ok, out) = run.audit();
+    assert!(!ok && out.contains("DisputeResolved") && out.contains("inputs"), "{out}");
 }
 
 /// Scoring by a validator process: it fetches each accepted update and the round's start

@@ -81,7 +81,7 @@ pub use spec::RunSpec;
 pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_ledger::DEFAULT_STAKE;
-pub use tessera_verify::{Dispute, Loser, Ruling};
+pub use tessera_verify::{Dispute, EntryHashes, Loser, Ruling};
 pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
 pub use validator::{Behaviour, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, MAX_TASKS};

@@ -201,10 +201,20 @@ impl Accounts {
                     });
                 }
             }
-            Entry::DisputeOpened { trainer, validator, .. }
-            | Entry::DisputeResolved { trainer, validator, .. } => {
+            Entry::DisputeOpened { trainer, validator, .. } => {
                 self.known(trainer)?;
                 self.known(validator)?;
+            }
+            Entry::DisputeResolved { trainer, validator, evidence, .. } => {
+                self.known(trainer)?;
+                self.known(validator)?;
+                let big = |e: &crate::Evidence| {
+                    e.input_hashes.len().max(e.claims[0].len()).max(e.claims[1].len())
+                        > crate::MAX_EVIDENCE_TENSORS
+                };
+                if evidence.as_ref().is_some_and(big) {
+                    return Err(format!("evidence of more than {} tensors", crate::MAX_EVIDENCE_TENSORS));
+                }
             }
             Entry::Left { peer } => {
                 let a = self.active(peer)?;

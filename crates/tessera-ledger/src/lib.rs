@@ -98,6 +98,31 @@ pub struct AcceptedUpdate {
     pub score: i64,
 }
 
+/// What a dispute decided by one operator rests on, for anyone to recompute: the blob of
+/// the operator's kernel and inputs (stored by the coordinator), the kernel's and inputs'
+/// hashes both sides named, and the output hashes each claimed, `[trainer, validator]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    pub inputs: Hash32,
+    pub kernel: Hash32,
+    pub input_hashes: Vec<Hash32>,
+    pub claims: [Vec<Hash32>; 2],
+}
+
+/// Most tensors an operator's evidence names (inputs, or one side's outputs).
+pub const MAX_EVIDENCE_TENSORS: usize = 64;
+
+impl Evidence {
+    /// Who loses when the operator, recomputed, gives `outputs`.
+    pub fn loser(&self, outputs: &[Hash32]) -> Loser {
+        match (self.claims[0] == outputs, self.claims[1] == outputs) {
+            (true, _) => Loser::Validator,
+            (false, true) => Loser::Trainer,
+            (false, false) => Loser::Both,
+        }
+    }
+}
+
 /// Who lost a dispute.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loser {
@@ -137,7 +162,8 @@ pub enum Entry {
     },
     /// A validator's mismatch on `trainer`'s update is disputed.
     DisputeOpened { round: u64, trainer: PeerId, validator: PeerId },
-    /// The dispute was decided at `step` (and `op`, when one operator was recomputed).
+    /// The dispute was decided at `step` (and `op`, when one operator was recomputed, with
+    /// the evidence to recompute it again).
     DisputeResolved {
         round: u64,
         trainer: PeerId,
@@ -145,6 +171,7 @@ pub enum Entry {
         loser: Loser,
         step: u64,
         op: Option<u64>,
+        evidence: Option<Evidence>,
     },
     /// Implied by a `RoundClosed`: `peer`'s share of the round's reward.
     Rewarded { round: u64, peer: PeerId, amount: Amount },

@@ -12,8 +12,11 @@
 //!   is chained but not recomputed; recomputation resumes from the next stored state blob.
 //!   The report counts both.
 //!
+//! - Every dispute decided by one operator is decided again: its evidence's inputs blob is
+//!   read back, checked against the kernel and input hashes both sides named, the operator
+//!   is recomputed, and the side whose claimed outputs differ must be the recorded loser.
+//!
 //! The first divergence is named, with the ledger record it is in.
-//! Not yet: re-running each dispute's operator (the store keeps the ruling, not the inputs).
 
 use std::path::Path;
 
@@ -34,6 +37,8 @@ pub struct AuditReport {
     pub updates_checked: u64,
     /// Stored state blobs read back and re-hashed.
     pub blobs_checked: u64,
+    /// Disputed operators recomputed.
+    pub disputes_rerun: u64,
     pub final_state: Option<[u8; 32]>,
 }
 
@@ -48,6 +53,8 @@ pub enum AuditError {
     Config(String),
     #[error("record {seq} (RoundClosed of round {round}): {why}")]
     Round { seq: u64, round: u64, why: String },
+    #[error("record {seq} (DisputeResolved of round {round}): {why}")]
+    Dispute { seq: u64, round: u64, why: String },
 }
 
 /// Audits the coordinator directory `dir` (read only).
@@ -68,18 +75,42 @@ pub fn audit(dir: &Path) -> Result<AuditReport, AuditError> {
         recomputed: 0,
         updates_checked: 0,
         blobs_checked: 0,
+        disputes_rerun: 0,
         final_state: None,
     };
     for r in &log {
-        let Entry::RoundClosed { round, start, end, accepted, .. } = &r.entry else { continue };
-        let fail = |why: String| AuditError::Round { seq: r.seq, round: *round, why };
-        replay.round(*round, (start, end), accepted, &mut report).map_err(fail)?;
-        report.rounds += 1;
+        match &r.entry {
+            Entry::RoundClosed { round, start, end, accepted, .. } => {
+                let fail = |why: String| AuditError::Round { seq: r.seq, round: *round, why };
+                replay.round(*round, (start, end), accepted, &mut report).map_err(fail)?;
+                report.rounds += 1;
+            }
+            Entry::DisputeResolved { round, loser, evidence: Some(e), .. } => {
+                let fail = |why: String| AuditError::Dispute { seq: r.seq, round: *round, why };
+                rerun(&store, e, *loser).map_err(fail)?;
+                report.disputes_rerun += 1;
+            }
+            _ => {}
+        }
     }
     assert_eq!(report.rounds, ledger.accounts().rounds, "one RoundClosed per paid round");
     assert!(report.recomputed <= report.rounds, "a round is recomputed at most once");
     report.final_state = (report.rounds > 0).then_some(replay.hash);
     Ok(report)
+}
+
+/// Recomputes a disputed operator from its evidence; the recorded loser must be the side
+/// whose claimed outputs differ from the result.
+fn rerun(store: &Store, e: &tessera_ledger::Evidence, loser: tessera_ledger::Loser) -> Result<(), String> {
+    let blob = store.blob(&e.inputs).map_err(|e| format!("the operator's inputs: {e}"))?;
+    let op = tessera_coord::OpInputs::decode(&blob).map_err(|e| e.to_string())?;
+    let named =
+        tessera_coord::EntryHashes { kernel: e.kernel, inputs: e.input_hashes.clone(), outputs: Vec::new() };
+    let outputs = op.replay(&named).map_err(|e| format!("recomputing the operator: {e}"))?;
+    match e.loser(&outputs) {
+        l if l == loser => Ok(()),
+        l => Err(format!("recomputed, the operator says {l:?} lost, not {loser:?}")),
+    }
 }
 
 /// The run's spec, from the stored config, which must be the one the ledger was created for.

@@ -205,11 +205,12 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn rewards_follow_contributions() {
     let ds = common::dataset("ledger", "contributions");
-    let rc = RunConfig { min_peers: 5, validate: tessera_coord::Validate::Off, score_batches: 2, ..cfg() }.with(|c| {
-        c.rounds = 8;
-        c.inner_steps = 4;
-        c.outer_momentum = 0.0;
-    });
+    let rc = RunConfig { min_peers: 5, validate: tessera_coord::Validate::Off, score_batches: 2, ..cfg() }
+        .with(|c| {
+            c.rounds = 8;
+            c.inner_steps = 4;
+            c.outer_momentum = 0.0;
+        });
     let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
     for i in 1..=5 {
         p.join(pid(i)).unwrap();
@@ -237,7 +238,10 @@ fn rewards_follow_contributions() {
     let honest_least = reward[..3].iter().copied().fold(f64::INFINITY, f64::min);
     assert!(reward[3] < honest_least, "the trainer that misses every other round earns less");
     assert!(reward[4] < honest_least, "and so does the one on the noisier unit");
-    assert!((1..=5).all(|i| live.get(&pid(i)).unwrap().slashed == 0), "nobody is slashed for contributing less");
+    assert!(
+        (1..=5).all(|i| live.get(&pid(i)).unwrap().slashed == 0),
+        "nobody is slashed for contributing less"
+    );
 }
 
 /// Regression (the 100-seed drills, seed 7): a lazy validator whose decoys are all overturned
@@ -263,5 +267,9 @@ fn a_validator_overturned_twice_in_a_round_is_slashed_once() {
     assert_eq!(verdicts, 1, "one verdict on the validator");
     let live = p.coordinator().accounts().unwrap();
     let slashed = live.get(&pid(VALIDATOR)).unwrap().slashed;
-    assert_eq!(slashed, tessera_ledger::rules::slash(&rc.stakes, tessera_coord::DEFAULT_STAKE).0, "slashed once");
+    assert_eq!(
+        slashed,
+        tessera_ledger::rules::slash(&rc.stakes, tessera_coord::DEFAULT_STAKE).0,
+        "slashed once"
+    );
 }

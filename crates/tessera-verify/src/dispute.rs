@@ -156,6 +156,15 @@ impl Dispute {
         self.agreed
     }
 
+    /// While the referee is to replay one operator: the output hashes each side claimed for
+    /// it, `[trainer, validator]`.
+    pub fn claims(&self) -> Option<[Vec<Hash32>; 2]> {
+        match &self.phase {
+            Phase::Replay { outputs, .. } => Some(outputs.clone()),
+            _ => None,
+        }
+    }
+
     /// The ruling, once made.
     pub fn ruling(&self) -> Option<Ruling> {
         match self.phase {

@@ -37,8 +37,8 @@ pub fn audit(a: LedgerArgs) -> Result<()> {
         Ok(r) => {
             let last = r.final_state.map_or("none".to_string(), |h| tessera_net::hex(&h));
             println!(
-                "audit: OK: {} records, {} rounds ({} recomputed from {} update blobs), {} state blobs re-hashed; final state {last}",
-                r.records, r.rounds, r.recomputed, r.updates_checked, r.blobs_checked
+                "audit: OK: {} records, {} rounds ({} recomputed from {} update blobs), {} state blobs re-hashed, {} disputed operators recomputed; final state {last}",
+                r.records, r.rounds, r.recomputed, r.updates_checked, r.blobs_checked, r.disputes_rerun
             );
             Ok(())
         }

@@ -250,7 +250,13 @@ impl Coordinator {
         let outcome = Outcome::Duplicate(of);
         assert!(outcome.proves_cheat() && !outcome.passed(), "a duplicate is proof");
         let segment = u64::from(tessera_ledger::SEGMENT_UPDATE);
-        self.out.push(Output::Persist(Record::Verdict { round, peer, segment, outcome: outcome.clone(), by: None }));
+        self.out.push(Output::Persist(Record::Verdict {
+            round,
+            peer,
+            segment,
+            outcome: outcome.clone(),
+            by: None,
+        }));
         self.ledger(tessera_ledger::Entry::Verdict {
             round,
             peer,
@@ -328,9 +334,11 @@ fn honest_finding(outcome: &Outcome, decoy: bool) -> Finding {
     match outcome {
         Outcome::BadReveal(_) => Finding::BadReveal,
         _ if decoy => Finding::Mismatch,
-        Outcome::Pass | Outcome::Unchecked(_) | Outcome::NoReveal | Outcome::WrongVerdict(_) | Outcome::Duplicate(_) => {
-            Finding::Pass
-        }
+        Outcome::Pass
+        | Outcome::Unchecked(_)
+        | Outcome::NoReveal
+        | Outcome::WrongVerdict(_)
+        | Outcome::Duplicate(_) => Finding::Pass,
         Outcome::Mismatch => Finding::Mismatch,
         Outcome::WrongUpdate => Finding::WrongUpdate,
     }

@@ -35,6 +35,8 @@ pub(super) struct Game {
     fetching: Option<Hash32>,
     running: bool,
     bytes: u64,
+    /// What the operator's replay rests on (its inputs blob is stored), for the ledger.
+    evidence: Option<tessera_ledger::Evidence>,
 }
 
 /// The referee's recomputation of one step: run it, then call [`Coordinator::recomputed`].
@@ -97,6 +99,7 @@ impl Coordinator {
             fetching: None,
             running: false,
             bytes: 0,
+            evidence: None,
         };
         let open = self.open.as_mut().expect("a dispute of the open round");
         assert!(!open.checks.games.contains_key(&trainer), "one dispute per check");
@@ -236,6 +239,12 @@ impl Coordinator {
         match q {
             Some(Question::Inputs { .. }) => {
                 let entry = g.entry.clone().expect("inputs are asked for after the entries");
+                g.evidence = g.d.claims().map(|claims| tessera_ledger::Evidence {
+                    inputs: hash,
+                    kernel: entry.kernel,
+                    input_hashes: entry.inputs.clone(),
+                    claims,
+                });
                 let replayed = crate::OpInputs::decode(bytes).and_then(|op| {
                     g.kernel = Some(op.kernel.name());
                     op.replay(&entry)
@@ -244,6 +253,8 @@ impl Coordinator {
                     Ok(outputs) => g.d.replayed(&outputs).map_err(|_| Loser::Both),
                     Err(_) => Err(Loser::Trainer), // not what both sides named
                 };
+                // Kept, before the ruling that rests on it, so that the audit can recompute it.
+                self.out.push(Output::StoreBlob { hash, bytes: bytes.clone() });
                 match ruled {
                     Ok(r) => self.conclude(from, r),
                     Err(who) => self.forfeit(from, who),
@@ -365,7 +376,16 @@ impl Coordinator {
             Loser::Both => tessera_ledger::Loser::Both,
         };
         let (step, op) = (r.step, r.op);
-        self.ledger(tessera_ledger::Entry::DisputeResolved { round, trainer, validator: v, loser, step, op });
+        let evidence = g.evidence.filter(|_| op.is_some() && !forfeit);
+        self.ledger(tessera_ledger::Entry::DisputeResolved {
+            round,
+            trainer,
+            validator: v,
+            loser,
+            step,
+            op,
+            evidence,
+        });
         self.event(Event::Disputed(d));
         if matches!(r.loser, Loser::Validator | Loser::Both) {
             self.refuse_validator(v, round, format!("{:?}", Finding::Mismatch), Some(trainer));
