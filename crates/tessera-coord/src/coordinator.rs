@@ -75,6 +75,8 @@ struct OpenRound {
     /// signed scores in, by validator and peer.
     weighing: std::collections::BTreeSet<(PeerId, PeerId)>,
     weights: BTreeMap<PeerId, BTreeMap<PeerId, tessera_ledger::SignedScore>>,
+    /// Each committed update's signature by its trainer (for the ledger's `RoundClosed`).
+    sigs: BTreeMap<PeerId, Vec<u8>>,
 }
 
 /// The coordinator.
@@ -206,6 +208,7 @@ impl Coordinator {
             scoring: Default::default(),
             weighing: Default::default(),
             weights: Default::default(),
+            sigs: Default::default(),
             start_state: None,
         });
     }
@@ -465,11 +468,16 @@ impl Coordinator {
     }
 
     fn commit(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::Commit { round, update, update_len: len, root, .. } = m else {
+        let Message::Commit { round, update, update_len: len, root, sig, .. } = m else {
             return Err(Reject::Unexpected("a commit"));
         };
         let (round, len) = (*round, *len);
-        let checked = self.check_commit(&from, m);
+        let signed = match sig.is_empty() {
+            true => Ok(()),
+            false => tessera_ledger::check_update(&from, round, update, sig)
+                .map_err(|_| Reject::Unexpected("a commit whose update signature does not verify")),
+        };
+        let checked = self.check_commit(&from, m).and(signed);
         let open_round = self.open.as_ref().map(|o| o.round);
         let open = match self.open.as_mut() {
             Some(o) if o.round == round => o,
@@ -485,6 +493,9 @@ impl Coordinator {
             Slot::Waiting => {
                 *slot = Slot::Fetching { hash: *update };
                 open.order.push(from);
+                if !sig.is_empty() {
+                    open.sigs.insert(from, sig.clone());
+                }
                 let took = now_ms.saturating_sub(open.started_ms) as f64;
                 let s = self.speed_ms.entry(from).or_insert(took);
                 *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
@@ -592,6 +603,7 @@ impl Coordinator {
             scoring: Default::default(),
             weighing: Default::default(),
             weights: Default::default(),
+            sigs: Default::default(),
             start_state: None,
         });
     }
@@ -678,7 +690,7 @@ impl Coordinator {
         };
         // The ledger's entries of the round are persisted before the Accept that names them.
         self.ledger_weights(round, open.weights, &accept);
-        self.ledger_round(round, (start_hash, self.state_hash), &accept);
+        self.ledger_round(round, (start_hash, self.state_hash), &accept, &open.sigs);
         if let Message::Accept { ledger, .. } = &mut accept {
             *ledger = self.ledger_head();
         }

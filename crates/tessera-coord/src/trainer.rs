@@ -174,6 +174,9 @@ pub struct TrainerConfig {
     pub addr: Option<String>,
     /// What it locks to join (see `RunConfig::stakes`).
     pub stake: u64,
+    /// Its identity's key (whose public half is `me`), to sign each committed update for
+    /// the ledger; `None`: its commits are not signed.
+    pub key: Option<ed25519_dalek::SigningKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +250,8 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(tc: TrainerConfig) -> Self {
+        let me = tc.key.as_ref().map(|k| k.verifying_key().to_bytes());
+        assert!(me.is_none_or(|k| k == tc.me), "the signing key is the trainer's identity");
         Self {
             ledger: crate::LedgerCopy::new(&tc.coordinator),
             tc,
@@ -352,7 +357,11 @@ impl Trainer {
                 for (hash, bytes) in self.own.clone() {
                     self.out.push(Action::Serve { hash, bytes });
                 }
-                self.out.push(Action::Send(t.commit()));
+                let mut commit = t.commit();
+                if let (Some(k), Message::Commit { sig, .. }) = (&self.tc.key, &mut commit) {
+                    *sig = tessera_ledger::sign_update(k, t.round, &t.update_hash);
+                }
+                self.out.push(Action::Send(commit));
                 self.committed = Some(t.round);
                 let e = TrainerEvent::Committed { round: t.round, unit: t.unit, loss: t.mean_loss };
                 self.out.push(Action::Event(e));

@@ -296,6 +296,7 @@ fn non_finite_and_huge_updates_are_rejected() {
             start_hash: [1; 32],
             end_hash: [2; 32],
             root: [3; 32],
+            sig: vec![],
         };
         h.send(10, p, m);
         let out = h.c.fetched(20, p, hash, Ok(blob));

@@ -41,6 +41,7 @@ impl H {
             dataset: ds.manifest_hash(),
             fault_round,
             addr: None,
+            key: None,
         };
         H { t: Trainer::new(tc), seq: 0, spec: Arc::new(RunSpec::new(cfg()).unwrap()) }
     }

@@ -133,6 +133,9 @@ impl Accounts {
                 if !accepted.windows(2).all(|w| w[0].peer < w[1].peer) {
                     return Err("accepted updates not in strict peer order".into());
                 }
+                for u in accepted.iter().filter(|u| !u.sig.is_empty()) {
+                    crate::check_update(&u.peer, *round, &u.update, &u.sig)?;
+                }
                 for u in accepted {
                     let a = self.active(&u.peer)?;
                     a.accepted += 1;

@@ -18,7 +18,8 @@
 //!   sequence number, that hash and the entry: a changed, dropped, reordered or forked record
 //!   is found by the first check that fails, and named.
 //! - Entries of other participants carry their own signatures: a validator's `Weights` are
-//!   signed by its key ([`sign_score`]), and the replay checks them.
+//!   signed by its key ([`sign_score`]), a trainer's accepted update by the trainer's
+//!   ([`sign_update`]), and the replay checks them.
 //! - Decoding never panics: every record is size-checked ([`MAX_RECORD`]) before it is read.
 //!
 //! **Must not.** Do I/O, read clocks or draw randomness (ed25519 signing is deterministic);
@@ -89,13 +90,37 @@ impl Default for StakeRules {
     }
 }
 
-/// One accepted update of a closed round: its blob and its score (the held-out loss gain in
-/// millionths of a nat per byte; 0 when the run does not score).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// One accepted update of a closed round: its blob, its score (the held-out loss gain in
+/// millionths of a nat per byte; 0 when the run does not score), and the trainer's own
+/// signature over the round and the update ([`sign_update`]; empty from a trainer without a
+/// key, as in the simulator), which the replay checks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AcceptedUpdate {
     pub peer: PeerId,
     pub update: Hash32,
     pub score: i64,
+    pub sig: Vec<u8>,
+}
+
+const UPDATE_DOMAIN: &[u8] = b"tessera-update-v1";
+
+/// What a trainer signs for its update of `round`.
+pub fn update_message(round: u64, update: &Hash32) -> Vec<u8> {
+    [UPDATE_DOMAIN, &round.to_le_bytes(), update].concat()
+}
+
+/// A trainer's signature over its update `update` of `round`.
+pub fn sign_update(key: &ed25519_dalek::SigningKey, round: u64, update: &Hash32) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    key.sign(&update_message(round, update)).to_bytes().to_vec()
+}
+
+/// Checks `peer`'s signature `sig` over its update of `round`.
+pub fn check_update(peer: &PeerId, round: u64, update: &Hash32, sig: &[u8]) -> Result<(), String> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(peer).map_err(|_| "not a trainer's key")?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| "an update signature of the wrong length")?;
+    key.verify_strict(&update_message(round, update), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| "the trainer's signature over its update does not verify".to_string())
 }
 
 /// What a dispute decided by one operator rests on, for anyone to recompute: the blob of

@@ -26,7 +26,10 @@ fn rules() -> StakeRules {
 }
 
 fn accepted(scores: &[(u8, i64)]) -> Vec<AcceptedUpdate> {
-    scores.iter().map(|&(p, score)| AcceptedUpdate { peer: pid(p), update: [p; 32], score }).collect()
+    scores
+        .iter()
+        .map(|&(p, score)| AcceptedUpdate { peer: pid(p), update: [p; 32], score, sig: vec![] })
+        .collect()
 }
 
 /// A small run: three trainers and a validator join, two rounds close, a cheat is proven.
@@ -220,7 +223,12 @@ fn rewards_split_exactly_and_slashes_are_integers() {
     for budget in [0u64, 1, 7, 1_000, 999_999_937] {
         for n in 1..=7u8 {
             let acc: Vec<AcceptedUpdate> = (1..=n)
-                .map(|i| AcceptedUpdate { peer: pid(i), update: [0; 32], score: i64::from(i) * 37 - 50 })
+                .map(|i| AcceptedUpdate {
+                    peer: pid(i),
+                    update: [0; 32],
+                    score: i64::from(i) * 37 - 50,
+                    sig: vec![],
+                })
                 .collect();
             let s = split_reward(budget, &acc);
             assert_eq!(s.iter().map(|x| x.1).sum::<u64>(), budget, "{budget} over {n}");
@@ -298,8 +306,10 @@ fn yuma_run(colluder: bool) -> (Accounts, (u64, u64)) {
                 Entry::Weights { round, validator: v.verifying_key().to_bytes(), scores: scores.collect() },
             );
         }
-        let accepted: Vec<AcceptedUpdate> =
-            trainers.iter().map(|t| AcceptedUpdate { peer: *t, update: [t[0]; 32], score: 0 }).collect();
+        let accepted: Vec<AcceptedUpdate> = trainers
+            .iter()
+            .map(|t| AcceptedUpdate { peer: *t, update: [t[0]; 32], score: 0, sig: vec![] })
+            .collect();
         let close = Entry::RoundClosed { round, start: [0; 32], end: [1; 32], accepted, rejected: vec![] };
         add(&mut l, close);
         spread.0 += alone[0].min(alone[1]);
@@ -398,4 +408,37 @@ fn write_ledger_fuzz_seeds() {
     for (i, r) in run().1.iter().enumerate() {
         std::fs::write(dir.join(format!("record-{i:02}")), r.encode()).unwrap();
     }
+}
+
+/// A `RoundClosed` whose accepted update carries a signature that is not its trainer's is
+/// refused; one its trainer signed is written, and replays.
+#[test]
+fn an_accepted_updates_signature_must_be_its_trainers() {
+    let k = key(200);
+    let (mut l, first) = Ledger::genesis(&k, [7; 32], rules()).unwrap();
+    let t = key(1);
+    let tid = t.verifying_key().to_bytes();
+    let mut log = vec![first];
+    log.extend(l.append(&k, Entry::Joined { peer: tid, stake: 200, validator: false }).unwrap());
+    let close = |sig| Entry::RoundClosed {
+        round: 0,
+        start: [0; 32],
+        end: [1; 32],
+        accepted: vec![AcceptedUpdate { peer: tid, update: [5; 32], score: 0, sig }],
+        rejected: vec![],
+    };
+    let head = l.head();
+    match l.append(&k, close(sign_update(&key(2), 0, &[5; 32]))) {
+        Err(LedgerError::Rule { kind: "RoundClosed", why, .. }) => {
+            assert!(why.contains("signature"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match l.append(&k, close(sign_update(&t, 1, &[5; 32]))) {
+        Err(LedgerError::Rule { why, .. }) => assert!(why.contains("signature"), "another round's: {why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(l.head(), head, "nothing refused is written");
+    log.extend(l.append(&k, close(sign_update(&t, 0, &[5; 32]))).unwrap());
+    assert_eq!(verify(&k.verifying_key().to_bytes(), &log).unwrap().accounts(), l.accounts());
 }

@@ -193,6 +193,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         dataset: ds.manifest_hash(),
         fault_round: a.fault_round,
         addr: Some(net.local_addr()?.to_string()),
+        key: Some(key.clone()),
     };
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_NODE_INPUTS);

@@ -173,6 +173,22 @@ impl<'a> ProtocolSim<'a> {
 
     /// A new trainer that runs the fault drill in `fault_round` (see [`TrainerConfig`]).
     pub fn join_with(&mut self, peer: PeerId, fault_round: Option<u64>) -> Result<(), SimError> {
+        self.join_trainer(peer, fault_round, None)
+    }
+
+    /// A new trainer whose identity is `key`'s public half, and which signs its updates.
+    pub fn join_signing(&mut self, key: tessera_coord::SigningKey) -> Result<PeerId, SimError> {
+        let id = key.verifying_key().to_bytes();
+        self.join_trainer(id, None, Some(key))?;
+        Ok(id)
+    }
+
+    fn join_trainer(
+        &mut self,
+        peer: PeerId,
+        fault_round: Option<u64>,
+        key: Option<tessera_coord::SigningKey>,
+    ) -> Result<(), SimError> {
         let addr = Some(format!("sim:{}", tessera_tensor::hex(&peer[..4])));
         let tc = TrainerConfig {
             stake: tessera_coord::DEFAULT_STAKE,
@@ -181,6 +197,7 @@ impl<'a> ProtocolSim<'a> {
             dataset: self.ds.manifest_hash(),
             addr,
             fault_round,
+            key,
         };
         let p = Peer {
             t: Trainer::new(tc),

@@ -273,3 +273,48 @@ fn a_validator_overturned_twice_in_a_round_is_slashed_once() {
         "slashed once"
     );
 }
+
+/// Trainers with keys sign each committed update; every accepted update in the ledger
+/// carries its trainer's signature (checked again by the replay), and a commit whose
+/// signature is not its sender's is refused with a typed reason (the frame itself is the
+/// sender's, so only the trainer can send one: its update of that round is left out).
+#[test]
+fn accepted_updates_carry_their_trainers_signatures() {
+    let ds = common::dataset("ledger", "signed");
+    let rc = cfg().with(|c| c.rounds = 2);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    p.join_validator(pid(VALIDATOR), Behaviour::Honest).unwrap();
+    let keys: Vec<tessera_coord::SigningKey> =
+        (1..=3).map(|i| tessera_coord::SigningKey::from_bytes(&[i; 32])).collect();
+    let ids: Vec<[u8; 32]> = keys.iter().map(|k| p.join_signing(k.clone()).unwrap()).collect();
+    p.run_until(1).unwrap();
+    // Trainer 1 commits with its update signed by another key.
+    let forged = Message::Commit {
+        round: 1,
+        state: p.coordinator().state_hash(),
+        update: [7; 32],
+        update_len: p.coordinator().spec().update_len,
+        start_hash: [1; 32],
+        end_hash: [2; 32],
+        root: [3; 32],
+        sig: tessera_ledger::sign_update(&tessera_coord::SigningKey::from_bytes(&[99; 32]), 1, &[7; 32]),
+    };
+    let outs = p.deliver_to_coordinator(Signed { sender: ids[0], seq: 1 << 40, message: forged });
+    let refused = outs.iter().any(|o| {
+        matches!(o, Output::Event(Event::Rejected { from, reason: tessera_coord::Reject::Unexpected(why) })
+            if *from == ids[0] && why.contains("signature"))
+    });
+    assert!(refused, "{outs:?}");
+    p.run_until(rc.rounds).unwrap();
+    let mut signed = 0;
+    for r in log(&p) {
+        if let tessera_ledger::Entry::RoundClosed { round, accepted, .. } = &r.entry {
+            for u in accepted {
+                tessera_ledger::check_update(&u.peer, *round, &u.update, &u.sig).unwrap();
+                signed += 1;
+            }
+        }
+    }
+    assert_eq!(signed, 3 * rc.rounds - 1, "every accepted update is signed by its trainer");
+    assert_eq!(replay(&p, &p.ledger_key()), *p.coordinator().accounts().unwrap());
+}

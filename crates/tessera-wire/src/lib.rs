@@ -91,6 +91,8 @@ pub enum Message {
     /// hashes of its local state (parameters and inner optimizer) before and after, and the
     /// Merkle `root` over its start state, its state after every k-th inner step, its final
     /// state and its update (`tessera_verify::RoundCommitment`).
+    /// `sig`: the trainer's own signature over the round and the update, for the ledger
+    /// (`tessera_ledger::sign_update`), or empty.
     Commit {
         round: u64,
         state: Hash32,
@@ -99,6 +101,7 @@ pub enum Message {
         start_hash: Hash32,
         end_hash: Hash32,
         root: Hash32,
+        sig: Vec<u8>,
     },
     /// The coordinator's decision for a round, with a reason for each rejection. `updates`
     /// names the accepted update blobs, in the order of `accepted` (peer-id order); for a hub
@@ -375,7 +378,7 @@ impl Message {
                 lim("operator outputs", outputs.len(), MAX_OP_IO)
             }
             Message::LedgerRecords { records, .. } => lim("ledger records", records.len(), MAX_LEDGER_BATCH),
-            Message::ScoreReport { sig, .. } => lim("score signature", sig.len(), 64),
+            Message::ScoreReport { sig, .. } | Message::Commit { sig, .. } => lim("signature", sig.len(), 64),
             Message::Reveal { start, end, .. } => {
                 lim("proof length", start.proof.len(), MAX_PROOF)?;
                 lim("proof length", end.proof.len(), MAX_PROOF)

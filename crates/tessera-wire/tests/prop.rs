@@ -46,7 +46,16 @@ fn message() -> impl Strategy<Value = Message> {
         ),
         (any::<u64>(), id(), id(), any::<u64>(), id(), id()).prop_map(
             |(round, state, update, update_len, start_hash, end_hash)| {
-                Message::Commit { round, state, update, update_len, start_hash, end_hash, root: update }
+                Message::Commit {
+                    round,
+                    state,
+                    update,
+                    update_len,
+                    start_hash,
+                    end_hash,
+                    root: update,
+                    sig: vec![],
+                }
             }
         ),
         (

@@ -110,14 +110,21 @@ impl Coordinator {
     }
 
     /// A round closed from state `start` to `end`, with these accepted updates (in peer
-    /// order) and rejections; `scores` are the round's scores by peer.
-    pub(super) fn ledger_round(&mut self, round: u64, (start, end): (Hash32, Hash32), accept: &Message) {
+    /// order, each with its trainer's signature from `sigs`) and rejections.
+    pub(super) fn ledger_round(
+        &mut self,
+        round: u64,
+        (start, end): (Hash32, Hash32),
+        accept: &Message,
+        sigs: &BTreeMap<PeerId, Vec<u8>>,
+    ) {
         let Message::Accept { accepted, updates, rejected, .. } = accept else { return };
         let score = |p: &PeerId| self.round_scores.get(p).copied().unwrap_or(0);
+        let sig = |p: &PeerId| sigs.get(p).cloned().unwrap_or_default();
         let accepted: Vec<AcceptedUpdate> = accepted
             .iter()
             .zip(updates)
-            .map(|(p, u)| AcceptedUpdate { peer: *p, update: *u, score: score(p) })
+            .map(|(p, u)| AcceptedUpdate { peer: *p, update: *u, score: score(p), sig: sig(p) })
             .collect();
         let rejected = rejected.clone();
         self.round_scores.clear();
