@@ -849,7 +849,10 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let (mut c, ticket) = run.coordinator("coord1");
     let slow = ["--slow-step-ms", "150"];
     let n = run.cfg.min_peers as u8;
-    let mut nodes: Vec<Proc> = (1..=n).map(|i| run.node(&ticket, i, &slow)).collect();
+    let copy = run.dir.join("node1.ledger").display().to_string();
+    let kept = ["--slow-step-ms", "150", "--ledger-copy", copy.as_str()];
+    let mut nodes: Vec<Proc> =
+        (1..=n).map(|i| run.node(&ticket, i, if i == 1 { &kept[..] } else { &slow[..] })).collect();
     // Kill it while round 2 is being trained.
     run.wait_count("SELECT COUNT(*) FROM rounds WHERE round = 2", 1);
     std::thread::sleep(Duration::from_millis(200));
@@ -874,6 +877,12 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let recomputed = format!("({} recomputed", if noloco { 0 } else { run.cfg.rounds });
     assert!(audit.contains(&recomputed), "{audit}");
     assert!(audit.contains(&final_hash), "the audit ends in the run's final state: {audit}");
+    // Node 1 kept its copy of the ledger on disk across the coordinator's restart: it audits
+    // whole, as the same chain, to the same final state.
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera")).args(["audit", &copy]).output().unwrap();
+    let copied = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && copied.contains("a node's copy") && copied.contains(&rounds), "{copied}");
+    assert!(copied.contains(&final_hash), "{copied}");
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
     let ids: Vec<u8> = (1..=n).collect();
     assert_eq!(final_hash, simulated(&run, &ids));

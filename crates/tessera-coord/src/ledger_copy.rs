@@ -3,7 +3,9 @@
 //! each against the chain it holds (sequence, link, the coordinator's signature, the payout
 //! rules) and compares the announced heads with its own records. A coordinator that rewrites
 //! history (a fork, a gap, a changed record) is caught by the first check that fails, and the
-//! proof is what the error says; the copy keeps what it verified before it.
+//! proof is what the error says; the copy keeps what it verified before it. The records it
+//! verifies are handed out once ([`LedgerCopy::take_fresh`]) for the driver to keep on disk,
+//! and a restarted node resumes from what it kept ([`LedgerCopy::resume`]).
 
 use tessera_ledger::{Ledger, Record};
 
@@ -19,11 +21,38 @@ pub struct LedgerCopy {
     hashes: Vec<Hash32>,
     /// The latest head the coordinator announced.
     announced: Option<(u64, Hash32)>,
+    /// Records verified since the driver last took them.
+    fresh: Vec<Record>,
 }
 
 impl LedgerCopy {
     pub fn new(coordinator: &PeerId) -> Self {
-        Self { ledger: Ledger::replica(coordinator), hashes: Vec::new(), announced: None }
+        Self { ledger: Ledger::replica(coordinator), hashes: Vec::new(), announced: None, fresh: Vec::new() }
+    }
+
+    /// A copy that starts from `records` kept earlier, verified again; `Err` names the first
+    /// that fails (a copy damaged on disk, or of another coordinator).
+    pub fn resume(coordinator: &PeerId, records: &[Record]) -> Result<Self, String> {
+        let mut c = Self::new(coordinator);
+        c.ledger.extend(records).map_err(|e| e.to_string())?;
+        c.hashes = records.iter().take(MAX_COPY_RECORDS).map(Record::hash).collect();
+        assert_eq!(c.ledger.head().0, records.len() as u64, "every kept record resumed");
+        Ok(c)
+    }
+
+    /// How many records the coordinator last announced.
+    pub fn announced_len(&self) -> u64 {
+        self.announced.map_or(0, |a| a.0)
+    }
+
+    /// Whether the coordinator announced records this copy has not verified yet.
+    pub fn behind(&self) -> bool {
+        self.announced.is_some_and(|a| a.0 > self.ledger.head().0)
+    }
+
+    /// The records verified since the last call, in order (to append to the kept copy).
+    pub fn take_fresh(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// The verified ledger so far.
@@ -61,6 +90,7 @@ impl LedgerCopy {
             if self.hashes.len() < MAX_COPY_RECORDS {
                 self.hashes.push(r.hash());
             }
+            self.fresh.push(r);
         }
         self.check()?;
         let (have, want) = (self.ledger.head().0, self.announced.map_or(0, |a| a.0));

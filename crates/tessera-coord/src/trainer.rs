@@ -58,8 +58,13 @@ pub enum Action {
         hash: Hash32,
         bytes: Arc<Vec<u8>>,
     },
+    /// Append these ledger records, verified, to the copy kept on disk (in order).
+    KeepLedger(Vec<tessera_ledger::Record>),
     Event(TrainerEvent),
 }
+
+/// Longest a trainer whose run is over waits for its ledger copy to catch up.
+pub const MAX_LEDGER_WAIT_MS: u64 = 5_000;
 
 /// Where a blob may be fetched from: a peer at the address it serves blobs at, or (no
 /// address) the coordinator, over the connection the trainer already has.
@@ -145,6 +150,8 @@ pub enum TrainerError {
     Aggregate { round: u64, err: String },
     #[error("the coordinator's ledger does not check: {0}; this node no longer trusts it")]
     Ledger(String),
+    #[error("the run ended with the ledger copy at {have} of the {announced} records announced")]
+    LedgerBehind { have: u64, announced: u64 },
 }
 
 impl TrainerError {
@@ -243,6 +250,11 @@ pub struct Trainer {
     round: u64,
     last_heartbeat: Option<u64>,
     finished: bool,
+    /// The run is over but the ledger copy is still catching up: the `Finished` event waits
+    /// (at most [`MAX_LEDGER_WAIT_MS`] from the first tick after it), so the copy a node keeps
+    /// ends with the run's last records.
+    pending_finish: Option<(u64, Hash32, bool)>,
+    finish_wait_since: Option<u64>,
     /// Its verified copy of the coordinator's ledger.
     ledger: crate::LedgerCopy,
     out: Vec<Action>,
@@ -268,6 +280,8 @@ impl Trainer {
             round: 0,
             last_heartbeat: None,
             finished: false,
+            pending_finish: None,
+            finish_wait_since: None,
             out: Vec::new(),
         }
     }
@@ -288,6 +302,14 @@ impl Trainer {
     /// Time passed; `step` is the inner step of the unit being trained. Sends a heartbeat
     /// when one is due.
     pub fn tick(&mut self, now_ms: u64, step: u64) -> Vec<Action> {
+        if let Some((round, hash, computed)) = self.pending_finish {
+            let since = *self.finish_wait_since.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= MAX_LEDGER_WAIT_MS {
+                let (have, announced) = (self.ledger.ledger().head().0, self.ledger.announced_len());
+                self.warn(TrainerError::LedgerBehind { have, announced });
+                self.finished_now(round, hash, computed);
+            }
+        }
         if let Some((spec, _)) = &self.spec {
             let due = self.last_heartbeat.is_none_or(|t| now_ms.saturating_sub(t) >= spec.cfg.heartbeat_ms);
             if due && !self.finished {
@@ -485,9 +507,27 @@ impl Trainer {
         &mut self,
         f: impl FnOnce(&mut crate::LedgerCopy) -> Result<Option<u64>, String>,
     ) -> Result<(), TrainerError> {
-        if let Some(from) = f(&mut self.ledger).map_err(TrainerError::Ledger)? {
+        let next = f(&mut self.ledger);
+        // What was verified is kept even when a later record proves the coordinator false.
+        let fresh = self.ledger.take_fresh();
+        if !fresh.is_empty() {
+            self.out.push(Action::KeepLedger(fresh));
+        }
+        if let Some(from) = next.map_err(TrainerError::Ledger)? {
             self.out.push(Action::Send(Message::LedgerFetch { from }));
         }
+        if let (Some((round, hash, computed)), false) = (self.pending_finish, self.ledger.behind()) {
+            self.finished_now(round, hash, computed);
+        }
+        Ok(())
+    }
+
+    /// Resumes the ledger copy from `records` kept on disk by an earlier run of this node
+    /// (before it connects); `Err` if they do not verify against the coordinator's key.
+    pub fn resume_ledger(&mut self, records: &[tessera_ledger::Record]) -> Result<(), TrainerError> {
+        assert_eq!(self.ledger.ledger().head().0, 0, "a copy is resumed before anything is fetched");
+        self.ledger =
+            crate::LedgerCopy::resume(&self.tc.coordinator, records).map_err(TrainerError::Ledger)?;
         Ok(())
     }
 
@@ -610,6 +650,14 @@ impl Trainer {
     }
 
     fn finish(&mut self, round: u64, state_hash: Hash32, computed: bool) {
+        match self.ledger.behind() {
+            true => self.pending_finish = Some((round, state_hash, computed)),
+            false => self.finished_now(round, state_hash, computed),
+        }
+    }
+
+    fn finished_now(&mut self, round: u64, state_hash: Hash32, computed: bool) {
+        self.pending_finish = None;
         if !self.finished {
             self.finished = true;
             self.out.push(Action::Event(TrainerEvent::Finished { round, state_hash, computed }));

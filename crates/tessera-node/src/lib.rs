@@ -20,6 +20,7 @@
 pub mod audit;
 pub mod coordinator;
 mod fetch;
+pub mod ledger_file;
 mod store;
 pub mod trainer;
 mod twin;

@@ -53,6 +53,9 @@ pub struct NodeOptions {
     pub validator: bool,
     /// What this node locks to join (the run's `min_stake` at least).
     pub stake: u64,
+    /// Where this node keeps its verified copy of the coordinator's ledger (resumed from
+    /// on restart; `None`: in memory only).
+    pub ledger_copy: Option<PathBuf>,
 }
 
 /// What comes back to the event loop from tasks it started.
@@ -67,6 +70,8 @@ type TrainJob = (Arc<GlobalState>, Hash32, Assignment);
 struct Node {
     net: Net,
     key: SigningKey,
+    /// The ledger copy on disk, if kept.
+    kept: Option<crate::ledger_file::LedgerFile>,
     seq: Seq,
     ds: Arc<Dataset>,
     pool: Arc<rayon::ThreadPool>,
@@ -195,16 +200,27 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         addr: Some(net.local_addr()?.to_string()),
         key: Some(key.clone()),
     };
+    let mut t = Trainer::new(tc);
+    let kept = match &a.ledger_copy {
+        Some(p) => {
+            let (f, records) = crate::ledger_file::LedgerFile::open(p, &coord)?;
+            t.resume_ledger(&records)?;
+            log.info(&format!("ledger copy {}: resumed {} verified records", p.display(), records.len()));
+            Some(f)
+        }
+        None => None,
+    };
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_NODE_INPUTS);
     let mut node = Node {
         fetcher: crate::fetch::Fetcher::new(net.clone(), coord),
         net,
         key,
+        kept,
         seq: Seq::from_clock(),
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
-        t: Trainer::new(tc),
+        t,
 
         worker: None,
         queued: None,
@@ -309,6 +325,11 @@ impl Node {
                 Action::Train { state, state_hash, unit } => self.spawn_train((state, state_hash, unit)),
                 Action::Serve { bytes, .. } => {
                     self.net.blobs().insert(bytes);
+                }
+                Action::KeepLedger(records) => {
+                    if let Some(f) = self.kept.as_mut() {
+                        f.append(&records)?;
+                    }
                 }
                 Action::Reveal { round, segment } => {
                     // From the states kept in memory: quick, so done on the loop.

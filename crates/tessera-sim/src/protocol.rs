@@ -38,6 +38,8 @@ struct Peer {
     /// Dies when asked to train a unit of this round, before committing.
     crash_in: Option<u64>,
     miss_every: Option<u64>,
+    /// The ledger records it kept (what a node appends to its copy on disk).
+    kept: Vec<tessera_ledger::Record>,
     /// Sends this instead of its honest updates.
     cheat: Option<Cheat>,
     /// Skimps on its training so.
@@ -158,6 +160,11 @@ impl<'a> ProtocolSim<'a> {
         self.act(peer, acts)
     }
 
+    /// The ledger records a trainer kept, as a node keeps them on disk.
+    pub fn peer_kept_ledger(&self, peer: &PeerId) -> Option<&[tessera_ledger::Record]> {
+        self.peers.get(peer).map(|p| p.kept.as_slice())
+    }
+
     /// Hands `frame` to the coordinator now (a scripted peer outside the run), executes what
     /// it answers, and returns that.
     pub fn deliver_to_coordinator(&mut self, frame: Signed) -> Vec<Output> {
@@ -208,6 +215,7 @@ impl<'a> ProtocolSim<'a> {
             served_order: VecDeque::new(),
             crash_in: None,
             miss_every: None,
+            kept: Vec::new(),
             cheat: None,
             shirk: None,
             last: None,
@@ -485,6 +493,7 @@ impl<'a> ProtocolSim<'a> {
                     let more = p.t.answered(now, round, got);
                     self.act(peer, more)?;
                 }
+                Action::KeepLedger(records) => self.peer_mut(&peer).kept.extend(records),
                 Action::Serve { hash, bytes } => {
                     let p = self.peer_mut(&peer);
                     if p.served.insert(hash, bytes).is_none() {

@@ -163,6 +163,8 @@ fn a_trainer_catches_a_rewritten_ledger_record() {
     let why = p.deliver_to_peer(pid(2), lie).unwrap_err().to_string();
     assert!(why.contains("ledger") && why.contains("no longer trusts") && why.contains("signature"), "{why}");
     assert_eq!(p.peer_ledger(&pid(2)).unwrap().head(), (have, head), "its copy is kept as it was");
+    let kept = p.peer_kept_ledger(&pid(2)).unwrap();
+    assert_eq!(kept, &log[..have as usize], "and what it keeps on disk is the verified prefix, no more");
 }
 
 /// Ranks of `v` (1 = smallest; ties share their mean rank).

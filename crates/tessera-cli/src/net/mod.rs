@@ -98,8 +98,8 @@ pub struct NodeArgs {
     /// different state, is flagged by the coordinator and must re-sync from its checkpoint.
     #[arg(long, hide = true)]
     pub fault_round: Option<u64>,
-    /// Cheat drill: poison, replay, random, copy, skip-steps, wrong-data or forge (a
-    /// trainer's), or lazy-validator or lying-validator (with --validator), to watch the
+    /// Cheat drill: poison, replay, random, copy, skip-steps, wrong-data, forge or noisy-data
+    /// (a trainer's), or lazy-validator or lying-validator (with --validator), to watch the
     /// coordinator catch it.
     #[arg(long, hide = true)]
     pub cheat: Option<tessera_coord::CheatKind>,
@@ -116,6 +116,10 @@ pub struct NodeArgs {
     /// is proven to cheat).
     #[arg(long, default_value_t = tessera_coord::DEFAULT_STAKE)]
     pub stake: u64,
+    /// Keep this node's verified copy of the coordinator's ledger in FILE (resumed on
+    /// restart; `tessera audit FILE` replays it). In memory only if not given.
+    #[arg(long)]
+    pub ledger_copy: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -133,6 +137,7 @@ impl NodeArgs {
             twin_dir: self.twin_dir,
             validator: self.validator,
             stake: self.stake,
+            ledger_copy: self.ledger_copy,
         }
     }
 }
