@@ -293,6 +293,10 @@ impl Coordinator {
         }
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e)),
+            // The committed length was checked to be the run's; the blob must be that long.
+            Ok(b) if b.len() as u64 != self.spec.update_len => {
+                Slot::Rejected(Reject::BadLength { got: b.len() as u64, want: self.spec.update_len })
+            }
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => {

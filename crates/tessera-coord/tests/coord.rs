@@ -310,6 +310,44 @@ fn non_finite_and_huge_updates_are_rejected() {
     assert_eq!(h.c.round(), 1);
 }
 
+/// Regression (issue: hostile peers): a fetched blob longer than the committed, run-wide
+/// `update_len` is refused before it is hashed or decoded, and an update of another algorithm
+/// (the header's algorithm byte) is refused too, though it has the right length.
+#[test]
+fn an_update_of_the_wrong_length_or_algorithm_is_refused() {
+    let (mut h, spec) = Harness::new(cfg());
+    let (n, layout) = (spec.n(), spec.layout_hash);
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
+    let codec = cfg().update_codec().unwrap();
+    let good = encode_update(Algorithm::DiLoCo, codec, layout, 0, &vec![0.01f32; n]);
+    let mut long = good.clone();
+    long.extend([0u8; 16]);
+    let ddp = encode_update(Algorithm::Ddp, codec, layout, 0, &vec![0.01f32; n]);
+    assert_eq!(ddp.len(), good.len(), "same length, another algorithm");
+    for (p, blob) in [(pid(1), long), (pid(2), ddp)] {
+        let hash = *blake3::hash(&blob).as_bytes();
+        let m = Message::Commit {
+            round: 0,
+            state: h.c.state_hash(),
+            update: hash,
+            update_len: spec.update_len,
+            start_hash: [1; 32],
+            end_hash: [2; 32],
+            root: [3; 32],
+            sig: vec![],
+        };
+        h.send(10, p, m);
+        let out = h.c.fetched(20, p, hash, Ok(blob));
+        let r = rejections(&out);
+        let ok = match p[0] {
+            1 => matches!(&r[..], [Reject::BadLength { .. }]),
+            _ => matches!(&r[..], [Reject::Update(SyncError::Malformed(m))] if m.contains("ddp")),
+        };
+        assert!(ok, "{r:?}");
+    }
+}
+
 #[test]
 fn a_deadline_closes_a_round_with_a_slow_peer_missing() {
     let (mut h, _) = Harness::new(RunConfig { round_timeout_ms: 700, silence_ms: 5000, ..cfg() });

@@ -276,11 +276,13 @@ impl Daemon {
         let outs = match input {
             Input::Evaluated(r, ms, loss) => {
                 self.evals_pending = self.evals_pending.checked_sub(1).expect("an evaluation was pending");
-                match loss {
-                    Ok(l) => {
-                        self.store.record_eval(r, ms, l)?;
-                        self.log.info(&format!("round {r}: validation loss {l:.4}"));
-                    }
+                match loss.map_err(|e| e.to_string()) {
+                    // A diverged model's loss is not a number: said, not fatal to the run.
+                    Ok(l) => match self.store.record_eval(r, ms, l) {
+                        Ok(()) => self.log.info(&format!("round {r}: validation loss {l:.4}")),
+                        Err(e @ crate::StoreError::NotFinite { .. }) => self.log.warn(&e.to_string()),
+                        Err(e) => return Err(e.into()),
+                    },
                     Err(e) => self.log.warn(&format!("evaluating round {r}: {e}")),
                 }
                 return Ok(());

@@ -112,9 +112,29 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, NodeError> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(NodeError::io(format!("creating {}", d.display())))?;
     }
-    std::fs::write(path, tessera_net::hex(&key.to_bytes()))
+    write_secret(path, tessera_net::hex(&key.to_bytes()).as_bytes())
         .map_err(NodeError::io(format!("writing {shown}")))?;
     Ok(key)
+}
+
+/// Writes a secret: readable by its owner only (mode 0600 on Unix) from the moment it exists,
+/// and atomically (a temporary file in the same directory, synced, then renamed), so a crash
+/// never leaves a half-written key.
+fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp); // a leftover keeps its mode: start afresh
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// A new identity from the OS's randomness (the daemons may read it).

@@ -32,6 +32,8 @@ pub enum StoreError {
     State(#[from] tessera_coord::CoordError),
     #[error("ledger: {0}")]
     Ledger(#[from] tessera_ledger::LedgerError),
+    #[error("the {what} after round {round} is {value}, not a finite number")]
+    NotFinite { what: &'static str, round: u64, value: f64 },
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -93,7 +95,7 @@ CREATE TABLE IF NOT EXISTS rounds(
 CREATE TABLE IF NOT EXISTS accepted(round INTEGER NOT NULL, peer BLOB NOT NULL, PRIMARY KEY(round, peer));
 CREATE TABLE IF NOT EXISTS evals(round INTEGER PRIMARY KEY, ms INTEGER NOT NULL, val_loss REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports(round INTEGER NOT NULL, peer BLOB NOT NULL, state_hash BLOB NOT NULL,
-    agrees INTEGER NOT NULL, computed INTEGER NOT NULL);
+    agrees INTEGER NOT NULL, computed INTEGER NOT NULL, PRIMARY KEY(round, peer, computed));
 CREATE TABLE IF NOT EXISTS verdicts(round INTEGER NOT NULL, peer BLOB NOT NULL, segment INTEGER NOT NULL,
     outcome TEXT NOT NULL, passed INTEGER NOT NULL, cheat INTEGER NOT NULL, validator BLOB,
     PRIMARY KEY(round, peer));
@@ -277,7 +279,11 @@ impl Store {
             }
             Record::Report { round, peer, state_hash, agrees, computed } => {
                 self.db.execute(
-                    "INSERT INTO reports(round, peer, state_hash, agrees, computed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    // One row per (round, peer, computed): a member that repeats its report
+                    // replaces it, and a diverged one's computed report and its adoption of
+                    // the checkpoint are both kept.
+                    "INSERT OR REPLACE INTO reports(round, peer, state_hash, agrees, computed)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![*round as i64, &peer[..], &state_hash[..], *agrees, *computed],
                 )?;
             }
@@ -393,8 +399,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Records the validation loss after `round` rounds, `ms` after this process started.
+    /// Records the validation loss after `round` rounds, `ms` after this process started. A
+    /// loss that is not a finite number (a diverged model) is refused with a typed error and
+    /// nothing is written (SQLite would store NaN as NULL).
     pub fn record_eval(&self, round: u64, ms: u64, val_loss: f64) -> Result<(), StoreError> {
+        if !val_loss.is_finite() {
+            return Err(StoreError::NotFinite { what: "validation loss", round, value: val_loss });
+        }
         self.db.execute(
             "INSERT OR REPLACE INTO evals(round, ms, val_loss) VALUES (?1, ?2, ?3)",
             params![round as i64, ms as i64, val_loss],

@@ -168,7 +168,8 @@ impl Outer {
 
     /// What a contribution must look like.
     pub fn expected(&self, max_norm: Option<f32>) -> Expected {
-        Expected { layout_hash: self.layout_hash, n: self.values(), max_norm }
+        let (algorithm, codec) = (self.algorithm(), Some(self.s.codec));
+        Expected { layout_hash: self.layout_hash, n: self.values(), max_norm, algorithm, codec }
     }
 
     /// The exact length of an encoded contribution.
@@ -285,7 +286,8 @@ impl Outer {
 
     /// Decodes a partner's φ blob of `round` (see [`Outer::phi_message`]).
     pub fn decode_phi(&self, round: u64, blob: &[u8]) -> Result<Vec<f32>, SyncError> {
-        let d = decode_update(blob, &self.expected(None))?;
+        let f32s = Some(Codec::dense(ValueCodec::F32, self.s.codec.chunk));
+        let d = decode_update(blob, &Expected { codec: f32s, ..self.expected(None) })?;
         if d.header.round != round || d.header.algorithm != Algorithm::NoLoCo {
             return Err(SyncError::Malformed(format!("φ of round {}, expected {round}", d.header.round)));
         }

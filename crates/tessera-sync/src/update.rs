@@ -5,8 +5,9 @@
 //! | layout hash [32] | round u64 | values n u64 | payload length u64 | payload
 //! ```
 //! All integers little-endian; the header is [`HEADER_BYTES`] long. The decoder checks, before
-//! allocating or decoding, that every field is known, that the layout hash and value count are
-//! the ones expected, and that the payload length is exactly what the codec gives for `n`.
+//! allocating or decoding, that every field is known, that the layout hash, algorithm, codec
+//! and value count are the ones expected, and that the payload length is exactly what the
+//! codec gives for `n`.
 
 use tessera_tensor::Hash;
 
@@ -100,6 +101,10 @@ pub struct UpdateHeader {
 pub struct Expected {
     pub layout_hash: Hash,
     pub n: usize,
+    /// The run's algorithm, which the header must name.
+    pub algorithm: Algorithm,
+    /// The codec the header must name (`None`: whichever it names, e.g. for tools).
+    pub codec: Option<Codec>,
     /// Largest L2 norm accepted for the decoded values (`None`: no bound).
     pub max_norm: Option<f32>,
 }
@@ -188,6 +193,18 @@ pub fn decode_update(b: &[u8], want: &Expected) -> Result<Decoded, SyncError> {
     let header = decode_header(b)?;
     if header.layout_hash != want.layout_hash {
         return Err(SyncError::Layout);
+    }
+    if header.algorithm != want.algorithm {
+        return Err(SyncError::Malformed(format!(
+            "an update of {}, not {}",
+            header.algorithm, want.algorithm
+        )));
+    }
+    if want.codec.is_some_and(|c| c != header.codec) {
+        return Err(SyncError::Malformed(format!(
+            "codec {:?}, not the run's {:?}",
+            header.codec, want.codec
+        )));
     }
     if header.n != want.n as u64 {
         return Err(SyncError::Length { what: "values", want: want.n, got: header.n as usize });

@@ -70,9 +70,21 @@ fn update_format_rejects_bad_input_with_typed_errors() {
     let codec = Codec::dense(ValueCodec::Int8, 4096);
     let bytes = encode_update(Algorithm::DiLoCo, codec, LAYOUT, 9, &x);
     assert_eq!(bytes.len(), HEADER_BYTES + codec.encoded_len(5000));
-    let want = Expected { layout_hash: LAYOUT, n: 5000, max_norm: Some(100.0) };
+    let want = Expected {
+        layout_hash: LAYOUT,
+        n: 5000,
+        max_norm: Some(100.0),
+        algorithm: Algorithm::DiLoCo,
+        codec: None,
+    };
     let d = decode_update(&bytes, &want).unwrap();
     assert_eq!((d.header.round, d.header.algorithm), (9, Algorithm::DiLoCo));
+    // The header must name the run's algorithm and (when given) its codec.
+    let demo = Expected { algorithm: Algorithm::DeMo, ..want.clone() };
+    assert!(matches!(decode_update(&bytes, &demo), Err(SyncError::Malformed(m)) if m.contains("not demo")));
+    assert!(decode_update(&bytes, &Expected { codec: Some(codec), ..want.clone() }).is_ok());
+    let f32s = Expected { codec: Some(Codec::dense(ValueCodec::F32, 4096)), ..want.clone() };
+    assert!(matches!(decode_update(&bytes, &f32s), Err(SyncError::Malformed(m)) if m.contains("codec")));
     let other = Expected { layout_hash: [8; 32], ..want.clone() };
     assert_eq!(decode_update(&bytes, &other), Err(SyncError::Layout));
     let longer = Expected { n: 5001, ..want.clone() };
