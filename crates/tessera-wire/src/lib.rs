@@ -241,7 +241,38 @@ pub struct Leaf {
     pub proof: Vec<Hash32>,
 }
 
+/// The largest round number a message may carry: far beyond any run, and small enough that
+/// the protocol's round arithmetic (`round + 1`, `round × H`) never overflows.
+pub const MAX_ROUND: u64 = 1 << 40;
+
 impl Message {
+    /// The round the message names, if it names one.
+    pub fn round(&self) -> Option<u64> {
+        match self {
+            Message::Welcome { round, .. }
+            | Message::Heartbeat { round, .. }
+            | Message::RoundStart { round, .. }
+            | Message::Commit { round, .. }
+            | Message::Accept { round, .. }
+            | Message::StateReport { round, .. }
+            | Message::CheckpointPointer { round, .. }
+            | Message::Done { round, .. }
+            | Message::Challenge { round, .. }
+            | Message::Reveal { round, .. }
+            | Message::CheckTask { round, .. }
+            | Message::Verdict { round, .. }
+            | Message::Refused { round, .. }
+            | Message::DisputeAsk { round, .. }
+            | Message::DisputeAnswer { round, .. }
+            | Message::ScoreTask { round, .. }
+            | Message::ScoreReport { round, .. } => Some(*round),
+            Message::Join { .. }
+            | Message::JoinValidator { .. }
+            | Message::LedgerFetch { .. }
+            | Message::LedgerRecords { .. } => None,
+        }
+    }
+
     /// The message's kind, for logs and refusals.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -322,7 +353,7 @@ pub enum WireError {
 }
 
 impl Message {
-    /// Checks collection sizes and string lengths against the named limits.
+    /// Checks collection sizes, string lengths and the round number against the named limits.
     pub fn check_limits(&self) -> Result<(), WireError> {
         let lim = |what, got: usize, limit| {
             if got > limit {
@@ -331,6 +362,10 @@ impl Message {
                 Ok(())
             }
         };
+        if let Some(r) = self.round().filter(|r| *r > MAX_ROUND) {
+            let (got, limit) = (usize::try_from(r).unwrap_or(usize::MAX), MAX_ROUND as usize);
+            return Err(WireError::Limit { what: "round", got, limit });
+        }
         // A list that must hold one entry per entry of another.
         let one_each = |what, got: usize, want: usize| {
             if got == want {

@@ -3,6 +3,11 @@
 
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
+
+/// Round numbers within the wire's limit.
+fn round_in_limits() -> impl Strategy<Value = u64> {
+    0..=tessera_wire::MAX_ROUND
+}
 use tessera_wire::*;
 
 fn id() -> impl Strategy<Value = [u8; 32]> + Clone {
@@ -14,7 +19,13 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         proptest::collection::vec("[a-z0-9.:]{0,40}", 0..MAX_ADDRS)
             .prop_map(|addrs| Message::Join { addrs, stake: 1_000 }),
-        (any::<u64>(), id(), id(), "[ -~]{0,200}", proptest::collection::vec((id(), "[0-9.:]{0,21}"), 0..4))
+        (
+            round_in_limits(),
+            id(),
+            id(),
+            "[ -~]{0,200}",
+            proptest::collection::vec((id(), "[0-9.:]{0,21}"), 0..4)
+        )
             .prop_map(|(round, checkpoint, state_hash, config, peers)| Message::Welcome {
                 round,
                 checkpoint,
@@ -22,8 +33,8 @@ fn message() -> impl Strategy<Value = Message> {
                 config,
                 peers
             }),
-        (any::<u64>(), any::<u64>()).prop_map(|(round, step)| Message::Heartbeat { round, step }),
-        (any::<u64>(), id(), any::<u64>(), ids.clone(), any::<u64>()).prop_map(
+        (round_in_limits(), any::<u64>()).prop_map(|(round, step)| Message::Heartbeat { round, step }),
+        (round_in_limits(), id(), any::<u64>(), ids.clone(), any::<u64>()).prop_map(
             |(round, state_hash, seed, members, deadline_ms)| {
                 let assignments = members
                     .iter()
@@ -44,7 +55,7 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             }
         ),
-        (any::<u64>(), id(), id(), any::<u64>(), id(), id()).prop_map(
+        (round_in_limits(), id(), id(), any::<u64>(), id(), id()).prop_map(
             |(round, state, update, update_len, start_hash, end_hash)| {
                 Message::Commit {
                     round,
@@ -59,7 +70,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         (
-            any::<u64>(),
+            round_in_limits(),
             ids,
             proptest::collection::vec((id(), "[ -~]{0,60}"), 0..6),
             any::<Option<[u8; 32]>>(),
@@ -86,51 +97,50 @@ fn message() -> impl Strategy<Value = Message> {
                 next_state_hash,
                 ledger: (round % 3 == 0).then_some((round, next_state_hash)),
             }),
-        (any::<u64>(), id(), any::<bool>()).prop_map(|(round, state_hash, computed)| Message::StateReport {
-            round,
-            state_hash,
-            computed
+        (round_in_limits(), id(), any::<bool>())
+            .prop_map(|(round, state_hash, computed)| Message::StateReport { round, state_hash, computed }),
+        (round_in_limits(), id(), id()).prop_map(|(round, checkpoint, state_hash)| {
+            Message::CheckpointPointer { round, checkpoint, state_hash }
         }),
-        (any::<u64>(), id(), id()).prop_map(|(round, checkpoint, state_hash)| Message::CheckpointPointer {
-            round,
-            checkpoint,
-            state_hash
+        (round_in_limits(), id()).prop_map(|(round, state_hash)| Message::Done { round, state_hash }),
+        (round_in_limits(), any::<u32>()).prop_map(|(round, segment)| Message::Challenge { round, segment }),
+        (round_in_limits(), id(), any::<u32>(), 0u8..5).prop_map(|(round, peer, segment, f)| {
+            Message::Verdict {
+                round,
+                peer,
+                segment,
+                finding: [
+                    tessera_wire::Finding::Pass,
+                    tessera_wire::Finding::Mismatch,
+                    tessera_wire::Finding::WrongUpdate,
+                    tessera_wire::Finding::BadReveal,
+                    tessera_wire::Finding::Unchecked,
+                ][f as usize],
+                reached: (f == 1).then_some(peer),
+            }
         }),
-        (any::<u64>(), id()).prop_map(|(round, state_hash)| Message::Done { round, state_hash }),
-        (any::<u64>(), any::<u32>()).prop_map(|(round, segment)| Message::Challenge { round, segment }),
-        (any::<u64>(), id(), any::<u32>(), 0u8..5).prop_map(|(round, peer, segment, f)| Message::Verdict {
-            round,
-            peer,
-            segment,
-            finding: [
-                tessera_wire::Finding::Pass,
-                tessera_wire::Finding::Mismatch,
-                tessera_wire::Finding::WrongUpdate,
-                tessera_wire::Finding::BadReveal,
-                tessera_wire::Finding::Unchecked
-            ][f as usize],
-            reached: (f == 1).then_some(peer),
-        }),
-        (any::<u64>(), id(), any::<u64>(), any::<u64>()).prop_map(|(round, peer, step, op)| {
+        (round_in_limits(), id(), any::<u64>(), any::<u64>()).prop_map(|(round, peer, step, op)| {
             let question = tessera_wire::Question::Prefix { step, op };
             Message::DisputeAsk { round, peer, question }
         }),
-        (any::<u64>(), id(), prop::collection::vec(id(), 0..20)).prop_map(|(round, peer, hs)| {
+        (round_in_limits(), id(), prop::collection::vec(id(), 0..20)).prop_map(|(round, peer, hs)| {
             let answer = tessera_wire::Answer::Entry { kernel: peer, inputs: hs.clone(), outputs: hs };
             Message::DisputeAnswer { round, peer, answer }
         }),
-        (any::<u64>(), id(), id(), any::<bool>()).prop_map(|(round, peer, blob, last)| Message::CheckTask {
-            round,
-            peer,
-            addr: "127.0.0.1:1".into(),
-            segment: 3,
-            unit: (round, 1),
-            blob,
-            start: peer,
-            end: blob,
-            rederive: last.then_some((blob, peer)),
+        (round_in_limits(), id(), id(), any::<bool>()).prop_map(|(round, peer, blob, last)| {
+            Message::CheckTask {
+                round,
+                peer,
+                addr: "127.0.0.1:1".into(),
+                segment: 3,
+                unit: (round, 1),
+                blob,
+                start: peer,
+                end: blob,
+                rederive: last.then_some((blob, peer)),
+            }
         }),
-        (any::<u64>(), any::<u32>(), id(), id(), prop::collection::vec(id(), 0..20)).prop_map(
+        (round_in_limits(), any::<u32>(), id(), id(), prop::collection::vec(id(), 0..20)).prop_map(
             |(round, segment, blob, hash, proof)| Message::Reveal {
                 round,
                 segment,

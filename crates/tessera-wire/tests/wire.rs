@@ -20,7 +20,7 @@ fn h(r: &Philox, i: u64) -> [u8; 32] {
 fn random_message(r: &Philox, i: u64) -> Message {
     let n = r.below(1, i, 5) as usize;
     let ids: Vec<[u8; 32]> = (0..n as u64).map(|k| h(r, i * 100 + k)).collect();
-    let round = r.u64(2, i);
+    let round = r.u64(2, i) % (tessera_wire::MAX_ROUND + 1);
     match r.below(3, i, 21) {
         0 => Message::Join {
             addrs: (0..n).map(|k| format!("127.0.0.1:{}", 1000 + k)).collect(),
@@ -276,4 +276,15 @@ fn write_fuzz_seeds() {
         let frame = encode(&key(4), i, &random_message(&r, i)).unwrap();
         std::fs::write(dir.join(format!("frame-{i:02}")), frame).unwrap();
     }
+}
+
+/// Regression (issue: hostile peers): a round number past `MAX_ROUND` is refused with a typed
+/// error, sending or receiving, so no peer's round can overflow the protocol's arithmetic.
+#[test]
+fn a_round_past_the_limit_is_refused() {
+    let at = Message::Heartbeat { round: tessera_wire::MAX_ROUND, step: 0 };
+    assert!(encode(&key(1), 1, &at).is_ok());
+    let past = Message::Done { round: u64::MAX, state_hash: [0; 32] };
+    assert!(matches!(encode(&key(1), 1, &past), Err(WireError::Limit { what: "round", .. })));
+    assert!(matches!(past.check_limits(), Err(WireError::Limit { what: "round", .. })));
 }
