@@ -273,6 +273,21 @@ fn bad_inputs_are_refused_with_typed_reasons_and_the_round_goes_on() {
     assert_eq!(h.c.round(), 1);
 }
 
+/// A round-0 commit to update `hash` of `len` bytes from `state` (local hashes made up).
+fn round0_commit(state: [u8; 32], hash: [u8; 32], len: u64) -> Message {
+    let (start_hash, end_hash, root) = ([1; 32], [2; 32], [3; 32]);
+    Message::Commit {
+        round: 0,
+        state,
+        update: hash,
+        update_len: len,
+        start_hash,
+        end_hash,
+        root,
+        sig: vec![],
+    }
+}
+
 #[test]
 fn non_finite_and_huge_updates_are_rejected() {
     let (mut h, spec) = Harness::new(cfg().with(|c| {
@@ -288,17 +303,7 @@ fn non_finite_and_huge_updates_are_rejected() {
     for (p, v) in [(pid(1), nan), (pid(2), huge)] {
         let blob = encode_update(Algorithm::DiLoCo, codec, layout, 0, &v);
         let hash = *blake3::hash(&blob).as_bytes();
-        let m = Message::Commit {
-            round: 0,
-            state: h.c.state_hash(),
-            update: hash,
-            update_len: blob.len() as u64,
-            start_hash: [1; 32],
-            end_hash: [2; 32],
-            root: [3; 32],
-            sig: vec![],
-        };
-        h.send(10, p, m);
+        h.send(10, p, round0_commit(h.c.state_hash(), hash, blob.len() as u64));
         let out = h.c.fetched(20, p, hash, Ok(blob));
         let r = rejections(&out);
         assert_eq!(r.len(), 1, "{r:?}");
@@ -327,17 +332,7 @@ fn an_update_of_the_wrong_length_or_algorithm_is_refused() {
     assert_eq!(ddp.len(), good.len(), "same length, another algorithm");
     for (p, blob) in [(pid(1), long), (pid(2), ddp)] {
         let hash = *blake3::hash(&blob).as_bytes();
-        let m = Message::Commit {
-            round: 0,
-            state: h.c.state_hash(),
-            update: hash,
-            update_len: spec.update_len,
-            start_hash: [1; 32],
-            end_hash: [2; 32],
-            root: [3; 32],
-            sig: vec![],
-        };
-        h.send(10, p, m);
+        h.send(10, p, round0_commit(h.c.state_hash(), hash, spec.update_len));
         let out = h.c.fetched(20, p, hash, Ok(blob));
         let r = rejections(&out);
         let ok = match p[0] {

@@ -4,15 +4,20 @@
 use tessera_coord::{LedgerCopy, SigningKey};
 use tessera_ledger::{Entry, Ledger, StakeRules};
 
-#[test]
-fn a_copy_follows_the_announced_heads_and_catches_a_rewritten_history() {
+/// A ledger of four records: the coordinator's id, the ledger, and its records.
+fn chain() -> ([u8; 32], Ledger, Vec<tessera_ledger::Record>) {
     let k = SigningKey::from_bytes(&[3; 32]);
-    let me = k.verifying_key().to_bytes();
     let (mut l, first) = Ledger::genesis(&k, [1; 32], StakeRules::default()).unwrap();
     let mut log = vec![first];
     for i in 1..=3u8 {
         log.extend(l.append(&k, Entry::Joined { peer: [i; 32], stake: 1_000, validator: false }).unwrap());
     }
+    (k.verifying_key().to_bytes(), l, log)
+}
+
+#[test]
+fn a_copy_follows_the_announced_heads_and_catches_a_rewritten_history() {
+    let (me, l, log) = chain();
     let enc: Vec<Vec<u8>> = log.iter().map(|r| r.encode()).collect();
     let mut c = LedgerCopy::new(&me);
     assert_eq!(c.announced(l.head()), Ok(Some(0)), "fetch from the start");
@@ -37,13 +42,7 @@ fn a_copy_follows_the_announced_heads_and_catches_a_rewritten_history() {
 /// that does not verify.
 #[test]
 fn a_resumed_copy_keeps_what_it_verified_and_catches_a_later_rewrite() {
-    let k = SigningKey::from_bytes(&[3; 32]);
-    let me = k.verifying_key().to_bytes();
-    let (mut l, first) = Ledger::genesis(&k, [1; 32], StakeRules::default()).unwrap();
-    let mut log = vec![first];
-    for i in 1..=3u8 {
-        log.extend(l.append(&k, Entry::Joined { peer: [i; 32], stake: 1_000, validator: false }).unwrap());
-    }
+    let (me, l, log) = chain();
     let enc: Vec<Vec<u8>> = log.iter().map(|r| r.encode()).collect();
     let mut c = LedgerCopy::new(&me);
     c.announced(l.head()).unwrap();
