@@ -35,6 +35,11 @@ pub const MAX_KNOWN_PEERS: usize = 65_536;
 pub const MAX_HISTORY: usize = 4096;
 /// Most units of work waiting to be reassigned.
 pub const MAX_BACKLOG: usize = 65_536;
+/// Rounds in a row a member may be assigned a unit and commit nothing before it is dropped
+/// from the run (it may join again).
+pub const MAX_MISSED_ROUNDS: u32 = 3;
+/// The quantile of the round's members' known round times that the deadline is `slack ×`.
+pub const DEADLINE_QUANTILE: f64 = 0.75;
 /// Weight of the newest observation in a peer's round-time average.
 const SPEED_ALPHA: f64 = 0.5;
 
@@ -95,6 +100,8 @@ pub struct Coordinator {
     addrs: BTreeMap<PeerId, String>,
     seqs: BTreeMap<PeerId, SeqWindow>,
     speed_ms: BTreeMap<PeerId, f64>,
+    /// Members' rounds in a row assigned and not committed (members only).
+    missed: BTreeMap<PeerId, u32>,
     backlog: VecDeque<Unit>,
     /// Copy and replay detection's memory of earlier updates.
     screen: Screen,
@@ -165,6 +172,7 @@ impl Coordinator {
             addrs: BTreeMap::new(),
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
+            missed: BTreeMap::new(),
             backlog: r.backlog.into_iter().collect(),
             open: None,
             secret,
@@ -345,28 +353,45 @@ impl Coordinator {
         if let Some(round) = self.banned.get(&from) {
             return Err(Reject::Banned(*round));
         }
-        let known = self.seqs.contains_key(&from);
-        if !known && self.seqs.len() >= MAX_KNOWN_PEERS {
-            return Err(Reject::Full(self.members.len()));
-        }
         let is_join = matches!(s.message, Message::Join { .. } | Message::JoinValidator { .. });
         if !is_join && !self.members.contains_key(&from) && !self.validators.contains_key(&from) {
             return Err(Reject::NotMember);
         }
-        self.seqs.entry(from).or_default().check(s.seq)?;
-        if matches!(s.message, Message::JoinValidator { .. }) || self.validators.contains_key(&from) {
-            return self.admit_validator(now_ms, from, &s.message);
+        // Only peers that joined get a sequence window: a refused join leaves nothing behind,
+        // so keys that never get in cannot fill the table.
+        let full = self.seqs.len() >= MAX_KNOWN_PEERS;
+        let fresh = match self.seqs.get_mut(&from) {
+            Some(w) => w.check(s.seq).map(|_| None)?,
+            None if full => return Err(Reject::Full(self.members.len())),
+            None => {
+                let mut w = crate::seq::SeqWindow::default();
+                w.check(s.seq)?;
+                Some(w)
+            }
+        };
+        let admitted = self.effect(now_ms, from, &s.message);
+        if let (Some(w), Ok(())) = (fresh, &admitted) {
+            self.seqs.insert(from, w);
         }
-        match &s.message {
+        assert!(self.seqs.len() <= MAX_KNOWN_PEERS, "sequence windows are bounded");
+        admitted
+    }
+
+    /// A sequence-checked message's effect.
+    fn effect(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
+        if matches!(m, Message::JoinValidator { .. }) || self.validators.contains_key(&from) {
+            return self.admit_validator(now_ms, from, m);
+        }
+        match m {
             Message::Join { addrs, stake } => {
                 self.check_stake(*stake)?;
                 self.join(now_ms, from, addrs.first())?;
                 self.ledger_join(from, *stake, false);
             }
             Message::Heartbeat { .. } => {}
-            Message::Commit { .. } => self.commit(now_ms, from, &s.message)?,
-            Message::Reveal { .. } => self.on_reveal(from, &s.message)?,
-            Message::DisputeAnswer { .. } => self.on_dispute_answer(from, &s.message)?,
+            Message::Commit { .. } => self.commit(now_ms, from, m)?,
+            Message::Reveal { .. } => self.on_reveal(from, m)?,
+            Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
             Message::LedgerFetch { from: seq } => self.on_ledger_fetch(from, *seq),
             Message::StateReport { round, state_hash, computed } => {
                 self.report(from, *round, *state_hash, *computed)
@@ -612,18 +637,45 @@ impl Coordinator {
         });
     }
 
-    /// `slack ×` the slowest known round time of this round's peers, clamped; the configured
-    /// timeout while any of them is new.
+    /// `slack ×` the [`DEADLINE_QUANTILE`] of this round's peers' known round times, clamped;
+    /// the configured timeout while fewer than half of them have a known time. One slow or
+    /// silent member therefore sets nobody's deadline (and a member that never commits is
+    /// dropped after [`MAX_MISSED_ROUNDS`]).
     fn deadline(&self, peers: &[PeerId]) -> u64 {
-        let known: Option<Vec<f64>> = peers.iter().map(|p| self.speed_ms.get(p).copied()).collect();
-        match known {
-            Some(v) if !v.is_empty() => {
-                let slowest = v.into_iter().fold(0.0, f64::max);
-                let d = (slowest * self.cfg.deadline_slack) as u64;
-                d.clamp(self.cfg.min_round_ms, self.cfg.max_round_ms)
-            }
-            _ => self.cfg.round_timeout_ms,
+        let mut known: Vec<f64> = peers.iter().filter_map(|p| self.speed_ms.get(p).copied()).collect();
+        if known.is_empty() || 2 * known.len() < peers.len() {
+            return self.cfg.round_timeout_ms;
         }
+        known.sort_by(f64::total_cmp);
+        let rank = ((known.len() as f64 * DEADLINE_QUANTILE).ceil() as usize).clamp(1, known.len());
+        let d = (known[rank - 1] * self.cfg.deadline_slack) as u64;
+        d.clamp(self.cfg.min_round_ms, self.cfg.max_round_ms)
+    }
+
+    /// After a close: members assigned a unit that committed nothing count a missed round
+    /// (the others start again from 0); one that missed [`MAX_MISSED_ROUNDS`] in a row is
+    /// dropped from the run.
+    fn count_missed(&mut self, waiting: &[PeerId], assigned: &[PeerId]) {
+        for p in assigned {
+            match waiting.contains(p) {
+                true => *self.missed.entry(*p).or_default() += 1,
+                false => {
+                    self.missed.remove(p);
+                }
+            }
+        }
+        let dropped: Vec<PeerId> =
+            self.missed.iter().filter(|(_, n)| **n >= MAX_MISSED_ROUNDS).map(|(p, _)| *p).collect();
+        for p in dropped {
+            self.missed.remove(&p);
+            if self.members.remove(&p).is_some() {
+                self.addrs.remove(&p);
+                self.event(Event::Left(p));
+            }
+        }
+        let members = &self.members;
+        self.missed.retain(|p, _| members.contains_key(p));
+        assert!(self.missed.len() <= self.members.len(), "missed rounds are counted for members only");
     }
 
     /// Accepts what arrived, aggregates it in peer-id order, applies the outer step, persists,
@@ -635,6 +687,7 @@ impl Coordinator {
         let mut updates = Vec::new();
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
+        let mut waiting = Vec::new();
         let Screening { refused, mut prints, proven } = self.screen(&open.order, &open.slots);
         for (peer, of) in proven {
             self.convict_duplicate(round, peer, of);
@@ -659,7 +712,10 @@ impl Coordinator {
                     }
                 }
                 Slot::Rejected(r) => rejected.push((peer, truncate(r.to_string()))),
-                Slot::Waiting => rejected.push((peer, Reject::NoCommit.to_string())),
+                Slot::Waiting => {
+                    waiting.push(peer);
+                    rejected.push((peer, Reject::NoCommit.to_string()))
+                }
                 Slot::Fetching { .. } => rejected.push((peer, Reject::NotFetched.to_string())),
             }
         }
@@ -674,6 +730,7 @@ impl Coordinator {
         let start_hash = self.state_hash;
         let Stepped { aggregate: agg_hash, pairs, spread } =
             self.step(round, &members, &accepted, contribs)?;
+        self.count_missed(&waiting, &members);
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);

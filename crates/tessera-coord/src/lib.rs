@@ -67,8 +67,8 @@ pub use check::{
 };
 pub use config::{parse_flat, RunConfig, MAX_CONFIG_TEXT, MAX_ROUND_PEERS};
 pub use coordinator::{
-    ClosedRound, Coordinator, Disputed, Event, Output, RecomputeJob, Record, Restored, Unit, MAX_BACKLOG,
-    MAX_HISTORY, MAX_KNOWN_PEERS, MAX_VALIDATORS,
+    ClosedRound, Coordinator, Disputed, Event, Output, RecomputeJob, Record, Restored, Unit,
+    DEADLINE_QUANTILE, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS, MAX_MISSED_ROUNDS, MAX_VALIDATORS,
 };
 pub use ed25519_dalek::SigningKey;
 pub use ledger_copy::{LedgerCopy, MAX_COPY_RECORDS};

@@ -531,3 +531,29 @@ fn an_aggregate_over_the_update_norm_bound_still_applies() {
     g.apply(&spec.outer, Some(&spec.outer.decode_aggregate(0, &agg).unwrap())).unwrap();
     assert_eq!(g.round, 1);
 }
+
+/// Regression (issue: hostile peers): joins refused because the run is full used to leave a
+/// sequence window each, so after 65,536 distinct keys nobody new could ever join. Now only
+/// peers that get in have one: after 70,000 refused keys, a newcomer joins once there is room.
+#[test]
+fn refused_joins_leave_nothing_behind_and_a_newcomer_still_gets_in() {
+    let (mut h, _) = Harness::new(RunConfig { max_peers: 2, ..cfg() });
+    let join = || Message::Join { addrs: vec![], stake: 1_000 };
+    h.send(0, pid(1), join());
+    h.send(0, pid(2), join());
+    for i in 0..70_000u32 {
+        let mut p = [0xAA; 32];
+        p[..4].copy_from_slice(&i.to_le_bytes());
+        let out = h.send(10, p, join());
+        assert!(matches!(&rejections(&out)[..], [Reject::Full(2)]), "{:?}", rejections(&out));
+    }
+    // Member 1 falls silent and is dropped; member 2 stays.
+    for t in [400, 800, 1200, 1600] {
+        h.send(t, pid(2), Message::Heartbeat { round: 0, step: 0 });
+    }
+    h.c.tick(1700);
+    assert!(!h.c.members().any(|p| *p == pid(1)), "the silent member is dropped");
+    let out = h.send(1800, pid(3), join());
+    assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
+    assert!(h.c.members().any(|p| *p == pid(3)), "the newcomer is in");
+}

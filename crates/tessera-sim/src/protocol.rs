@@ -160,6 +160,11 @@ impl<'a> ProtocolSim<'a> {
         self.act(peer, acts)
     }
 
+    /// The virtual clock, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+
     /// The ledger records a trainer kept, as a node keeps them on disk.
     pub fn peer_kept_ledger(&self, peer: &PeerId) -> Option<&[tessera_ledger::Record]> {
         self.peers.get(peer).map(|p| p.kept.as_slice())
@@ -348,10 +353,10 @@ impl<'a> ProtocolSim<'a> {
         }
     }
 
-    /// The trainer misses every `n`th round from now on (rounds `n − 1`, `2n − 1`, …): its
-    /// training fails and it commits nothing, while it stays connected.
+    /// The trainer misses every `n`th round from now on (rounds `n − 1`, `2n − 1`, …; `n = 1`:
+    /// every round): its training fails and it commits nothing, while it stays connected.
     pub fn miss_every(&mut self, peer: &PeerId, n: u64) {
-        assert!(n >= 2, "a trainer that misses every round contributes nothing");
+        assert!(n >= 1, "a round in n");
         if let Some(p) = self.peers.get_mut(peer) {
             p.miss_every = Some(n);
         }

@@ -471,3 +471,39 @@ fn updates_are_scored_in_the_round_and_a_harmful_one_is_left_out() {
         assert!(p.refused(&pid(i)).is_empty(), "honest trainer {i} is never refused");
     }
 }
+
+/// Regression (issue: hostile peers): a member that heartbeats but never commits kept every
+/// round at the configured timeout (its round time is never known), for as long as it stayed.
+/// Now the deadline is `slack ×` a quantile of the known round times, and a member that
+/// commits nothing for `MAX_MISSED_ROUNDS` rounds in a row is dropped.
+#[test]
+fn a_member_that_never_commits_sets_nobodys_deadline_and_is_dropped() {
+    let ds = dataset("stall");
+    let rc = RunConfig { round_timeout_ms: 300_000, ..run_cfg(4) }.with(|c| c.rounds = 6);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=4 {
+        p.join(pid(i)).unwrap();
+    }
+    p.miss_every(&pid(4), 1);
+    p.run_until(1).unwrap(); // round 0: every round time is unknown, so the full timeout
+    let t1 = p.now_ms();
+    p.run_until(rc.rounds).unwrap();
+    let per_round = (p.now_ms() - t1) / (rc.rounds - 1);
+    assert!(per_round < rc.round_timeout_ms / 20, "{per_round} ms a round, not {}", rc.round_timeout_ms);
+    let left = p.events.iter().any(|e| matches!(e, tessera_coord::Event::Left(who) if *who == pid(4)));
+    assert!(left, "the member that never commits is dropped");
+    assert!(!p.coordinator().members().any(|m| *m == pid(4)));
+    let missed = p
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(r, Record::RoundClosed { accept: Message::Accept { rejected, .. }, .. }
+                if rejected.iter().any(|(who, _)| *who == pid(4)))
+        })
+        .count();
+    assert_eq!(missed, tessera_coord::MAX_MISSED_ROUNDS as usize, "dropped after its third missed round");
+    for honest in 1..=3 {
+        assert!(p.refused(&pid(honest)).is_empty(), "{honest}");
+    }
+    eprintln!("{per_round} ms a round after round 0 (timeout {} ms)", rc.round_timeout_ms);
+}
