@@ -211,3 +211,23 @@ fn sim_is_reproducible_and_writes_curves() {
     let o = tessera(&d, &["sim", "--config", "s.toml"]);
     assert!(!o.status.success() && stderr(&o).contains("warp"), "{}", stderr(&o));
 }
+
+/// Regression (issue: hostile peers): a node given a ticket nobody answers used to print
+/// nothing. It says it is dialling, says each failed attempt (with a doubling wait), and exits
+/// with a clear error once the coordinator has been unreachable for `--reconnect-s`.
+#[test]
+fn a_node_with_an_unreachable_ticket_says_so_and_gives_up() {
+    let dir = tmp("unreachable");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let id = ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes();
+    let ticket = format!("{}@127.0.0.1:{port}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let started = std::time::Instant::now();
+    let o = tessera(&dir, &["node", "--join", &ticket, "--reconnect-s", "2", "--data-dir", "data"]);
+    let took = started.elapsed();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("dialling the coordinator"), "{err}");
+    assert!(err.contains("retrying in"), "{err}");
+    assert!(err.contains("unreachable for 2 s") && err.contains("check the ticket"), "{err}");
+    assert!(took < std::time::Duration::from_secs(60), "it gives up: {took:?}");
+}

@@ -154,27 +154,51 @@ pub fn run(a: NodeOptions) -> Res<()> {
 
 /// Connects to the coordinator, retrying every 500 ms; gives up once it has been
 /// unreachable for `limit_s` since `since` (set here on the first failure).
+/// Longest one attempt to reach the coordinator may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first and the longest wait between attempts (doubling in between).
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Dials the coordinator until it answers, saying so, with a doubling wait between attempts,
+/// and gives up with a clear error once it has been unreachable for `limit_s` seconds
+/// (counted from `since`, kept across reconnections).
 pub(crate) async fn connect(
     net: &Net,
     (coord, addr): (tessera_coord::PeerId, Option<std::net::SocketAddr>),
     limit_s: u64,
     since: &mut Option<Instant>,
+    log: &Log,
 ) -> Res<Connection> {
-    loop {
-        match net.connect(coord, addr).await {
-            Ok(c) => {
+    let at = addr.map_or("its relay".to_string(), |a| a.to_string());
+    let mut wait = FIRST_BACKOFF;
+    for attempt in 1u32.. {
+        if attempt == 1 {
+            log.info(&format!("dialling the coordinator {} at {at}", short(&coord)));
+        }
+        let e = match tokio::time::timeout(DIAL_TIMEOUT, net.connect(coord, addr)).await {
+            Ok(Ok(c)) => {
                 *since = None;
                 return Ok(c);
             }
-            Err(e) => {
-                let t = *since.get_or_insert_with(Instant::now);
-                if t.elapsed() > Duration::from_secs(limit_s) {
-                    return Err(NodeError::Run(format!("coordinator unreachable for {limit_s} s: {e}")));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", DIAL_TIMEOUT.as_secs()),
+        };
+        let t = *since.get_or_insert_with(Instant::now);
+        if t.elapsed() > Duration::from_secs(limit_s) {
+            return Err(NodeError::Run(format!(
+                "the coordinator at {at} has been unreachable for {limit_s} s ({attempt} attempts; last: {e}); \
+                 check the ticket, or raise --reconnect-s"
+            )));
         }
+        log.warn(&format!(
+            "coordinator not reachable (attempt {attempt}: {e}); retrying in {} ms",
+            wait.as_millis()
+        ));
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_BACKOFF);
     }
+    unreachable!("the attempts are counted in u32")
 }
 
 async fn main_loop(a: NodeOptions) -> Res<()> {
@@ -240,7 +264,8 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
     };
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let conn = connect(&node.net, (coord, addr), a.reconnect_s, &mut unreachable_since).await?;
+        let conn =
+            connect(&node.net, (coord, addr), a.reconnect_s, &mut unreachable_since, &node.log).await?;
         node.log.info("connected to the coordinator");
         match node.session(conn, &mut inputs).await? {
             End::Done => break,

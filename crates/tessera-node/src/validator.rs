@@ -102,7 +102,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
     };
     let mut unreachable_since = None;
     loop {
-        let conn = connect(&c.net, (coord, addr), a.reconnect_s, &mut unreachable_since).await?;
+        let conn = connect(&c.net, (coord, addr), a.reconnect_s, &mut unreachable_since, &c.log).await?;
         c.log.info("connected to the coordinator as a validator");
         match c.session(conn, &mut inputs).await? {
             End::Done => break,
