@@ -102,6 +102,8 @@ pub struct Coordinator {
     speed_ms: BTreeMap<PeerId, f64>,
     /// Members' rounds in a row assigned and not committed (members only).
     missed: BTreeMap<PeerId, u32>,
+    /// The peers that reported the run's final state (each once, however often it reports).
+    final_reports: std::collections::BTreeSet<PeerId>,
     backlog: VecDeque<Unit>,
     /// Copy and replay detection's memory of earlier updates.
     screen: Screen,
@@ -173,6 +175,7 @@ impl Coordinator {
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
             missed: BTreeMap::new(),
+            final_reports: Default::default(),
             backlog: r.backlog.into_iter().collect(),
             open: None,
             secret,
@@ -538,7 +541,16 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Whether the run is over and every member has reported its final state (what the
+    /// daemon lingers for; a member that repeats its report counts once).
+    pub fn all_reported(&self) -> bool {
+        self.finished && self.members.keys().all(|m| self.final_reports.contains(m))
+    }
+
     fn report(&mut self, from: PeerId, round: u64, reported: Hash32, computed: bool) {
+        if round == self.cfg.rounds && self.final_reports.len() < MAX_KNOWN_PEERS {
+            self.final_reports.insert(from);
+        }
         let expected = match self.pairs() {
             true => self.replicas.expected(round, &from),
             false => self.history.get(&round).copied(),

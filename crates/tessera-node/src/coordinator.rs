@@ -64,7 +64,6 @@ struct Daemon {
     tx: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
-    final_reports: usize,
     eval: Option<(Arc<tessera_data::Dataset>, u64, u64)>,
     /// The dataset spot checks re-run the trainers' steps on (from `--data-dir`).
     data: Option<Arc<tessera_data::Dataset>>,
@@ -160,7 +159,6 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         tx: tx.clone(),
         started: Instant::now(),
         log,
-        final_reports: 0,
         eval: None,
         check_s: 0.0,
         score_s: 0.0,
@@ -186,8 +184,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         d.maybe_eval()?;
         if d.coord.is_finished() {
             let t = *finished_at.get_or_insert_with(Instant::now);
-            let members = d.coord.members().count();
-            let reported = d.final_reports >= members || t.elapsed() > Duration::from_secs(a.linger_s);
+            let reported = d.coord.all_reported() || t.elapsed() > Duration::from_secs(a.linger_s);
             if reported && d.evals_pending == 0 {
                 break;
             }
@@ -363,11 +360,6 @@ impl Daemon {
                     self.net.blobs().insert(Arc::new(bytes));
                 }
                 Output::Persist(rec) => {
-                    if let Record::Report { round, .. } = &rec {
-                        if *round == self.coord.config().rounds {
-                            self.final_reports += 1;
-                        }
-                    }
                     self.store.persist(&rec)?;
                     if let Record::RoundClosed { .. } = rec {
                         self.record_traffic()?;

@@ -507,3 +507,31 @@ fn a_member_that_never_commits_sets_nobodys_deadline_and_is_dropped() {
     }
     eprintln!("{per_round} ms a round after round 0 (timeout {} ms)", rc.round_timeout_ms);
 }
+
+/// Regression (issue: hostile peers): the coordinator lingered at the end until it had as
+/// many final reports as members, so one member repeating its report cut the linger short
+/// for the others. Every member must have reported, each counting once.
+#[test]
+fn the_end_of_a_run_waits_for_every_member_not_for_a_count_of_reports() {
+    let ds = dataset("final-reports");
+    let rc = run_cfg(3).with(|c| c.rounds = 2);
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    for i in 1..=3 {
+        p.join(pid(i)).unwrap();
+    }
+    p.crash_in_round(&pid(3), 1); // a member that will not report the final state
+    p.run_until(rc.rounds).unwrap();
+    assert!(p.coordinator().is_finished());
+    let members: Vec<_> = p.coordinator().members().copied().collect();
+    assert!(members.contains(&pid(3)), "not yet dropped for silence: {members:?}");
+    assert!(!p.coordinator().all_reported(), "member 3 has not reported");
+    let state_hash = p.coordinator().state_hash();
+    for i in 0..10 {
+        let m = Message::StateReport { round: rc.rounds, state_hash, computed: true };
+        p.deliver_to_coordinator(tessera_coord::Signed { sender: pid(1), seq: (1 << 40) + i, message: m });
+    }
+    assert!(!p.coordinator().all_reported(), "ten reports from member 1 count once");
+    let m = Message::StateReport { round: rc.rounds, state_hash, computed: true };
+    p.deliver_to_coordinator(tessera_coord::Signed { sender: pid(3), seq: 1 << 40, message: m });
+    assert!(p.coordinator().all_reported(), "once member 3 reports, everyone has");
+}
