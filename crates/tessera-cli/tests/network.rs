@@ -930,12 +930,19 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
         // Garbage, then a frame that declares more than the limit.
         send(b"not a frame at all, and long enough to have a header and a signature: ".repeat(2)).await;
         net.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 10, &[0u8; 64]).await.unwrap();
-        // A forged signature: signed by us, claiming to be node 1.
+        // Signed by us, claiming to be node 1: refused as another peer's before its
+        // signature is checked.
         let mut forged =
             tessera_wire::encode(&me, 1, &Message::Join { addrs: vec![], stake: 1_000 }).unwrap();
         let body_start = 10;
         forged[body_start..body_start + 32].copy_from_slice(&peer_id(1));
         send(forged).await;
+        // Naming us, with a broken signature.
+        let mut broken =
+            tessera_wire::encode(&me, 2, &Message::Join { addrs: vec![], stake: 1_000 }).unwrap();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        send(broken).await;
         // A valid frame of node 1's, relayed over our connection.
         let relayed = tessera_wire::encode(
             &SigningKey::from_bytes(&secret(1)),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use iroh::endpoint::Connection;
 use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record, RunConfig, RunSpec};
-use tessera_net::{hex, peer_id, Net, NetConfig, NetError};
+use tessera_net::{hex, peer_id, Net, NetConfig};
 use tokio::sync::mpsc;
 
 use crate::{load_or_create_key, out, short, Log, NodeError, Seq, Store, FETCH_ATTEMPTS, MAX_OUTBOX, TICK};
@@ -39,7 +39,8 @@ type Res<T> = std::result::Result<T, NodeError>;
 const MAX_INPUTS: usize = 4096;
 
 enum Input {
-    Frame(PeerId, Result<Vec<u8>, NetError>),
+    /// A frame that verified, its sender being the connection's peer.
+    Frame(PeerId, Box<tessera_wire::Signed>),
     Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
     Connected(PeerId, Connection),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
@@ -231,10 +232,35 @@ async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
             return;
         }
         let (net, tx, log) = (net.clone(), tx.clone(), log.clone());
+        let refused = std::sync::atomic::AtomicU64::new(0);
         tokio::spawn(async move {
+            // Frames are checked here, on the connection's own task: a frame naming another
+            // sender is dropped before its signature is checked, and one that does not verify
+            // never reaches the protocol's queue, so a flood of bad frames costs only its own
+            // connection's time and crowds out no honest frame.
             net.serve(conn, move |f| {
-                if tx.try_send(Input::Frame(peer, f)).is_err() {
-                    log.warn(&format!("input queue full: a frame from {} was dropped", short(&peer)));
+                let checked =
+                    f.map_err(|e| e.to_string()).and_then(|bytes| match tessera_wire::sender_of(&bytes) {
+                        Some(s) if s != peer => Err(format!("signed by another peer {}", short(&s))),
+                        _ => tessera_wire::decode(&bytes).map_err(|e| e.to_string()),
+                    });
+                match checked {
+                    Ok(s) => {
+                        if tx.try_send(Input::Frame(peer, Box::new(s))).is_err() {
+                            log.warn(&format!("input queue full: a frame from {} was dropped", short(&peer)));
+                        }
+                    }
+                    Err(e) => {
+                        // Said for the first few, then every 1,000th: a flood cannot flood the log.
+                        let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n < 8 || n.is_multiple_of(1000) {
+                            log.warn(&format!(
+                                "frame from {} refused: {e} ({} refused so far)",
+                                short(&peer),
+                                n + 1
+                            ));
+                        }
+                    }
                 }
             })
             .await;
@@ -301,25 +327,10 @@ impl Daemon {
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
                 return Ok(());
             }
-            Input::Frame(peer, Err(e)) => {
-                self.log.warn(&format!("frame from {} refused: {e}", short(&peer)));
-                return Ok(());
+            Input::Frame(peer, s) => {
+                assert_eq!(s.sender, peer, "frames are checked against their connection first");
+                self.coord.handle(now, *s)
             }
-            Input::Frame(peer, Ok(bytes)) => match tessera_wire::decode(&bytes) {
-                Err(e) => {
-                    self.log.warn(&format!("frame from {} refused: {e}", short(&peer)));
-                    return Ok(());
-                }
-                Ok(s) if s.sender != peer => {
-                    self.log.warn(&format!(
-                        "frame from {} refused: signed by another peer {}",
-                        short(&peer),
-                        short(&s.sender)
-                    ));
-                    return Ok(());
-                }
-                Ok(s) => self.coord.handle(now, s),
-            },
             Input::Fetched(peer, hash, got) => self.coord.fetched(now, peer, hash, got),
         };
         self.execute(outs)

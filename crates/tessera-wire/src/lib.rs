@@ -442,6 +442,15 @@ pub fn encode(key: &SigningKey, seq: u64, message: &Message) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// The sender a well-formed frame names, read without verifying anything (so a receiver can
+/// drop a frame that names someone other than the connection's peer before spending a
+/// signature check on it). `None` when the header is not a frame's.
+pub fn sender_of(frame: &[u8]) -> Option<PeerId> {
+    let ok = frame.len() >= HEADER + 32 + SIG && &frame[..4] == MAGIC;
+    // `Signed` encodes its sender first, as 32 raw bytes.
+    ok.then(|| frame[HEADER..HEADER + 32].try_into().expect("32 bytes"))
+}
+
 /// Checks and decodes a frame, verifying the signature under the sender key it names.
 pub fn decode(frame: &[u8]) -> Result<Signed, WireError> {
     if frame.len() > MAX_FRAME {

@@ -288,3 +288,18 @@ fn a_round_past_the_limit_is_refused() {
     assert!(matches!(encode(&key(1), 1, &past), Err(WireError::Limit { what: "round", .. })));
     assert!(matches!(past.check_limits(), Err(WireError::Limit { what: "round", .. })));
 }
+
+/// A frame's sender can be read before its signature is checked (so a receiver drops a frame
+/// naming someone other than its connection's peer for free); garbage names nobody.
+#[test]
+fn the_sender_is_read_without_verifying() {
+    let m = Message::Heartbeat { round: 1, step: 2 };
+    let frame = encode(&key(3), 9, &m).unwrap();
+    assert_eq!(tessera_wire::sender_of(&frame), Some(key(3).verifying_key().to_bytes()));
+    let mut forged = frame.clone();
+    forged[20] ^= 1; // inside the named sender
+    assert_ne!(tessera_wire::sender_of(&forged), Some(key(3).verifying_key().to_bytes()));
+    assert!(decode(&forged).is_err(), "and it does not verify");
+    assert_eq!(tessera_wire::sender_of(b"not a frame"), None);
+    assert_eq!(tessera_wire::sender_of(&frame[..40]), None);
+}
