@@ -911,6 +911,31 @@ fn a_node_that_computes_a_different_state_is_flagged_and_resyncs() {
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
 }
 
+/// Regression (issue: hostile peers): a connection that never joins used to be kept, with
+/// its outbox, for ever. The coordinator closes it once it has not joined for 5 s, and the
+/// run is not disturbed.
+#[test]
+fn a_connection_that_never_joins_is_closed() {
+    let run = Run::new("stranger", config(1, 1));
+    let (mut c, ticket) = run.coordinator("coord");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let stranger = short_hex(&peer_id(98));
+    rt.block_on(async {
+        let (id, addr) = tessera_net::parse_ticket(&ticket).unwrap();
+        let net = tessera_net::Net::bind(secret(98), &tessera_net::NetConfig::default()).await.unwrap();
+        let _conn = net.connect(id, addr).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        net.close().await;
+    });
+    let mut node = run.node(&ticket, 1, &[]);
+    c.finish();
+    node.finish();
+    let log = c.log();
+    let closed = format!("closed the connection of {stranger}, which did not join");
+    assert!(log.contains(&closed), "{closed:?} missing in:\n{log}");
+    assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 1, "and the run went on");
+}
+
 #[test]
 fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
     let run = Run::new("hostile", config(2, 3));

@@ -37,6 +37,10 @@ type Res<T> = std::result::Result<T, NodeError>;
 
 /// Inputs queued for the state machine before new frames are dropped (and logged).
 const MAX_INPUTS: usize = 4096;
+/// How long a connection may stay without joining before it is closed.
+const STRANGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections that have not joined kept open at once (the oldest go first).
+const MAX_STRANGERS: usize = 1024;
 
 enum Input {
     /// A frame that verified, its sender being the connection's peer.
@@ -62,6 +66,9 @@ struct Daemon {
     seq: Seq,
     outboxes: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
     conns: Arc<Mutex<HashMap<PeerId, Connection>>>,
+    /// Connections that have not joined yet, and since when (forgotten after
+    /// [`STRANGER_TIMEOUT`]).
+    strangers: HashMap<PeerId, Instant>,
     tx: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
@@ -157,6 +164,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         seq: Seq::from_clock(),
         outboxes: HashMap::new(),
         conns: Arc::default(),
+        strangers: HashMap::new(),
         tx: tx.clone(),
         started: Instant::now(),
         log,
@@ -180,6 +188,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
             _ = ticker.tick() => {
                 let outs = d.coord.tick(d.now_ms());
                 d.execute(outs)?;
+                d.forget_strangers();
             }
         }
         d.maybe_eval()?;
@@ -325,6 +334,7 @@ impl Daemon {
             Input::Connected(peer, conn) => {
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
+                self.strangers.insert(peer, Instant::now());
                 return Ok(());
             }
             Input::Frame(peer, s) => {
@@ -454,6 +464,29 @@ impl Daemon {
             }
             let _ = tx.send(Input::Fetched(from, hash, Err(last))).await;
         });
+    }
+
+    /// Closes the connections that have not joined within [`STRANGER_TIMEOUT`] (and, past
+    /// [`MAX_STRANGERS`], the oldest), so connections that never join cannot grow the maps.
+    fn forget_strangers(&mut self) {
+        let joined: Vec<PeerId> = self.coord.members().chain(self.coord.validators()).copied().collect();
+        for p in joined {
+            self.strangers.remove(&p);
+        }
+        let mut by_age: Vec<(PeerId, Instant)> = self.strangers.iter().map(|(p, t)| (*p, *t)).collect();
+        by_age.sort_by_key(|s| s.1);
+        let excess = by_age.len().saturating_sub(MAX_STRANGERS);
+        for (i, (p, t)) in by_age.into_iter().enumerate() {
+            if i < excess || t.elapsed() > STRANGER_TIMEOUT {
+                self.strangers.remove(&p);
+                self.outboxes.remove(&p);
+                if let Some(c) = self.conns.lock().expect("conns").remove(&p) {
+                    c.close(0u32.into(), b"did not join");
+                }
+                self.log.info(&format!("closed the connection of {}, which did not join", short(&p)));
+            }
+        }
+        assert!(self.strangers.len() <= MAX_STRANGERS, "strangers are bounded");
     }
 
     fn on_event(&mut self, e: Event) {
