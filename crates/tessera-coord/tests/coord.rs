@@ -503,6 +503,9 @@ fn run_configs_parse_over_defaults_and_bad_ones_name_the_problem() {
         ("heartbeat_ms = 500\nsilence_ms = 400", "heartbeat_ms < silence_ms"),
         ("min_peers = 5\nmax_peers = 2", "min_peers"),
         ("preset = \"huge\"", "huge"),
+        // Regression (issue: hostile peers, whose review found that a bound near f32::MAX
+        // lets a round's aggregate overflow and the coordinator's close panic).
+        ("max_update_norm = 3e38", "max_update_norm must be at most 1e18"),
     ] {
         let e = RunConfig::from_toml(text).unwrap_err().to_string();
         assert!(e.contains(want), "{text:?}: {e}");

@@ -10,6 +10,9 @@ use tessera_model::{AdamWConfig, GptConfig};
 
 use crate::{Algorithm, Codec, GlobalOptimizer, OuterSettings, SyncError, ValueCodec};
 
+/// The largest `max_update_norm` a run may set.
+pub const MAX_UPDATE_NORM: f32 = 1e18;
+
 /// The shared training settings (every key of the flat TOML tables that is not about the
 /// simulated network or the protocol's timings).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -51,6 +54,7 @@ pub struct Training {
     pub demo_weight_decay: f32,
     /// Updates whose decoded L2 norm exceeds this are rejected: a sanity limit only (an honest
     /// DiLoCo update of the tiny model has a norm of about 50).
+    /// Largest L2 norm of an accepted update (at most [`MAX_UPDATE_NORM`]).
     pub max_update_norm: f32,
     /// Robust aggregation (DDP, DiLoCo): an update over this many times the round's median
     /// update norm is clipped to it; 0 turns it off.
@@ -142,6 +146,11 @@ impl Training {
             return bad(
                 "learning rates, momenta, weight decay and max_update_norm must be finite and non-negative",
             );
+        }
+        // Updates up to this norm, summed over every peer and stepped with any sane rate, stay
+        // far inside f32: a bound near f32::MAX let a round's aggregate overflow.
+        if self.max_update_norm > MAX_UPDATE_NORM {
+            return bad(&format!("max_update_norm must be at most {MAX_UPDATE_NORM:e}"));
         }
         Ok(())
     }
