@@ -43,8 +43,9 @@ const STRANGER_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STRANGERS: usize = 1024;
 
 enum Input {
-    /// A frame that verified, its sender being the connection's peer.
-    Frame(PeerId, Box<tessera_wire::Signed>),
+    /// A frame that verified, its sender being the connection's peer, and the count of that
+    /// connection's frames in the queue (to give back when it is taken out).
+    Frame(PeerId, Box<tessera_wire::Signed>, Arc<std::sync::atomic::AtomicUsize>),
     Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
     Connected(PeerId, Connection),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
@@ -242,20 +243,44 @@ async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
         }
         let (net, tx, log) = (net.clone(), tx.clone(), log.clone());
         let refused = std::sync::atomic::AtomicU64::new(0);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bucket = Mutex::new(crate::limits::RateLimit::new(
+            crate::limits::FRAMES_PER_S,
+            crate::limits::FRAME_BURST,
+        ));
+        let since = Instant::now();
         tokio::spawn(async move {
-            // Frames are checked here, on the connection's own task: a frame naming another
-            // sender is dropped before its signature is checked, and one that does not verify
-            // never reaches the protocol's queue, so a flood of bad frames costs only its own
+            // Frames are checked here, on the connection's own task: past its rate a frame is
+            // dropped unread; a frame naming another sender is dropped before its signature is
+            // checked; one that does not verify never reaches the protocol's queue; and a
+            // connection holds at most its share of that queue. So a flood costs only its own
             // connection's time and crowds out no honest frame.
             net.serve(conn, move |f| {
+                let now_ms = since.elapsed().as_millis() as u64;
+                let over_rate = !bucket.lock().expect("bucket").allow(now_ms);
+                let checked = match over_rate {
+                    true => Err(format!("over {} frames a second", crate::limits::FRAMES_PER_S)),
+                    false => {
+                        f.map_err(|e| e.to_string()).and_then(|bytes| match tessera_wire::sender_of(&bytes) {
+                            Some(s) if s != peer => Err(format!("signed by another peer {}", short(&s))),
+                            _ => tessera_wire::decode(&bytes).map_err(|e| e.to_string()),
+                        })
+                    }
+                };
+                let ordering = std::sync::atomic::Ordering::Relaxed;
                 let checked =
-                    f.map_err(|e| e.to_string()).and_then(|bytes| match tessera_wire::sender_of(&bytes) {
-                        Some(s) if s != peer => Err(format!("signed by another peer {}", short(&s))),
-                        _ => tessera_wire::decode(&bytes).map_err(|e| e.to_string()),
+                    checked.and_then(|s| match queued.load(ordering) < crate::limits::MAX_QUEUED_PER_PEER {
+                        true => Ok(s),
+                        false => Err(format!(
+                            "its share of the queue ({}) is full",
+                            crate::limits::MAX_QUEUED_PER_PEER
+                        )),
                     });
                 match checked {
                     Ok(s) => {
-                        if tx.try_send(Input::Frame(peer, Box::new(s))).is_err() {
+                        queued.fetch_add(1, ordering);
+                        if tx.try_send(Input::Frame(peer, Box::new(s), queued.clone())).is_err() {
+                            queued.fetch_sub(1, ordering);
                             log.warn(&format!("input queue full: a frame from {} was dropped", short(&peer)));
                         }
                     }
@@ -337,7 +362,8 @@ impl Daemon {
                 self.strangers.insert(peer, Instant::now());
                 return Ok(());
             }
-            Input::Frame(peer, s) => {
+            Input::Frame(peer, s, queued) => {
+                queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 assert_eq!(s.sender, peer, "frames are checked against their connection first");
                 self.coord.handle(now, *s)
             }

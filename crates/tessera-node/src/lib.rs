@@ -21,6 +21,7 @@ pub mod audit;
 pub mod coordinator;
 mod fetch;
 pub mod ledger_file;
+pub mod limits;
 mod store;
 pub mod trainer;
 mod twin;
