@@ -992,7 +992,8 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
         send(tessera_wire::encode(&me, 6, &bad).unwrap()).await;
         // A member flooding valid frames: past its burst and rate they are dropped unread.
         for i in 0..5_000u64 {
-            send(tessera_wire::encode(&me, 100 + i, &Message::Heartbeat { round: 0, step: 0 }).unwrap()).await;
+            send(tessera_wire::encode(&me, 100 + i, &Message::Heartbeat { round: 0, step: 0 }).unwrap())
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         net.close().await;
