@@ -495,6 +495,9 @@ impl Daemon {
     /// Closes the connections that have not joined within [`STRANGER_TIMEOUT`] (and, past
     /// [`MAX_STRANGERS`], the oldest), so connections that never join cannot grow the maps.
     fn forget_strangers(&mut self) {
+        if self.strangers.is_empty() {
+            return; // the common case, every tick
+        }
         let joined: Vec<PeerId> = self.coord.members().chain(self.coord.validators()).copied().collect();
         for p in joined {
             self.strangers.remove(&p);

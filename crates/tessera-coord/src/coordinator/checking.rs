@@ -224,23 +224,35 @@ impl Coordinator {
             }
             self.out.push(Output::Event(Event::Rejected { from: peer, reason }));
         }
-        let rec = Record::Verdict { round, peer, segment: segment as u64, outcome: outcome.clone(), by };
+        self.write_verdict(round, peer, segment as u32, &outcome, by);
+        self.event(Event::Checked { round, peer, segment, outcome, by });
+    }
+
+    /// Persists a verdict on `peer` (`by` a validator, whose it is to prove, or the
+    /// coordinator), writes it to the ledger, and refuses a proven cheat from now on.
+    fn write_verdict(
+        &mut self,
+        round: u64,
+        peer: PeerId,
+        segment: u32,
+        outcome: &Outcome,
+        by: Option<PeerId>,
+    ) {
+        let rec = Record::Verdict { round, peer, segment: u64::from(segment), outcome: outcome.clone(), by };
         self.out.push(Output::Persist(rec));
-        let (passed, cheat, segment32) = (outcome.passed(), outcome.proves_cheat(), segment as u32);
-        let entry = tessera_ledger::Entry::Verdict {
+        let (passed, cheat) = (outcome.passed(), outcome.proves_cheat());
+        self.ledger(tessera_ledger::Entry::Verdict {
             round,
             peer,
-            segment: segment32,
+            segment,
             passed,
             cheat,
             by,
             proven_by: by,
-        };
-        self.ledger(entry);
-        if outcome.proves_cheat() {
-            self.ban(peer, round, &outcome);
+        });
+        if cheat {
+            self.ban(peer, round, outcome);
         }
-        self.event(Event::Checked { round, peer, segment, outcome, by });
     }
 
     /// Screening proved `peer`'s update of the open round a bit-for-bit duplicate: the
@@ -249,24 +261,7 @@ impl Coordinator {
     pub(super) fn convict_duplicate(&mut self, round: u64, peer: PeerId, of: String) {
         let outcome = Outcome::Duplicate(of);
         assert!(outcome.proves_cheat() && !outcome.passed(), "a duplicate is proof");
-        let segment = u64::from(tessera_ledger::SEGMENT_UPDATE);
-        self.out.push(Output::Persist(Record::Verdict {
-            round,
-            peer,
-            segment,
-            outcome: outcome.clone(),
-            by: None,
-        }));
-        self.ledger(tessera_ledger::Entry::Verdict {
-            round,
-            peer,
-            segment: tessera_ledger::SEGMENT_UPDATE,
-            passed: false,
-            cheat: true,
-            by: None,
-            proven_by: None,
-        });
-        self.ban(peer, round, &outcome);
+        self.write_verdict(round, peer, tessera_ledger::SEGMENT_UPDATE, &outcome, None);
     }
 
     /// Refuses a trainer proven to have cheated from now on (and tells it why).
