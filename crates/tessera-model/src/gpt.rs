@@ -27,10 +27,12 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
-    /// The named presets: `tiny` (~0.11M parameters), `small` (~3.3M), `base` (~10.9M).
+    /// The named presets: `micro` (~5k parameters, for the fault simulator's thousands of
+    /// runs), `tiny` (~0.11M), `small` (~3.3M), `base` (~10.9M).
     pub fn preset(name: &str) -> Result<Self, ModelError> {
         let c = |d_model, layers, heads, context| GptConfig { vocab: 256, d_model, layers, heads, context };
         match name {
+            "micro" => Ok(c(8, 1, 2, 16)),
             "tiny" => Ok(c(48, 3, 4, 64)),
             "small" => Ok(c(256, 4, 4, 128)),
             "base" => Ok(c(384, 6, 6, 256)),
@@ -39,7 +41,7 @@ impl GptConfig {
     }
 
     /// Names of the presets.
-    pub const PRESETS: [&'static str; 3] = ["tiny", "small", "base"];
+    pub const PRESETS: [&'static str; 4] = ["micro", "tiny", "small", "base"];
 
     /// Checks that the shape is buildable.
     pub fn validate(&self) -> Result<(), ModelError> {

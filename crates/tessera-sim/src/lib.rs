@@ -18,13 +18,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+mod links;
 mod net;
 mod protocol;
 mod run;
 
 pub use config::{InnerOptimizer, SimConfig, MAX_PEERS};
+pub use links::{FaultCounts, NetFaults, MAX_DELAY_MS, MAX_IN_FLIGHT};
 pub use net::{Link, Network};
-pub use protocol::{ProtocolSim, MAX_IDLE_TICKS};
+pub use protocol::{CoordCrash, MemStore, ProtocolSim, FETCH_TIMEOUT_MS, MAX_IDLE_TICKS};
 pub use run::{RoundReport, Sim};
 
 /// Why a simulation could not run.
@@ -42,6 +44,8 @@ pub enum SimError {
     Tensor(#[from] tessera_tensor::TensorError),
     #[error(transparent)]
     Coord(#[from] tessera_coord::CoordError),
+    #[error("the coordinator's store cannot be restored: {0}")]
+    Store(String),
     #[error("the protocol run is stuck at round {0} (no live members?)")]
     Stuck(u64),
     #[error("trainer {peer}: {err}")]

@@ -6,6 +6,9 @@
 //! Given the same membership history, it computes the same states as the daemons.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+mod restarts;
+pub use restarts::{CoordCrash, MemStore};
 use std::sync::Arc;
 
 use tessera_coord::Answer;
@@ -16,6 +19,7 @@ use tessera_coord::{
 };
 use tessera_data::Dataset;
 
+use crate::links::{Hop, Links, Queued};
 use crate::SimError;
 
 /// Most idle ticks a run may wait before it is declared stuck.
@@ -29,6 +33,8 @@ pub fn sim_coordinator_key() -> tessera_coord::SigningKey {
 
 struct Peer {
     t: Trainer,
+    /// What it restarts with.
+    tc: TrainerConfig,
     w: Option<Worker>,
     alive: bool,
     seq: u64,
@@ -48,6 +54,10 @@ struct Peer {
     last: Option<(u64, Arc<Vec<u8>>)>,
     /// A drill: it leaves every dispute question unanswered.
     mute: bool,
+    /// Its process's incarnation: what was sent to or by an earlier one is dropped.
+    epoch: u64,
+    /// Virtual milliseconds a unit of training takes (0: none, answered at once).
+    train_ms: u64,
 }
 
 /// What travels, in order. Blobs come back through the queue like messages, so a message
@@ -69,7 +79,55 @@ enum Delivery {
     ValidatorAnswered(PeerId, (u64, PeerId), Result<Answer, CoordError>),
     /// A step the coordinator recomputed as a dispute's referee: (round, trainer, state).
     Recomputed(u64, PeerId, Result<Result<Hash32, String>, CoordError>),
+    /// A slow trainer finished training its unit of `round`.
+    Trained(PeerId, u64, Result<tessera_coord::Trained, CoordError>),
+    /// A trainer or validator dials the coordinator again (its connection broke).
+    Reconnect(PeerId),
 }
+
+impl Delivery {
+    /// Whether it crosses a connection to the coordinator (or is the coordinator's own
+    /// work): a coordinator that has restarted since never sees it.
+    fn via_coord(&self) -> bool {
+        !matches!(
+            self,
+            Delivery::BlobToPeer(..)
+                | Delivery::ValidatorChecked(..)
+                | Delivery::ValidatorScored(..)
+                | Delivery::ValidatorAnswered(..)
+                | Delivery::Trained(..)
+                | Delivery::Reconnect(..)
+        )
+    }
+
+    /// The trainer or validator at its other end, and whether it crosses the network.
+    fn hop(&self) -> (Option<PeerId>, Hop) {
+        match self {
+            Delivery::ToCoord(s) => (Some(s.sender), Hop::Net(s.sender)),
+            Delivery::ToPeer(p, _) | Delivery::BlobToCoord(p, ..) | Delivery::BlobToPeer(p, ..) => {
+                (Some(*p), Hop::Net(*p))
+            }
+            Delivery::ValidatorChecked(p, ..)
+            | Delivery::ValidatorScored(p, ..)
+            | Delivery::ValidatorAnswered(p, ..)
+            | Delivery::Trained(p, ..)
+            | Delivery::Reconnect(p) => (Some(*p), Hop::Local),
+            Delivery::Checked(..) | Delivery::Scored(..) | Delivery::Recomputed(..) => (None, Hop::Local),
+        }
+    }
+
+    /// The same frame again (the network may duplicate frames, never blobs or work).
+    fn frame_copy(&self) -> Option<Self> {
+        match self {
+            Delivery::ToCoord(s) => Some(Delivery::ToCoord(s.clone())),
+            Delivery::ToPeer(p, s) => Some(Delivery::ToPeer(*p, s.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// How long a blob transfer the network lost takes to fail, as a fetcher's timeout.
+pub const FETCH_TIMEOUT_MS: u64 = 2_000;
 
 /// A simulated validator.
 struct Checker {
@@ -77,6 +135,9 @@ struct Checker {
     d: Disputant,
     alive: bool,
     seq: u64,
+    epoch: u64,
+    /// What it restarts with.
+    vc: ValidatorConfig,
 }
 
 /// A scripted protocol run.
@@ -88,8 +149,18 @@ pub struct ProtocolSim<'a> {
     peers: BTreeMap<PeerId, Peer>,
     validators: BTreeMap<PeerId, Checker>,
     blobs: HashMap<Hash32, Vec<u8>>,
-    queue: VecDeque<Delivery>,
+    links: Links<Delivery>,
     now: u64,
+    last_tick: u64,
+    /// The coordinator's incarnation, and its restarts' inputs.
+    coord_epoch: u64,
+    secret: Hash32,
+    /// Down until the given time (it restarts from its store then).
+    coord_down: Option<u64>,
+    crashes: Vec<CoordCrash>,
+    /// Outputs the coordinator has handed over so far, across its restarts.
+    outputs: u64,
+    pub restarts: u64,
     /// The coordinator's identity: the key its ledger is signed with.
     ledger_key: PeerId,
     /// Everything the coordinator persisted and logged, in order.
@@ -110,6 +181,7 @@ impl<'a> ProtocolSim<'a> {
         blobs.insert(init.hash(), init.encode());
         let secret = *blake3::hash(format!("tessera-sim-checker {}", spec.cfg.seed).as_bytes()).as_bytes();
         let mut coord = Coordinator::new(spec.clone(), secret)?;
+        assert!(coord.round() == 0 && !coord.is_finished(), "a fresh run starts at round 0");
         // The run keeps its ledger, signed with the simulated coordinator's own key.
         let key = sim_coordinator_key();
         let ledger_key = key.verifying_key().to_bytes();
@@ -126,8 +198,15 @@ impl<'a> ProtocolSim<'a> {
             peers: BTreeMap::new(),
             validators: BTreeMap::new(),
             blobs,
-            queue: VecDeque::new(),
+            links: Links::new(),
             now: 0,
+            last_tick: 0,
+            coord_epoch: 0,
+            secret,
+            coord_down: None,
+            crashes: Vec::new(),
+            outputs: 0,
+            restarts: 0,
             ledger_key,
             records,
             events: Vec::new(),
@@ -212,7 +291,8 @@ impl<'a> ProtocolSim<'a> {
             key,
         };
         let p = Peer {
-            t: Trainer::new(tc),
+            t: Trainer::new(tc.clone()),
+            tc,
             w: None,
             alive: true,
             seq: 0,
@@ -225,6 +305,8 @@ impl<'a> ProtocolSim<'a> {
             shirk: None,
             last: None,
             mute: false,
+            epoch: 0,
+            train_ms: 0,
         };
         self.peers.insert(peer, p);
         let now = self.now;
@@ -268,9 +350,10 @@ impl<'a> ProtocolSim<'a> {
             behaviour,
             key,
         };
-        let mut v = Validator::new(vc);
+        let mut v = Validator::new(vc.clone());
         let acts = v.connected(self.now);
-        self.validators.insert(id, Checker { v, d: Disputant::default(), alive: true, seq: 0 });
+        let c = Checker { v, d: Disputant::default(), alive: true, seq: 0, epoch: 0, vc };
+        self.validators.insert(id, c);
         self.act_validator(id, acts)
     }
 
@@ -287,26 +370,26 @@ impl<'a> ProtocolSim<'a> {
                 ValidatorAction::Send(message) => {
                     c.seq += 1;
                     let s = Signed { sender: id, seq: c.seq, message };
-                    self.queue.push_back(Delivery::ToCoord(s));
+                    self.push(Delivery::ToCoord(s));
                 }
                 ValidatorAction::Fetch { sources, hash, len } => {
                     let found = sources.iter().find_map(|s| self.fetch(&s.peer, &hash));
                     let got = found
                         .filter(|b| b.len() as u64 == len)
                         .ok_or_else(|| "blob not available".to_string());
-                    self.queue.push_back(Delivery::BlobToPeer(id, hash, got));
+                    self.push(Delivery::BlobToPeer(id, hash, got));
                 }
                 ValidatorAction::Check(job) => {
                     let got = tessera_coord::check_segment(&self.spec, self.ds, &job);
-                    self.queue.push_back(Delivery::ValidatorChecked(id, job.round, job.peer, got));
+                    self.push(Delivery::ValidatorChecked(id, job.round, job.peer, got));
                 }
                 ValidatorAction::Score(job) => {
                     let got = tessera_coord::run_score(&self.spec, self.ds, &job);
-                    self.queue.push_back(Delivery::ValidatorScored(id, (job.round, job.peer), got));
+                    self.push(Delivery::ValidatorScored(id, (job.round, job.peer), got));
                 }
                 ValidatorAction::Answer(job) => {
                     let got = job.run(&self.spec, self.ds, &mut c.d);
-                    self.queue.push_back(Delivery::ValidatorAnswered(id, (job.round, job.peer), got));
+                    self.push(Delivery::ValidatorAnswered(id, (job.round, job.peer), got));
                 }
                 ValidatorAction::Event(e) => {
                     match &e {
@@ -392,31 +475,108 @@ impl<'a> ProtocolSim<'a> {
         let mut idle = 0;
         self.drain(round)?;
         while self.coord.round() < round && !self.coord.is_finished() {
-            idle += 1;
-            if idle > MAX_IDLE_TICKS {
-                return Err(SimError::Stuck(self.coord.round()));
+            if !self.advance()? {
+                idle += 1;
+                if idle > MAX_IDLE_TICKS {
+                    return Err(SimError::Stuck(self.coord.round()));
+                }
             }
-            self.now += self.spec.cfg.heartbeat_ms;
-            let alive: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.alive).map(|(k, _)| *k).collect();
-            for p in alive {
-                let now = self.now;
-                let acts = self.peer_mut(&p).t.tick(now, 0);
-                self.act(p, acts)?;
-            }
-            let checkers: Vec<PeerId> = self.validators.keys().copied().collect();
-            for id in checkers {
-                let now = self.now;
-                let acts = self.validators.get_mut(&id).map(|c| c.v.tick(now)).unwrap_or_default();
-                self.act_validator(id, acts)?;
-            }
-            let outs = self.coord.tick(self.now);
-            self.execute(outs);
             self.drain(round)?;
         }
         if self.coord.is_finished() {
             self.drain(u64::MAX)?; // the last Accept and Done reach everyone
         }
         Ok(())
+    }
+
+    /// One step: the next delivery due, or else the clock moved to the next delivery or tick.
+    pub fn step(&mut self) -> Result<(), SimError> {
+        match self.links.pop_due(self.now) {
+            Some(q) => self.deliver(q),
+            None => self.advance().map(|_| ()),
+        }
+    }
+
+    /// Whether the coordinator has said the run is over (and is up to say so).
+    pub fn is_finished(&self) -> bool {
+        self.coord_down.is_none() && self.coord.is_finished()
+    }
+
+    /// Moves the clock to the next delivery (true) or to the next heartbeat tick, which it
+    /// runs (false): every live node ticks, partitions heal, a crashed coordinator restarts.
+    fn advance(&mut self) -> Result<bool, SimError> {
+        let tick_at = self.last_tick + self.spec.cfg.heartbeat_ms;
+        if let Some(at) = self.links.next_at().filter(|&at| at < tick_at) {
+            self.now = self.now.max(at);
+            return Ok(true);
+        }
+        self.now = tick_at;
+        self.last_tick = tick_at;
+        self.tick_all()?;
+        Ok(false)
+    }
+
+    fn tick_all(&mut self) -> Result<(), SimError> {
+        self.faults_due()?;
+        let alive: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.alive).map(|(k, _)| *k).collect();
+        for p in alive {
+            let now = self.now;
+            let acts = self.peer_mut(&p).t.tick(now, 0);
+            self.act(p, acts)?;
+        }
+        let checkers: Vec<PeerId> =
+            self.validators.iter().filter(|(_, c)| c.alive).map(|(k, _)| *k).collect();
+        for id in checkers {
+            let now = self.now;
+            let acts = self.validators.get_mut(&id).map(|c| c.v.tick(now)).unwrap_or_default();
+            self.act_validator(id, acts)?;
+        }
+        if self.coord_down.is_none() {
+            let outs = self.coord.tick(self.now);
+            self.execute(outs);
+        }
+        Ok(())
+    }
+
+    /// Queues `d` over the simulated network (or as local work), tagged with the current
+    /// incarnations of its ends. A blob transfer the network loses fails after
+    /// [`FETCH_TIMEOUT_MS`], as a real fetch times out.
+    fn push(&mut self, d: Delivery) {
+        let (end, hop) = d.hop();
+        let peer_epoch = end.map(|p| (p, self.epoch_of(&p)));
+        let blob_failure = match &d {
+            Delivery::BlobToPeer(to, h, _) => {
+                Some(Delivery::BlobToPeer(*to, *h, Err("transfer lost".into())))
+            }
+            Delivery::BlobToCoord(from, h, _) => {
+                Some(Delivery::BlobToCoord(*from, *h, Err("transfer lost".into())))
+            }
+            _ => None,
+        };
+        let q = Queued { d, coord_epoch: self.coord_epoch, peer_epoch };
+        let copy = |d: &Delivery| d.frame_copy().expect("only frames are copied");
+        let frame = q.d.frame_copy().is_some();
+        let sent =
+            self.links.send(self.now, hop, q, frame.then_some(&copy as &dyn Fn(&Delivery) -> Delivery));
+        if let (false, Some(fail)) = (sent, blob_failure) {
+            let q = Queued { d: fail, coord_epoch: self.coord_epoch, peer_epoch };
+            self.links.send_after(self.now, FETCH_TIMEOUT_MS, q);
+        }
+    }
+
+    /// Queues local work that finishes `ms` from now.
+    fn push_after(&mut self, ms: u64, d: Delivery) {
+        let peer_epoch = d.hop().0.map(|p| (p, self.epoch_of(&p)));
+        self.links.send_after(self.now, ms, Queued { d, coord_epoch: self.coord_epoch, peer_epoch });
+    }
+
+    /// The incarnation of trainer or validator `p` (0 for one never seen).
+    fn epoch_of(&self, p: &PeerId) -> u64 {
+        match (self.peers.get(p), self.validators.get(p)) {
+            (Some(t), _) => t.epoch,
+            (None, Some(v)) => v.epoch,
+            (None, None) => 0,
+        }
     }
 
     fn peer_mut(&mut self, p: &PeerId) -> &mut Peer {
@@ -434,7 +594,7 @@ impl<'a> ProtocolSim<'a> {
                     let p = self.peer_mut(&peer);
                     p.seq += 1;
                     let s = Signed { sender: peer, seq: p.seq, message };
-                    self.queue.push_back(Delivery::ToCoord(s));
+                    self.push(Delivery::ToCoord(s));
                 }
                 Action::Fetch { sources, hash, len, .. } => {
                     // The first source that holds it; the coordinator is the last.
@@ -444,7 +604,7 @@ impl<'a> ProtocolSim<'a> {
                     }
                     let got = found.map(|(_, b)| b).filter(|b| b.len() as u64 == len);
                     let got = got.ok_or_else(|| "blob not available".to_string());
-                    self.queue.push_back(Delivery::BlobToPeer(peer, hash, got));
+                    self.push(Delivery::BlobToPeer(peer, hash, got));
                 }
                 Action::Train { state, state_hash, unit } => {
                     let (ds, now, spec) = (self.ds, self.now, self.spec.clone());
@@ -475,6 +635,11 @@ impl<'a> ProtocolSim<'a> {
                     }
                     if let Ok(t) = &got {
                         p.last = Some((t.round, t.update.clone()));
+                    }
+                    if p.train_ms > 0 {
+                        let ms = p.train_ms;
+                        self.push_after(ms, Delivery::Trained(peer, state.round, got));
+                        continue;
                     }
                     let more = p.t.trained(now, state.round, got);
                     self.act(peer, more)?;
@@ -539,7 +704,10 @@ impl<'a> ProtocolSim<'a> {
     /// A blob from the coordinator's store or a live peer's served blobs.
     fn fetch(&self, from: &PeerId, hash: &Hash32) -> Option<Vec<u8>> {
         if *from == self.ledger_key {
-            return self.blobs.get(hash).cloned();
+            return self.blobs.get(hash).filter(|_| self.coord_down.is_none()).cloned();
+        }
+        if self.links.is_cut(from, self.now) {
+            return None;
         }
         let p = self.peers.get(from).filter(|p| p.alive)?;
         p.served.get(hash).map(|b| b.as_ref().clone())
@@ -551,21 +719,26 @@ impl<'a> ProtocolSim<'a> {
     }
 
     fn execute(&mut self, outs: Vec<Output>) {
+        assert!(self.coord_down.is_none() || outs.is_empty(), "a crashed coordinator outputs nothing");
         for o in outs {
+            self.outputs += 1;
+            if self.crash_due(&o) {
+                return; // the rest of the outputs die with the process
+            }
             match o {
                 Output::Send { to, message } => {
                     let s = self.signed_by_coord(message);
-                    self.queue.push_back(Delivery::ToPeer(to, s));
+                    self.push(Delivery::ToPeer(to, s));
                 }
                 Output::Broadcast { message } => {
                     let s = self.signed_by_coord(message);
                     for m in self.coord.members().copied().collect::<Vec<_>>() {
-                        self.queue.push_back(Delivery::ToPeer(m, s.clone()));
+                        self.push(Delivery::ToPeer(m, s.clone()));
                     }
                 }
                 Output::Fetch { from, hash, .. } => {
                     let got = self.fetch(&from, &hash).ok_or_else(|| "peer unreachable".to_string());
-                    self.queue.push_back(Delivery::BlobToCoord(from, hash, got));
+                    self.push(Delivery::BlobToCoord(from, hash, got));
                 }
                 Output::StoreBlob { hash, bytes } => {
                     self.blobs.insert(hash, bytes);
@@ -573,15 +746,15 @@ impl<'a> ProtocolSim<'a> {
                 Output::Persist(r) => self.records.push(r),
                 Output::Check(job) => {
                     let got = tessera_coord::run_check(&self.spec, self.ds, &job);
-                    self.queue.push_back(Delivery::Checked(job.round, job.peer, got));
+                    self.push(Delivery::Checked(job.round, job.peer, got));
                 }
                 Output::Score(job) => {
                     let got = tessera_coord::run_score(&self.spec, self.ds, &job);
-                    self.queue.push_back(Delivery::Scored(job.round, job.peer, got));
+                    self.push(Delivery::Scored(job.round, job.peer, got));
                 }
                 Output::Recompute(job) => {
                     let got = job.run(&self.spec, self.ds);
-                    self.queue.push_back(Delivery::Recomputed(job.round, job.peer, got));
+                    self.push(Delivery::Recomputed(job.round, job.peer, got));
                 }
                 Output::Event(e) => self.events.push(e),
             }
@@ -591,71 +764,83 @@ impl<'a> ProtocolSim<'a> {
     /// Delivers queued messages until none is left or `round` rounds are closed.
     fn drain(&mut self, round: u64) -> Result<(), SimError> {
         while self.coord.round() < round {
-            let Some(d) = self.queue.pop_front() else { break };
-            match d {
-                Delivery::ToCoord(s) => {
-                    let outs = self.coord.handle(self.now, s);
-                    self.execute(outs);
-                }
-                Delivery::ToPeer(to, s) if self.validators.contains_key(&to) => {
-                    let now = self.now;
-                    let acts = self.validators.get_mut(&to).map(|c| c.v.handle(now, s)).unwrap_or_default();
-                    self.act_validator(to, acts)?;
-                }
-                Delivery::BlobToPeer(to, hash, got) if self.validators.contains_key(&to) => {
-                    let now = self.now;
-                    let acts =
-                        self.validators.get_mut(&to).map(|c| c.v.fetched(now, hash, got)).unwrap_or_default();
-                    self.act_validator(to, acts)?;
-                }
-                Delivery::ValidatorChecked(to, round, peer, got) => {
-                    let now = self.now;
-                    let acts = self
-                        .validators
-                        .get_mut(&to)
-                        .map(|c| c.v.checked(now, round, peer, got))
-                        .unwrap_or_default();
-                    self.act_validator(to, acts)?;
-                }
-                Delivery::ValidatorScored(to, key, got) => {
-                    let now = self.now;
-                    let acts =
-                        self.validators.get_mut(&to).map(|c| c.v.scored(now, key, got)).unwrap_or_default();
-                    self.act_validator(to, acts)?;
-                }
-                Delivery::ValidatorAnswered(to, key, got) => {
-                    let now = self.now;
-                    let acts =
-                        self.validators.get_mut(&to).map(|c| c.v.answered(now, key, got)).unwrap_or_default();
-                    self.act_validator(to, acts)?;
-                }
-                Delivery::Recomputed(round, peer, got) => {
-                    let outs = self.coord.recomputed(self.now, round, peer, got);
-                    self.execute(outs);
-                }
-                Delivery::ToPeer(to, s) => {
-                    let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };
-                    let acts = p.t.handle(self.now, s);
-                    self.act(to, acts)?;
-                }
-                Delivery::BlobToCoord(from, hash, got) => {
-                    let outs = self.coord.fetched(self.now, from, hash, got);
-                    self.execute(outs);
-                }
-                Delivery::Checked(round, peer, got) => {
-                    let outs = self.coord.checked(self.now, round, peer, got);
-                    self.execute(outs);
-                }
-                Delivery::Scored(round, peer, got) => {
-                    let outs = self.coord.scored(self.now, round, peer, got);
-                    self.execute(outs);
-                }
-                Delivery::BlobToPeer(to, hash, got) => {
-                    let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { continue };
-                    let acts = p.t.fetched(self.now, hash, got);
-                    self.act(to, acts)?;
-                }
+            let Some(q) = self.links.pop_due(self.now) else { break };
+            self.deliver(q)?;
+        }
+        Ok(())
+    }
+
+    /// Hands one delivery to its recipient, unless an end of it has died since it was sent.
+    fn deliver(&mut self, q: Queued<Delivery>) -> Result<(), SimError> {
+        let stale_coord = q.d.via_coord() && (q.coord_epoch != self.coord_epoch || self.coord_down.is_some());
+        let stale_peer = q.peer_epoch.is_some_and(|(p, e)| self.epoch_of(&p) != e);
+        if stale_coord || stale_peer {
+            self.links.counts.stale += 1;
+            return Ok(());
+        }
+        match q.d {
+            Delivery::ToCoord(s) => {
+                let outs = self.coord.handle(self.now, s);
+                self.execute(outs);
             }
+            Delivery::ToPeer(to, s) if self.validators.contains_key(&to) => {
+                let now = self.now;
+                let acts = self.validators.get_mut(&to).filter(|c| c.alive).map(|c| c.v.handle(now, s));
+                self.act_validator(to, acts.unwrap_or_default())?;
+            }
+            Delivery::BlobToPeer(to, hash, got) if self.validators.contains_key(&to) => {
+                let now = self.now;
+                let acts =
+                    self.validators.get_mut(&to).filter(|c| c.alive).map(|c| c.v.fetched(now, hash, got));
+                self.act_validator(to, acts.unwrap_or_default())?;
+            }
+            Delivery::ValidatorChecked(to, round, peer, got) => {
+                let now = self.now;
+                let acts = self.validators.get_mut(&to).map(|c| c.v.checked(now, round, peer, got));
+                self.act_validator(to, acts.unwrap_or_default())?;
+            }
+            Delivery::ValidatorScored(to, key, got) => {
+                let now = self.now;
+                let acts = self.validators.get_mut(&to).map(|c| c.v.scored(now, key, got));
+                self.act_validator(to, acts.unwrap_or_default())?;
+            }
+            Delivery::ValidatorAnswered(to, key, got) => {
+                let now = self.now;
+                let acts = self.validators.get_mut(&to).map(|c| c.v.answered(now, key, got));
+                self.act_validator(to, acts.unwrap_or_default())?;
+            }
+            Delivery::Recomputed(round, peer, got) => {
+                let outs = self.coord.recomputed(self.now, round, peer, got);
+                self.execute(outs);
+            }
+            Delivery::ToPeer(to, s) => {
+                let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { return Ok(()) };
+                let acts = p.t.handle(self.now, s);
+                self.act(to, acts)?;
+            }
+            Delivery::BlobToCoord(from, hash, got) => {
+                let outs = self.coord.fetched(self.now, from, hash, got);
+                self.execute(outs);
+            }
+            Delivery::Checked(round, peer, got) => {
+                let outs = self.coord.checked(self.now, round, peer, got);
+                self.execute(outs);
+            }
+            Delivery::Scored(round, peer, got) => {
+                let outs = self.coord.scored(self.now, round, peer, got);
+                self.execute(outs);
+            }
+            Delivery::BlobToPeer(to, hash, got) => {
+                let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { return Ok(()) };
+                let acts = p.t.fetched(self.now, hash, got);
+                self.act(to, acts)?;
+            }
+            Delivery::Trained(to, round, got) => {
+                let Some(p) = self.peers.get_mut(&to).filter(|p| p.alive) else { return Ok(()) };
+                let acts = p.t.trained(self.now, round, got);
+                self.act(to, acts)?;
+            }
+            Delivery::Reconnect(to) => self.reconnect(&to)?,
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ pub const MAX_UPDATE_NORM: f32 = 1e18;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Training {
-    /// Model preset: tiny | small | base.
+    /// Model preset: micro | tiny | small | base.
     pub preset: String,
     /// Seeds the initial model and the data order.
     pub seed: u64,
