@@ -198,6 +198,11 @@ impl Coordinator {
         if round != self.global.round {
             return; // announced before a close that was persisted: stale
         }
+        // The round took its units from the backlog the last close left, which is the one
+        // restored: they are the round's now, or each would be trained twice.
+        let before = self.backlog.len();
+        self.backlog.retain(|u| !assignments.iter().any(|a| (a.data_round, a.slot) == *u));
+        assert!(self.backlog.len() + assignments.len() >= before, "only the round's own units leave");
         // Their last contact is dated into the future: a grace to reconnect.
         let grace = self.cfg.rejoin_grace_ms;
         for a in assignments {
@@ -761,9 +766,12 @@ impl Coordinator {
             pairs,
             ledger: None,
         };
-        // The ledger's entries of the round are persisted before the Accept that names them.
+        // The ledger's entries of the round are persisted with the close, before the Accept
+        // that names them.
+        let mark = self.out.len();
         self.ledger_weights(round, open.weights, &accept);
         self.ledger_round(round, (start_hash, self.state_hash), &accept, &open.sigs);
+        let ledger = self.take_ledger_writes(mark);
         if let Message::Accept { ledger, .. } = &mut accept {
             *ledger = self.ledger_head();
         }
@@ -774,6 +782,7 @@ impl Coordinator {
             state_hash: self.state_hash,
             backlog,
             spread,
+            ledger,
         }));
         self.out.push(Output::Broadcast { message: accept });
         self.event(Event::RoundClosed { round, accepted: n_acc, rejected: n_rej, reassigned, spread });

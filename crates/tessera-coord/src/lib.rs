@@ -77,7 +77,7 @@ pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{run_score, score, Score, ScoreJob, MAX_SCORE_BATCHES, UNSEEN_SLOT};
 pub use screen::{COPY_COSINE, MAX_RECENT, MAX_SEEN, REPLAY_COSINE};
 pub use seq::{SeqWindow, SEQ_WINDOW};
-pub use spec::RunSpec;
+pub use spec::{ReplayError, RunSpec};
 pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_ledger::DEFAULT_STAKE;

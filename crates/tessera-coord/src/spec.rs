@@ -9,6 +9,15 @@ use tessera_sync::{decode_update, Combined, Contribution, Expected, Outer};
 
 use crate::{CoordError, GlobalState, Hash32, RunConfig};
 
+/// Why a closed round could not be recomputed: the update at index `update` did not decode,
+/// or (`None`) the combination or the outer step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{err}", update.map(|i| format!("accepted update {i}: ")).unwrap_or_default())]
+pub struct ReplayError {
+    pub update: Option<usize>,
+    pub err: CoordError,
+}
+
 /// A validated run config and everything derived from it.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -76,6 +85,19 @@ impl RunSpec {
         state.apply(&self.outer, combined.as_ref().map(|c| c.values.as_slice()))?;
         assert_eq!(state.round, round + 1, "a round closes once");
         Ok(combined)
+    }
+
+    /// Round `round` recomputed on `state` from its accepted updates' blobs, in the order the
+    /// round accepted them: what `tessera audit` and the fault simulator check a closed round
+    /// by. Hub and all-gather algorithms only (NoLoCo closes through its replicas).
+    /// An error names the update (its index in `blobs`) that did not decode.
+    pub fn replay(&self, state: &mut GlobalState, round: u64, blobs: &[&[u8]]) -> Result<(), ReplayError> {
+        let mut contribs = Vec::with_capacity(blobs.len());
+        for (i, b) in blobs.iter().enumerate() {
+            contribs.push(self.contribution(i, b).map_err(|err| ReplayError { update: Some(i), err })?);
+        }
+        self.step(state, round, &contribs).map_err(|err| ReplayError { update: None, err })?;
+        Ok(())
     }
 
     /// The `index`th accepted update of a round, decoded from its blob.

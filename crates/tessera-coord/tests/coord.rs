@@ -367,6 +367,47 @@ fn a_restored_coordinator_reopens_the_announced_round_and_finishes_the_run() {
     restored_round_zero(tessera_sync::Algorithm::DiLoCo);
 }
 
+/// Regression (found by `tessera vopr`, seed 0): a coordinator restarted in an open round
+/// restored the backlog the last close left, though the round had already handed those units
+/// out, so each was assigned again later and trained twice.
+#[test]
+fn a_reopened_round_keeps_the_backlog_units_it_handed_out() {
+    let (mut h, spec) = Harness::new(cfg().with(|c| c.rounds = 3));
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
+    let Some(Message::RoundStart {
+        round,
+        state_hash,
+        seed,
+        addrs,
+        members,
+        mut assignments,
+        deadline_ms,
+        replicas,
+    }) = out.iter().find_map(|o| match o {
+        Output::Persist(Record::RoundStarted { start, .. }) => Some(start.clone()),
+        _ => None,
+    })
+    else {
+        panic!("round 0 starts")
+    };
+    // As if the round had taken a waiting unit of an earlier round for its first member.
+    assignments[0].data_round = 7;
+    assignments[0].slot = 3;
+    let start =
+        Message::RoundStart { round, state_hash, seed, addrs, members, assignments, deadline_ms, replicas };
+    let restored = Restored {
+        state: spec.initial_state(),
+        backlog: vec![(7, 3), (8, 0)],
+        open: Some(start),
+        history: vec![],
+        replicas: vec![],
+        banned: vec![],
+    };
+    let c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
+    assert_eq!(c.backlog().copied().collect::<Vec<_>>(), vec![(8, 0)], "the round's unit is not waiting too");
+}
+
 /// Regression: a NoLoCo coordinator restarted in round 0 (no Accept yet, so no replicas to
 /// restore) re-opened the round without giving its members replicas, and panicked closing it.
 #[test]

@@ -230,15 +230,18 @@ impl Replay<'_> {
         if self.spec.outer.exchange() == Exchange::Pairs || !stored {
             return Ok(None);
         }
-        let mut contribs = Vec::with_capacity(accepted.len());
-        for (i, a) in accepted.iter().enumerate() {
-            let who = tessera_tensor::hex(&a.peer[..4]);
-            let blob = self.store.blob(&a.update).map_err(|e| format!("the update of {who}: {e}"))?;
-            let c = self.spec.contribution(i, &blob).map_err(|e| format!("the update of {who}: {e}"))?;
-            contribs.push(c);
-            report.updates_checked += 1;
+        let who = |a: &AcceptedUpdate| tessera_tensor::hex(&a.peer[..4]);
+        let mut blobs = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            let blob = self.store.blob(&a.update).map_err(|e| format!("the update of {}: {e}", who(a)))?;
+            blobs.push(blob);
         }
-        self.spec.step(&mut state, round, &contribs).map_err(|e| format!("recomputing the round: {e}"))?;
+        report.updates_checked += blobs.len() as u64;
+        let views: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        self.spec.replay(&mut state, round, &views).map_err(|e| match e.update {
+            Some(i) => format!("the update of {}: {}", who(&accepted[i]), e.err),
+            None => format!("recomputing the round: {}", e.err),
+        })?;
         Ok(Some(state))
     }
 }

@@ -252,7 +252,7 @@ impl Store {
                     params![*round as i64, postcard::to_allocvec(start)?],
                 )?;
             }
-            Record::RoundClosed { round, accept, state_hash, backlog, spread } => {
+            Record::RoundClosed { round, accept, state_hash, backlog, spread, ledger } => {
                 let tx = self.db.transaction()?;
                 let n = tx.execute(
                     "UPDATE rounds SET accept = ?2, state_hash = ?3, backlog = ?4, spread = ?5
@@ -268,6 +268,7 @@ impl Store {
                 if n != 1 {
                     return Err(StoreError::ClosedTwice(*round));
                 }
+                insert_ledger(&tx, ledger)?;
                 for p in ClosedRound::of(accept).map(|c| c.accepted).unwrap_or_default() {
                     tx.execute(
                         "INSERT INTO accepted(round, peer) VALUES (?1, ?2)",
@@ -304,12 +305,7 @@ impl Store {
             }
             Record::Ledger(records) => {
                 let tx = self.db.transaction()?;
-                for r in records {
-                    tx.execute(
-                        "INSERT INTO ledger(seq, record) VALUES (?1, ?2)",
-                        params![r.seq as i64, r.encode()],
-                    )?;
-                }
+                insert_ledger(&tx, records)?;
                 tx.commit()?;
             }
             Record::Dispute(d) => {
@@ -517,6 +513,14 @@ impl Store {
     }
 }
 
+/// Appends ledger records inside the caller's transaction.
+fn insert_ledger(tx: &rusqlite::Transaction, records: &[tessera_ledger::Record]) -> Result<(), StoreError> {
+    for r in records {
+        tx.execute("INSERT INTO ledger(seq, record) VALUES (?1, ?2)", params![r.seq as i64, r.encode()])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +587,7 @@ mod tests {
             state_hash: g1.hash(),
             backlog: vec![(0, 3)],
             spread: None,
+            ledger: vec![],
         };
         s.persist(&rec).unwrap();
         assert!(s.persist(&rec).is_err(), "a round closes at most once");

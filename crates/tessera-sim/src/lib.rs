@@ -22,6 +22,7 @@ mod links;
 mod net;
 mod protocol;
 mod run;
+pub mod vopr;
 
 pub use config::{InnerOptimizer, SimConfig, MAX_PEERS};
 pub use links::{FaultCounts, NetFaults, MAX_DELAY_MS, MAX_IN_FLIGHT};

@@ -200,12 +200,8 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
 /// whoever proved it (when not the coordinator) is paid its share; nobody else is slashed.
 /// Returns whether a whistleblower was paid.
 fn ledger_of(p: &ProtocolSim, seed: u64, bad: &Bad, who: u8) -> bool {
-    let log: Vec<tessera_ledger::Record> = p
-        .records
-        .iter()
-        .filter_map(|r| if let Record::Ledger(l) = r { Some(l.clone()) } else { None })
-        .flatten()
-        .collect();
+    let log: Vec<tessera_ledger::Record> =
+        p.records.iter().map(|r| r.ledger_records().to_vec()).flatten().collect();
     let live = p.coordinator().accounts().expect("the sim keeps a ledger");
     let replayed = tessera_ledger::verify(&p.ledger_key(), &log).expect("the log verifies");
     assert_eq!(replayed.accounts(), live, "seed {seed}, {bad:?}: the replay is the live accounts");

@@ -32,11 +32,7 @@ fn cfg() -> RunConfig {
 
 /// The records the coordinator persisted to its ledger, in order.
 fn log(p: &ProtocolSim) -> Vec<tessera_ledger::Record> {
-    p.records
-        .iter()
-        .filter_map(|r| if let Record::Ledger(l) = r { Some(l.clone()) } else { None })
-        .flatten()
-        .collect()
+    p.records.iter().map(|r| r.ledger_records().to_vec()).flatten().collect()
 }
 
 /// The ledger replayed from the persisted records: the coordinator's key is the genesis

@@ -7,7 +7,7 @@
 mod common;
 
 use common::pid;
-use tessera_coord::{Behaviour, Record, RunConfig, SigningKey, Validate};
+use tessera_coord::{Behaviour, RunConfig, SigningKey, Validate};
 use tessera_data::Dataset;
 use tessera_ledger::yuma::{weights, PPB};
 use tessera_ledger::{verify, Accounts, Entry};
@@ -39,8 +39,7 @@ fn key(i: u8) -> SigningKey {
 }
 
 fn entries(p: &ProtocolSim) -> Vec<Entry> {
-    let records =
-        p.records.iter().filter_map(|r| if let Record::Ledger(l) = r { Some(l.clone()) } else { None });
+    let records = p.records.iter().map(|r| r.ledger_records().to_vec());
     let log: Vec<_> = records.flatten().collect();
     let replayed = verify(&p.ledger_key(), &log).unwrap();
     assert_eq!(replayed.accounts(), p.coordinator().accounts().unwrap(), "the replay is the live accounts");

@@ -131,6 +131,22 @@ impl Coordinator {
         self.ledger(Entry::RoundClosed { round, start, end, accepted, rejected });
     }
 
+    /// The ledger records queued for persisting since output `mark`, taken out of the
+    /// outputs (to be written with the round's close); the other outputs keep their order.
+    pub(super) fn take_ledger_writes(&mut self, mark: usize) -> Vec<tessera_ledger::Record> {
+        assert!(mark <= self.out.len(), "a mark within the outputs");
+        let tail: Vec<Output> = self.out.drain(mark..).collect();
+        let mut records = Vec::new();
+        for o in tail {
+            match o {
+                Output::Persist(Record::Ledger(v)) => records.extend(v),
+                other => self.out.push(other),
+            }
+        }
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq), "the records stay in order");
+        records
+    }
+
     /// Appends `entry` (and its payouts), to be persisted before what announces it. An entry
     /// the ledger refuses (a peer it has no account of) is reported, never fatal.
     pub(super) fn ledger(&mut self, entry: Entry) {

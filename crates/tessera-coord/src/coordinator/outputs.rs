@@ -43,9 +43,18 @@ pub enum Output {
 pub enum Record {
     /// A round was announced (the `RoundStart` message).
     RoundStarted { round: u64, start: Message },
-    /// A round was closed: the `Accept` message, the new state and the backlog after it, and
-    /// (NoLoCo) the spread of the replicas.
-    RoundClosed { round: u64, accept: Message, state_hash: Hash32, backlog: Vec<Unit>, spread: Option<f64> },
+    /// A round was closed: the `Accept` message, the new state and the backlog after it,
+    /// (NoLoCo) the spread of the replicas, and the ledger's records of the close (weights,
+    /// `RoundClosed`, payouts). One record, written at once: a crash never leaves the ledger
+    /// paying a round the store has not closed, which a restart would close and pay again.
+    RoundClosed {
+        round: u64,
+        accept: Message,
+        state_hash: Hash32,
+        backlog: Vec<Unit>,
+        spread: Option<f64>,
+        ledger: Vec<tessera_ledger::Record>,
+    },
     /// A node reported the state hash it holds after `round` rounds, computed by itself or
     /// adopted from the checkpoint.
     Report { round: u64, peer: PeerId, state_hash: Hash32, agrees: bool, computed: bool },
@@ -97,6 +106,16 @@ impl std::fmt::Display for Disputed {
             tessera_verify::Loser::Both => "both",
         };
         write!(f, " after {} exchanges, {} bytes: {loser} loses", self.exchanges, self.bytes)
+    }
+}
+
+impl Record {
+    /// The ledger's records this record writes (in order).
+    pub fn ledger_records(&self) -> &[tessera_ledger::Record] {
+        match self {
+            Record::Ledger(v) | Record::RoundClosed { ledger: v, .. } => v,
+            _ => &[],
+        }
     }
 }
 

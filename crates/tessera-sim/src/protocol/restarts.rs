@@ -41,11 +41,7 @@ pub struct MemStore<'a> {
 impl MemStore<'_> {
     /// The ledger's records, in the order they were persisted.
     pub fn ledger(&self) -> Vec<tessera_ledger::Record> {
-        let each = |r: &Record| match r {
-            Record::Ledger(v) => v.clone(),
-            _ => Vec::new(),
-        };
-        self.records.iter().flat_map(each).collect()
+        self.records.iter().flat_map(|r| r.ledger_records().iter().cloned()).collect()
     }
 
     /// What a restarted coordinator resumes from, by the rules the daemon's SQLite store
