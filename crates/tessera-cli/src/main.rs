@@ -17,6 +17,7 @@ mod plot;
 mod sim;
 mod tools;
 mod train;
+mod vopr;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,9 @@ enum Cmd {
     /// balances, each round's states and accepted updates, the stored state blobs. Prints
     /// `audit: OK` or the first divergent entry, and exits non-zero on one.
     Audit(net::ledger::LedgerArgs),
+    /// The fault simulator: runs seeded whole-protocol runs under network faults, crashes and
+    /// cheats, checks every invariant, and prints each failing seed with its reproduction.
+    Vopr(vopr::VoprArgs),
     /// Reproducible speed measurements (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -82,6 +86,7 @@ fn main() -> Result<()> {
         Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
         Cmd::Ledger(a) => net::ledger::run(a),
         Cmd::Audit(a) => net::ledger::audit(a),
+        Cmd::Vopr(a) => vopr::run(a),
     }
 }
 

@@ -157,7 +157,8 @@ impl Coordinator {
             return Err(CoordError::State("a replica is not of the state's round and model".into()));
         }
         let cfg = spec.cfg.clone();
-        let screen = Screen::new(spec.outer.algorithm());
+        let draws = spec.cfg.h().saturating_mul(spec.cfg.batch as u64);
+        let screen = Screen::new(spec.outer.algorithm(), draws);
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
         history.insert(r.state.round, state_hash);

@@ -50,7 +50,9 @@ pub struct Screening {
     pub prints: Vec<(PeerId, Fingerprint)>,
     /// Of the refused, those whose values are bit for bit an earlier update's or another's
     /// of this round, with what they duplicate: proof of a cheat (only for the dense codecs,
-    /// whose honest updates never coincide exactly; a sparse or sign-coded one can).
+    /// whose honest updates never coincide exactly; a sparse or sign-coded one can; and only
+    /// when an update rests on two or more batch draws: two honest trainers given one
+    /// sequence each may draw the same one, and compute the same bits).
     pub proven: Vec<(PeerId, String)>,
 }
 
@@ -71,11 +73,14 @@ pub struct Screen {
 }
 
 impl Screen {
-    pub fn new(algorithm: Algorithm) -> Self {
+    /// A screen for `algorithm`, whose updates each rest on `draws` sequences of data (inner
+    /// steps × batch).
+    pub fn new(algorithm: Algorithm, draws: u64) -> Self {
         let demo = algorithm == Algorithm::DeMo;
         let (threshold, replay_threshold) = if demo { (1.0, 1.0) } else { (COPY_COSINE, REPLAY_COSINE) };
         let (seen, seen_order, recent) = (BTreeSet::new(), VecDeque::new(), VecDeque::new());
-        let proves = matches!(algorithm, Algorithm::Ddp | Algorithm::DiLoCo | Algorithm::NoLoCo);
+        let dense = matches!(algorithm, Algorithm::Ddp | Algorithm::DiLoCo | Algorithm::NoLoCo);
+        let proves = dense && draws >= 2;
         Self { proves, threshold, replay_threshold, seen, seen_order, recent }
     }
 
@@ -144,9 +149,23 @@ impl Screen {
 mod tests {
     use super::*;
 
+    /// Regression (found by `tessera vopr`, seed 798): two honest DDP trainers each given one
+    /// sequence drew the same one, computed the same gradient, and the later was slashed as a
+    /// copier. With one draw an exact duplicate is refused, never proven.
+    #[test]
+    fn one_draw_of_data_can_coincide_so_its_duplicate_proves_nothing() {
+        let v: Vec<f32> = (0..64).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let acc: Vec<Screened> = vec![([1; 32], v.as_slice(), None), ([2; 32], v.as_slice(), None)];
+        let one = Screen::new(Algorithm::Ddp, 1).check(&acc);
+        assert_eq!(one.refused.len(), 1, "the later one is still refused");
+        assert!(one.proven.is_empty(), "but nothing is proven");
+        let two = Screen::new(Algorithm::Ddp, 2).check(&acc);
+        assert_eq!(two.proven.len(), 1, "two draws coinciding by chance is not believed");
+    }
+
     #[test]
     fn a_sparse_update_on_anothers_positions_is_a_copy_and_a_resent_one_a_replay() {
-        let mut s = Screen::new(Algorithm::SparseLoCo);
+        let mut s = Screen::new(Algorithm::SparseLoCo, 8);
         let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
         let va: Vec<f32> = (0..100).map(|i| if i % 10 == 0 { 1.0 + i as f32 } else { 0.0 }).collect();
         let vb: Vec<f32> = (0..100).map(|i| if i % 10 == 0 { -(i as f32) + 50.0 } else { 0.0 }).collect();

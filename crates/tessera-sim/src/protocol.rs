@@ -104,9 +104,10 @@ impl Delivery {
     fn hop(&self) -> (Option<PeerId>, Hop) {
         match self {
             Delivery::ToCoord(s) => (Some(s.sender), Hop::Net(s.sender)),
-            Delivery::ToPeer(p, _) | Delivery::BlobToCoord(p, ..) | Delivery::BlobToPeer(p, ..) => {
-                (Some(*p), Hop::Net(*p))
-            }
+            Delivery::ToPeer(p, _) | Delivery::BlobToPeer(p, ..) => (Some(*p), Hop::Net(*p)),
+            // The coordinator's fetch ends, with the blob or an error, even if the source has
+            // died since (a dead source's transfer fails; it is never left hanging).
+            Delivery::BlobToCoord(p, ..) => (None, Hop::Net(*p)),
             Delivery::ValidatorChecked(p, ..)
             | Delivery::ValidatorScored(p, ..)
             | Delivery::ValidatorAnswered(p, ..)

@@ -18,6 +18,17 @@ use crate::links::{FaultCounts, NetFaults};
 use crate::protocol::{CoordCrash, ProtocolSim};
 use crate::SimError;
 
+/// The dataset every seed trains on: the embedded Sonnets, ingested into `dir` on first use
+/// (an existing dataset there is opened). The test suite and `tessera vopr` share it, so a
+/// seed fails or passes the same in both.
+pub fn dataset(dir: &std::path::Path) -> Result<Dataset, SimError> {
+    if !dir.join("manifest.json").exists() {
+        let opts = tessera_data::IngestOptions { shard_tokens: 8192, ..Default::default() };
+        tessera_data::ingest_bytes(tessera_model::fixtures::SONNETS, "sonnets", dir, &opts)?;
+    }
+    Ok(Dataset::open(dir)?)
+}
+
 /// Most trainers a seed may run.
 pub const MAX_VOPR_PEERS: usize = 64;
 /// Most steps (deliveries and ticks) one seed may take before it is declared stuck.
@@ -83,11 +94,20 @@ pub struct SeedReport {
     pub violations: Vec<String>,
     pub rounds_closed: u64,
     pub finished: bool,
+    /// The coordinator's restarts, and the state the run ended in.
+    pub restarts: u64,
+    pub final_state: Option<Hash32>,
     pub virtual_ms: u64,
     pub net: FaultCounts,
     /// Scheduled faults by kind.
     pub kinds: BTreeMap<&'static str, u64>,
+    /// On a violation: the coordinator's last events and the trainers' last reports, oldest
+    /// first (what `tessera vopr --seeds 1 --from S --verbose` prints).
+    pub log: Vec<String>,
 }
+
+/// Most events a failing seed's log keeps.
+pub const MAX_LOG: usize = 80;
 
 struct Draw {
     rng: Philox,
@@ -240,7 +260,12 @@ fn crash_kind(c: &CoordCrash) -> &'static str {
 
 /// Runs one seed and checks every invariant.
 pub fn run_seed(seed: u64, cfg: &VoprConfig, ds: &Dataset) -> SeedReport {
-    let plan = plan(seed, cfg);
+    run(&plan(seed, cfg), cfg, ds)
+}
+
+/// Runs one plan (a seed's, or one written by hand) and checks every invariant.
+pub fn run(plan: &Plan, cfg: &VoprConfig, ds: &Dataset) -> SeedReport {
+    let seed = plan.seed;
     let mut report = SeedReport { seed, ..SeedReport::default() };
     for (_, f) in &plan.faults {
         *report.kinds.entry(f.kind()).or_default() += 1;
@@ -251,7 +276,7 @@ pub fn run_seed(seed: u64, cfg: &VoprConfig, ds: &Dataset) -> SeedReport {
     if let Some(a) = &plan.adversary {
         *report.kinds.entry(adversary_kind(a)).or_default() += 1;
     }
-    if let Err(v) = run_plan(&plan, cfg, ds, &mut report) {
+    if let Err(v) = run_plan(plan, cfg, ds, &mut report) {
         report.violations.push(v);
     }
     report
@@ -282,6 +307,34 @@ fn run_plan(plan: &Plan, cfg: &VoprConfig, ds: &Dataset, report: &mut SeedReport
     }
     sim.set_net_faults(plan.net.clone());
     let mut watch = Watch::new(&spec, honest);
+    let found = drive(&mut sim, plan, cfg, &rc, &mut watch, report);
+    if found.is_err() {
+        report.log = log_of(&sim);
+    }
+    found
+}
+
+/// The last events of the run, coordinator's and trainers', for a failing seed.
+fn log_of(sim: &ProtocolSim) -> Vec<String> {
+    let coord = sim.events.iter().rev().take(MAX_LOG / 2).map(|e| format!("coordinator: {e:?}"));
+    let trainers =
+        sim.trainer_events.iter().rev().take(MAX_LOG / 2).map(|(p, e)| format!("trainer {}: {e:?}", hex(p)));
+    let mut log: Vec<String> = coord.collect::<Vec<_>>().into_iter().rev().collect();
+    log.extend(trainers.collect::<Vec<_>>().into_iter().rev());
+    log.iter_mut().for_each(|l| l.truncate(300));
+    log
+}
+
+/// Steps the run through its plan to the end, checking as it goes.
+fn drive(
+    sim: &mut ProtocolSim,
+    plan: &Plan,
+    cfg: &VoprConfig,
+    rc: &RunConfig,
+    watch: &mut Watch,
+    report: &mut SeedReport,
+) -> Result<(), String> {
+    let spec = sim.coordinator().spec().clone();
     let mut due: Vec<(u64, Fault)> = plan.faults.clone();
     let mut restarts: Vec<(u64, usize, bool)> = Vec::new();
     let quiet_ms = (cfg.rounds + 3) * rc.round_timeout_ms.max(rc.max_round_ms) + rc.silence_ms;
@@ -293,7 +346,7 @@ fn run_plan(plan: &Plan, cfg: &VoprConfig, ds: &Dataset, report: &mut SeedReport
         let now = sim.now_ms();
         while due.first().is_some_and(|(at, _)| *at <= now) {
             let (_, f) = due.remove(0);
-            apply(&mut sim, f, now, &mut restarts).map_err(|e| format!("{}: {e}", f.kind()))?;
+            apply(sim, f, now, &mut restarts).map_err(|e| format!("{}: {e}", f.kind()))?;
         }
         restarts.sort();
         while restarts.first().is_some_and(|(at, ..)| *at <= now) {
@@ -306,24 +359,27 @@ fn run_plan(plan: &Plan, cfg: &VoprConfig, ds: &Dataset, report: &mut SeedReport
         }
         if now > plan.horizon_ms + 3_000 + quiet_ms {
             return Err(format!(
-                "liveness: stuck at round {} of {}, {} ms after the last fault",
+                "liveness: stuck at round {} of {}, {} ms after the last fault ({})",
                 sim.coordinator().round(),
                 cfg.rounds,
-                now - plan.horizon_ms
+                now - plan.horizon_ms,
+                sim.membership()
             ));
         }
         sim.step().map_err(|e| step_error(&e))?;
-        watch.step(&sim)?;
+        watch.step(sim)?;
         report.virtual_ms = sim.now_ms();
     }
     report.finished = sim.is_finished();
+    report.restarts = sim.restarts;
+    report.final_state = Some(sim.coordinator().state_hash());
     report.net = sim.fault_counts().clone();
     report.rounds_closed = watch.closed.len() as u64;
     if !report.finished {
         return Err(format!("liveness: not finished after {MAX_STEPS} steps"));
     }
-    watch.step(&sim)?;
-    watch.finish(&sim, &spec)
+    watch.step(sim)?;
+    watch.finish(sim, &spec)
 }
 
 fn step_error(e: &SimError) -> String {
@@ -493,7 +549,11 @@ impl Watch {
         for rec in &log {
             match &rec.entry {
                 Entry::Slashed { peer, round, .. } if self.honest.contains(peer) => {
-                    return Err(format!("slashing: honest trainer {} slashed in round {round}", hex(peer)));
+                    return Err(format!(
+                        "slashing: honest trainer {} slashed in round {round} ({})",
+                        hex(peer),
+                        why_slashed(sim, peer, *round)
+                    ));
                 }
                 Entry::RoundClosed { round, start, end, accepted, .. } => {
                     self.recompute(sim, spec, &mut state, (*round, start, end), accepted)?;
@@ -543,6 +603,24 @@ impl Watch {
     }
 }
 
+/// What the coordinator logged of `peer` in `round`'s disputes and checks.
+fn why_slashed(sim: &ProtocolSim, peer: &PeerId, round: u64) -> String {
+    let said: Vec<String> = sim
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            tessera_coord::Event::Disputed(d) if d.trainer == *peer && d.round == round => {
+                Some(d.to_string())
+            }
+            tessera_coord::Event::Checked { round: r, peer: p, outcome, .. } if p == peer && *r == round => {
+                Some(format!("checked: {outcome}"))
+            }
+            _ => None,
+        })
+        .collect();
+    said.join("; ")
+}
+
 fn hex(h: &[u8; 32]) -> String {
     tessera_tensor::hex(&h[..4])
 }
@@ -550,4 +628,96 @@ fn hex(h: &[u8; 32]) -> String {
 /// The one-line reproduction of `seed`.
 pub fn reproduce(seed: u64) -> String {
     format!("tessera vopr --seeds 1 --from {seed}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_coord::Assignment;
+
+    fn watch() -> Watch {
+        let spec = RunSpec::new(run_config(&VoprConfig::default(), 1, Algorithm::DiLoCo)).unwrap();
+        Watch::new(&spec, BTreeSet::new())
+    }
+
+    fn started(round: u64, units: &[(u8, Unit)]) -> Record {
+        let assignments: Vec<Assignment> =
+            units.iter().map(|(p, (r, s))| Assignment { peer: [*p; 32], data_round: *r, slot: *s }).collect();
+        let start = Message::RoundStart {
+            round,
+            state_hash: [0; 32],
+            seed: 1,
+            members: assignments.iter().map(|a| a.peer).collect(),
+            addrs: vec![],
+            assignments,
+            deadline_ms: 1000,
+            replicas: vec![],
+        };
+        Record::RoundStarted { round, start }
+    }
+
+    fn closed(round: u64, accepted: &[u8], backlog: Vec<Unit>) -> Record {
+        let accept = Message::Accept {
+            round,
+            accepted: accepted.iter().map(|p| [*p; 32]).collect(),
+            updates: vec![],
+            rejected: vec![],
+            aggregate: None,
+            next_state_hash: [round as u8 + 1; 32],
+            pairs: None,
+            ledger: None,
+        };
+        Record::RoundClosed {
+            round,
+            accept,
+            state_hash: [round as u8 + 1; 32],
+            backlog,
+            spread: None,
+            ledger: vec![],
+        }
+    }
+
+    #[test]
+    fn the_watch_passes_a_sound_history() {
+        let mut w = watch();
+        w.record(&started(0, &[(1, (0, 0)), (2, (0, 1))])).unwrap();
+        w.record(&closed(0, &[1], vec![(0, 1)])).unwrap();
+        w.record(&started(1, &[(1, (0, 1)), (2, (1, 0))])).unwrap();
+        w.record(&closed(1, &[1, 2], vec![])).unwrap();
+        assert_eq!(w.closed.len(), 2);
+    }
+
+    #[test]
+    fn the_watch_catches_a_round_closed_twice() {
+        let mut w = watch();
+        w.record(&started(0, &[(1, (0, 0))])).unwrap();
+        w.record(&closed(0, &[1], vec![])).unwrap();
+        let e = w.record(&closed(0, &[1], vec![])).unwrap_err();
+        assert!(e.contains("closed twice"), "{e}");
+    }
+
+    #[test]
+    fn the_watch_catches_a_unit_trained_twice_or_dropped() {
+        let mut w = watch();
+        w.record(&started(0, &[(1, (0, 0)), (2, (0, 1))])).unwrap();
+        w.record(&closed(0, &[1], vec![(0, 1)])).unwrap();
+        w.record(&started(1, &[(1, (0, 0)), (2, (1, 0))])).unwrap();
+        let e = w.record(&closed(1, &[1], vec![(1, 0)])).unwrap_err();
+        assert!(e.contains("trained twice"), "{e}");
+
+        let mut w = watch();
+        w.record(&started(0, &[(1, (0, 0)), (2, (0, 1))])).unwrap();
+        let e = w.record(&closed(0, &[1], vec![])).unwrap_err();
+        assert!(e.contains("neither accepted nor kept"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_is_a_pure_function_of_its_seed() {
+        let cfg = VoprConfig::default();
+        assert_eq!(format!("{:?}", plan(7, &cfg)), format!("{:?}", plan(7, &cfg)));
+        assert_ne!(format!("{:?}", plan(7, &cfg)), format!("{:?}", plan(8, &cfg)));
+        let p = plan(7, &cfg);
+        assert!(p.net.loss >= cfg.min_rate && p.net.loss <= cfg.max_rate);
+        assert!(p.faults.windows(2).all(|w| w[0].0 <= w[1].0), "faults in time order");
+    }
 }

@@ -292,6 +292,7 @@ impl Coordinator {
             self.validators.remove(v);
             self.event(Event::Left(*v));
         }
+        self.retry_disputes(now_ms);
         self.expire_disputes(deadline);
         self.expire_scores(deadline);
         let Some(open) = self.open.as_mut() else { return };

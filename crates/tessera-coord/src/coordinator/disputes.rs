@@ -7,7 +7,12 @@
 //! when the operators cannot decide (the chains agree, or the inputs differ), it fetches the
 //! agreed state and recomputes that one step ([`Output::Recompute`]). The loser is refused
 //! from then on (a false accusation loses too); a side that does not answer by the round's
-//! deadline, or leaves, loses by timeout. A validator's loss proves its accusation false,
+//! deadline although it was heard from since the question was put loses by timeout; one that
+//! left, or was not heard from at all (crashed or cut off: nothing is proven), has its check
+//! voided (a trainer's update is left out unrevealed; a validator's check is taken back). A
+//! question still unanswered is put again every [`DISPUTE_RETRY_HEARTBEATS`] heartbeats, and a
+//! blob transfer that fails is retried up to [`MAX_DISPUTE_REFETCHES`] times, so that a lost
+//! frame never decides a dispute. A validator's loss proves its accusation false,
 //! not the trainer's commitment right, so the coordinator then checks the segment itself. Every dispute is persisted with the exact step and
 //! operator decided, the exchanges and the bytes.
 
@@ -16,6 +21,11 @@ use tessera_wire::{Answer, Finding, Question};
 
 use super::round_checks::Opened;
 use super::*;
+
+/// Heartbeats between puttings of a question a side has not answered.
+pub const DISPUTE_RETRY_HEARTBEATS: u64 = 3;
+/// Most times a dispute's failed blob transfer is retried.
+pub const MAX_DISPUTE_REFETCHES: u32 = 3;
 
 /// A dispute under way over one trainer's check.
 #[derive(Debug, Clone)]
@@ -34,6 +44,12 @@ pub(super) struct Game {
     /// A blob the referee waits for from the trainer, or its own recomputation in flight.
     fetching: Option<Hash32>,
     running: bool,
+    /// When the question out was first seen unanswered on a tick, and last put again.
+    asked_at: Option<u64>,
+    retried_at: u64,
+    /// The blob awaited's length, and the transfers of it that failed.
+    fetch_len: u64,
+    refetches: u32,
     bytes: u64,
     /// What the operator's replay rests on (its inputs blob is stored), for the ledger.
     evidence: Option<tessera_ledger::Evidence>,
@@ -98,6 +114,10 @@ impl Coordinator {
             kernel: None,
             fetching: None,
             running: false,
+            asked_at: None,
+            retried_at: 0,
+            fetch_len: 0,
+            refetches: 0,
             bytes: 0,
             evidence: None,
         };
@@ -127,6 +147,7 @@ impl Coordinator {
         };
         g.asked = Some(q);
         g.got = [None, None];
+        g.asked_at = None;
         let v = g.validator;
         let ask = Message::DisputeAsk { round, peer: trainer, question: q };
         self.out.push(Output::Send { to: trainer, message: ask.clone() });
@@ -219,6 +240,8 @@ impl Coordinator {
         let Some(g) = self.game(&trainer) else { return };
         g.fetching = Some(hash);
         g.asked = Some(q);
+        g.fetch_len = len;
+        g.refetches = 0;
         g.bytes += len;
         self.out.push(Output::Fetch { from: trainer, hash, len });
     }
@@ -231,6 +254,15 @@ impl Coordinator {
         let q = g.asked.take();
         let bytes = match got {
             Ok(b) if blake3::hash(b).as_bytes() == &hash => b,
+            // A transfer that failed proves nothing: it is tried again, a few times.
+            Err(_) if g.refetches < MAX_DISPUTE_REFETCHES => {
+                g.refetches += 1;
+                g.fetching = Some(hash);
+                g.asked = q;
+                let len = g.fetch_len;
+                self.out.push(Output::Fetch { from, hash, len });
+                return true;
+            }
             _ => {
                 self.forfeit(from, Loser::Trainer);
                 return true;
@@ -300,10 +332,39 @@ impl Coordinator {
         std::mem::take(&mut self.out)
     }
 
-    /// A trainer that left loses at once; at the `deadline`, so do sides that have not
-    /// answered (the referee's own recomputation in flight is waited for). A dispute whose
-    /// validator was refused (in another dispute) or left is dropped, and the coordinator
-    /// checks the trainer itself.
+    /// Puts each question still unanswered again to the sides that owe an answer, every
+    /// [`DISPUTE_RETRY_HEARTBEATS`] heartbeats (an answer already in stands; a repeat is
+    /// ignored).
+    pub(super) fn retry_disputes(&mut self, now_ms: u64) {
+        let every = self.cfg.heartbeat_ms.saturating_mul(DISPUTE_RETRY_HEARTBEATS);
+        let Some(open) = self.open.as_mut() else { return };
+        let round = open.round;
+        let mut again = Vec::new();
+        for (t, g) in open.checks.games.iter_mut().filter(|(_, g)| !g.running && g.fetching.is_none()) {
+            let Some(question) = g.asked else { continue };
+            let first = *g.asked_at.get_or_insert(now_ms);
+            if now_ms.saturating_sub(first.max(g.retried_at)) < every {
+                continue;
+            }
+            g.retried_at = now_ms;
+            let ask = Message::DisputeAsk { round, peer: *t, question };
+            if g.got[0].is_none() {
+                again.push(Output::Send { to: *t, message: ask.clone() });
+            }
+            if g.got[1].is_none() && !trainer_only(g.asked) {
+                again.push(Output::Send { to: g.validator, message: ask });
+            }
+        }
+        assert!(again.len() <= 2 * open.checks.games.len(), "at most one question per side");
+        self.out.extend(again);
+    }
+
+    /// At the `deadline`, a side that has not answered loses if it was heard from since the
+    /// question was put (it chose not to answer); one that left, or was not heard from at all
+    /// (it may have crashed or been cut off), proves nothing: a trainer's check is voided as
+    /// not revealed, a validator's is taken back. The referee's own recomputation in flight
+    /// is waited for. A dispute whose validator was refused (in another dispute) or left is
+    /// dropped, and the coordinator checks the trainer itself.
     pub(super) fn expire_disputes(&mut self, deadline: bool) {
         let Some(open) = self.open.as_ref() else { return };
         let validators = &self.validators;
@@ -318,21 +379,39 @@ impl Coordinator {
             self.take_check_back(t);
         }
         let Some(open) = self.open.as_ref() else { return };
-        let mut lost = Vec::new();
+        let (mut lost, mut void, mut back) = (Vec::new(), Vec::new(), Vec::new());
         for (t, g) in &open.checks.games {
-            let gone = [!self.members.contains_key(t), false];
             let silent = match (g.running, g.fetching.is_some()) {
                 (true, _) => [false, false],
                 (false, true) => [true, false],
                 (false, false) => [g.got[0].is_none(), g.got[1].is_none() && !trainer_only(g.asked)],
             };
-            let out = [gone[0] || (deadline && silent[0]), gone[1] || (deadline && silent[1])];
-            match out {
+            let since = g.asked_at.unwrap_or(u64::MAX);
+            let heard = [
+                self.members.get(t).is_some_and(|&at| at > since),
+                self.validators.get(&g.validator).is_some_and(|&at| at > since),
+            ];
+            if !self.members.contains_key(t) || (deadline && silent[0] && !heard[0]) {
+                void.push(*t);
+                continue;
+            }
+            if deadline && silent[1] && !heard[1] {
+                back.push(*t);
+                continue;
+            }
+            match [deadline && silent[0], deadline && silent[1]] {
                 [true, true] => lost.push((*t, Loser::Both)),
                 [true, false] => lost.push((*t, Loser::Trainer)),
                 [false, true] => lost.push((*t, Loser::Validator)),
                 [false, false] => {}
             }
+        }
+        for t in void {
+            self.open.as_mut().map(|o| o.checks.games.remove(&t));
+            self.verdict(t, Outcome::NoReveal, None);
+        }
+        for t in back {
+            self.take_check_back(t);
         }
         for (t, who) in lost {
             self.forfeit(t, who);

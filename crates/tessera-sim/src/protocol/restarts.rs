@@ -126,6 +126,19 @@ impl ProtocolSim<'_> {
         MemStore { records: &self.records, blobs: &self.blobs }
     }
 
+    /// Who is where, in one line (for a stuck run's report): the coordinator's members, the
+    /// live trainers, how many of those hold no config (never welcomed) and the open round.
+    pub fn membership(&self) -> String {
+        let live = self.peers.values().filter(|p| p.alive).count();
+        let unconfigured = self.peers.values().filter(|p| p.alive && p.w.is_none()).count();
+        let down = if self.coord_down.is_some() { ", the coordinator is down" } else { "" };
+        format!(
+            "{} members, {live} live trainers of which {unconfigured} never welcomed, {} validators{down}",
+            self.coord.members().count(),
+            self.validators.values().filter(|c| c.alive).count(),
+        )
+    }
+
     /// Trainer `peer`'s process dies now: what is in flight to or from it is lost.
     pub fn kill(&mut self, peer: &PeerId) {
         if let Some(p) = self.peers.get_mut(peer) {
