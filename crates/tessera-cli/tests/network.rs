@@ -519,11 +519,13 @@ fn ledger_column(run: &Run, i: u8, col: usize) -> u64 {
 
 /// The copy drill with real processes: a node resubmits, as its own, the update its twin
 /// (an honest node with the same `--twin-dir`) committed this round. With the checks off, the
-/// coordinator's screening refuses the copy; being bit for bit the twin's, it is proof, so
-/// the copier is slashed and refused from then on. Nobody honest is refused. A copier without
-/// a twin directory is refused at start with a typed error.
+/// coordinator's screening refuses the copy every round, but does not slash it: which of two
+/// identical commits is the copy, arrival order cannot prove (a copier with a faster link
+/// commits first; `tessera vopr` seed 2682 framed an honest trainer so), so the spot checks
+/// prove copies. Nobody honest is refused. A copier without a twin directory is refused at
+/// start with a typed error.
 #[test]
-fn a_copying_node_is_refused_and_slashed() {
+fn a_copying_node_is_refused_every_round() {
     let run = Run::new("copy", config(4, 3).with(|c| c.validate = tessera_coord::Validate::Off));
     let (mut c, ticket) = run.coordinator("coord");
     let twin = run.dir.join("twin").display().to_string();
@@ -537,8 +539,8 @@ fn a_copying_node_is_refused_and_slashed() {
     let copies = log
         .lines()
         .filter(|l| l.contains(&format!("message from {copier} refused")) && l.contains("a copy of"));
-    assert_eq!(copies.count(), 1, "the copy is refused once, then the copier is:\n{log}");
-    assert!(ledger_column(&run, 4, 6) > 0, "the copier is slashed:\n{}", run.ledger());
+    assert_eq!(copies.count(), 3, "the copy is refused every round:\n{log}");
+    assert_eq!(ledger_column(&run, 4, 6), 0, "screening slashes no copier:\n{}", run.ledger());
     for honest in [1, 2, 3] {
         let who = short_hex(&peer_id(honest));
         assert!(!log.lines().any(|l| l.contains(&format!("message from {who} refused"))), "{honest}:\n{log}");

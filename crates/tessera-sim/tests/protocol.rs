@@ -353,9 +353,11 @@ fn robust_aggregation_bounds_the_model_replacement_attack() {
 /// A trainer that resubmits another's update of the round, and one that resubmits its own
 /// earlier update under the new round's number, are refused with a typed reason; the
 /// trainer copied from and every honest trainer are never refused. With a dense codec
-/// (DiLoCo) a bit-for-bit duplicate is proof: the cheat is slashed and refused from then on
-/// (so refused once); with a sparse one (SparseLoCo), whose honest updates could coincide,
-/// it is refused every round and never slashed.
+/// (DiLoCo) a bit-for-bit replay of an earlier round's update is proof: the cheat is slashed
+/// and refused from then on (so refused once); with a sparse one (SparseLoCo), whose honest
+/// updates could coincide, it is refused every round and never slashed. A copy within the
+/// round is refused every round but never proven by screening (which of two identical
+/// commits is the copy, arrival order cannot tell).
 #[test]
 fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
     use tessera_coord::{Cheat, Reject};
@@ -372,7 +374,7 @@ fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
         p.run_until(rc.rounds).unwrap();
         let proof = algo == Algorithm::DiLoCo;
         let copies = p.refused(&pid(3));
-        assert_eq!(copies.len() as u64, if proof { 1 } else { rc.rounds }, "{algo}: {copies:?}");
+        assert_eq!(copies.len() as u64, rc.rounds, "{algo}: {copies:?}");
         assert!(copies
             .iter()
             .all(|r| matches!(r, Reject::Copy { of } if *of == tessera_tensor::hex(&pid(1)[..4]))));
@@ -382,9 +384,9 @@ fn copied_and_replayed_updates_are_refused_and_nobody_honest_is() {
         assert!(replays.iter().all(|r| *r == Reject::Replayed));
         let accounts = p.coordinator().accounts().unwrap();
         let slashed = |i: u8| accounts.get(&pid(i)).unwrap().slashed;
-        assert_eq!((slashed(3) > 0, slashed(2) > 0), (proof, proof), "{algo}: slashed when proven");
+        assert_eq!((slashed(3) > 0, slashed(2) > 0), (false, proof), "{algo}: slashed when proven");
         let banned: Vec<_> = p.coordinator().banned().map(|(peer, round)| (*peer, *round)).collect();
-        assert_eq!(banned.len(), if proof { 2 } else { 0 }, "{algo}: {banned:?}");
+        assert_eq!(banned.len(), usize::from(proof), "{algo}: {banned:?}");
         for honest in [1, 4] {
             assert!(p.refused(&pid(honest)).is_empty(), "{algo}: no honest trainer is refused");
             assert_eq!(slashed(honest), 0, "{algo}: nor slashed");
