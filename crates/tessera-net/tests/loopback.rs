@@ -30,7 +30,12 @@ fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
         assert_eq!(peer_id(&conn), a.id());
         b.send_frame(&conn, b"hello").await.unwrap();
         b.send_frame(&conn, b"world").await.unwrap();
-        b.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 1, &[7u8; 16]).await.unwrap();
+        // The receiver stops the stream once it reads the length, which may be before the
+        // sender has finished writing: then the send reports the stop (a flake seen in CI).
+        match b.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 1, &[7u8; 16]).await {
+            Ok(()) | Err(NetError::Stream(_)) => {}
+            Err(e) => panic!("an oversized frame: {e}"),
+        }
         assert_eq!(*b.fetch_blob(&conn, &h, 1 << 20).await.unwrap(), *blob);
         assert!(matches!(b.fetch_blob(&conn, &[9; 32], 1 << 20).await, Err(NetError::Missing(_))));
         assert!(matches!(

@@ -7,10 +7,14 @@
 //!
 //! [`ProtocolSim`] runs the networked run's protocol instead: the coordinator and trainer
 //! state machines of `tessera-coord` (the same ones the daemons drive), exchanging real
-//! messages and blobs, with scripted joins and crashes.
+//! messages and blobs, with scripted joins and crashes, over a transport that can lose,
+//! duplicate, reorder and delay frames, cut peers off and slow them, and with nodes that die
+//! and restart (the coordinator at any output index, from its store). [`vopr`] is the fault
+//! simulator built on it: seeded plans of faults, and the protocol's invariants checked after
+//! every step.
 //!
-//! **Invariants.** A run is a pure function of its config and dataset: the same seed gives the
-//! same bits (peers train in parallel, but each peer's work is independent and aggregation is
+//! **Invariants.** A run is a pure function of its config and dataset (and, under faults, of
+//! the faults' seed): the same seed gives the same bits (peers train in parallel, but each peer's work is independent and aggregation is
 //! in peer-id order). Simulated time never depends on the host's speed.
 //!
 //! **Must not.** Open sockets, read the wall clock or OS randomness.
