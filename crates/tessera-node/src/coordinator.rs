@@ -162,7 +162,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         store,
         net: net.clone(),
         key,
-        seq: Seq::from_clock(),
+        seq: Seq::for_key(Some(&a.dir.join("coordinator.key")))?,
         outboxes: HashMap::new(),
         conns: Arc::default(),
         strangers: HashMap::new(),

@@ -28,7 +28,7 @@ mod twin;
 mod validator;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
@@ -138,6 +138,27 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Counts a new session of the key in `key`: reads `<key>.session` (none yet: 0), writes it
+/// back one higher (atomically, as the key) and returns the new number.
+fn next_session(key: &Path) -> Result<u64, NodeError> {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".session");
+    let path = std::path::PathBuf::from(p);
+    let shown = path.display().to_string();
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| NodeError::Run(format!("{shown} does not hold a session number")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(NodeError::io(format!("reading {shown}"))(e)),
+    };
+    let next = last.checked_add(1).filter(|n| *n < 1 << (64 - SESSION_BITS));
+    let next = next.ok_or_else(|| NodeError::Run(format!("{shown}: the key's sessions are used up")))?;
+    write_secret(&path, next.to_string().as_bytes()).map_err(NodeError::io(format!("writing {shown}")))?;
+    Ok(next)
+}
+
 /// A new identity from the OS's randomness (the daemons may read it).
 pub fn fresh_key() -> Result<SigningKey, NodeError> {
     use std::io::Read;
@@ -169,14 +190,26 @@ pub fn out(line: &str) {
     }
 }
 
-/// Outgoing sequence numbers: start at the wall clock in microseconds, so a restarted process
-/// continues above what it sent before, then count up.
+/// Bits of a sequence number that count frames within one session (one run of a process);
+/// the bits above number the session. 2^32 frames is 99 days at the 500 frames a second a
+/// connection may send.
+pub const SESSION_BITS: u32 = 32;
+
+/// Outgoing sequence numbers, per session and free of the clock: the key's session counter
+/// (kept next to the key file, `<key>.session`) goes up by one at every start, and the
+/// session's frames count up from `session << SESSION_BITS`, so a restarted process always
+/// continues above what it sent before, however the clock was set. A key kept nowhere is a new
+/// identity that no receiver has seen, so it starts at session 1.
 pub struct Seq(std::sync::atomic::AtomicU64);
 
 impl Seq {
-    pub fn from_clock() -> Self {
-        let us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-        Self(std::sync::atomic::AtomicU64::new(us))
+    pub fn for_key(key: Option<&Path>) -> Result<Self, NodeError> {
+        let session = match key {
+            Some(k) => next_session(k)?,
+            None => 1,
+        };
+        assert!(session >= 1 && session < 1 << (64 - SESSION_BITS), "a session number fits its bits");
+        Ok(Self(std::sync::atomic::AtomicU64::new(session << SESSION_BITS)))
     }
 
     pub fn next(&self) -> u64 {
@@ -211,5 +244,33 @@ impl Log {
 
     pub fn warn(&self, msg: &str) {
         self.line("WARN", msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sequence numbers used to start at the wall clock, so a clock set back made a restarted
+    /// node's frames look like replays. Now each start counts a session next to the key.
+    #[test]
+    fn each_start_of_a_key_numbers_its_frames_above_the_last_without_the_clock() {
+        let dir = std::env::temp_dir().join(format!("tessera-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("node.key");
+        let first = Seq::for_key(Some(&key)).unwrap();
+        let (a, b) = (first.next(), first.next());
+        assert_eq!((a, b), ((1 << SESSION_BITS) + 1, (1 << SESSION_BITS) + 2));
+        let again = Seq::for_key(Some(&key)).unwrap();
+        assert_eq!(again.next(), (2 << SESSION_BITS) + 1, "a restart continues above");
+        assert_eq!(Seq::for_key(None).unwrap().next(), (1 << SESSION_BITS) + 1);
+        std::fs::write(dir.join("node.key.session"), "garbage").unwrap();
+        let e = Seq::for_key(Some(&key)).err().expect("a corrupt session file is refused");
+        assert!(e.to_string().contains("does not hold a session number"), "{e}");
+        std::fs::write(dir.join("node.key.session"), u32::MAX.to_string()).unwrap();
+        let e = Seq::for_key(Some(&key)).err().expect("sessions run out");
+        assert!(e.to_string().contains("used up"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -241,7 +241,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         net,
         key,
         kept,
-        seq: Seq::from_clock(),
+        seq: Seq::for_key(a.key.as_deref())?,
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
         t,

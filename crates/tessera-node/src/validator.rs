@@ -88,7 +88,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         fetcher: crate::fetch::Fetcher::new(net.clone(), coord),
         net,
         key,
-        seq: Seq::from_clock(),
+        seq: Seq::for_key(a.key.as_deref())?,
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
         v: Validator::new(vc),
