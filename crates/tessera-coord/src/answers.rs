@@ -78,6 +78,8 @@ impl OpInputs {
 /// What a side answers, and for a blob question the blob it serves.
 #[derive(Debug, Clone)]
 pub struct Answered {
+    /// The question answered.
+    pub question: tessera_wire::Question,
     pub answer: Answer,
     pub blob: Option<Arc<Vec<u8>>>,
 }
@@ -188,7 +190,7 @@ impl Record {
         let from = self.from;
         // The lie: operator `ops / 2` of the first step, and everything after it.
         let lied = |step: u64, op0: usize, ops: usize| lie && step == from && op0 >= ops / 2;
-        let hash = |h: Hash32| Answered { answer: Answer::Hash(h), blob: None };
+        let hash = |h: Hash32| Answered { question: *q, answer: Answer::Hash(h), blob: None };
         match *q {
             Question::State { step } => {
                 let i = step.checked_sub(from).filter(|i| *i <= self.to() - from);
@@ -199,7 +201,7 @@ impl Record {
             Question::StateBlob { step } => {
                 let i = step.checked_sub(from).filter(|i| *i < self.to() - from);
                 let i = i.ok_or_else(|| CoordError::State(format!("state {step} is outside the segment")))?;
-                Ok(blob(self.states[i as usize].encode()))
+                Ok(blob(*q, self.states[i as usize].encode()))
             }
             Question::Prefix { step, op } | Question::Entry { step, op } | Question::Inputs { step, op } => {
                 let (trace, chain) = self.trace(spec, ds, step)?;
@@ -215,12 +217,13 @@ impl Record {
                         let outputs =
                             e.output_hashes.iter().map(|h| if wrong { flip(h) } else { *h }).collect();
                         let (kernel, inputs) = (kernel_hash(&e.kernel), e.input_hashes.clone());
-                        Ok(Answered { answer: Answer::Entry { kernel, inputs, outputs }, blob: None })
+                        let answer = Answer::Entry { kernel, inputs, outputs };
+                        Ok(Answered { question: *q, answer, blob: None })
                     }
                     _ => {
                         let kept = e.inputs.as_ref().ok_or(CoordError::State("no recorded inputs".into()))?;
                         let inputs = kept.iter().map(|t| (t.shape().to_vec(), t.data().to_vec())).collect();
-                        Ok(blob(OpInputs { kernel: e.kernel.clone(), inputs }.encode()))
+                        Ok(blob(*q, OpInputs { kernel: e.kernel.clone(), inputs }.encode()))
                     }
                 }
             }
@@ -228,10 +231,10 @@ impl Record {
     }
 }
 
-fn blob(bytes: Vec<u8>) -> Answered {
+fn blob(question: Question, bytes: Vec<u8>) -> Answered {
     let hash = *blake3::hash(&bytes).as_bytes();
     let answer = Answer::Blob { hash, len: bytes.len() as u64 };
-    Answered { answer, blob: Some(Arc::new(bytes)) }
+    Answered { question, answer, blob: Some(Arc::new(bytes)) }
 }
 
 /// How many operators one inner step of this run's model traces (the same for every step):

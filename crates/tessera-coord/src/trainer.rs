@@ -424,7 +424,8 @@ impl Trainer {
                 if let (Some(bytes), tessera_wire::Answer::Blob { hash, .. }) = (a.blob, &a.answer) {
                     self.out.push(Action::Serve { hash: *hash, bytes });
                 }
-                let answer = Message::DisputeAnswer { round, peer: self.tc.me, answer: a.answer };
+                let (question, answer) = (a.question, a.answer);
+                let answer = Message::DisputeAnswer { round, peer: self.tc.me, question, answer };
                 self.out.push(Action::Send(answer));
             }
             Err(e) => self.warn(TrainerError::Reveal { round, err: e.to_string() }),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tessera_wire::Finding;
 
-use tessera_wire::{Answer, Question};
+use tessera_wire::Question;
 
 use crate::{
     CheckJob, Checked, CoordError, GlobalState, Hash32, LocalState, Message, PeerId, RunSpec, SeqWindow,
@@ -121,13 +121,13 @@ impl AnswerJob {
         spec: &RunSpec,
         ds: &tessera_data::Dataset,
         d: &mut crate::Disputant,
-    ) -> Result<Answer, CoordError> {
+    ) -> Result<crate::Answered, CoordError> {
         let what = || {
             let start = LocalState::decode(&self.start, spec.n())?;
             Ok(crate::DisputedSegment { start, unit: self.unit, seg: self.seg })
         };
         let key = (self.round, self.peer, self.seg.0);
-        Ok(d.answer(spec, ds, key, what, &self.question, self.lie)?.answer)
+        d.answer(spec, ds, key, what, &self.question, self.lie)
     }
 }
 
@@ -299,11 +299,12 @@ impl Validator {
         &mut self,
         _now_ms: u64,
         (round, peer): (u64, PeerId),
-        got: Result<Answer, CoordError>,
+        got: Result<crate::Answered, CoordError>,
     ) -> Vec<ValidatorAction> {
         match got {
-            Ok(answer) => {
-                self.out.push(ValidatorAction::Send(Message::DisputeAnswer { round, peer, answer }))
+            Ok(a) => {
+                let (question, answer) = (a.question, a.answer);
+                self.out.push(ValidatorAction::Send(Message::DisputeAnswer { round, peer, question, answer }))
             }
             Err(e) => self.warn(TrainerError::Reveal { round, err: e.to_string() }),
         }

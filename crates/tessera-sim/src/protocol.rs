@@ -11,7 +11,6 @@ mod restarts;
 pub use restarts::{CoordCrash, MemStore};
 use std::sync::Arc;
 
-use tessera_coord::Answer;
 use tessera_coord::{
     Action, Cheat, Checked, CoordError, Coordinator, Disputant, Event, Hash32, Loot, Message, Outcome,
     Output, PeerId, Record, RunConfig, RunSpec, Shirk, Signed, Trainer, TrainerConfig, TrainerError,
@@ -76,7 +75,7 @@ enum Delivery {
     /// An update a validator scored: (validator, (round, trainer), score).
     ValidatorScored(PeerId, (u64, PeerId), Result<tessera_coord::Score, CoordError>),
     /// A validator's answer to a dispute question: (validator, (round, trainer), answer).
-    ValidatorAnswered(PeerId, (u64, PeerId), Result<Answer, CoordError>),
+    ValidatorAnswered(PeerId, (u64, PeerId), Result<tessera_coord::Answered, CoordError>),
     /// A step the coordinator recomputed as a dispute's referee: (round, trainer, state).
     Recomputed(u64, PeerId, Result<Result<Hash32, String>, CoordError>),
     /// A slow trainer finished training its unit of `round`.

@@ -50,13 +50,17 @@ fn three_hundred_seeds_break_no_invariant() {
 /// - 81 (on Shakespeare, before seeds trained on the Sonnets): a dispute question or answer
 ///   lost in the network made an honest trainer forfeit and be slashed;
 /// - 613, 798: two honest DDP trainers given one sequence each drew the same one, and the
-///   later was slashed as a copier.
+///   later was slashed as a copier;
+/// - 2682: a copier whose copy reached the coordinator first got the original's trainer
+///   slashed;
+/// - 5050: once questions were put again, an answer to an earlier putting was taken for the
+///   next question's, and the honest trainer lost (answers now name their question).
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     let ds = sonnets("regressions");
     let cfg = VoprConfig::default();
     let reports: Vec<SeedReport> =
-        [0u64, 12, 81, 613, 798].par_iter().map(|s| run_seed(*s, &cfg, &ds)).collect();
+        [0u64, 12, 81, 613, 798, 2682, 5050].par_iter().map(|s| run_seed(*s, &cfg, &ds)).collect();
     let bad = failures(&reports);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"TSW1";
 /// Wire version of this crate.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest frame accepted (control messages only; bulk data moves as blobs).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most members, assignments or rejections one message may list.
@@ -162,8 +162,9 @@ pub enum Message {
     /// update (the trainer `peer` itself, or the validator whose mismatch it disputes) one
     /// question of the dispute game.
     DisputeAsk { round: u64, peer: PeerId, question: Question },
-    /// A side's answer to a `DisputeAsk`.
-    DisputeAnswer { round: u64, peer: PeerId, answer: Answer },
+    /// A side's answer to a `DisputeAsk`, naming the question it answers (a question may be
+    /// put again, and an answer to an earlier one must not be taken for the next one's).
+    DisputeAnswer { round: u64, peer: PeerId, question: Question, answer: Answer },
     /// The coordinator hands a validator the scoring of `peer`'s accepted round-`round`
     /// update: the update blob (`update_len` bytes, served by the trainer at `addr`), the
     /// round's start state blob it is applied to (served by the coordinator), the unit the

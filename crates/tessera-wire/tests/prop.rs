@@ -125,7 +125,8 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (round_in_limits(), id(), prop::collection::vec(id(), 0..20)).prop_map(|(round, peer, hs)| {
             let answer = tessera_wire::Answer::Entry { kernel: peer, inputs: hs.clone(), outputs: hs };
-            Message::DisputeAnswer { round, peer, answer }
+            let question = tessera_wire::Question::Entry { step: round, op: 1 };
+            Message::DisputeAnswer { round, peer, question, answer }
         }),
         (round_in_limits(), id(), id(), any::<bool>()).prop_map(|(round, peer, blob, last)| {
             Message::CheckTask {

@@ -125,6 +125,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
         15 => Message::DisputeAnswer {
             round,
             peer: h(r, i),
+            question: Question::State { step: r.u64(10, i) },
             answer: match r.below(9, i, 3) {
                 0 => Answer::Hash(h(r, i + 1)),
                 1 => Answer::Entry { kernel: h(r, i + 1), inputs: ids.clone(), outputs: ids.clone() },
@@ -206,7 +207,8 @@ fn forged_and_malformed_frames_are_refused_with_typed_errors() {
     };
     assert!(matches!(encode(&key(1), 0, &reveal), Err(WireError::Limit { what: "proof length", .. })));
     let entry = Answer::Entry { kernel: [0; 32], inputs: vec![[0; 32]; MAX_OP_IO + 1], outputs: vec![] };
-    let answer = Message::DisputeAnswer { round: 0, peer: [0; 32], answer: entry };
+    let question = Question::Entry { step: 0, op: 1 };
+    let answer = Message::DisputeAnswer { round: 0, peer: [0; 32], question, answer: entry };
     assert!(matches!(encode(&key(1), 0, &answer), Err(WireError::Limit { what: "operator inputs", .. })));
     // NoLoCo's lists must line up with the members and the accepted peers they describe.
     let ids = vec![[1u8; 32], [2u8; 32]];

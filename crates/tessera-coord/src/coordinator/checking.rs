@@ -293,7 +293,7 @@ impl Coordinator {
             self.event(Event::Left(*v));
         }
         self.retry_disputes(now_ms);
-        self.expire_disputes(deadline);
+        self.expire_disputes(now_ms, deadline);
         self.expire_scores(deadline);
         let Some(open) = self.open.as_mut() else { return };
         let mut back = Vec::new();

@@ -24,6 +24,10 @@ use super::*;
 
 /// Heartbeats between puttings of a question a side has not answered.
 pub const DISPUTE_RETRY_HEARTBEATS: u64 = 3;
+/// Heartbeats a question must have been out before, past the deadline, a side's silence on it
+/// decides anything (the round waits for the dispute meanwhile): an answer in flight from a
+/// slow peer is not silence.
+pub const DISPUTE_PATIENCE_HEARTBEATS: u64 = 4 * DISPUTE_RETRY_HEARTBEATS;
 /// Most times a dispute's failed blob transfer is retried.
 pub const MAX_DISPUTE_REFETCHES: u32 = 3;
 
@@ -158,7 +162,7 @@ impl Coordinator {
 
     /// A `DisputeAnswer` arrived from one of the sides.
     pub(super) fn on_dispute_answer(&mut self, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::DisputeAnswer { round, peer, answer } = m else {
+        let Message::DisputeAnswer { round, peer, question, answer } = m else {
             return Err(Reject::Unexpected("a dispute answer"));
         };
         let want = self.open.as_ref().map(|o| o.round);
@@ -177,6 +181,9 @@ impl Coordinator {
             _ => return Err(Reject::Unexpected("an answer from outside the dispute")),
         };
         let Some(q) = g.asked else { return Err(Reject::Unexpected("an answer while the referee works")) };
+        if *question != q {
+            return Ok(()); // an answer to an earlier putting of a question already settled
+        }
         let trainer_only = matches!(q, Question::Inputs { .. } | Question::StateBlob { .. });
         if g.got[side].is_some() || (trainer_only && side == 1) {
             return Ok(()); // the first answer stands
@@ -359,13 +366,15 @@ impl Coordinator {
         self.out.extend(again);
     }
 
-    /// At the `deadline`, a side that has not answered loses if it was heard from since the
-    /// question was put (it chose not to answer); one that left, or was not heard from at all
-    /// (it may have crashed or been cut off), proves nothing: a trainer's check is voided as
-    /// not revealed, a validator's is taken back. The referee's own recomputation in flight
-    /// is waited for. A dispute whose validator was refused (in another dispute) or left is
-    /// dropped, and the coordinator checks the trainer itself.
-    pub(super) fn expire_disputes(&mut self, deadline: bool) {
+    /// Past the `deadline`, once a question has been out [`DISPUTE_PATIENCE_HEARTBEATS`], a
+    /// side that has not answered it loses if it was heard from since the question was put
+    /// (it chose not to answer); one not heard from at all (it may have crashed or been cut
+    /// off), or that left, proves nothing: a trainer's check is voided as not revealed, a
+    /// validator's is taken back. The referee's own recomputation in flight is waited for. A
+    /// dispute whose validator was refused (in another dispute) or left is dropped, and the
+    /// coordinator checks the trainer itself.
+    pub(super) fn expire_disputes(&mut self, now_ms: u64, deadline: bool) {
+        let patience = self.cfg.heartbeat_ms.saturating_mul(DISPUTE_PATIENCE_HEARTBEATS);
         let Some(open) = self.open.as_ref() else { return };
         let validators = &self.validators;
         let orphans: Vec<PeerId> = open
@@ -387,6 +396,7 @@ impl Coordinator {
                 (false, false) => [g.got[0].is_none(), g.got[1].is_none() && !trainer_only(g.asked)],
             };
             let since = g.asked_at.unwrap_or(u64::MAX);
+            let deadline = deadline && now_ms.saturating_sub(since) >= patience;
             let heard = [
                 self.members.get(t).is_some_and(|&at| at > since),
                 self.validators.get(&g.validator).is_some_and(|&at| at > since),
