@@ -94,6 +94,17 @@ pub enum BenchCmd {
         #[arg(long, default_value = "runs/data/embedded")]
         data_dir: std::path::PathBuf,
     },
+    /// The coordinator's CPU time to decide one round with many members (their updates
+    /// trained beforehand; checks off): every commit and update blob, then the close.
+    Coordinator {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Member counts to measure (at most the 1,024 members a run config allows).
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+        members: Vec<usize>,
+        #[arg(long, default_value = "runs/data/embedded")]
+        data_dir: std::path::PathBuf,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -107,6 +118,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
         BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
         BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),
+        BenchCmd::Coordinator { preset, members, data_dir } => {
+            crate::coord_bench::run(&preset, &members, &data_dir)
+        }
         BenchCmd::Link { shape, blob_bytes, rounds } => run_link(shape, blob_bytes, rounds),
         BenchCmd::Dispute { preset, steps, batch, faults, data_dir } => {
             crate::dispute_bench::run(&preset, steps, batch, faults, &data_dir)

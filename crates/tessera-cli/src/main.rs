@@ -11,6 +11,7 @@
 mod bench;
 mod check_bench;
 mod config;
+mod coord_bench;
 mod dispute_bench;
 mod net;
 mod plot;

@@ -141,7 +141,7 @@ pub fn run(a: VoprArgs) -> Result<()> {
                     );
                 }
                 pb.inc(1);
-                if pb.is_hidden() && pb.position() % quiet_every == 0 {
+                if pb.is_hidden() && pb.position().is_multiple_of(quiet_every) {
                     eprintln!("vopr: {}/{} seeds", pb.position(), a.seeds);
                 }
                 r
@@ -157,7 +157,7 @@ fn summarize(a: &VoprArgs, reports: &[SeedReport], secs: f64) -> Result<()> {
     let failing: Vec<&SeedReport> = reports.iter().filter(|r| !r.violations.is_empty()).collect();
     let mut net = FaultCounts::default();
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut rounds, mut virtual_ms) = (0u64, 0u64);
+    let (mut rounds, mut virtual_ms, mut restarts) = (0u64, 0u64, 0u64);
     for r in reports {
         let n = &r.net;
         net.lost += n.lost;
@@ -170,6 +170,7 @@ fn summarize(a: &VoprArgs, reports: &[SeedReport], secs: f64) -> Result<()> {
             *kinds.entry(k).or_default() += v;
         }
         rounds += r.rounds_closed;
+        restarts += r.restarts;
         virtual_ms += r.virtual_ms;
     }
     let n = reports.len();
@@ -185,6 +186,7 @@ fn summarize(a: &VoprArgs, reports: &[SeedReport], secs: f64) -> Result<()> {
     ));
     let listed: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
     crate::out(&format!("scheduled: {}", listed.join(", ")));
+    crate::out(&format!("coordinator restarts (crashes that struck): {restarts}"));
     for r in &failing {
         crate::out(&format!("FAIL seed {}: {}  ({})", r.seed, r.violations.join("; "), a.reproduce(r.seed)));
     }

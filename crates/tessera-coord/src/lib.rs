@@ -82,7 +82,7 @@ pub use spot::{rederive_update, run_segment, LocalState};
 pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_ledger::DEFAULT_STAKE;
 pub use tessera_verify::{Dispute, EntryHashes, Loser, Ruling};
-pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed};
+pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed, MAX_MEMBERS};
 pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
 pub use validator::{Behaviour, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, MAX_TASKS};
 pub use worker::{Revealed, Trained, Worker, MAX_KEPT_BYTES};

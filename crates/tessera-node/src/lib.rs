@@ -208,7 +208,7 @@ impl Seq {
             Some(k) => next_session(k)?,
             None => 1,
         };
-        assert!(session >= 1 && session < 1 << (64 - SESSION_BITS), "a session number fits its bits");
+        assert!((1..1 << (64 - SESSION_BITS)).contains(&session), "a session number fits its bits");
         Ok(Self(std::sync::atomic::AtomicU64::new(session << SESSION_BITS)))
     }
 

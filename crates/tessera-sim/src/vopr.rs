@@ -30,7 +30,7 @@ pub fn dataset(dir: &std::path::Path) -> Result<Dataset, SimError> {
 }
 
 /// Most trainers a seed may run.
-pub const MAX_VOPR_PEERS: usize = 64;
+pub const MAX_VOPR_PEERS: usize = 256;
 /// Most steps (deliveries and ticks) one seed may take before it is declared stuck.
 pub const MAX_STEPS: u64 = 2_000_000;
 

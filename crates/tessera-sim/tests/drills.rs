@@ -203,7 +203,7 @@ fn drills(name: &str, seeds: impl IntoIterator<Item = u64>) {
 /// Returns whether a whistleblower was paid.
 fn ledger_of(p: &ProtocolSim, seed: u64, bad: &Bad, who: u8) -> bool {
     let log: Vec<tessera_ledger::Record> =
-        p.records.iter().map(|r| r.ledger_records().to_vec()).flatten().collect();
+        p.records.iter().flat_map(|r| r.ledger_records().to_vec()).collect();
     let live = p.coordinator().accounts().expect("the sim keeps a ledger");
     let replayed = tessera_ledger::verify(&p.ledger_key(), &log).expect("the log verifies");
     assert_eq!(replayed.accounts(), live, "seed {seed}, {bad:?}: the replay is the live accounts");

@@ -32,7 +32,7 @@ fn cfg() -> RunConfig {
 
 /// The records the coordinator persisted to its ledger, in order.
 fn log(p: &ProtocolSim) -> Vec<tessera_ledger::Record> {
-    p.records.iter().map(|r| r.ledger_records().to_vec()).flatten().collect()
+    p.records.iter().flat_map(|r| r.ledger_records().to_vec()).collect()
 }
 
 /// The ledger replayed from the persisted records: the coordinator's key is the genesis
