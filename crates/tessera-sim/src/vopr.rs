@@ -136,6 +136,7 @@ impl Draw {
 pub fn run_config(cfg: &VoprConfig, seed: u64, algo: Algorithm) -> RunConfig {
     let base = RunConfig {
         min_peers: cfg.peers.div_ceil(2),
+        max_peers: cfg.peers.max(RunConfig::default().max_peers),
         heartbeat_ms: 100,
         silence_ms: 1500,
         rejoin_grace_ms: 1000,
