@@ -913,19 +913,27 @@ fn a_node_that_computes_a_different_state_is_flagged_and_resyncs() {
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
 }
 
-/// Regression (issue: hostile peers): a connection that never joins used to be kept, with
-/// its outbox, for ever. The coordinator closes it once it has not joined for 5 s, and the
-/// run is not disturbed.
+/// Regressions (issue: hostile peers): a connection that never joins used to be kept, with
+/// its outbox, for ever, and was served the coordinator's blobs. The coordinator serves it
+/// none (the run's initial state, which the member then trains from, is "missing" to it) and
+/// closes it once it has not joined for 5 s, and the run is not disturbed.
 #[test]
-fn a_connection_that_never_joins_is_closed() {
-    let run = Run::new("stranger", config(1, 1));
+fn a_connection_that_never_joins_is_served_nothing_and_closed() {
+    let cfg = config(1, 1);
+    let initial = tessera_coord::RunSpec::new(cfg.clone()).unwrap().initial_state().hash();
+    let run = Run::new("stranger", cfg);
     let (mut c, ticket) = run.coordinator("coord");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let stranger = short_hex(&peer_id(98));
     rt.block_on(async {
         let (id, addr) = tessera_net::parse_ticket(&ticket).unwrap();
         let net = tessera_net::Net::bind(secret(98), &tessera_net::NetConfig::default()).await.unwrap();
-        let _conn = net.connect(id, addr).await.unwrap();
+        let conn = net.connect(id, addr).await.unwrap();
+        let got = net.fetch_blob(&conn, &initial, 1 << 30).await;
+        assert!(
+            matches!(got, Err(tessera_net::NetError::Missing(_))),
+            "a stranger is served no blob: {got:?}"
+        );
         tokio::time::sleep(Duration::from_secs(7)).await;
         net.close().await;
     });

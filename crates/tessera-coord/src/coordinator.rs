@@ -269,6 +269,11 @@ impl Coordinator {
         }
     }
 
+    /// Whether `p` is a member or a validator of the run now (who may fetch its blobs).
+    pub fn has_joined(&self, p: &PeerId) -> bool {
+        self.members.contains_key(p) || self.validators.contains_key(p)
+    }
+
     pub fn members(&self) -> impl Iterator<Item = &PeerId> {
         self.members.keys()
     }

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,6 +169,54 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         Self { bind: "127.0.0.1:0".parse().expect("literal"), shaping: None, internet: false }
+    }
+}
+
+/// Most blob requests of one connection answered at once; more are answered "missing".
+pub const MAX_BLOB_STREAMS_PER_CONN: usize = 8;
+
+/// Whether a connection's peer may fetch blobs (a coordinator serves only its members), and
+/// how many of its requests are being answered.
+#[derive(Debug, Default)]
+pub struct BlobGate {
+    open: AtomicBool,
+    busy: AtomicUsize,
+}
+
+impl BlobGate {
+    /// A gate that lets the peer fetch.
+    pub fn open() -> Arc<Self> {
+        let g = Self::default();
+        g.set_open(true);
+        Arc::new(g)
+    }
+
+    /// A gate that answers every request "missing" until it is opened.
+    pub fn closed() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Relaxed);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of the connection's [`MAX_BLOB_STREAMS_PER_CONN`] places, if one is free.
+    fn enter(&self) -> bool {
+        let taken = self.busy.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_BLOB_STREAMS_PER_CONN {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        let before = self.busy.fetch_sub(1, Ordering::AcqRel);
+        assert!(before >= 1, "a place left was taken");
     }
 }
 
@@ -451,6 +499,17 @@ impl Net {
         conn: Connection,
         on_frame: impl Fn(Result<Vec<u8>, NetError>) + Send + Sync + 'static,
     ) {
+        self.serve_gated(conn, on_frame, BlobGate::open()).await
+    }
+
+    /// [`Net::serve`], blob requests answered only while `gate` is open, and at most
+    /// [`MAX_BLOB_STREAMS_PER_CONN`] at once (others are answered "missing", at once).
+    pub async fn serve_gated(
+        &self,
+        conn: Connection,
+        on_frame: impl Fn(Result<Vec<u8>, NetError>) + Send + Sync + 'static,
+        gate: Arc<BlobGate>,
+    ) {
         let on_frame: Arc<dyn Fn(Result<Vec<u8>, NetError>) + Send + Sync> = Arc::new(on_frame);
         loop {
             tokio::select! {
@@ -461,9 +520,14 @@ impl Net {
                 }
                 bi = conn.accept_bi() => {
                     let Ok((s, r)) = bi else { break };
-                    let me = self.clone();
+                    let (me, gate) = (self.clone(), gate.clone());
                     tokio::spawn(async move {
-                        let _ = timeout(BLOB_TIMEOUT, me.answer_blob(s, r)).await;
+                        if gate.is_open() && gate.enter() {
+                            let _ = timeout(BLOB_TIMEOUT, me.answer_blob(s, r, true)).await;
+                            gate.leave();
+                        } else {
+                            let _ = timeout(BLOB_TIMEOUT, me.answer_blob(s, r, false)).await;
+                        }
                     });
                 }
             }
@@ -471,14 +535,15 @@ impl Net {
         self.control.lock().expect("control lock").remove(&conn.stable_id());
     }
 
-    async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream) -> Result<(), NetError> {
+    /// Answers one blob request: the part asked for, or (`serve` false, or not held) "missing".
+    async fn answer_blob(&self, mut s: SendStream, mut r: RecvStream, serve: bool) -> Result<(), NetError> {
         let mut req = [0u8; BLOB_REQUEST];
         r.read_exact(&mut req).await.map_err(|e| NetError::Stream(e.to_string()))?;
         self.count_recv(req.len());
         let h: Hash32 = req[..32].try_into().expect("32 bytes");
         let offset = u64::from_le_bytes(req[32..40].try_into().expect("8 bytes"));
         let want = u64::from_le_bytes(req[40..48].try_into().expect("8 bytes"));
-        match self.blobs.get(&h) {
+        match self.blobs.get(&h).filter(|_| serve) {
             Some(b) if offset <= b.len() as u64 => {
                 let start = offset as usize;
                 let end = start + (b.len() - start).min(want.min(MAX_BLOB) as usize);

@@ -164,3 +164,53 @@ fn the_blob_store_is_bounded_in_bytes_and_keeps_the_newest() {
     assert!(s.get(&big).is_some(), "a blob over the cap is still served, alone");
     assert!(s.get(&b).is_none() && s.get(&c).is_none());
 }
+
+/// Regression (issue: hostile peers): blobs were served to any connection, up to QUIC's 100
+/// streams at once. A gated connection is answered "missing" until its gate opens (the
+/// coordinator opens it for members), and at most `MAX_BLOB_STREAMS_PER_CONN` of its
+/// requests are answered at once.
+#[test]
+fn a_closed_gate_serves_no_blob_and_an_open_one_serves_a_bounded_number_at_once() {
+    rt().block_on(async {
+        let a = Net::bind([5; 32], &NetConfig::default()).await.unwrap();
+        let b = Net::bind([6; 32], &NetConfig::default()).await.unwrap();
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        let blob = Arc::new(vec![7u8; 200_000]);
+        let h = a.blobs().insert(blob.clone());
+        let gate = BlobGate::closed();
+        let (server, g) = (a.clone(), gate.clone());
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().unwrap();
+            server.serve_gated(conn, |_| {}, g).await;
+        });
+        let conn = b.connect(id, addr).await.unwrap();
+        assert!(matches!(b.fetch_blob(&conn, &h, 1 << 20).await, Err(NetError::Missing(_))), "closed");
+        gate.set_open(true);
+        assert_eq!(*b.fetch_blob(&conn, &h, 1 << 20).await.unwrap(), *blob, "open");
+        // Many at once: every answer is the blob or "missing", and some are answered.
+        let fetches = (0..4 * MAX_BLOB_STREAMS_PER_CONN).map(|_| {
+            let (b, conn) = (b.clone(), conn.clone());
+            async move { b.fetch_blob(&conn, &h, 1 << 20).await }
+        });
+        let got = futures_join_all(fetches).await;
+        let served = got.iter().filter(|r| r.as_ref().is_ok_and(|v| **v == *blob)).count();
+        assert!(got.iter().all(|r| r.is_ok() || matches!(r, Err(NetError::Missing(_)))), "{got:?}");
+        assert!(served >= 1, "the gate lets requests through");
+        gate.set_open(false);
+        assert!(matches!(b.fetch_blob(&conn, &h, 1 << 20).await, Err(NetError::Missing(_))), "closed again");
+    });
+}
+
+/// Runs the futures concurrently on the runtime and collects their results in order.
+async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -47,7 +47,8 @@ enum Input {
     /// connection's frames in the queue (to give back when it is taken out).
     Frame(PeerId, Box<tessera_wire::Signed>, Arc<std::sync::atomic::AtomicUsize>),
     Fetched(PeerId, Hash32, Result<Vec<u8>, String>),
-    Connected(PeerId, Connection),
+    /// A new connection, with the gate of the blobs it may fetch (opened once it is a member).
+    Connected(PeerId, Connection, Arc<tessera_net::BlobGate>),
     /// A validation loss computed off the loop: the round, when its state was reached, the loss.
     Evaluated(u64, u64, Result<f64, String>),
     /// An update scored off the loop: the round, the trainer, the score, the seconds it took.
@@ -67,6 +68,8 @@ struct Daemon {
     seq: Seq,
     outboxes: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
     conns: Arc<Mutex<HashMap<PeerId, Connection>>>,
+    /// Each connection's blob gate: open while its peer is a member or a validator.
+    gates: HashMap<PeerId, Arc<tessera_net::BlobGate>>,
     /// Connections that have not joined yet, and since when (forgotten after
     /// [`STRANGER_TIMEOUT`]).
     strangers: HashMap<PeerId, Instant>,
@@ -165,6 +168,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         seq: Seq::for_key(Some(&a.dir.join("coordinator.key")))?,
         outboxes: HashMap::new(),
         conns: Arc::default(),
+        gates: HashMap::new(),
         strangers: HashMap::new(),
         tx: tx.clone(),
         started: Instant::now(),
@@ -188,6 +192,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
             Some(input) = rx.recv() => d.on_input(input)?,
             _ = ticker.tick() => {
                 let outs = d.coord.tick(d.now_ms());
+                d.open_gates(None); // members evicted by silence, peers banned
                 d.execute(outs)?;
                 d.forget_strangers();
             }
@@ -238,7 +243,8 @@ async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
     while let Some(conn) = net.accept().await {
         let Ok(conn) = conn else { continue };
         let peer = peer_id(&conn);
-        if tx.send(Input::Connected(peer, conn.clone())).await.is_err() {
+        let gate = tessera_net::BlobGate::closed();
+        if tx.send(Input::Connected(peer, conn.clone(), gate.clone())).await.is_err() {
             return;
         }
         let (net, tx, log) = (net.clone(), tx.clone(), log.clone());
@@ -255,48 +261,59 @@ async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
             // checked; one that does not verify never reaches the protocol's queue; and a
             // connection holds at most its share of that queue. So a flood costs only its own
             // connection's time and crowds out no honest frame.
-            net.serve(conn, move |f| {
-                let now_ms = since.elapsed().as_millis() as u64;
-                let over_rate = !bucket.lock().expect("bucket").allow(now_ms);
-                let checked = match over_rate {
-                    true => Err(format!("over {} frames a second", crate::limits::FRAMES_PER_S)),
-                    false => {
-                        f.map_err(|e| e.to_string()).and_then(|bytes| match tessera_wire::sender_of(&bytes) {
-                            Some(s) if s != peer => Err(format!("signed by another peer {}", short(&s))),
-                            _ => tessera_wire::decode(&bytes).map_err(|e| e.to_string()),
-                        })
-                    }
-                };
-                let ordering = std::sync::atomic::Ordering::Relaxed;
-                let checked =
-                    checked.and_then(|s| match queued.load(ordering) < crate::limits::MAX_QUEUED_PER_PEER {
-                        true => Ok(s),
-                        false => Err(format!(
-                            "its share of the queue ({}) is full",
-                            crate::limits::MAX_QUEUED_PER_PEER
-                        )),
+            net.serve_gated(
+                conn,
+                move |f| {
+                    let now_ms = since.elapsed().as_millis() as u64;
+                    let over_rate = !bucket.lock().expect("bucket").allow(now_ms);
+                    let checked =
+                        match over_rate {
+                            true => Err(format!("over {} frames a second", crate::limits::FRAMES_PER_S)),
+                            false => f.map_err(|e| e.to_string()).and_then(|bytes| {
+                                match tessera_wire::sender_of(&bytes) {
+                                    Some(s) if s != peer => {
+                                        Err(format!("signed by another peer {}", short(&s)))
+                                    }
+                                    _ => tessera_wire::decode(&bytes).map_err(|e| e.to_string()),
+                                }
+                            }),
+                        };
+                    let ordering = std::sync::atomic::Ordering::Relaxed;
+                    let checked = checked.and_then(|s| {
+                        match queued.load(ordering) < crate::limits::MAX_QUEUED_PER_PEER {
+                            true => Ok(s),
+                            false => Err(format!(
+                                "its share of the queue ({}) is full",
+                                crate::limits::MAX_QUEUED_PER_PEER
+                            )),
+                        }
                     });
-                match checked {
-                    Ok(s) => {
-                        queued.fetch_add(1, ordering);
-                        if tx.try_send(Input::Frame(peer, Box::new(s), queued.clone())).is_err() {
-                            queued.fetch_sub(1, ordering);
-                            log.warn(&format!("input queue full: a frame from {} was dropped", short(&peer)));
+                    match checked {
+                        Ok(s) => {
+                            queued.fetch_add(1, ordering);
+                            if tx.try_send(Input::Frame(peer, Box::new(s), queued.clone())).is_err() {
+                                queued.fetch_sub(1, ordering);
+                                log.warn(&format!(
+                                    "input queue full: a frame from {} was dropped",
+                                    short(&peer)
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            // Said for the first few, then every 1,000th: a flood cannot flood the log.
+                            let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if n < 8 || n.is_multiple_of(1000) {
+                                log.warn(&format!(
+                                    "frame from {} refused: {e} ({} refused so far)",
+                                    short(&peer),
+                                    n + 1
+                                ));
+                            }
                         }
                     }
-                    Err(e) => {
-                        // Said for the first few, then every 1,000th: a flood cannot flood the log.
-                        let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if n < 8 || n.is_multiple_of(1000) {
-                            log.warn(&format!(
-                                "frame from {} refused: {e} ({} refused so far)",
-                                short(&peer),
-                                n + 1
-                            ));
-                        }
-                    }
-                }
-            })
+                },
+                gate,
+            )
             .await;
         });
     }
@@ -330,6 +347,10 @@ impl Daemon {
 
     fn on_input(&mut self, input: Input) -> Res<()> {
         let now = self.now_ms();
+        let sender = match &input {
+            Input::Frame(p, ..) => Some(*p),
+            _ => None,
+        };
         let outs = match input {
             Input::Evaluated(r, ms, loss) => {
                 self.evals_pending = self.evals_pending.checked_sub(1).expect("an evaluation was pending");
@@ -356,7 +377,9 @@ impl Daemon {
                 self.score_s += took;
                 self.coord.scored(now, round, peer, got)
             }
-            Input::Connected(peer, conn) => {
+            Input::Connected(peer, conn, gate) => {
+                self.gates.insert(peer, gate);
+                self.open_gates(Some(&peer));
                 self.conns.lock().expect("conns").insert(peer, conn.clone());
                 self.outboxes.insert(peer, spawn_outbox(self.net.clone(), conn));
                 self.strangers.insert(peer, Instant::now());
@@ -369,7 +392,24 @@ impl Daemon {
             }
             Input::Fetched(peer, hash, got) => self.coord.fetched(now, peer, hash, got),
         };
+        // Membership may have changed: gates first, so a peer just welcomed can fetch at once.
+        self.open_gates(sender.as_ref());
         self.execute(outs)
+    }
+
+    /// Opens the blob gate of every member and validator and closes the others' (`only`: the
+    /// one peer whose frame may have changed its membership; `None`: everyone's).
+    fn open_gates(&mut self, only: Option<&PeerId>) {
+        let c = &self.coord;
+        match only {
+            Some(p) => {
+                if let Some(g) = self.gates.get(p) {
+                    g.set_open(c.has_joined(p));
+                }
+            }
+            None => self.gates.iter().for_each(|(p, g)| g.set_open(c.has_joined(p))),
+        }
+        assert!(self.gates.len() <= self.conns.lock().expect("conns").len() + 1, "a gate per connection");
     }
 
     fn record_traffic(&self) -> Res<()> {
@@ -509,6 +549,7 @@ impl Daemon {
             if i < excess || t.elapsed() > STRANGER_TIMEOUT {
                 self.strangers.remove(&p);
                 self.outboxes.remove(&p);
+                self.gates.remove(&p);
                 if let Some(c) = self.conns.lock().expect("conns").remove(&p) {
                     c.close(0u32.into(), b"did not join");
                 }
@@ -524,6 +565,7 @@ impl Daemon {
             Event::Left(p) => {
                 // Forget its connection too, so churn does not grow these maps.
                 self.outboxes.remove(&p);
+                self.gates.remove(&p);
                 if let Some(c) = self.conns.lock().expect("conns").remove(&p) {
                     c.close(0u32.into(), b"silent");
                 }
