@@ -1024,3 +1024,33 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
         assert!(log.contains(want), "missing {want:?} in:\n{log}");
     }
 }
+
+/// The attack test "a member that never commits" (issue: hostile peers), with real processes:
+/// a node that heartbeats but takes 10 minutes a step never commits. The round timeout is
+/// 300 s, but each round closes on the deadline adapted to the members' speeds once the
+/// others have committed, and after 3 rounds without a commit the member is dropped; the run
+/// of 4 rounds ends in far less than one round timeout.
+#[test]
+fn a_member_that_never_commits_does_not_hold_the_rounds() {
+    let cfg = config(3, 4).with(|c| {
+        c.round_timeout_ms = 300_000;
+        c.max_round_ms = 300_000;
+        c.min_round_ms = 500;
+    });
+    let run = Run::new("never-commits", cfg);
+    let (mut c, ticket) = run.coordinator("coord");
+    let t0 = Instant::now();
+    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    let _stalled = run.node(&ticket, 3, &["--slow-step-ms", "600000"]);
+    c.finish();
+    let took = t0.elapsed();
+    for n in &mut nodes {
+        n.finish();
+    }
+    assert!(took < Duration::from_secs(150), "4 rounds took {took:?}, over half a round timeout");
+    assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
+    assert_eq!(run.count("SELECT COUNT(*) FROM accepted"), 8, "both honest updates, every round");
+    let log = c.log();
+    let stalled = short_hex(&peer_id(3));
+    assert!(log.contains(&format!("{stalled} left")), "dropped after 3 rounds without a commit:\n{log}");
+}

@@ -544,12 +544,31 @@ impl Coordinator {
                 *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
                 self.out.push(Output::Fetch { from, hash: *update, len });
                 self.draw_check(from, *root, *update);
+                self.tighten_deadline();
             }
             Slot::Fetching { hash } | Slot::Accepted { hash, .. } if hash == update => {} // a resend
             Slot::Rejected(_) => {}
             _ => return Err(Reject::Equivocation(round)),
         }
         Ok(())
+    }
+
+    /// A round that started knowing too few of its members' speeds waits the round timeout;
+    /// once this round's commits make half of them known, its deadline comes down to the one
+    /// those speeds give (never up), so one member that never commits cannot hold it for the
+    /// whole timeout.
+    fn tighten_deadline(&mut self) {
+        let Some(open) = self.open.as_ref() else { return };
+        if open.deadline_at.saturating_sub(open.started_ms) < self.cfg.round_timeout_ms {
+            return; // the deadline was adapted at the start
+        }
+        let peers: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
+        let d = self.deadline(&peers);
+        if let Some(o) = self.open.as_mut().filter(|_| d < self.cfg.round_timeout_ms) {
+            let before = o.deadline_at;
+            o.deadline_at = o.deadline_at.min(o.started_ms.saturating_add(d));
+            assert!(o.deadline_at <= before, "a deadline only comes down");
+        }
     }
 
     /// Whether the run is over and every member has reported its final state (what the

@@ -255,8 +255,11 @@ pub struct Trainer {
     /// ends with the run's last records.
     pending_finish: Option<(u64, Hash32, bool)>,
     finish_wait_since: Option<u64>,
-    /// Its verified copy of the coordinator's ledger.
+    /// Its verified copy of the coordinator's ledger, and the round of the latest `Accept`
+    /// whose ledger head it took (an older round's, overtaken in the network, names an older
+    /// head and is not a report of the ledger going back).
     ledger: crate::LedgerCopy,
+    head_round: Option<u64>,
     out: Vec<Action>,
 }
 
@@ -266,6 +269,7 @@ impl Trainer {
         assert!(me.is_none_or(|k| k == tc.me), "the signing key is the trainer's identity");
         Self {
             ledger: crate::LedgerCopy::new(&tc.coordinator),
+            head_round: None,
             tc,
             window: SeqWindow::default(),
             spec: None,
@@ -445,9 +449,12 @@ impl Trainer {
         if !matches!(m, Message::Welcome { .. }) && self.spec.is_none() {
             return Err(TrainerError::NotConfigured(m.kind()));
         }
-        if let Message::Accept { ledger: Some(head), .. } = &m {
-            let head = *head;
-            self.fetch_ledger(|c| c.announced(head))?;
+        if let Message::Accept { round, ledger: Some(head), .. } = &m {
+            if self.head_round.is_none_or(|r| *round >= r) {
+                self.head_round = Some(*round);
+                let head = *head;
+                self.fetch_ledger(|c| c.announced(head))?;
+            }
         }
         match m {
             // The checkpoint is the shared state, or (NoLoCo) this trainer's replica.

@@ -171,11 +171,12 @@ fn a_silent_peer_leaves_and_its_unit_is_reassigned_first() {
     h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
     let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let (_, s0, a0, _) = round_start(&out).unwrap();
-    // Peer 1 trains and commits; peer 2 goes silent.
+    // Peer 1 trains and commits at 400 ms (its speed brings the deadline down from the
+    // timeout to 3 × 400 = 1,200 ms); peer 2 goes silent.
     let mut w = Worker::new(spec.clone());
     let t = w.train(&initial, &s0, &a0[0], &ds, &mut |_| {}).unwrap();
-    h.send(200, pid(1), commit_msg(0, &t));
-    h.c.fetched(210, pid(1), t.update_hash, Ok(t.update.to_vec()));
+    h.send(400, pid(1), commit_msg(0, &t));
+    h.c.fetched(410, pid(1), t.update_hash, Ok(t.update.to_vec()));
     h.send(900, pid(1), Message::Heartbeat { round: 0, step: 2 });
     assert!(h.c.tick(900).is_empty(), "peer 2 is not silent yet");
     let out = h.c.tick(1001);
@@ -600,4 +601,37 @@ fn refused_joins_leave_nothing_behind_and_a_newcomer_still_gets_in() {
     let out = h.send(1800, pid(3), join());
     assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
     assert!(h.c.members().any(|p| *p == pid(3)), "the newcomer is in");
+}
+
+/// Regression (issue: hostile peers): a round that started knowing nobody's speed waited the
+/// whole round timeout for a member that never commits. Once half of its members have
+/// committed, its deadline comes down to slack × their speeds (at least `min_round_ms`).
+#[test]
+fn a_first_round_closes_on_the_speeds_it_learns_not_the_timeout() {
+    let ds = dataset();
+    let (mut h, spec) = Harness::new(cfg().with(|c| c.min_peers = 3));
+    let initial = spec.initial_state();
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(3), Message::Join { addrs: vec![], stake: 1_000 });
+    let (_, s0, a0, deadline) = round_start(&out).unwrap();
+    assert_eq!(deadline, 60_000, "no speed is known yet");
+    for (i, a) in a0.iter().take(2).enumerate() {
+        let t = Worker::new(spec.clone()).train(&initial, &s0, a, &ds, &mut |_| {}).unwrap();
+        h.send(100 + 20 * i as u64, a.peer, commit_msg(0, &t));
+        h.c.fetched(130, a.peer, t.update_hash, Ok(t.update.to_vec()));
+    }
+    for now in (200..=600).step_by(100) {
+        let mut out = Vec::new();
+        for p in [pid(1), pid(2), pid(3)] {
+            out.extend(h.send(now, p, Message::Heartbeat { round: 0, step: 0 }));
+        }
+        out.extend(h.c.tick(now));
+        let closed = out.iter().any(|o| matches!(o, Output::Event(Event::RoundClosed { round: 0, .. })));
+        // 3 × 120 ms = 360 ms, raised to min_round_ms (500): open at 400, closed by 600.
+        assert_eq!(closed, now >= 500, "at {now} ms");
+        if closed {
+            break;
+        }
+    }
 }

@@ -376,3 +376,33 @@ fn blobs_are_fetched_from_members_with_the_coordinator_last() {
         .collect();
     assert_eq!(f, [(vec![[2; 32], COORD], [8; 32], false)]);
 }
+
+/// Regression (found by `tessera vopr`, seeds 185 and 243): frames travel on separate streams,
+/// so an older round's `Accept` can arrive after a newer one; its smaller ledger head was taken
+/// for the ledger going back, and the trainer stopped. An older round's head is now ignored; a
+/// newer (or the same) round's smaller head still is proof.
+#[test]
+fn an_overtaken_accept_does_not_prove_the_ledger_went_back() {
+    let mut h = H::synced(None);
+    let (_, _, _, accept) = round_zero_accept(&h);
+    let with = |round: u64, n: u64| match accept.clone() {
+        Message::Accept { accepted, updates, rejected, aggregate, next_state_hash, pairs, .. } => {
+            Message::Accept {
+                round,
+                accepted,
+                updates,
+                rejected,
+                aggregate,
+                next_state_hash,
+                pairs,
+                ledger: Some((n, [n as u8; 32])),
+            }
+        }
+        _ => unreachable!("an Accept"),
+    };
+    let fatal = |a: &[Action]| a.iter().any(|x| matches!(x, Action::Event(TrainerEvent::Fatal(_))));
+    assert!(!fatal(&h.frame(with(1, 9))), "round 1 names 9 records");
+    assert!(!fatal(&h.frame(with(0, 5))), "round 0's Accept, overtaken, names 5: not a proof");
+    let out = h.frame(with(1, 4));
+    assert!(fatal(&out), "the same round naming fewer records is: {out:?}");
+}
