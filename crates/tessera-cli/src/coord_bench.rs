@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use tessera_coord::{
-    Coordinator, Message, Output, PeerId, RunConfig, RunSpec, Signed, Trained, Worker, MAX_MEMBERS,
+    Coordinator, Event, Message, Output, PeerId, RunConfig, RunSpec, Signed, Trained, Worker, MAX_MEMBERS,
 };
 
 /// The figures of one measurement.
@@ -62,19 +62,14 @@ fn measure(preset: &str, n: usize, ds: &tessera_data::Dataset) -> Result<Measure
     let mut c = Coordinator::new(spec.clone(), [7; 32])?;
     let key = tessera_coord::SigningKey::from_bytes(&[9; 32]);
     c.keep_ledger(key, &[])?;
-    let mut start = Vec::new();
     for i in 0..n {
         let join = Message::Join { addrs: vec![], stake: tessera_coord::DEFAULT_STAKE };
-        start = c.handle(0, Signed { sender: pid(i), seq: 1, message: join });
+        c.handle(0, Signed { sender: pid(i), seq: 1, message: join });
     }
-    let Some((state_hash, assignments)) = start.iter().find_map(|o| match o {
-        Output::Broadcast { message: Message::RoundStart { state_hash, assignments, .. } } => {
-            Some((*state_hash, assignments.clone()))
-        }
-        _ => None,
-    }) else {
+    let (state_hash, assignments) = (c.state_hash(), c.assignments().to_vec());
+    if assignments.len() != n {
         bail!("round 0 did not start with {n} members");
-    };
+    }
     let initial = spec.initial_state();
     let trained: Vec<Trained> = assignments
         .par_iter()
@@ -99,7 +94,7 @@ fn measure(preset: &str, n: usize, ds: &tessera_data::Dataset) -> Result<Measure
     let accepted = close
         .iter()
         .find_map(|o| match o {
-            Output::Broadcast { message: Message::Accept { accepted, .. } } => Some(accepted.len()),
+            Output::Event(Event::RoundClosed { accepted, .. }) => Some(*accepted),
             _ => None,
         })
         .unwrap_or(0);

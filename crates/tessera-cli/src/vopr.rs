@@ -159,13 +159,7 @@ fn summarize(a: &VoprArgs, reports: &[SeedReport], secs: f64) -> Result<()> {
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut rounds, mut virtual_ms, mut restarts) = (0u64, 0u64, 0u64);
     for r in reports {
-        let n = &r.net;
-        net.lost += n.lost;
-        net.duplicated += n.duplicated;
-        net.reordered += n.reordered;
-        net.delayed += n.delayed;
-        net.cut += n.cut;
-        net.stale += n.stale;
+        net += &r.net;
         for (k, v) in &r.kinds {
             *kinds.entry(k).or_default() += v;
         }

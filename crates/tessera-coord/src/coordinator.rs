@@ -278,6 +278,11 @@ impl Coordinator {
         self.members.keys()
     }
 
+    /// The open round's assignments (none between rounds).
+    pub fn assignments(&self) -> &[Assignment] {
+        self.open.as_ref().map_or(&[], |o| o.assignments.as_slice())
+    }
+
     pub fn backlog(&self) -> impl Iterator<Item = &Unit> {
         self.backlog.iter()
     }

@@ -42,6 +42,17 @@ pub struct FaultCounts {
     pub stale: u64,
 }
 
+impl std::ops::AddAssign<&FaultCounts> for FaultCounts {
+    fn add_assign(&mut self, o: &FaultCounts) {
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.delayed += o.delayed;
+        self.cut += o.cut;
+        self.stale += o.stale;
+    }
+}
+
 /// Which node a delivery's network link touches, besides the coordinator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hop {

@@ -555,7 +555,7 @@ impl<'a> ProtocolSim<'a> {
         };
         let q = Queued { d, coord_epoch: self.coord_epoch, peer_epoch };
         let copy = |d: &Delivery| d.frame_copy().expect("only frames are copied");
-        let frame = q.d.frame_copy().is_some();
+        let frame = matches!(q.d, Delivery::ToCoord(_) | Delivery::ToPeer(..));
         let sent =
             self.links.send(self.now, hop, q, frame.then_some(&copy as &dyn Fn(&Delivery) -> Delivery));
         if let (false, Some(fail)) = (sent, blob_failure) {

@@ -295,8 +295,7 @@ fn adversary_kind(a: &Adversary) -> &'static str {
 fn run_plan(plan: &Plan, cfg: &VoprConfig, ds: &Dataset, report: &mut SeedReport) -> Result<(), String> {
     assert!(cfg.peers >= 1 && cfg.peers <= MAX_VOPR_PEERS, "a plan runs 1..={MAX_VOPR_PEERS} trainers");
     let rc = run_config(cfg, plan.seed, plan.algo);
-    let spec = RunSpec::new(rc.clone()).map_err(|e| format!("config: {e}"))?;
-    let mut sim = ProtocolSim::new(rc.clone(), ds).map_err(|e| format!("setup: {e}"))?;
+    let mut sim = ProtocolSim::new(rc.clone(), ds).map_err(|e| format!("config: {e}"))?;
     let late: BTreeSet<usize> = plan
         .faults
         .iter()
@@ -307,7 +306,7 @@ fn run_plan(plan: &Plan, cfg: &VoprConfig, ds: &Dataset, report: &mut SeedReport
         sim.crash_coordinator(*c);
     }
     sim.set_net_faults(plan.net.clone());
-    let mut watch = Watch::new(&spec, honest);
+    let mut watch = Watch::new(sim.coordinator().spec(), honest);
     let found = drive(&mut sim, plan, cfg, &rc, &mut watch, report);
     if found.is_err() {
         report.log = log_of(&sim);
