@@ -413,7 +413,7 @@ impl Coordinator {
             Message::DisputeAnswer { .. } => self.on_dispute_answer(from, m)?,
             Message::LedgerFetch { from: seq } => self.on_ledger_fetch(from, *seq),
             Message::StateReport { round, state_hash, computed } => {
-                self.report(from, *round, *state_hash, *computed)
+                self.report(from, *round, *state_hash, *computed)?
             }
             other => return Err(Reject::Unexpected(other.kind())),
         }
@@ -582,7 +582,13 @@ impl Coordinator {
         self.finished && self.members.keys().all(|m| self.final_reports.contains(m))
     }
 
-    fn report(&mut self, from: PeerId, round: u64, reported: Hash32, computed: bool) {
+    /// A member's state after `round`: recorded (one row per round and peer, and only for
+    /// rounds the run has reached, so a member's reports are bounded by the rounds), checked,
+    /// and answered with the checkpoint when it disagrees.
+    fn report(&mut self, from: PeerId, round: u64, reported: Hash32, computed: bool) -> Result<(), Reject> {
+        if round > self.global.round {
+            return Err(Reject::FutureReport { got: round, reached: self.global.round });
+        }
         if round == self.cfg.rounds && self.final_reports.len() < MAX_KNOWN_PEERS {
             self.final_reports.insert(from);
         }
@@ -602,6 +608,7 @@ impl Coordinator {
             };
             self.out.push(Output::Send { to: from, message: ptr });
         }
+        Ok(())
     }
 
     /// Drops silent members, closes the open round when it is decided or late, starts the next.

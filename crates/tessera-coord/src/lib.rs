@@ -117,6 +117,8 @@ pub enum Reject {
     Full(usize),
     #[error("message for round {got}, the open round is {want:?}")]
     WrongRound { got: u64, want: Option<u64> },
+    #[error("a state report for round {got}, but the run has reached only round {reached}")]
+    FutureReport { got: u64, reached: u64 },
     #[error("sender has no assignment in round {0}")]
     NotAssigned(u64),
     #[error("a second, different commit for round {0} (equivocation)")]

@@ -161,6 +161,14 @@ fn a_round_starts_trains_closes_and_every_peer_agrees() {
     let bad = h.send(500, pid(2), Message::StateReport { round: 1, state_hash: [9; 32], computed: true });
     assert!(bad.iter().any(|o| matches!(o, Output::Event(Event::Disagreement { round: 1, .. }))));
     assert!(bad.iter().any(|o| matches!(o, Output::Send { message: Message::CheckpointPointer { .. }, .. })));
+    // Regression (issue: hostile peers): a report of a round not yet reached was recorded,
+    // one row per round named, so a member could write as many rows as it liked. It is
+    // refused, and nothing is persisted.
+    for round in [2, 3, 1_000_000, u64::MAX] {
+        let spam = h.send(500, pid(1), Message::StateReport { round, state_hash: next, computed: true });
+        assert_eq!(rejections(&spam), [Reject::FutureReport { got: round, reached: 1 }]);
+        assert!(!spam.iter().any(|o| matches!(o, Output::Persist(_))), "{spam:?}");
+    }
 }
 
 #[test]
