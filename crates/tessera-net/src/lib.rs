@@ -37,10 +37,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iroh::endpoint::{presets, Connection, PortmapperConfig, QuicTransportConfig, RecvStream, SendStream};
+pub use iroh::endpoint::Connection;
+use iroh::endpoint::{presets, PortmapperConfig, QuicTransportConfig, RecvStream, SendStream};
 use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
 use tessera_wire::{Hash32, PeerId, MAX_FRAME};
 use tokio::time::{sleep_until, timeout, Instant};
+
+pub mod accept;
+mod rate;
+pub use accept::{
+    stall_handshakes, AcceptCounts, Incoming, Staller, CONNECTS_PER_SOURCE_PER_S, CONNECT_BURST_PER_SOURCE,
+    HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE,
+};
+pub use rate::RateLimit;
 
 /// The protocol name both ends must speak.
 pub const ALPN: &[u8] = b"tessera/1";
@@ -164,11 +173,19 @@ pub struct NetConfig {
     /// NATs can be dialed by id alone. Off by default (and in every test): it contacts n0's
     /// servers.
     pub internet: bool,
+    /// Time to receive one control frame once its first byte has arrived (default
+    /// [`FRAME_TIMEOUT`]; shorter in tests).
+    pub frame_timeout: Duration,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:0".parse().expect("literal"), shaping: None, internet: false }
+        Self {
+            bind: "127.0.0.1:0".parse().expect("literal"),
+            shaping: None,
+            internet: false,
+            frame_timeout: FRAME_TIMEOUT,
+        }
     }
 }
 
@@ -275,6 +292,7 @@ pub struct Net {
     traffic: Arc<[AtomicU64; 2]>,
     /// The outgoing control stream of each connection (by connection id).
     control: Arc<Mutex<HashMap<usize, Arc<tokio::sync::Mutex<SendStream>>>>>,
+    frame_timeout: Duration,
 }
 
 /// A peer's transport identity as a wire peer id.
@@ -335,6 +353,7 @@ impl Net {
             shaper,
             traffic: Arc::default(),
             control: Arc::default(),
+            frame_timeout: cfg.frame_timeout,
         })
     }
 
@@ -382,19 +401,10 @@ impl Net {
             .map_err(|e| NetError::Connect(e.to_string()))
     }
 
-    /// The next incoming connection (None once the endpoint is closed).
-    pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
-        let incoming = self.endpoint.accept().await?;
-        let accepting = match incoming.accept() {
-            Ok(a) => a,
-            Err(e) => return Some(Err(NetError::Connect(e.to_string()))),
-        };
-        Some(
-            timeout(CONNECT_TIMEOUT, accepting)
-                .await
-                .map_err(|_| NetError::Timeout("accept"))
-                .and_then(|r| r.map_err(|e| NetError::Connect(e.to_string()))),
-        )
+    /// Starts accepting connections: each handshake on its own task, within the caps of
+    /// [`accept`] (a stalled handshake holds up no other). Call it once per endpoint.
+    pub fn incoming(&self) -> Incoming {
+        Incoming::start(self.endpoint.clone())
     }
 
     /// Closes the endpoint.
@@ -468,11 +478,19 @@ impl Net {
     /// Reads length-prefixed frames from one control stream, in order, until it ends.
     async fn read_frames(&self, mut r: RecvStream, cb: Arc<dyn Fn(Result<Vec<u8>, NetError>) + Send + Sync>) {
         loop {
+            // A control stream may idle between frames for as long as the connection lives,
+            // but once a frame has begun, its length and its body come within the frame
+            // timeout: a peer cannot hold a stream with half a length.
             let mut len = [0u8; 4];
-            match r.read_exact(&mut len).await {
+            match r.read_exact(&mut len[..1]).await {
                 Ok(()) => {}
                 Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return,
                 Err(e) => return cb(Err(NetError::Stream(e.to_string()))),
+            }
+            match timeout(self.frame_timeout, r.read_exact(&mut len[1..])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return cb(Err(NetError::Stream(e.to_string()))),
+                Err(_) => return cb(Err(NetError::Timeout("read frame length"))),
             }
             let n = u32::from_le_bytes(len) as usize;
             if n > MAX_FRAME {
@@ -480,7 +498,7 @@ impl Net {
                 return cb(Err(NetError::FrameTooLarge));
             }
             let mut buf = vec![0u8; n];
-            match timeout(FRAME_TIMEOUT, r.read_exact(&mut buf)).await {
+            match timeout(self.frame_timeout, r.read_exact(&mut buf)).await {
                 Ok(Ok(())) => {
                     self.count_recv(4 + n);
                     cb(Ok(buf));
@@ -639,7 +657,7 @@ pub fn measure_link(shaping: Shaping, blob_bytes: usize, rounds: usize) -> Resul
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let server = plain.clone();
         tokio::spawn(async move {
-            if let Some(Ok(conn)) = server.accept().await {
+            if let Some(conn) = server.incoming().next().await {
                 server
                     .serve(conn, move |_| {
                         let _ = tx.send(std::time::Instant::now());
@@ -660,7 +678,8 @@ pub fn measure_link(shaping: Shaping, blob_bytes: usize, rounds: usize) -> Resul
         }
         let serve = slow.clone();
         tokio::spawn(async move {
-            while let Some(Ok(conn)) = serve.accept().await {
+            let mut incoming = serve.incoming();
+            while let Some(conn) = incoming.next().await {
                 let s = serve.clone();
                 tokio::spawn(async move { s.serve(conn, |_| {}).await });
             }

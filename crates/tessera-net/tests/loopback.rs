@@ -22,7 +22,7 @@ fn frames_and_blobs_move_between_two_endpoints_and_limits_hold() {
         let blob = Arc::new((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let h = a.blobs().insert(blob.clone());
         tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().unwrap();
+            let conn = server.incoming().next().await.unwrap();
             assert_eq!(peer_id(&conn), *iroh::SecretKey::from_bytes(&[2; 32]).public().as_bytes());
             server.serve(conn, move |f| sink.lock().unwrap().push(f.map_err(|e| e.to_string()))).await;
         });
@@ -98,7 +98,7 @@ fn a_shaped_endpoint_delivers_no_sooner_than_its_link_allows() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let (server, sink) = (a.clone(), got.clone());
         tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().unwrap();
+            let conn = server.incoming().next().await.unwrap();
             server
                 .serve(conn, move |f| sink.lock().unwrap().push((std::time::Instant::now(), f.is_ok())))
                 .await;
@@ -132,7 +132,7 @@ fn a_blob_can_be_fetched_in_parts_and_assembled() {
         let h = a.blobs().insert(blob.clone());
         let server = a.clone();
         tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().unwrap();
+            let conn = server.incoming().next().await.unwrap();
             server.serve(conn, |_| {}).await;
         });
         let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
@@ -180,7 +180,7 @@ fn a_closed_gate_serves_no_blob_and_an_open_one_serves_a_bounded_number_at_once(
         let gate = BlobGate::closed();
         let (server, g) = (a.clone(), gate.clone());
         tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().unwrap();
+            let conn = server.incoming().next().await.unwrap();
             server.serve_gated(conn, |_| {}, g).await;
         });
         let conn = b.connect(id, addr).await.unwrap();
@@ -213,4 +213,67 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Regression (issue: hostile peers): the accept loop awaited each handshake in turn, so one
+/// host that opened handshakes and never finished them held up every join behind it. Now each
+/// handshake runs on its own task, and one source gets at most its share: an honest dialler
+/// gets in at once past 40 stalled handshakes, the ones over the source's share are refused.
+#[test]
+fn stalled_handshakes_hold_up_no_honest_connection() {
+    rt().block_on(async {
+        let a = Net::bind([7; 32], &NetConfig::default()).await.unwrap();
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        let mut incoming = a.incoming();
+        let stalled = 40;
+        let _staller = stall_handshakes((id, addr.unwrap()), stalled).await.unwrap();
+        // Until the acceptor has seen them all (the share taken, the rest refused).
+        let t0 = std::time::Instant::now();
+        while incoming.counts().refused < (stalled - MAX_HANDSHAKES_PER_SOURCE) as u64 {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{:?}", incoming.counts());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let b = Net::bind([8; 32], &NetConfig::default()).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let (conn, got) = tokio::join!(b.connect(id, addr), incoming.next());
+        let took = t0.elapsed();
+        conn.unwrap();
+        assert_eq!(peer_id(&got.unwrap()), b.id(), "the honest dialler is the one accepted");
+        assert!(took < std::time::Duration::from_secs(2), "the honest handshake took {took:?}");
+        let c = incoming.counts();
+        // (A refused dialler never hears the refusal through the black hole, and tries again.)
+        assert_eq!(c.accepted, 1, "{c:?}");
+        assert!(c.refused >= (stalled - MAX_HANDSHAKES_PER_SOURCE) as u64, "{c:?}");
+    });
+}
+
+/// Regression (issue: hostile peers): the frame-length read had no timeout, so a peer could
+/// hold a control stream with half a length for as long as its connection lived. A frame
+/// that has begun must now arrive within the frame timeout.
+#[test]
+fn half_a_frame_length_times_out() {
+    rt().block_on(async {
+        let quick =
+            NetConfig { frame_timeout: std::time::Duration::from_millis(300), ..NetConfig::default() };
+        let a = Net::bind([9; 32], &quick).await.unwrap();
+        let b = Net::bind([10; 32], &NetConfig::default()).await.unwrap();
+        let (id, addr) = parse_ticket(&a.ticket().unwrap()).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = a.clone();
+        tokio::spawn(async move {
+            let conn = server.incoming().next().await.unwrap();
+            server.serve(conn, move |f| drop(tx.send(f.map_err(|e| e.to_string())))).await;
+        });
+        let conn = b.connect(id, addr).await.unwrap();
+        b.send_frame(&conn, b"whole").await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap(), b"whole");
+        // Two bytes of a length on a new stream, then nothing.
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&[5, 0]).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got, Err("timed out: read frame length".to_string()));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "within the frame timeout");
+        drop(s);
+    });
 }

@@ -240,8 +240,8 @@ fn export_model(coord: &Coordinator, dir: &Path) -> Res<PathBuf> {
 }
 
 async fn accept_loop(net: Net, tx: mpsc::Sender<Input>, log: Log) {
-    while let Some(conn) = net.accept().await {
-        let Ok(conn) = conn else { continue };
+    let mut incoming = net.incoming();
+    while let Some(conn) = incoming.next().await {
         let peer = peer_id(&conn);
         let gate = tessera_net::BlobGate::closed();
         if tx.send(Input::Connected(peer, conn.clone(), gate.clone())).await.is_err() {

@@ -104,8 +104,8 @@ struct Node {
 /// Serves this trainer's blobs (its updates and the states it holds) to the other members.
 /// Control frames from them mean nothing and are dropped.
 pub(crate) async fn serve_peers(net: Net) {
-    while let Some(conn) = net.accept().await {
-        let Ok(conn) = conn else { continue };
+    let mut incoming = net.incoming();
+    while let Some(conn) = incoming.next().await {
         let n = net.clone();
         tokio::spawn(async move { n.serve(conn, |_| {}).await });
     }
@@ -152,8 +152,6 @@ pub fn run(a: NodeOptions) -> Res<()> {
     }
 }
 
-/// Connects to the coordinator, retrying every 500 ms; gives up once it has been
-/// unreachable for `limit_s` since `since` (set here on the first failure).
 /// Longest one attempt to reach the coordinator may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first and the longest wait between attempts (doubling in between).

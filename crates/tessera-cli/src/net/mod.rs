@@ -28,7 +28,12 @@ pub struct NetArgs {
 
 impl NetArgs {
     pub fn config(&self) -> tessera_net::NetConfig {
-        tessera_net::NetConfig { bind: self.bind, shaping: self.shape, internet: self.internet }
+        tessera_net::NetConfig {
+            bind: self.bind,
+            shaping: self.shape,
+            internet: self.internet,
+            ..Default::default()
+        }
     }
 }
 
