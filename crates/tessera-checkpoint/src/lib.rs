@@ -10,6 +10,8 @@
 //! fsynced). A checkpoint is loaded only if both files hash to the values in `meta.json` and the
 //! rebuilt state hashes to the recorded state hash; otherwise it is refused with a typed error.
 //! A failed write leaves earlier checkpoints untouched and removes its temporary directory.
+//! [`prune`] removes old checkpoints by renaming each out of the `step-*` names first, so a
+//! crash mid-removal never leaves a partial checkpoint under a checkpoint's name.
 //!
 //! **Must not.** Read clocks or randomness, or trust any byte it reads.
 
@@ -18,7 +20,7 @@
 mod store;
 
 pub use store::{
-    latest, load, read_meta, save, Checkpoint, CheckpointMeta, ModelShape, SaveOptions, CKPT_FORMAT,
+    latest, load, prune, read_meta, save, Checkpoint, CheckpointMeta, ModelShape, SaveOptions, CKPT_FORMAT,
 };
 
 /// Largest tensor file read from a checkpoint.

@@ -299,3 +299,37 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CkptError> {
     }
     Ok(best.map(|(_, p)| p))
 }
+
+/// Keeps the `keep` newest complete checkpoints in `dir` and removes the rest, each first
+/// renamed out of the `step-*` namespace (so a removal cut short by a crash never leaves a
+/// half-deleted checkpoint that looks complete). It also clears what crashed writers left:
+/// removals cut short, and other processes' temporary directories. One writer per directory.
+/// Returns how many checkpoints it removed.
+pub fn prune(dir: &Path, keep: usize) -> Result<usize, CkptError> {
+    assert!(keep > 0, "pruning keeps at least the newest checkpoint");
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let mine = format!("-{}", std::process::id());
+    let mut steps: Vec<(u64, PathBuf)> = Vec::new();
+    for e in entries {
+        let p = e.map_err(io_err(dir))?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let leftover =
+            name.starts_with(".del-") || (name.starts_with(".tmp-step-") && !name.ends_with(&mine));
+        if leftover {
+            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        } else if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse().ok()) {
+            steps.push((step, p));
+        }
+    }
+    steps.sort();
+    let old = steps.len().saturating_sub(keep);
+    for (_, p) in &steps[..old] {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+        let doomed = dir.join(format!(".del-{name}"));
+        std::fs::rename(p, &doomed).map_err(io_err(p))?;
+        std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
+    }
+    sync_dir(dir);
+    assert!(steps.len() - old <= keep, "at most `keep` checkpoints are left");
+    Ok(old)
+}

@@ -109,3 +109,25 @@ fn full_disk_leaves_earlier_checkpoints_intact() {
         load(&p1, &first.model.params).unwrap();
     }
 }
+
+/// Pruning keeps the newest checkpoints, and clears what crashed writers left behind: a
+/// removal cut short (`.del-*`) and another process's temporary directory; a half-deleted
+/// checkpoint is never left under a `step-*` name.
+#[test]
+fn prune_keeps_the_newest_and_clears_what_crashes_left() {
+    let dir = tmp("prune");
+    let mut tr = trained(0);
+    for step in 1..=5 {
+        tr.opt.step = step;
+        save_tr(&dir, &tr, &SaveOptions::default()).unwrap();
+    }
+    std::fs::create_dir_all(dir.join(".tmp-step-00000006-4000000000")).unwrap();
+    std::fs::create_dir_all(dir.join(".del-step-00000000")).unwrap();
+    assert_eq!(tessera_checkpoint::prune(&dir, 2).unwrap(), 3);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["step-00000004", "step-00000005"]);
+    load(&latest(&dir).unwrap().unwrap(), &tr.model.params).unwrap();
+    assert_eq!(tessera_checkpoint::prune(&dir, 2).unwrap(), 0, "nothing more to prune");
+}

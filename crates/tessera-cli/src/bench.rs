@@ -105,6 +105,30 @@ pub enum BenchCmd {
         #[arg(long, default_value = "runs/data/embedded")]
         data_dir: std::path::PathBuf,
     },
+    /// kill -9 at random moments while a process writes state blobs and checkpoints as the
+    /// daemons do; after each kill, everything on disk must load and verify.
+    CrashWrites {
+        #[arg(long, default_value_t = 1000)]
+        trials: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Each kill comes at a uniform moment within this many ms of the writer's start.
+        #[arg(long, default_value_t = 60)]
+        max_delay_ms: u64,
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Scratch directory (emptied first).
+        #[arg(long, default_value = "runs/crash-writes")]
+        dir: std::path::PathBuf,
+    },
+    /// The writer that `crash-writes` kills (loops until killed).
+    #[command(hide = true)]
+    CrashWriter {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+    },
     /// The determinism reference run of the test suite (tiny GPT, 20 steps, seed 1234, batch
     /// 4, the Sonnets); prints its state hash, which must equal the golden hash in the tests.
     ReferenceRun {
@@ -122,6 +146,16 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             crate::coord_bench::run(&preset, &members, &data_dir)
         }
         BenchCmd::Link { shape, blob_bytes, rounds } => run_link(shape, blob_bytes, rounds),
+        BenchCmd::CrashWrites { trials, seed, max_delay_ms, preset, dir } => {
+            crate::crash_bench::run(&crate::crash_bench::CrashBench {
+                trials,
+                seed,
+                max_delay_ms,
+                dir: &dir,
+                preset: &preset,
+            })
+        }
+        BenchCmd::CrashWriter { dir, preset } => crate::crash_bench::writer(&dir, &preset),
         BenchCmd::Dispute { preset, steps, batch, faults, data_dir } => {
             crate::dispute_bench::run(&preset, steps, batch, faults, &data_dir)
         }

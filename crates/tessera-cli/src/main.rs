@@ -12,6 +12,7 @@ mod bench;
 mod check_bench;
 mod config;
 mod coord_bench;
+mod crash_bench;
 mod dispute_bench;
 mod net;
 mod plot;
