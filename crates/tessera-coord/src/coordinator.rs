@@ -42,6 +42,8 @@ pub const MAX_MISSED_ROUNDS: u32 = 3;
 pub const DEADLINE_QUANTILE: f64 = 0.75;
 /// Weight of the newest observation in a peer's round-time average.
 const SPEED_ALPHA: f64 = 0.5;
+/// How much a member's known round time grows when it misses a round (see `count_missed`).
+pub const MISS_GROWTH: f64 = 2.0;
 
 /// A unit of data: H inner steps on the batches of `(data_round, slot)`.
 pub type Unit = (u64, u64);
@@ -82,6 +84,9 @@ struct OpenRound {
     weights: BTreeMap<PeerId, BTreeMap<PeerId, tessera_ledger::SignedScore>>,
     /// Each committed update's signature by its trainer (for the ledger's `RoundClosed`).
     sigs: BTreeMap<PeerId, Vec<u8>>,
+    /// Re-opened by a restarted coordinator: its commits were mostly trained before the
+    /// restart and resent on reconnecting, so their arrival times say nothing of a speed.
+    reopened: bool,
 }
 
 /// The coordinator.
@@ -227,6 +232,7 @@ impl Coordinator {
             weights: Default::default(),
             sigs: Default::default(),
             start_state: None,
+            reopened: true,
         });
     }
 
@@ -544,9 +550,11 @@ impl Coordinator {
                 if !sig.is_empty() {
                     open.sigs.insert(from, sig.clone());
                 }
-                let took = now_ms.saturating_sub(open.started_ms) as f64;
-                let s = self.speed_ms.entry(from).or_insert(took);
-                *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
+                if !open.reopened {
+                    let took = now_ms.saturating_sub(open.started_ms) as f64;
+                    let s = self.speed_ms.entry(from).or_insert(took);
+                    *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
+                }
                 self.out.push(Output::Fetch { from, hash: *update, len });
                 self.draw_check(from, *root, *update);
                 self.tighten_deadline();
@@ -688,6 +696,7 @@ impl Coordinator {
             weights: Default::default(),
             sigs: Default::default(),
             start_state: None,
+            reopened: false,
         });
     }
 
@@ -708,11 +717,21 @@ impl Coordinator {
 
     /// After a close: members assigned a unit that committed nothing count a missed round
     /// (the others start again from 0); one that missed [`MAX_MISSED_ROUNDS`] in a row is
-    /// dropped from the run.
-    fn count_missed(&mut self, waiting: &[PeerId], assigned: &[PeerId]) {
+    /// dropped from the run. A member that missed needed more than the `allotted` ms, so its
+    /// known round time grows to [`MISS_GROWTH`] × that at least: if most members miss, the
+    /// next deadline grows with them (a round that nobody can make in time cannot repeat for
+    /// ever), while one member's miss moves the deadline's quantile little.
+    fn count_missed(&mut self, waiting: &[PeerId], assigned: &[PeerId], allotted: u64) {
         for p in assigned {
             match waiting.contains(p) {
-                true => *self.missed.entry(*p).or_default() += 1,
+                true => {
+                    *self.missed.entry(*p).or_default() += 1;
+                    if let Some(s) = self.speed_ms.get_mut(p) {
+                        let grown = (s.max(allotted as f64 / self.cfg.deadline_slack) * MISS_GROWTH)
+                            .min(self.cfg.max_round_ms as f64);
+                        *s = s.max(grown);
+                    }
+                }
                 false => {
                     self.missed.remove(p);
                 }
@@ -742,6 +761,7 @@ impl Coordinator {
         let mut rejected = Vec::new();
         let mut contribs = Vec::new();
         let mut waiting = Vec::new();
+        let allotted = open.deadline_at.saturating_sub(open.started_ms);
         let Screening { refused, mut prints, proven } = self.screen(&open.order, &open.slots);
         for (peer, of) in proven {
             self.convict_duplicate(round, peer, of);
@@ -784,7 +804,7 @@ impl Coordinator {
         let start_hash = self.state_hash;
         let Stepped { aggregate: agg_hash, pairs, spread } =
             self.step(round, &members, &accepted, contribs)?;
-        self.count_missed(&waiting, &members);
+        self.count_missed(&waiting, &members, allotted);
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
         self.history.insert(self.global.round, self.state_hash);

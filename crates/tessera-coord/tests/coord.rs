@@ -643,3 +643,78 @@ fn a_first_round_closes_on_the_speeds_it_learns_not_the_timeout() {
         }
     }
 }
+
+/// Regression (found by `tessera demo --chaos`): a restarted coordinator re-opens the round
+/// it had announced, dated after a grace to reconnect; the members' resent commits (trained
+/// before the restart) arrived before that start and taught it round times of 0 ms, so the
+/// next rounds' deadlines fell to `min_round_ms`, too short to train in, and every member
+/// missed them. Commits of a re-opened round teach no speed now: the next round, knowing none,
+/// waits the round timeout.
+#[test]
+fn commits_resent_to_a_restarted_coordinator_teach_no_round_time() {
+    let ds = dataset();
+    let c1 = cfg().with(|c| c.rounds = 3);
+    let (mut h, spec) = Harness::new(c1);
+    let initial = spec.initial_state();
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
+    let start = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Persist(Record::RoundStarted { start, .. }) => Some(start.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let (_, s0, a0, _) = round_start(&out).unwrap();
+    let restored = Restored {
+        state: initial.clone(),
+        backlog: vec![],
+        open: Some(start),
+        history: vec![],
+        replicas: vec![],
+        banned: vec![],
+    };
+    let mut c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
+    let mut last = Vec::new();
+    for (seq, a) in (11..).zip(&a0) {
+        let t = Worker::new(spec.clone()).train(&initial, &s0, a, &ds, &mut |_| {}).unwrap();
+        c.handle(5010, Signed { sender: a.peer, seq, message: commit_msg(0, &t) });
+        last = c.fetched(5020, a.peer, t.update_hash, Ok(t.update.to_vec()));
+    }
+    let (round, _, _, deadline) = round_start(&last).expect("round 1 starts");
+    assert_eq!((round, deadline), (1, 60_000), "no round time was learned from the resent commits");
+}
+
+/// Regression (found by `tessera demo --chaos`): a round that every member missed taught
+/// nothing (only commits teach round times), so a deadline too short for everyone repeated for
+/// ever. A member that misses now needs at least twice the time it was allotted: the next
+/// deadline grows.
+#[test]
+fn a_round_that_every_member_missed_gets_a_longer_deadline_next() {
+    let ds = dataset();
+    let (mut h, spec) = Harness::new(cfg().with(|c| c.rounds = 4));
+    let initial = spec.initial_state();
+    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
+    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
+    let (_, s0, a0, _) = round_start(&out).unwrap();
+    // Both commit fast in round 0 (10 ms): round 1's deadline is min_round_ms.
+    let mut close = Vec::new();
+    for a in &a0 {
+        let t = Worker::new(spec.clone()).train(&initial, &s0, a, &ds, &mut |_| {}).unwrap();
+        h.send(10, a.peer, commit_msg(0, &t));
+        close = h.c.fetched(20, a.peer, t.update_hash, Ok(t.update.to_vec()));
+    }
+    let (r1, _, _, d1) = round_start(&close).unwrap();
+    assert_eq!((r1, d1), (1, 500));
+    // Nobody commits in round 1: it closes on its deadline, and round 2 gets more time.
+    let mut out = Vec::new();
+    for now in (100..=600).step_by(100) {
+        for p in [pid(1), pid(2)] {
+            out.extend(h.send(now, p, Message::Heartbeat { round: 1, step: 0 }));
+        }
+        out.extend(h.c.tick(now));
+    }
+    let (r2, _, _, d2) = round_start(&out).expect("round 2 starts");
+    assert_eq!(r2, 2);
+    assert!(d2 >= 2 * d1, "the deadline grew after a round nobody made: {d1} -> {d2} ms");
+}

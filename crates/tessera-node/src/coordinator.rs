@@ -448,8 +448,13 @@ impl Daemon {
                 }
                 Output::Persist(rec) => {
                     self.store.persist(&rec)?;
-                    if let Record::RoundClosed { .. } = rec {
+                    if let Record::RoundClosed { round, accept, .. } = &rec {
                         self.record_traffic()?;
+                        if let tessera_coord::Message::Accept { rejected, .. } = accept {
+                            for (peer, why) in rejected {
+                                self.log.info(&format!("round {round}: {} left out: {why}", short(peer)));
+                            }
+                        }
                     }
                 }
                 Output::Check(job) => self.spawn_check(*job),
