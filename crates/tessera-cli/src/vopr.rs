@@ -36,6 +36,9 @@ pub struct VoprArgs {
     /// Rounds per seed.
     #[arg(long, default_value_t = 4)]
     pub rounds: u64,
+    /// The outer algorithms seeds draw from, in this order (the order is part of a seed).
+    #[arg(long, value_delimiter = ',', default_value = "ddp,diloco,sparseloco,demo,noloco")]
+    pub algos: Vec<tessera_sync::Algorithm>,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -64,8 +67,13 @@ impl VoprArgs {
         if self.rounds == 0 || self.rounds > MAX_VOPR_ROUNDS {
             bail!("--rounds must be between 1 and {MAX_VOPR_ROUNDS}, not {}", self.rounds);
         }
+        if self.algos.is_empty() || self.algos.len() > tessera_sim::vopr::ALL_ALGOS.len() {
+            bail!("--algos must name 1 to {} algorithms", tessera_sim::vopr::ALL_ALGOS.len());
+        }
         let d = VoprConfig::default();
-        Ok(VoprConfig { peers: self.peers, validators: self.validators, rounds: self.rounds, ..d })
+        let (peers, validators, rounds, algos) =
+            (self.peers, self.validators, self.rounds, self.algos.clone());
+        Ok(VoprConfig { peers, validators, rounds, algos, ..d })
     }
 
     /// The one-line command that runs seed `seed` alone with these settings.
@@ -80,6 +88,10 @@ impl VoprArgs {
         }
         if self.rounds != d.rounds {
             s += &format!(" --rounds {}", self.rounds);
+        }
+        if self.algos != d.algos {
+            let names: Vec<String> = self.algos.iter().map(|a| a.to_string()).collect();
+            s += &format!(" --algos {}", names.join(","));
         }
         s
     }

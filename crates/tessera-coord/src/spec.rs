@@ -7,7 +7,7 @@
 use tessera_model::{Gpt, GptConfig, ParamSet};
 use tessera_sync::{decode_update, Combined, Contribution, Expected, Outer};
 
-use crate::{CoordError, GlobalState, Hash32, RunConfig};
+use crate::{ClosedRound, CoordError, GlobalState, Hash32, Message, PeerId, RunConfig};
 
 /// Why a closed round could not be recomputed: the update at index `update` did not decode,
 /// or (`None`) the combination or the outer step failed.
@@ -119,6 +119,33 @@ impl RunSpec {
             return Err(CoordError::State("checkpoint does not hash to the announced state".into()));
         }
         GlobalState::decode(blob, &self.layout_hash, self.n(), self.outer.buffers())
+    }
+
+    /// NoLoCo: the replicas a coordinator restarted after `round` closed rounds restores:
+    /// those the last close's `Accept` names, each read by `state` and checked to hold
+    /// `round`. Both the daemon's store and the simulator's restore through this.
+    pub fn restore_replicas<E: From<CoordError>>(
+        &self,
+        round: u64,
+        last_accept: Option<&Message>,
+        mut state: impl FnMut(&Hash32) -> Result<GlobalState, E>,
+    ) -> Result<Vec<(PeerId, GlobalState)>, E> {
+        if round == 0 {
+            return Ok(Vec::new());
+        }
+        let closed = last_accept
+            .and_then(ClosedRound::of)
+            .ok_or_else(|| CoordError::State(format!("round {} closed without an Accept", round - 1)))?;
+        let mut out = Vec::with_capacity(closed.replicas.len());
+        for (peer, h) in closed.replicas {
+            let s = state(&h)?;
+            if s.round != round {
+                let why = format!("a replica of round {} after round {}", s.round, round - 1);
+                return Err(CoordError::State(why).into());
+            }
+            out.push((peer, s));
+        }
+        Ok(out)
     }
 
     /// The mean loss (nats per byte) of parameters `theta` on `batches`.

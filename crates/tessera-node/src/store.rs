@@ -439,21 +439,8 @@ impl Store {
         let Some(last) = round.checked_sub(1) else { return Ok(Vec::new()) };
         let b: Vec<u8> =
             self.db.query_row("SELECT accept FROM rounds WHERE round = ?1", [last as i64], |r| r.get(0))?;
-        let Some(closed) = ClosedRound::of(&postcard::from_bytes(&b)?) else {
-            return Err(StoreError::Corrupt(format!("round {last} closed without an Accept")));
-        };
-        let mut out = Vec::new();
-        for (peer, h) in closed.replicas {
-            let s = self.state(spec, &h)?;
-            if s.round != round {
-                return Err(StoreError::Corrupt(format!(
-                    "a replica of round {} after round {last}",
-                    s.round
-                )));
-            }
-            out.push((peer, s));
-        }
-        Ok(out)
+        let accept: Message = postcard::from_bytes(&b)?;
+        spec.restore_replicas(round, Some(&accept), |h| self.state(spec, h))
     }
 
     /// What a restarted coordinator resumes from (None for a fresh run).

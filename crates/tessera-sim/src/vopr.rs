@@ -43,11 +43,25 @@ pub struct VoprConfig {
     /// Each seed's loss, duplication and reordering rates are drawn from this range.
     pub min_rate: f64,
     pub max_rate: f64,
+    /// The outer algorithms a seed draws from (in this order: a seed's draw depends on it).
+    pub algos: Vec<Algorithm>,
 }
+
+/// Every outer algorithm, as seeds draw them. The first four are the mix the seeds before
+/// NoLoCo joined were drawn from (their regression seeds keep it).
+pub const ALL_ALGOS: [Algorithm; 5] =
+    [Algorithm::Ddp, Algorithm::DiLoCo, Algorithm::SparseLoCo, Algorithm::DeMo, Algorithm::NoLoCo];
 
 impl Default for VoprConfig {
     fn default() -> Self {
-        Self { peers: 16, validators: 2, rounds: 4, min_rate: 0.05, max_rate: 0.10 }
+        Self {
+            peers: 16,
+            validators: 2,
+            rounds: 4,
+            min_rate: 0.05,
+            max_rate: 0.10,
+            algos: ALL_ALGOS.to_vec(),
+        }
     }
 }
 
@@ -162,8 +176,8 @@ pub fn run_config(cfg: &VoprConfig, seed: u64, algo: Algorithm) -> RunConfig {
 /// The seed's plan.
 pub fn plan(seed: u64, cfg: &VoprConfig) -> Plan {
     let mut d = Draw { rng: Philox::new(seed), i: 0 };
-    let algos = [Algorithm::Ddp, Algorithm::DiLoCo, Algorithm::SparseLoCo, Algorithm::DeMo];
-    let algo = algos[d.below(algos.len() as u64) as usize];
+    assert!(!cfg.algos.is_empty(), "a seed draws from at least one algorithm");
+    let algo = cfg.algos[d.below(cfg.algos.len() as u64) as usize];
     let rate = |d: &mut Draw| cfg.min_rate + (cfg.max_rate - cfg.min_rate) * d.uniform();
     let net = NetFaults {
         seed,
@@ -446,6 +460,9 @@ struct Watch {
     initial: Hash32,
     /// State hash after each closed round, by round.
     closed: BTreeMap<u64, Hash32>,
+    /// NoLoCo: each member's replica hash after each closed round, by (round, member).
+    replicas: BTreeMap<(u64, PeerId), Hash32>,
+    pairs: bool,
     starts: BTreeMap<u64, Vec<tessera_coord::Assignment>>,
     trained: BTreeSet<Unit>,
     seen: usize,
@@ -458,6 +475,8 @@ impl Watch {
             honest,
             initial,
             closed: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            pairs: spec.outer.exchange() == tessera_sync::Exchange::Pairs,
             starts: BTreeMap::new(),
             trained: BTreeSet::new(),
             seen: 0,
@@ -474,7 +493,14 @@ impl Watch {
         }
         for p in &self.honest {
             let Some((round, hash)) = sim.peer_state(p) else { continue };
-            let want = if round == 0 { Some(self.initial) } else { self.closed.get(&(round - 1)).copied() };
+            let want = match round.checked_sub(1) {
+                None => Some(self.initial),
+                // NoLoCo: a member holds its own replica; one that has none yet, the consensus.
+                Some(last) if self.pairs => {
+                    self.replicas.get(&(last, *p)).or(self.closed.get(&last)).copied()
+                }
+                Some(last) => self.closed.get(&last).copied(),
+            };
             if want != Some(hash) {
                 return Err(format!(
                     "agreement: trainer {} holds state {} after {round} rounds; the coordinator recorded {}",
@@ -499,9 +525,12 @@ impl Watch {
                 if *round + 1 != self.closed.len() as u64 {
                     return Err(format!("close once: round {round} closed before the rounds before it"));
                 }
-                let Message::Accept { accepted, .. } = accept else {
+                let Message::Accept { accepted, pairs, .. } = accept else {
                     return Err(format!("round {round} closed without an Accept"));
                 };
+                for (peer, h) in pairs.iter().flat_map(|p| &p.replicas) {
+                    self.replicas.insert((*round, *peer), *h);
+                }
                 let assigned = self.starts.get(round).cloned().unwrap_or_default();
                 self.units(*round, &assigned, accepted, backlog)?;
             }
@@ -556,7 +585,11 @@ impl Watch {
                     ));
                 }
                 Entry::RoundClosed { round, start, end, accepted, .. } => {
-                    self.recompute(sim, spec, &mut state, (*round, start, end), accepted)?;
+                    // NoLoCo's rounds close through replicas, which `replay` (like the
+                    // audit) does not recompute; the replicas are checked as the run goes.
+                    if !self.pairs {
+                        self.recompute(sim, spec, &mut state, (*round, start, end), accepted)?;
+                    }
                     rounds += 1;
                 }
                 _ => {}

@@ -49,21 +49,20 @@ impl MemStore<'_> {
     /// every state hash, and the peers a verdict proved to cheat (the last verdict of each
     /// check stands).
     pub fn restore(&self, spec: &RunSpec) -> Result<Restored, SimError> {
-        if spec.outer.exchange() == tessera_sync::Exchange::Pairs {
-            return Err(SimError::Config("restarting a NoLoCo coordinator is not simulated".into()));
-        }
         let mut history = vec![(0u64, spec.initial_state().hash())];
         let mut backlog = Vec::new();
+        let mut last_accept = None;
         let mut starts: BTreeMap<u64, Message> = BTreeMap::new();
         let mut verdicts: BTreeMap<(u64, PeerId, u64), bool> = BTreeMap::new();
         for r in self.records {
             match r {
-                Record::RoundClosed { round, state_hash, backlog: b, .. } => {
+                Record::RoundClosed { round, state_hash, backlog: b, accept, .. } => {
                     if *round + 1 != history.len() as u64 {
                         return Err(SimError::Store(format!("round {round} closed out of order")));
                     }
                     history.push((round + 1, *state_hash));
                     backlog = b.clone();
+                    last_accept = Some(accept);
                 }
                 Record::RoundStarted { round, start } => {
                     starts.insert(*round, start.clone());
@@ -91,7 +90,13 @@ impl MemStore<'_> {
         }
         let open = starts.remove(&round);
         let banned = banned.into_iter().collect();
-        Ok(Restored { state, backlog, open, history, replicas: Vec::new(), banned })
+        let replicas = spec.restore_replicas(round, last_accept, |h| {
+            let blob = self.blobs.get(h).ok_or_else(|| {
+                SimError::Store(format!("a replica of round {round} was recorded but never stored"))
+            })?;
+            Ok::<_, SimError>(spec.decode_state(blob, h)?)
+        })?;
+        Ok(Restored { state, backlog, open, history, replicas, banned })
     }
 }
 
