@@ -37,6 +37,11 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Faults, drawn from this seed: every time a round closes, one random trainer is killed
+    /// with SIGKILL and restarted at once (same key); after a third and after two thirds of
+    /// the rounds, the coordinator is killed with SIGKILL and restarted from its directory.
+    #[arg(long)]
+    pub chaos: Option<u64>,
 }
 
 /// The demo's run: the tiny model, 4 trainers, DiLoCo with int8 updates.
@@ -49,22 +54,119 @@ pub fn demo_config(peers: usize) -> RunConfig {
     })
 }
 
-/// Kills the children when dropped, so an error never leaves processes behind.
-struct Children(Vec<(String, Child)>);
+/// The demo's processes: the coordinator first, then the validator (if any) and the trainers,
+/// each with its name and arguments (to restart it). Kills them when dropped, so an error
+/// never leaves processes behind.
+struct Children(Vec<(String, Vec<String>, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        for (_, _, c) in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 }
 
+impl Children {
+    fn start(&mut self, dir: &Path, name: &str, args: Vec<String>) -> Result<()> {
+        let child = spawn(dir, name, &args)?;
+        self.0.push((name.to_string(), args, child));
+        Ok(())
+    }
+
+    /// Kills child `i` with SIGKILL and starts it again with the same arguments.
+    fn kill9_and_restart(&mut self, dir: &Path, i: usize) -> Result<()> {
+        let (name, args, child) = &mut self.0[i];
+        child.kill().with_context(|| format!("kill -9 {name}"))?;
+        child.wait()?;
+        *child = spawn(dir, name, args)?;
+        Ok(())
+    }
+}
+
+/// The faults of `--chaos`: after each round closes, one random trainer dies at a random
+/// moment inside the next round (20–90% of the last round's length, so mid-training), and at
+/// a third and two thirds of the rounds the coordinator dies at that moment too.
+struct Chaos {
+    rng: tessera_tensor::rng::Philox,
+    /// Rounds closed when last seen, and when the last one closed.
+    seen: u64,
+    last_close: Instant,
+    /// The next strike: when, at which trainer, and whether the coordinator dies too.
+    pending: Option<(Instant, usize, bool)>,
+    coordinator_at: [u64; 2],
+    trainer_kills: u64,
+    coordinator_kills: u64,
+}
+
+impl Chaos {
+    fn new(seed: u64, rounds: u64) -> Self {
+        let at = [(rounds / 3).max(1), (2 * rounds / 3).max(2)];
+        let rng = tessera_tensor::rng::Philox::new(seed);
+        Self {
+            rng,
+            seen: 0,
+            last_close: Instant::now(),
+            pending: None,
+            coordinator_at: at,
+            trainer_kills: 0,
+            coordinator_kills: 0,
+        }
+    }
+
+    /// Plans a strike for each newly closed round (not after the last), and strikes when one
+    /// is due. The trainers are children `first..`.
+    fn step(
+        &mut self,
+        kids: &mut Children,
+        dir: &Path,
+        closed: u64,
+        first: usize,
+        rounds: u64,
+    ) -> Result<()> {
+        if closed > self.seen && closed < rounds {
+            if let Some((_, victim, coordinator)) = self.pending.take() {
+                self.strike(kids, dir, victim, coordinator)?; // due: its round is over
+            }
+            let now = Instant::now();
+            let len = now - self.last_close;
+            self.last_close = now;
+            self.seen = closed;
+            let trainers = (kids.0.len() - first) as u64;
+            let p = tessera_tensor::rng::purpose("demo chaos");
+            let victim = first + self.rng.below(p, 2 * closed, trainers) as usize;
+            let frac = 0.2 + 0.7 * f64::from(self.rng.uniform(p, 2 * closed + 1));
+            let coordinator = self.coordinator_at.contains(&closed);
+            self.pending = Some((now + len.mul_f64(frac), victim, coordinator));
+        }
+        if let Some((at, victim, coordinator)) = self.pending {
+            if Instant::now() >= at {
+                self.pending = None;
+                self.strike(kids, dir, victim, coordinator)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn strike(&mut self, kids: &mut Children, dir: &Path, victim: usize, coordinator: bool) -> Result<()> {
+        kids.kill9_and_restart(dir, victim)?;
+        self.trainer_kills += 1;
+        if coordinator {
+            kids.kill9_and_restart(dir, 0)?;
+            self.coordinator_kills += 1;
+        }
+        assert!(self.coordinator_kills <= 2, "the coordinator dies twice at most");
+        Ok(())
+    }
+}
+
+/// Output files are appended to, so a restarted process's lines follow its earlier life's.
 fn spawn(dir: &Path, name: &str, args: &[String]) -> Result<Child> {
     let exe = std::env::current_exe()?;
-    let out = std::fs::File::create(dir.join(format!("{name}.out")))?;
-    let err = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let open = |p: PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(p);
+    let out = open(dir.join(format!("{name}.out")))?;
+    let err = open(dir.join(format!("{name}.log")))?;
     Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -122,10 +224,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let cfg_path = a.dir.join("run.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
     let s = |p: &Path| p.display().to_string();
+    for e in std::fs::read_dir(&a.dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "out" || x == "log") {
+            std::fs::remove_file(&p)?; // the last run's; this run's are appended to
+        }
+    }
     let mut kids = Children(Vec::new());
     let coord_args =
         ["coordinator", "--config", &s(&cfg_path), "--dir", &s(&coord_dir), "--data-dir", &s(&a.data_dir)];
-    kids.0.push(("coordinator".into(), spawn(&a.dir, "coordinator", &coord_args.map(String::from))?));
+    let mut coord_args: Vec<String> = coord_args.map(String::from).to_vec();
+    if a.chaos.is_some() {
+        // A restarted coordinator must come back where the trainers dial it.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        coord_args.extend(["--bind".to_string(), format!("127.0.0.1:{port}")]);
+    }
+    kids.start(&a.dir, "coordinator", coord_args)?;
     let ticket = wait_for_file(&coord_dir.join("ticket"), Duration::from_secs(60))?;
     crate::out(&format!(
         "demo: coordinator at {ticket}; {} trainers, {} preset, {} H={} with {} updates, {} rounds",
@@ -144,14 +258,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
         let mut args: Vec<String> = args.map(String::from).to_vec();
         args.push("--validator".into());
-        kids.0.push(("validator".into(), spawn(&a.dir, "validator", &args)?));
+        kids.start(&a.dir, "validator", args)?;
     }
+    let first_trainer = kids.0.len();
     for i in 0..a.peers {
         let key = a.dir.join(format!("node-{i}.key"));
         let args =
             ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
-        kids.0.push((format!("node-{i}"), spawn(&a.dir, &format!("node-{i}"), &args.map(String::from))?));
+        kids.start(&a.dir, &format!("node-{i}"), args.map(String::from).to_vec())?;
     }
+    let mut chaos = a.chaos.map(|seed| Chaos::new(seed, cfg.rounds));
     crate::out(&format!("demo: logs in {}", a.dir.display()));
     let bar = crate::train::make_bar(cfg.rounds, 0);
     bar.set_style(
@@ -161,13 +277,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     let deadline = Duration::from_secs(a.timeout_s);
     loop {
-        if let Some(st) = kids.0[0].1.try_wait()? {
+        if let Some(st) = kids.0[0].2.try_wait()? {
             if !st.success() {
                 bail!("the coordinator failed ({st}); see {}", a.dir.join("coordinator.log").display());
             }
             break;
         }
-        for (name, c) in kids.0.iter_mut().skip(1) {
+        for (name, _, c) in kids.0.iter_mut().skip(1) {
             if let Some(st) = c.try_wait()? {
                 if !st.success() {
                     bail!("{name} failed ({st}); see {}", a.dir.join(format!("{name}.log")).display());
@@ -180,13 +296,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
         if let Ok(p) = Store::open_read_only(&coord_dir).and_then(|s| s.progress()) {
             bar.set_position(p.rounds_closed);
             bar.set_message(format!("{} updates accepted", p.accepted));
+            if let Some(ch) = &mut chaos {
+                ch.step(&mut kids, &a.dir, p.rounds_closed, first_trainer, cfg.rounds)?;
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     bar.finish_and_clear();
     // Give the nodes a moment to finish, then reap them.
     let t1 = Instant::now();
-    for (name, c) in kids.0.iter_mut().skip(1) {
+    for (name, _, c) in kids.0.iter_mut().skip(1) {
         while c.try_wait()?.is_none() && t1.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -195,6 +314,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
     }
     drop(kids);
+    if let Some(ch) = &chaos {
+        crate::out(&format!(
+            "demo: chaos killed {} trainers (one inside each round after the first, while the run lasted) and the coordinator {} times, each with SIGKILL mid-round, and restarted them; the bytes and training seconds below are each process's last life only",
+            ch.trainer_kills, ch.coordinator_kills
+        ));
+    }
     summary(&coord_dir, &cfg, &ds, a.peers, t0.elapsed())
 }
 
