@@ -424,14 +424,10 @@ fn a_restored_noloco_coordinator_gives_the_reopened_rounds_members_replicas() {
     restored_round_zero(tessera_sync::Algorithm::NoLoCo);
 }
 
-fn restored_round_zero(algo: tessera_sync::Algorithm) {
-    let ds = dataset();
-    let c1 = cfg().with(|c| {
-        c.rounds = 1;
-        c.algo = algo;
-    });
-    let (mut h, spec) = Harness::new(c1.clone());
-    let initial = spec.initial_state();
+/// Two members join and round 0 starts; the coordinator dies and a new one is restored at
+/// 5,000 ms from what was persisted. Returns it, the spec, and round 0's start and assignments.
+fn restarted_in_round_zero(cfg: RunConfig) -> (Coordinator, Arc<RunSpec>, Hash32, Vec<Assignment>) {
+    let (mut h, spec) = Harness::new(cfg);
     h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
     let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
     let start = out
@@ -442,16 +438,26 @@ fn restored_round_zero(algo: tessera_sync::Algorithm) {
         })
         .unwrap();
     let (_, s0, a0, _) = round_start(&out).unwrap();
-    // The coordinator dies; a new one is restored from what was persisted.
     let restored = Restored {
-        state: initial.clone(),
+        state: spec.initial_state(),
         backlog: vec![],
         open: Some(start),
         history: vec![],
         replicas: vec![],
         banned: vec![],
     };
-    let mut c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
+    let c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
+    (c, spec, s0, a0)
+}
+
+fn restored_round_zero(algo: tessera_sync::Algorithm) {
+    let ds = dataset();
+    let c1 = cfg().with(|c| {
+        c.rounds = 1;
+        c.algo = algo;
+    });
+    let (mut c, spec, s0, a0) = restarted_in_round_zero(c1);
+    let initial = spec.initial_state();
     // A member reconnects: it is welcomed and re-sent the open round.
     let out = c.handle(
         5100,
@@ -653,28 +659,8 @@ fn a_first_round_closes_on_the_speeds_it_learns_not_the_timeout() {
 #[test]
 fn commits_resent_to_a_restarted_coordinator_teach_no_round_time() {
     let ds = dataset();
-    let c1 = cfg().with(|c| c.rounds = 3);
-    let (mut h, spec) = Harness::new(c1);
+    let (mut c, spec, s0, a0) = restarted_in_round_zero(cfg().with(|c| c.rounds = 3));
     let initial = spec.initial_state();
-    h.send(0, pid(1), Message::Join { addrs: vec![], stake: 1_000 });
-    let out = h.send(0, pid(2), Message::Join { addrs: vec![], stake: 1_000 });
-    let start = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Persist(Record::RoundStarted { start, .. }) => Some(start.clone()),
-            _ => None,
-        })
-        .unwrap();
-    let (_, s0, a0, _) = round_start(&out).unwrap();
-    let restored = Restored {
-        state: initial.clone(),
-        backlog: vec![],
-        open: Some(start),
-        history: vec![],
-        replicas: vec![],
-        banned: vec![],
-    };
-    let mut c = Coordinator::restore(spec.clone(), restored, 5000, [7; 32]).unwrap();
     let mut last = Vec::new();
     for (seq, a) in (11..).zip(&a0) {
         let t = Worker::new(spec.clone()).train(&initial, &s0, a, &ds, &mut |_| {}).unwrap();
