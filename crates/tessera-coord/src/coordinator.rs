@@ -107,6 +107,10 @@ pub struct Coordinator {
     speed_ms: BTreeMap<PeerId, f64>,
     /// Members' rounds in a row assigned and not committed (members only).
     missed: BTreeMap<PeerId, u32>,
+    /// Members that joined (again) during the open round: a restarted trainer has lost the
+    /// states a dispute would ask about (cleared when a round starts; at most
+    /// `MAX_KNOWN_PEERS`).
+    rejoined: std::collections::BTreeSet<PeerId>,
     /// The peers that reported the run's final state (each once, however often it reports).
     final_reports: std::collections::BTreeSet<PeerId>,
     backlog: VecDeque<Unit>,
@@ -181,6 +185,7 @@ impl Coordinator {
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
             missed: BTreeMap::new(),
+            rejoined: Default::default(),
             final_reports: Default::default(),
             backlog: r.backlog.into_iter().collect(),
             open: None,
@@ -458,6 +463,10 @@ impl Coordinator {
             self.members.insert(from, now_ms);
             self.event(Event::Joined(from));
         }
+        if self.open.is_some() && self.rejoined.len() < MAX_KNOWN_PEERS {
+            self.rejoined.insert(from);
+        }
+        assert!(self.rejoined.len() <= MAX_KNOWN_PEERS, "bounded");
         if self.pairs() {
             self.replicas.ensure(from, &self.global); // a joiner starts from the consensus
         }
@@ -652,6 +661,7 @@ impl Coordinator {
     }
 
     fn start(&mut self, now_ms: u64) {
+        self.rejoined.clear();
         let round = self.global.round;
         let peers: Vec<PeerId> = self.members.keys().take(self.cfg.max_peers).copied().collect();
         let mut fresh = 0u64;

@@ -75,6 +75,14 @@ fn the_seeds_that_found_bugs_pass() {
         [0u64, 12, 81, 185, 243, 613, 798, 2682, 5050].par_iter().map(|s| run_seed(*s, &cfg, &ds)).collect();
     let bad = failures(&reports);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+    // Found with all five algorithms in the mix: 30145, 31256 — a trainer restarted without
+    // its disk during a round could not answer a lying validator's dispute, was heard from
+    // (so not taken for crashed), forfeited and was slashed. A trainer that joined again
+    // during the round now has its silence voided, not ruled against.
+    let all = VoprConfig::default();
+    let reports: Vec<SeedReport> = [30145u64, 31256].par_iter().map(|s| run_seed(*s, &all, &ds)).collect();
+    let bad = failures(&reports);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! agreed state and recomputes that one step ([`Output::Recompute`]). The loser is refused
 //! from then on (a false accusation loses too); a side that does not answer by the round's
 //! deadline although it was heard from since the question was put loses by timeout; one that
-//! left, or was not heard from at all (crashed or cut off: nothing is proven), has its check
+//! left, joined again during the round (a restarted trainer has lost its states), or was not
+//! heard from at all (crashed or cut off: nothing is proven), has its check
 //! voided (a trainer's update is left out unrevealed; a validator's check is taken back). A
 //! question still unanswered is put again every [`DISPUTE_RETRY_HEARTBEATS`] heartbeats, and a
 //! blob transfer that fails is retried up to [`MAX_DISPUTE_REFETCHES`] times, so that a lost
@@ -369,7 +370,8 @@ impl Coordinator {
     /// Past the `deadline`, once a question has been out [`DISPUTE_PATIENCE_HEARTBEATS`], a
     /// side that has not answered it loses if it was heard from since the question was put
     /// (it chose not to answer); one not heard from at all (it may have crashed or been cut
-    /// off), or that left, proves nothing: a trainer's check is voided as not revealed, a
+    /// off), a trainer that joined again during the round (a restart loses its states), or one
+    /// that left, proves nothing: a trainer's check is voided as not revealed, a
     /// validator's is taken back. The referee's own recomputation in flight is waited for. A
     /// dispute whose validator was refused (in another dispute) or left is dropped, and the
     /// coordinator checks the trainer itself.
@@ -401,7 +403,10 @@ impl Coordinator {
                 self.members.get(t).is_some_and(|&at| at > since),
                 self.validators.get(&g.validator).is_some_and(|&at| at > since),
             ];
-            if !self.members.contains_key(t) || (deadline && silent[0] && !heard[0]) {
+            // A trainer that joined again this round was restarted, or reconnected: it may
+            // have lost the states asked about, so its silence proves nothing either.
+            let restarted = self.rejoined.contains(t);
+            if !self.members.contains_key(t) || (deadline && silent[0] && (!heard[0] || restarted)) {
                 void.push(*t);
                 continue;
             }
