@@ -83,7 +83,10 @@ pub use state::{GlobalState, MAX_STATE_PARAMS};
 pub use tessera_ledger::DEFAULT_STAKE;
 pub use tessera_verify::{Dispute, EntryHashes, Loser, Ruling};
 pub use tessera_wire::{Answer, Assignment, Hash32, Message, Pairs, PeerId, Question, Signed, MAX_MEMBERS};
-pub use trainer::{Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, MAX_SOURCES};
+pub use trainer::{
+    Action, Source, Trainer, TrainerConfig, TrainerError, TrainerEvent, JOIN_RETRY_MS, MAX_JOIN_ATTEMPTS,
+    MAX_SOURCES,
+};
 pub use validator::{Behaviour, Validator, ValidatorAction, ValidatorConfig, ValidatorEvent, MAX_TASKS};
 pub use worker::{Revealed, Trained, Worker, MAX_KEPT_BYTES};
 

@@ -120,6 +120,11 @@ pub enum TrainerEvent {
 }
 
 /// Why the trainer refused something or could not go on.
+/// How long a trainer waits for `Welcome` before sending `Join` again.
+pub const JOIN_RETRY_MS: u64 = 2_000;
+/// `Join`s a trainer sends on one connection before it gives up (about a minute).
+pub const MAX_JOIN_ATTEMPTS: u32 = 30;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrainerError {
     #[error("frame refused: not signed by the coordinator")]
@@ -152,6 +157,8 @@ pub enum TrainerError {
     Ledger(String),
     #[error("the run ended with the ledger copy at {have} of the {announced} records announced")]
     LedgerBehind { have: u64, announced: u64 },
+    #[error("no Welcome from the coordinator after {attempts} Join attempts {every_ms} ms apart (it may be full, or refusing this node)")]
+    NoWelcome { attempts: u32, every_ms: u64 },
 }
 
 impl TrainerError {
@@ -164,6 +171,7 @@ impl TrainerError {
                 | TrainerError::Config(_)
                 | TrainerError::Refused { .. }
                 | TrainerError::Ledger(_)
+                | TrainerError::NoWelcome { .. }
         )
     }
 }
@@ -249,6 +257,8 @@ pub struct Trainer {
     after_close: Option<Want>,
     round: u64,
     last_heartbeat: Option<u64>,
+    /// Until the first `Welcome`: when `Join` was last sent on this connection, and how often.
+    join_sent: Option<(u64, u32)>,
     finished: bool,
     /// The run is over but the ledger copy is still catching up: the `Finished` event waits
     /// (at most [`MAX_LEDGER_WAIT_MS`] from the first tick after it), so the copy a node keeps
@@ -283,6 +293,7 @@ impl Trainer {
             after_close: None,
             round: 0,
             last_heartbeat: None,
+            join_sent: None,
             finished: false,
             pending_finish: None,
             finish_wait_since: None,
@@ -297,15 +308,40 @@ impl Trainer {
 
     /// A (new) connection to the coordinator: ask to join. Fetches in flight on an old
     /// connection are answered with errors by the driver.
-    pub fn connected(&mut self, _now_ms: u64) -> Vec<Action> {
+    pub fn connected(&mut self, now_ms: u64) -> Vec<Action> {
+        self.join_sent = Some((now_ms, 1));
+        self.send_join();
+        self.take()
+    }
+
+    fn send_join(&mut self) {
         let addrs = self.tc.addr.iter().cloned().collect();
         self.out.push(Action::Send(Message::Join { addrs, stake: self.tc.stake }));
-        self.take()
+    }
+
+    /// Before the first `Welcome`, `Join` is sent again every [`JOIN_RETRY_MS`] (a coordinator
+    /// may drop a frame it has no room for), and after [`MAX_JOIN_ATTEMPTS`] the trainer gives
+    /// up with [`TrainerError::NoWelcome`] rather than wait for ever.
+    fn retry_join(&mut self, now_ms: u64) {
+        let Some((at, attempts)) = self.join_sent else { return };
+        if self.spec.is_some() || now_ms.saturating_sub(at) < JOIN_RETRY_MS {
+            return;
+        }
+        assert!(attempts >= 1, "a Join was sent");
+        if attempts >= MAX_JOIN_ATTEMPTS {
+            self.join_sent = None;
+            let e = TrainerError::NoWelcome { attempts, every_ms: JOIN_RETRY_MS };
+            self.out.push(Action::Event(TrainerEvent::Fatal(e)));
+            return;
+        }
+        self.join_sent = Some((now_ms, attempts + 1));
+        self.send_join();
     }
 
     /// Time passed; `step` is the inner step of the unit being trained. Sends a heartbeat
     /// when one is due.
     pub fn tick(&mut self, now_ms: u64, step: u64) -> Vec<Action> {
+        self.retry_join(now_ms);
         if let Some((round, hash, computed)) = self.pending_finish {
             let since = *self.finish_wait_since.get_or_insert(now_ms);
             if now_ms.saturating_sub(since) >= MAX_LEDGER_WAIT_MS {

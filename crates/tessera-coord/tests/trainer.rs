@@ -406,3 +406,42 @@ fn an_overtaken_accept_does_not_prove_the_ledger_went_back() {
     let out = h.frame(with(1, 4));
     assert!(fatal(&out), "the same round naming fewer records is: {out:?}");
 }
+
+fn joins(a: &[Action]) -> usize {
+    a.iter().filter(|a| matches!(a, Action::Send(Message::Join { .. }))).count()
+}
+
+/// Regression (issue: hostile peers): a node sent `Join` once per connection and then waited
+/// for `Welcome` for ever (a coordinator drops frames it has no room for). It sends `Join`
+/// again every `JOIN_RETRY_MS`, gives up with a typed, fatal `NoWelcome` after
+/// `MAX_JOIN_ATTEMPTS`, and stops asking once welcomed.
+#[test]
+fn a_trainer_asks_again_for_a_welcome_and_gives_up_in_bounded_time() {
+    use tessera_coord::{JOIN_RETRY_MS, MAX_JOIN_ATTEMPTS};
+    let mut h = H::new(None);
+    assert_eq!(joins(&h.t.connected(0)), 1);
+    assert_eq!(joins(&h.t.tick(JOIN_RETRY_MS - 1, 0)), 0, "not yet");
+    assert_eq!(joins(&h.t.tick(JOIN_RETRY_MS, 0)), 1, "again");
+    let mut fatal = None;
+    let mut sent = 2;
+    for i in 2..=MAX_JOIN_ATTEMPTS as u64 + 1 {
+        let acts = h.t.tick(i * JOIN_RETRY_MS, 0);
+        sent += joins(&acts);
+        fatal = fatal.or(acts.iter().find_map(|a| match a {
+            Action::Event(TrainerEvent::Fatal(e)) => Some(e.clone()),
+            _ => None,
+        }));
+    }
+    assert_eq!(sent, MAX_JOIN_ATTEMPTS as usize);
+    match fatal {
+        Some(e @ TrainerError::NoWelcome { .. }) => {
+            assert!(e.is_fatal() && e.to_string().contains("no Welcome"))
+        }
+        other => panic!("expected NoWelcome, got {other:?}"),
+    }
+    // Welcomed at once: no second Join.
+    let mut w = H::new(None);
+    w.t.connected(0);
+    w.welcome(cfg().to_toml());
+    assert_eq!(joins(&w.t.tick(10 * JOIN_RETRY_MS, 0)), 0);
+}
