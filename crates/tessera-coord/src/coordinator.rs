@@ -823,6 +823,9 @@ impl Coordinator {
         }
         self.out.push(Output::StoreBlob { hash: self.state_hash, bytes: state_blob });
         let (n_acc, n_rej) = (accepted.len(), rejected.len());
+        for (peer, reason) in &rejected {
+            self.event(Event::LeftOut { round, peer: *peer, reason: reason.clone() });
+        }
         let mut accept = Message::Accept {
             round,
             accepted,

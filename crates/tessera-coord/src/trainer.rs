@@ -119,12 +119,12 @@ pub enum TrainerEvent {
     },
 }
 
-/// Why the trainer refused something or could not go on.
 /// How long a trainer waits for `Welcome` before sending `Join` again.
 pub const JOIN_RETRY_MS: u64 = 2_000;
 /// `Join`s a trainer sends on one connection before it gives up (about a minute).
 pub const MAX_JOIN_ATTEMPTS: u32 = 30;
 
+/// Why the trainer refused something or could not go on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrainerError {
     #[error("frame refused: not signed by the coordinator")]

@@ -52,7 +52,9 @@ struct Shared {
     by_source: Mutex<HashMap<Option<IpAddr>, usize>>,
     /// Each source's rate of new connections.
     rates: Mutex<HashMap<Option<IpAddr>, RateLimit>>,
-    counts: [AtomicU64; 3],
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Shared {
@@ -96,8 +98,8 @@ impl Shared {
         }
     }
 
-    fn count(&self, i: usize) {
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -124,8 +126,8 @@ impl Incoming {
 
     /// Handshakes accepted, refused and failed so far.
     pub fn counts(&self) -> AcceptCounts {
-        let c = |i: usize| self.shared.counts[i].load(Ordering::Relaxed);
-        AcceptCounts { accepted: c(0), refused: c(1), failed: c(2) }
+        let (s, o) = (&self.shared, Ordering::Relaxed);
+        AcceptCounts { accepted: s.accepted.load(o), refused: s.refused.load(o), failed: s.failed.load(o) }
     }
 }
 
@@ -145,14 +147,14 @@ async fn accept_loop(endpoint: Endpoint, tx: mpsc::Sender<Connection>, shared: A
         let now_ms = origin.elapsed().as_millis() as u64;
         if !shared.within_rate(src, now_ms) || !shared.enter(src) {
             incoming.refuse();
-            shared.count(1);
+            Shared::count(&shared.refused);
             continue;
         }
         let accepting = match incoming.accept() {
             Ok(a) => a,
             Err(_) => {
                 shared.leave(src);
-                shared.count(2);
+                Shared::count(&shared.failed);
                 continue;
             }
         };
@@ -162,10 +164,10 @@ async fn accept_loop(endpoint: Endpoint, tx: mpsc::Sender<Connection>, shared: A
             shared.leave(src);
             match done {
                 Ok(Ok(conn)) => {
-                    shared.count(0);
+                    Shared::count(&shared.accepted);
                     let _ = tx.send(conn).await;
                 }
-                _ => shared.count(2),
+                _ => Shared::count(&shared.failed),
             }
         });
     }

@@ -448,13 +448,8 @@ impl Daemon {
                 }
                 Output::Persist(rec) => {
                     self.store.persist(&rec)?;
-                    if let Record::RoundClosed { round, accept, .. } = &rec {
+                    if let Record::RoundClosed { .. } = rec {
                         self.record_traffic()?;
-                        if let tessera_coord::Message::Accept { rejected, .. } = accept {
-                            for (peer, why) in rejected {
-                                self.log.info(&format!("round {round}: {} left out: {why}", short(peer)));
-                            }
-                        }
                     }
                 }
                 Output::Check(job) => self.spawn_check(*job),
@@ -624,6 +619,9 @@ impl Daemon {
                 "CHEAT: {} proven to have cheated in round {round}; refused from now on",
                 short(&peer)
             )),
+            Event::LeftOut { round, peer, reason } => {
+                self.log.info(&format!("round {round}: {} left out: {reason}", short(&peer)))
+            }
             Event::Clipped { round, count } => self.log.warn(&format!(
                 "round {round}: {count} update(s) over the median-norm bound were clipped (robust aggregation)"
             )),

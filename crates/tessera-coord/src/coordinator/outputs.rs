@@ -197,6 +197,12 @@ pub enum Event {
         peer: PeerId,
         round: u64,
     },
+    /// `peer`'s update was left out of `round`'s close, and why (one per `Accept` rejection).
+    LeftOut {
+        round: u64,
+        peer: PeerId,
+        reason: String,
+    },
     /// Robust aggregation scaled `count` accepted updates down to the round's median bound.
     Clipped {
         round: u64,
