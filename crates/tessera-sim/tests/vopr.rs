@@ -78,9 +78,13 @@ fn the_seeds_that_found_bugs_pass() {
     // Found with all five algorithms in the mix: 30145, 31256 — a trainer restarted without
     // its disk during a round could not answer a lying validator's dispute, was heard from
     // (so not taken for crashed), forfeited and was slashed. A trainer that joined again
-    // during the round now has its silence voided, not ruled against.
+    // during the round now has its silence voided, not ruled against. 30445: the referee's
+    // fetch of an honest trainer's operator inputs was lost in the network; the transfer
+    // times out after 2 s, but the trainer's silence was ruled on after 12 heartbeats, so it
+    // forfeited and was slashed. A transfer in flight is now waited for.
     let all = VoprConfig::default();
-    let reports: Vec<SeedReport> = [30145u64, 31256].par_iter().map(|s| run_seed(*s, &all, &ds)).collect();
+    let reports: Vec<SeedReport> =
+        [30145u64, 31256, 30445].par_iter().map(|s| run_seed(*s, &all, &ds)).collect();
     let bad = failures(&reports);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -372,7 +372,9 @@ impl Coordinator {
     /// (it chose not to answer); one not heard from at all (it may have crashed or been cut
     /// off), a trainer that joined again during the round (a restart loses its states), or one
     /// that left, proves nothing: a trainer's check is voided as not revealed, a
-    /// validator's is taken back. The referee's own recomputation in flight is waited for. A
+    /// validator's is taken back. The referee's own recomputation or blob transfer in flight
+    /// is waited for (seed 30445: a lost transfer, timed out after the patience, had an
+    /// honest trainer forfeit). A
     /// dispute whose validator was refused (in another dispute) or left is dropped, and the
     /// coordinator checks the trainer itself.
     pub(super) fn expire_disputes(&mut self, now_ms: u64, deadline: bool) {
@@ -392,9 +394,11 @@ impl Coordinator {
         let Some(open) = self.open.as_ref() else { return };
         let (mut lost, mut void, mut back) = (Vec::new(), Vec::new(), Vec::new());
         for (t, g) in &open.checks.games {
+            // The referee's own work in flight (a recomputation, or a transfer from the
+            // trainer, which always ends: the transport times it out and a failure is retried
+            // at most MAX_DISPUTE_REFETCHES times) is no side's silence: it is waited for.
             let silent = match (g.running, g.fetching.is_some()) {
-                (true, _) => [false, false],
-                (false, true) => [true, false],
+                (true, _) | (false, true) => [false, false],
                 (false, false) => [g.got[0].is_none(), g.got[1].is_none() && !trainer_only(g.asked)],
             };
             let since = g.asked_at.unwrap_or(u64::MAX);
