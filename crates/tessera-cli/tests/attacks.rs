@@ -139,6 +139,7 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
             start_hash: [0; 32],
             end_hash: [0; 32],
             root: [0; 32],
+            loss_milli: 0,
             sig: vec![],
         };
         send(tessera_wire::encode(&me, 6, &bad).unwrap()).await;

@@ -289,6 +289,21 @@ impl Coordinator {
         self.members.keys()
     }
 
+    /// When `p` (a member or validator) was last heard from, on the caller's clock.
+    pub fn last_heard(&self, p: &PeerId) -> Option<u64> {
+        self.members.get(p).or_else(|| self.validators.get(p)).copied()
+    }
+
+    /// What a round of `p`'s takes, as learned from its commits (ms), if known.
+    pub fn speed_ms(&self, p: &PeerId) -> Option<f64> {
+        self.speed_ms.get(p).copied()
+    }
+
+    /// The open round's start and deadline, on the caller's clock (none between rounds).
+    pub fn open_window(&self) -> Option<(u64, u64)> {
+        self.open.as_ref().map(|o| (o.started_ms, o.deadline_at))
+    }
+
     /// The open round's assignments (none between rounds).
     pub fn assignments(&self) -> &[Assignment] {
         self.open.as_ref().map_or(&[], |o| o.assignments.as_slice())
@@ -779,7 +794,7 @@ impl Coordinator {
         for (peer, slot) in open.slots {
             if let Some(r) = refused.iter().find(|r| r.0 == peer) {
                 self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.1.clone() }));
-                rejected.push((peer, truncate(r.1.to_string())));
+                rejected.push((peer, r.1.clone()));
                 continue;
             }
             match slot {
@@ -795,12 +810,12 @@ impl Coordinator {
                         self.out.push(Output::StoreBlob { hash, bytes }); // served to the peers
                     }
                 }
-                Slot::Rejected(r) => rejected.push((peer, truncate(r.to_string()))),
+                Slot::Rejected(r) => rejected.push((peer, r)),
                 Slot::Waiting => {
                     waiting.push(peer);
-                    rejected.push((peer, Reject::NoCommit.to_string()))
+                    rejected.push((peer, Reject::NoCommit))
                 }
-                Slot::Fetching { .. } => rejected.push((peer, Reject::NotFetched.to_string())),
+                Slot::Fetching { .. } => rejected.push((peer, Reject::NotFetched)),
             }
         }
         let mut reassigned = 0;
@@ -826,6 +841,9 @@ impl Coordinator {
         for (peer, reason) in &rejected {
             self.event(Event::LeftOut { round, peer: *peer, reason: reason.clone() });
         }
+        // Typed until here: the Accept carries each reason as text.
+        let rejected: Vec<(PeerId, String)> =
+            rejected.into_iter().map(|(p, r)| (p, truncate(r.to_string()))).collect();
         let mut accept = Message::Accept {
             round,
             accepted,

@@ -157,3 +157,34 @@ pub enum Reject {
     #[error("proven to have cheated in round {0}")]
     Banned(u64),
 }
+
+impl Reject {
+    /// A short, stable name of the reason's kind (snake case), for metric labels and APIs:
+    /// one of a fixed set, whatever a peer sent.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reject::Replay { .. } => "replay",
+            Reject::NotMember => "not_member",
+            Reject::Full(_) => "full",
+            Reject::WrongRound { .. } => "wrong_round",
+            Reject::FutureReport { .. } => "future_report",
+            Reject::NotAssigned(_) => "not_assigned",
+            Reject::Equivocation(_) => "equivocation",
+            Reject::BadLength { .. } => "bad_length",
+            Reject::WrongStart { .. } => "wrong_start",
+            Reject::LocalHashes(_) => "local_hashes",
+            Reject::HashMismatch => "hash_mismatch",
+            Reject::Update(_) => "bad_update",
+            Reject::Copy { .. } => "copy",
+            Reject::Replayed => "replayed",
+            Reject::NoCommit => "no_commit",
+            Reject::NotFetched => "not_fetched",
+            Reject::FetchFailed(_) => "fetch_failed",
+            Reject::Unexpected(_) => "unexpected",
+            Reject::FailedCheck { .. } => "failed_check",
+            Reject::Harmful { .. } => "harmful",
+            Reject::Stake { .. } => "stake",
+            Reject::Banned(_) => "banned",
+        }
+    }
+}

@@ -93,6 +93,7 @@ impl Trained {
             start_hash: self.start_hash,
             end_hash: self.end_hash,
             root: self.commitment.root(),
+            loss_milli: tessera_wire::loss_milli(self.mean_loss),
             sig: Vec::new(),
         }
     }

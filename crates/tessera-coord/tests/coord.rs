@@ -293,6 +293,7 @@ fn round0_commit(state: [u8; 32], hash: [u8; 32], len: u64) -> Message {
         start_hash,
         end_hash,
         root,
+        loss_milli: 0,
         sig: vec![],
     }
 }

@@ -295,6 +295,7 @@ fn accepted_updates_carry_their_trainers_signatures() {
         start_hash: [1; 32],
         end_hash: [2; 32],
         root: [3; 32],
+        loss_milli: 0,
         sig: tessera_ledger::sign_update(&tessera_coord::SigningKey::from_bytes(&[99; 32]), 1, &[7; 32]),
     };
     let outs = p.deliver_to_coordinator(Signed { sender: ids[0], seq: 1 << 40, message: forged });

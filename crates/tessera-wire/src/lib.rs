@@ -28,7 +28,18 @@ use serde::{Deserialize, Serialize};
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"TSW1";
 /// Wire version of this crate.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+/// A loss in thousandths for [`Message::Commit`] (`u32::MAX` when it is not finite or out of
+/// range).
+pub fn loss_milli(loss: f64) -> u32 {
+    let m = (loss * 1000.0).round();
+    if m.is_finite() && (0.0..u32::MAX as f64).contains(&m) {
+        m as u32
+    } else {
+        u32::MAX
+    }
+}
+
 /// Largest frame accepted (control messages only; bulk data moves as blobs).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most members, assignments or rejections one message may list.
@@ -101,6 +112,9 @@ pub enum Message {
         start_hash: Hash32,
         end_hash: Hash32,
         root: Hash32,
+        /// The trainer's mean training loss over the unit in thousandths, as it says (shown
+        /// on dashboards, never trusted: nothing is decided by it; `u32::MAX`: not finite).
+        loss_milli: u32,
         sig: Vec<u8>,
     },
     /// The coordinator's decision for a round, with a reason for each rejection. `updates`

@@ -65,6 +65,7 @@ fn message() -> impl Strategy<Value = Message> {
                     start_hash,
                     end_hash,
                     root: update,
+                    loss_milli: 0,
                     sig: vec![],
                 }
             }

@@ -56,6 +56,7 @@ fn random_message(r: &Philox, i: u64) -> Message {
             start_hash: h(r, i + 1),
             end_hash: h(r, i + 2),
             root: h(r, i + 4),
+            loss_milli: 0,
             sig: vec![r.u64(8, i) as u8; 64 * (i % 2) as usize],
         },
         5 => Message::Accept {

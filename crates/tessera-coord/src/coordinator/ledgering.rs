@@ -64,7 +64,7 @@ impl Coordinator {
     }
 
     /// The ledger's head: its record count and last record's hash.
-    pub(super) fn ledger_head(&self) -> Option<(u64, Hash32)> {
+    pub fn ledger_head(&self) -> Option<(u64, Hash32)> {
         self.kept.as_ref().map(|k| k.ledger.head())
     }
 

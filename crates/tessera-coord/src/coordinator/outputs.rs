@@ -201,7 +201,7 @@ pub enum Event {
     LeftOut {
         round: u64,
         peer: PeerId,
-        reason: String,
+        reason: crate::Reject,
     },
     /// Robust aggregation scaled `count` accepted updates down to the round's median bound.
     Clipped {
