@@ -34,6 +34,10 @@ pub const SIMD_ENV: &str = "TESSERA_SIMD";
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// How the daemons (coordinator, node, validator) write their logs to stderr: `human`
+    /// lines, or one JSON object per line (tracing-subscriber's JSON format).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: tessera_node::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +76,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    tessera_node::set_log_format(cli.log_format);
     if let Ok(name) = std::env::var(SIMD_ENV) {
         let path = SimdPath::parse(&name).with_context(|| format!("{SIMD_ENV}={name}"))?;
         force_path(Some(path)).with_context(|| format!("{SIMD_ENV}={name}"))?;
@@ -84,7 +89,7 @@ fn main() -> Result<()> {
         Cmd::Inspect(a) => tools::inspect(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Demo(a) => net::demo::run(a),
-        Cmd::Coordinator(a) => Ok(tessera_node::coordinator::run(a.options())?),
+        Cmd::Coordinator(a) => net::coordinator(a),
         Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
         Cmd::Ledger(a) => net::ledger::run(a),
         Cmd::Audit(a) => net::ledger::audit(a),

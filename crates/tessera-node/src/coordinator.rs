@@ -31,7 +31,13 @@ pub struct CoordinatorOptions {
     pub eval_batches: u64,
     /// Seconds to wait after the last round for the nodes' final reports.
     pub linger_s: u64,
+    /// Where to publish what the run looks like ([`crate::view::Snapshot`]), every
+    /// [`crate::view::PUBLISH_EVERY`] while it changes: what `--http` serves.
+    pub publish: Option<Publisher>,
 }
+
+/// The sending end of the coordinator's published view (`tessera-web` holds the other).
+pub type Publisher = Arc<tokio::sync::watch::Sender<Option<Arc<crate::view::Snapshot>>>>;
 
 type Res<T> = std::result::Result<T, NodeError>;
 
@@ -85,6 +91,9 @@ struct Daemon {
     evaluated: u64,
     /// Evaluations running on blocking threads; the daemon exits only once they are recorded.
     evals_pending: usize,
+    dash: crate::view::Dash,
+    publish: Option<Publisher>,
+    published_at: Instant,
 }
 
 /// Runs a coordinator until its run is finished and the nodes' final reports are in.
@@ -160,6 +169,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
     log.info(&format!("listening; join with: tessera node --join {ticket}"));
     out(&format!("ticket: {ticket}"));
     let (tx, mut rx) = mpsc::channel::<Input>(MAX_INPUTS);
+    let dash = crate::view::Dash::new(&coord, &store.ledger()?);
     let mut d = Daemon {
         coord,
         store,
@@ -179,6 +189,9 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         data: a.data_dir.as_deref().map(tessera_data::Dataset::open).transpose()?.map(Arc::new),
         evaluated: u64::MAX,
         evals_pending: 0,
+        dash,
+        publish: a.publish.clone(),
+        published_at: Instant::now(),
     };
     if let (Some(ds), n @ 1..) = (&d.data, a.eval_every) {
         d.eval = Some((ds.clone(), n, a.eval_batches));
@@ -198,6 +211,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
             }
         }
         d.maybe_eval()?;
+        d.publish(false);
         if d.coord.is_finished() {
             let t = *finished_at.get_or_insert_with(Instant::now);
             let reported = d.coord.all_reported() || t.elapsed() > Duration::from_secs(a.linger_s);
@@ -207,6 +221,7 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
         }
     }
     d.record_traffic()?;
+    d.publish(true);
     if d.coord.is_finished() {
         let path = export_model(&d.coord, &a.dir.join("model"))?;
         d.log.info(&format!("final model written to {} (tessera sample --checkpoint …)", path.display()));
@@ -357,7 +372,10 @@ impl Daemon {
                 match loss.map_err(|e| e.to_string()) {
                     // A diverged model's loss is not a number: said, not fatal to the run.
                     Ok(l) => match self.store.record_eval(r, ms, l) {
-                        Ok(()) => self.log.info(&format!("round {r}: validation loss {l:.4}")),
+                        Ok(()) => {
+                            self.dash.eval(r, ms, l);
+                            self.log.info(&format!("round {r}: validation loss {l:.4}"))
+                        }
                         Err(e @ crate::StoreError::NotFinite { .. }) => self.log.warn(&e.to_string()),
                         Err(e) => return Err(e.into()),
                     },
@@ -388,6 +406,9 @@ impl Daemon {
             Input::Frame(peer, s, queued) => {
                 queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 assert_eq!(s.sender, peer, "frames are checked against their connection first");
+                if self.coord.has_joined(&peer) {
+                    self.dash.frame(&peer, &s.message);
+                }
                 self.coord.handle(now, *s)
             }
             Input::Fetched(peer, hash, got) => self.coord.fetched(now, peer, hash, got),
@@ -412,6 +433,20 @@ impl Daemon {
         assert!(self.gates.len() <= self.conns.lock().expect("conns").len() + 1, "a gate per connection");
     }
 
+    /// Publishes the view if it changed and [`crate::view::PUBLISH_EVERY`] has passed since
+    /// the last time (`force`: now, whatever changed). Never waits on a reader.
+    fn publish(&mut self, force: bool) {
+        let Some(tx) = &self.publish else { return };
+        if !force && self.published_at.elapsed() < crate::view::PUBLISH_EVERY {
+            return;
+        }
+        let now = self.now_ms();
+        if let Some(s) = self.dash.snapshot(&self.coord, now, self.net.traffic(), force) {
+            tx.send_replace(Some(Arc::new(s)));
+            self.published_at = Instant::now();
+        }
+    }
+
     fn record_traffic(&self) -> Res<()> {
         let b = postcard::to_allocvec(&self.net.traffic()).map_err(|e| NodeError::Run(e.to_string()))?;
         self.store.set_meta("check_s", &self.check_s.to_le_bytes())?;
@@ -428,7 +463,9 @@ impl Daemon {
     }
 
     fn execute(&mut self, outs: Vec<Output>) -> Res<()> {
+        let now = self.now_ms();
         for o in outs {
+            self.dash.output(now, &o);
             match o {
                 Output::Send { to, message } => {
                     let f = tessera_wire::encode(&self.key, self.seq.next(), &message)?;

@@ -5,7 +5,9 @@
 //! wire the sans-IO state machines of `tessera-coord` to the `tessera-net` transport, the
 //! clock, the disk and the thread pool. A driver here only executes the machines' outputs in
 //! order; what a message means is decided in `tessera-coord`, so the simulator and the
-//! daemons cannot diverge.
+//! daemons cannot diverge. The coordinator also publishes what its run looks like
+//! ([`view::Snapshot`]) for the HTTP service of `tessera-web`, and every daemon's [`Log`]
+//! writes human lines or JSON ([`set_log_format`]).
 //!
 //! **Invariants.** A coordinator decision is written to the store before it is announced
 //! (persist before announce), and a round closes at most once (a database constraint). Blobs
@@ -13,7 +15,8 @@
 //! bounded by a named constant.
 //!
 //! **Must not.** Parse command lines or draw progress bars (that is `tessera-cli`'s), decide
-//! protocol questions itself, or trust a byte from a peer or the disk unchecked.
+//! protocol questions itself, trust a byte from a peer or the disk unchecked, or wait on a
+//! reader of its published view.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -26,6 +29,7 @@ mod store;
 pub mod trainer;
 mod twin;
 mod validator;
+pub mod view;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -239,12 +243,56 @@ impl Log {
     }
 
     pub fn info(&self, msg: &str) {
-        self.line("INFO", msg);
+        match log_format() {
+            LogFormat::Human => self.line("INFO", msg),
+            LogFormat::Json => {
+                tracing::info!(who = %self.who, uptime_s = self.t0.elapsed().as_secs_f64(), "{msg}")
+            }
+        }
     }
 
     pub fn warn(&self, msg: &str) {
-        self.line("WARN", msg);
+        match log_format() {
+            LogFormat::Human => self.line("WARN", msg),
+            LogFormat::Json => {
+                tracing::warn!(who = %self.who, uptime_s = self.t0.elapsed().as_secs_f64(), "{msg}")
+            }
+        }
     }
+}
+
+/// How the daemons' logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `   1.23s INFO coordinator: round 3 closed: …`
+    #[default]
+    Human,
+    /// One JSON object per line, through tracing-subscriber: `timestamp`, `level`, `fields`
+    /// (`message`, `who`, `uptime_s`) and `target`.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Sets how every [`Log`] of this process writes (once, at start; later calls are ignored).
+/// JSON installs a tracing-subscriber JSON writer on stderr.
+pub fn set_log_format(f: LogFormat) {
+    if LOG_FORMAT.set(f).is_ok() && f == LogFormat::Json {
+        // Our own lines at info; the libraries below (iroh, quinn) only when they warn, unless
+        // RUST_LOG says otherwise.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tessera_node=info"));
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .try_init();
+    }
+}
+
+fn log_format() -> LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,3 +10,8 @@ pub const FRAME_BURST: u64 = 1_000;
 pub const MAX_QUEUED_PER_PEER: usize = 256;
 
 pub use tessera_net::RateLimit;
+
+/// Peers listed in the dashboard's view at most (members, validators, and those gone).
+pub const MAX_PEERS_SHOWN: usize = 8192;
+/// Peers that left remembered for the view at most.
+pub const MAX_LEFT_SHOWN: usize = 4096;

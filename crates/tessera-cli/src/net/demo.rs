@@ -231,16 +231,33 @@ pub fn run(a: DemoArgs) -> Result<()> {
         }
     }
     let mut kids = Children(Vec::new());
-    let coord_args =
-        ["coordinator", "--config", &s(&cfg_path), "--dir", &s(&coord_dir), "--data-dir", &s(&a.data_dir)];
+    // The validation loss every 5 rounds, for the dashboard's loss curve.
+    let coord_args = [
+        "coordinator",
+        "--config",
+        &s(&cfg_path),
+        "--dir",
+        &s(&coord_dir),
+        "--data-dir",
+        &s(&a.data_dir),
+        "--eval-every",
+        "5",
+    ];
     let mut coord_args: Vec<String> = coord_args.map(String::from).to_vec();
+    let mut http_port = 0;
     if a.chaos.is_some() {
-        // A restarted coordinator must come back where the trainers dial it.
+        // A restarted coordinator must come back where the trainers (and the dashboard's
+        // reader) dial it.
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         coord_args.extend(["--bind".to_string(), format!("127.0.0.1:{port}")]);
+        http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     }
+    coord_args.extend(["--http".to_string(), format!("127.0.0.1:{http_port}")]);
+    let _ = std::fs::remove_file(coord_dir.join("http"));
     kids.start(&a.dir, "coordinator", coord_args)?;
     let ticket = wait_for_file(&coord_dir.join("ticket"), Duration::from_secs(60))?;
+    let url = wait_for_file(&coord_dir.join("http"), Duration::from_secs(10))?;
+    crate::out(&format!("demo: watch the run at {url}"));
     crate::out(&format!(
         "demo: coordinator at {ticket}; {} trainers, {} preset, {} H={} with {} updates, {} rounds",
         a.peers,

@@ -61,6 +61,33 @@ pub struct CoordinatorArgs {
     /// Seconds to wait after the last round for the nodes' final reports.
     #[arg(long, default_value_t = 5)]
     pub linger_s: u64,
+    /// Serve the dashboard, the JSON API and /metrics on this address (e.g. 127.0.0.1:8080;
+    /// port 0 picks one). Off unless given; give a non-loopback address to expose it.
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// `tessera coordinator`: starts the HTTP service first when asked (printing its address and
+/// writing it to `<dir>/http`), then runs the coordinator.
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let web = match a.http {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                eprintln!("warning: the dashboard at {addr} is reachable from other machines (read-only)");
+            }
+            let web = tessera_web::spawn(addr)?;
+            std::fs::create_dir_all(&a.dir)?;
+            let tmp = a.dir.join("http.tmp");
+            std::fs::write(&tmp, web.url())?;
+            std::fs::rename(&tmp, a.dir.join("http"))?;
+            crate::out(&format!("dashboard: {}", web.url()));
+            Some(web)
+        }
+        None => None,
+    };
+    let mut o = a.options();
+    o.publish = web.as_ref().map(|w| w.publisher.clone());
+    Ok(tessera_node::coordinator::run(o)?)
 }
 
 impl CoordinatorArgs {
@@ -73,6 +100,7 @@ impl CoordinatorArgs {
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             linger_s: self.linger_s,
+            publish: None,
         }
     }
 }

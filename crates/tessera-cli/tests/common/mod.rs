@@ -164,6 +164,11 @@ impl Run {
     }
 
     pub fn coordinator(&self, name: &str) -> (Proc, String) {
+        self.coordinator_with(name, &[])
+    }
+
+    /// The coordinator, with `extra` arguments.
+    pub fn coordinator_with(&self, name: &str, extra: &[&str]) -> (Proc, String) {
         let s = |p: &Path| p.display().to_string();
         let cdir = self.dir.join("coord");
         let _ = std::fs::remove_file(cdir.join("ticket"));
@@ -182,7 +187,9 @@ impl Run {
             "--eval-batches",
             "1",
         ];
-        let p = Proc::start(&self.dir, name, &args.map(String::from));
+        let mut args: Vec<String> = args.map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let p = Proc::start(&self.dir, name, &args);
         let t0 = Instant::now();
         loop {
             if let Ok(t) = std::fs::read_to_string(cdir.join("ticket")) {
@@ -345,4 +352,32 @@ pub fn simulated(run: &Run, ids: &[u8]) -> String {
     }
     p.run_until(run.cfg.rounds).unwrap();
     tessera_net::hex(&p.coordinator().state_hash())
+}
+
+/// One HTTP/1.1 request to `base` (`http://host:port/`): the status and the body.
+pub fn http(base: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    // Every answer here has a Content-Length (JSON, HTML and the metrics are not streamed).
+    Ok((status, body.to_string()))
+}
+
+/// Waits for the coordinator's dashboard address (`<dir>/coord/http`).
+pub fn dashboard(run: &Run) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(u) = std::fs::read_to_string(run.dir.join("coord").join("http")) {
+            return u.trim().to_string();
+        }
+        assert!(t0.elapsed() < WAIT, "no dashboard address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

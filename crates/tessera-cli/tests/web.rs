@@ -1,0 +1,203 @@
+//! The coordinator's HTTP service with real processes on loopback (issue: see the run): its
+//! JSON API and `/metrics` follow a live run, agree with what the coordinator stored, and
+//! refuse bad requests with typed errors.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tessera_coord::Message;
+
+/// What the test saw of the API while the run was live: the last good answer of each path.
+#[derive(Default)]
+struct Seen {
+    run: Option<Value>,
+    peers: Option<Value>,
+    rounds: BTreeMap<u64, Value>,
+    ledger: BTreeMap<u64, Value>,
+    metrics: Vec<prometheus_parse::Scrape>,
+}
+
+fn json(url: &str, path: &str) -> Option<Value> {
+    match http(url, "GET", path) {
+        Ok((200, body)) => {
+            Some(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+        }
+        _ => None, // not up yet, or gone
+    }
+}
+
+fn scrape(url: &str) -> Option<prometheus_parse::Scrape> {
+    let (status, body) = http(url, "GET", "/metrics").ok()?;
+    (status == 200).then(|| {
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("the text format parses")
+    })
+}
+
+fn sample(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    s.samples.iter().find(|m| m.metric == name && label.is_none_or(|(k, v)| m.labels.get(k) == Some(v))).map(
+        |m| match m.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+/// Polls every API path until the coordinator exits.
+fn watch(url: &str, coord: &mut Proc) -> Seen {
+    let mut seen = Seen::default();
+    let t0 = Instant::now();
+    while coord.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < WAIT, "the run did not end");
+        if let Some(v) = json(url, "/api/run") {
+            seen.run = Some(v);
+        }
+        if let Some(v) = json(url, "/api/peers") {
+            seen.peers = Some(v);
+        }
+        if let Some(page) = json(url, "/api/rounds?from=0") {
+            for r in page["rounds"].as_array().unwrap() {
+                seen.rounds.insert(r["round"].as_u64().unwrap(), r.clone());
+            }
+        }
+        let from = seen.ledger.len();
+        if let Some(page) = json(url, &format!("/api/ledger?from={from}")) {
+            for e in page["entries"].as_array().unwrap() {
+                seen.ledger.insert(e["seq"].as_u64().unwrap(), e.clone());
+            }
+        }
+        if let Some(m) = scrape(url) {
+            seen.metrics.push(m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+/// Two honest trainers and one that never commits, 4 rounds: every answer of the API is
+/// checked against the coordinator's store, the metrics move with the run, and bad requests
+/// get typed errors.
+#[test]
+fn the_api_and_metrics_follow_a_live_run_and_agree_with_the_store() {
+    let cfg = config(3, 4).with(|c| c.min_round_ms = 500);
+    let run = Run::new("web-api", cfg);
+    let (mut coord, ticket) = run.coordinator_with("coord", &["--http", "127.0.0.1:0"]);
+    let url = dashboard(&run);
+    assert!(coord.stdout().contains(&format!("dashboard: {url}")), "the address is printed");
+    // Bad requests, while it runs: only GET, bounded pages, typed errors.
+    let (status, _) = http(&url, "POST", "/api/run").unwrap();
+    assert_eq!(status, 405, "anything but GET is refused");
+    let (status, body) = http(&url, "GET", "/api/rounds?from=minus-one").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("\"error\""), "a typed JSON error: {body}");
+    let (status, _) = http(&url, "GET", "/no/such/page").unwrap();
+    assert_eq!(status, 404);
+    let (status, page) = http(&url, "GET", "/").unwrap();
+    assert!(status == 200 && page.contains("<canvas id=\"loss\""), "the dashboard is served");
+    let _nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    let _stalled = run.node(&ticket, 3, &["--slow-step-ms", "600000"]);
+    let seen = watch(&url, &mut coord);
+    // Rounds: the same state, the same accepted updates and the same typed-then-worded
+    // rejections as the coordinator's own records.
+    assert!(seen.rounds.len() >= 3, "most rounds were seen live: {:?}", seen.rounds.keys());
+    let db = run.db();
+    let mut no_commit = 0;
+    for (round, r) in &seen.rounds {
+        let (accept, state): (Vec<u8>, Vec<u8>) = db
+            .query_row("SELECT accept, state_hash FROM rounds WHERE round = ?1", [*round as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(r["state_hash"], tessera_net::hex(&state), "round {round}'s state");
+        let Message::Accept { accepted, updates, rejected, .. } = postcard::from_bytes(&accept).unwrap()
+        else {
+            panic!("round {round}: not an Accept")
+        };
+        let api_acc: Vec<(String, String)> = r["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["peer"].as_str().unwrap().to_string(), a["update"].as_str().unwrap().to_string()))
+            .collect();
+        let stored: Vec<(String, String)> =
+            accepted.iter().zip(&updates).map(|(p, u)| (tessera_net::hex(p), tessera_net::hex(u))).collect();
+        assert_eq!(api_acc, stored, "round {round}'s accepted updates");
+        let api_rej: Vec<(String, String)> = r["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["peer"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string()))
+            .collect();
+        let stored: Vec<(String, String)> =
+            rejected.iter().map(|(p, why)| (tessera_net::hex(p), why.clone())).collect();
+        assert_eq!(api_rej, stored, "round {round}'s rejections and their reasons");
+        no_commit += r["rejected"].as_array().unwrap().iter().filter(|x| x["kind"] == "no_commit").count();
+        assert!(r["train_loss"].as_f64().is_some_and(|l| l > 0.0), "the trainers' losses are shown");
+        assert!(r["ddp_bytes"].as_u64().unwrap() > r["update_bytes"].as_u64().unwrap());
+    }
+    assert!(no_commit >= 1, "the stalled member's rounds are left out as no_commit");
+    // The ledger: every entry seen is the stored record of that number.
+    assert!(!seen.ledger.is_empty());
+    for (seq, e) in &seen.ledger {
+        let rec: Vec<u8> = db
+            .query_row("SELECT record FROM ledger WHERE seq = ?1", [*seq as i64], |row| row.get(0))
+            .unwrap();
+        let rec = tessera_ledger::Record::decode(&rec).unwrap();
+        assert_eq!(e["hash"], tessera_net::hex(&rec.hash()), "ledger entry {seq}");
+        assert_eq!(e["kind"], rec.entry.kind());
+    }
+    // The run: its ledger head is the stored record it names.
+    let r = seen.run.expect("the run was seen");
+    let entries = r["ledger_entries"].as_u64().unwrap();
+    let head: Vec<u8> = db
+        .query_row("SELECT record FROM ledger WHERE seq = ?1", [(entries - 1) as i64], |row| row.get(0))
+        .unwrap();
+    assert_eq!(r["ledger_head"], tessera_net::hex(&tessera_ledger::Record::decode(&head).unwrap().hash()));
+    assert_eq!(r["algorithm"], "diloco");
+    // Peers: both honest trainers, as trainers, with their stake and what they earned.
+    let peers = seen.peers.expect("the peers were seen");
+    let peers = peers["peers"].as_array().unwrap();
+    for i in 1..=2u8 {
+        let p = peers
+            .iter()
+            .find(|p| p["id"] == tessera_net::hex(&peer_id(i)))
+            .expect("an honest trainer is listed");
+        assert_eq!((p["role"].as_str(), p["state"].as_str()), (Some("trainer"), Some("active")));
+        assert!(p["rounds_delivered"].as_u64().unwrap() >= 2 && p["stake"].as_u64().unwrap() > 0);
+    }
+    // Metrics: a real parser reads them, and the counters moved with the run.
+    let (first, last) = (seen.metrics.first().unwrap(), seen.metrics.last().unwrap());
+    let rounds = |s| sample(s, "tessera_rounds_total", None).unwrap();
+    assert!(rounds(last) > rounds(first), "the round counter moved: {} -> {}", rounds(first), rounds(last));
+    let accepted = sample(last, "tessera_updates_accepted_total", None).unwrap();
+    assert_eq!(accepted, 2.0 * rounds(last), "two honest updates a round");
+    let left_out = sample(last, "tessera_updates_rejected_total", Some(("reason", "no_commit")));
+    assert!(left_out.is_some_and(|n| n >= 1.0), "rejections are counted by reason");
+    assert!(sample(last, "tessera_bytes_received_total", None).unwrap() > 0.0);
+    assert!(sample(last, "tessera_members", None).is_some());
+}
+
+/// `--log-format json`: every line a daemon writes to stderr is one JSON object with a
+/// level, a message and who wrote it.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let run = Run::new("json-logs", config(1, 1));
+    let (mut coord, ticket) = run.coordinator_with("coord", &["--log-format", "json"]);
+    let mut node = run.node(&ticket, 1, &["--log-format", "json"]);
+    coord.finish();
+    node.finish();
+    for (who, log) in [("coordinator", coord.log()), ("node", node.log())] {
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() >= 2, "{who} logged:\n{log}");
+        for l in lines {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{who}: not JSON ({e}): {l}"));
+            assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{who}: {l}");
+            assert!(v["fields"]["who"].is_string(), "{who}: {l}");
+        }
+    }
+}
