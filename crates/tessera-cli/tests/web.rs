@@ -48,6 +48,12 @@ fn sample(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>)
     )
 }
 
+/// The (`a`, `b`) string fields of each object of a JSON array.
+fn pairs(v: &Value, a: &str, b: &str) -> Vec<(String, String)> {
+    let field = |o: &Value, k: &str| o[k].as_str().unwrap_or_else(|| panic!("no {k} in {o}")).to_string();
+    v.as_array().expect("an array").iter().map(|o| (field(o, a), field(o, b))).collect()
+}
+
 /// Polls every API path until the coordinator exits.
 fn watch(url: &str, coord: &mut Proc) -> Seen {
     let mut seen = Seen::default();
@@ -118,21 +124,11 @@ fn the_api_and_metrics_follow_a_live_run_and_agree_with_the_store() {
         else {
             panic!("round {round}: not an Accept")
         };
-        let api_acc: Vec<(String, String)> = r["accepted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| (a["peer"].as_str().unwrap().to_string(), a["update"].as_str().unwrap().to_string()))
-            .collect();
+        let api_acc = pairs(&r["accepted"], "peer", "update");
         let stored: Vec<(String, String)> =
             accepted.iter().zip(&updates).map(|(p, u)| (tessera_net::hex(p), tessera_net::hex(u))).collect();
         assert_eq!(api_acc, stored, "round {round}'s accepted updates");
-        let api_rej: Vec<(String, String)> = r["rejected"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| (x["peer"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string()))
-            .collect();
+        let api_rej = pairs(&r["rejected"], "peer", "reason");
         let stored: Vec<(String, String)> =
             rejected.iter().map(|(p, why)| (tessera_net::hex(p), why.clone())).collect();
         assert_eq!(api_rej, stored, "round {round}'s rejections and their reasons");

@@ -546,7 +546,7 @@ impl Coordinator {
     }
 
     fn commit(&mut self, now_ms: u64, from: PeerId, m: &Message) -> Result<(), Reject> {
-        let Message::Commit { round, update, update_len: len, root, sig, .. } = m else {
+        let Message::Commit { round, update, update_len: len, root, sig, loss_milli, .. } = m else {
             return Err(Reject::Unexpected("a commit"));
         };
         let (round, len) = (*round, *len);
@@ -580,6 +580,12 @@ impl Coordinator {
                     *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
                 }
                 self.out.push(Output::Fetch { from, hash: *update, len });
+                self.out.push(Output::Event(Event::Committed {
+                    round,
+                    peer: from,
+                    bytes: len,
+                    loss_milli: *loss_milli,
+                }));
                 self.draw_check(from, *root, *update);
                 self.tighten_deadline();
             }
@@ -723,6 +729,7 @@ impl Coordinator {
             start_state: None,
             reopened: false,
         });
+        self.event(Event::Opened { round, started_ms: now_ms, deadline_ms: now_ms + deadline_ms });
     }
 
     /// `slack ×` the [`DEADLINE_QUANTILE`] of this round's peers' known round times, clamped;

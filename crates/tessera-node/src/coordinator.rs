@@ -406,9 +406,6 @@ impl Daemon {
             Input::Frame(peer, s, queued) => {
                 queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 assert_eq!(s.sender, peer, "frames are checked against their connection first");
-                if self.coord.has_joined(&peer) {
-                    self.dash.frame(&peer, &s.message);
-                }
                 self.coord.handle(now, *s)
             }
             Input::Fetched(peer, hash, got) => self.coord.fetched(now, peer, hash, got),
@@ -598,6 +595,8 @@ impl Daemon {
 
     fn on_event(&mut self, e: Event) {
         match e {
+            // Shown on the dashboard (the Dash takes them), not worth a log line each.
+            Event::Opened { .. } | Event::Committed { .. } => {}
             Event::Joined(p) => self.log.info(&format!("{} joined", short(&p))),
             Event::Left(p) => {
                 // Forget its connection too, so churn does not grow these maps.

@@ -1,6 +1,6 @@
 //! What the coordinator daemon shows of its run: a [`Snapshot`] it publishes every
 //! [`PUBLISH_EVERY`] (and when the run ends), which the HTTP service (`tessera-web`) reads.
-//! The daemon feeds a [`Dash`] the frames it handles and the outputs it executes; the service
+//! The daemon feeds a [`Dash`] the outputs it executes (events and records); the service
 //! only ever reads published snapshots, so no request takes a lock of the protocol or waits
 //! on its event loop. Everything kept is bounded ([`MAX_VIEW_ROUNDS`] and friends), and a
 //! snapshot is cheap to clone: history lives in shared chunks ([`Chunked`]).
@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tessera_coord::{Coordinator, Event, Hash32, Output, PeerId, Record};
+use tessera_coord::{ClosedRound, Coordinator, Event, Hash32, Output, PeerId, Record};
 use tessera_net::hex;
-use tessera_wire::Message;
 
 /// How often the daemon publishes a snapshot while the run changes.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -22,8 +21,6 @@ pub const MAX_VIEW_ROUNDS: usize = 100_000;
 pub const MAX_VIEW_CHECKS: usize = 100_000;
 /// Ledger entries kept in the view (`tessera ledger` reads the whole log from the store).
 pub const MAX_VIEW_LEDGER: usize = 1_000_000;
-/// Commits remembered for the open and the next round (a loss and a length each).
-const MAX_PENDING_COMMITS: usize = 2 * tessera_wire::MAX_MEMBERS;
 /// Items per shared chunk of a [`Chunked`] history.
 const CHUNK: usize = 256;
 
@@ -261,9 +258,11 @@ pub struct Snapshot {
 /// The daemon's accumulator of what it has seen, turned into a [`Snapshot`] on publication.
 pub struct Dash {
     snap: Snapshot,
-    /// Commits of rounds not closed yet: (round, peer) → (update length, loss).
-    commits: BTreeMap<(u64, PeerId), (u64, Option<f64>)>,
-    started: BTreeMap<u64, (u64, u64)>,
+    /// The open round's commits the coordinator took: peer → (update length, reported
+    /// loss); at most one per assigned member, cleared at the close.
+    commits: BTreeMap<PeerId, (u64, Option<f64>)>,
+    /// The open round: its number, start and deadline.
+    opened: Option<(u64, u64, u64)>,
     delivered: BTreeMap<PeerId, u64>,
     left: std::collections::BTreeSet<PeerId>,
     /// The open close's left-out updates (its `LeftOut` events come just before its record).
@@ -279,7 +278,7 @@ impl Dash {
     pub fn new(coord: &Coordinator, ledger: &[tessera_ledger::Record]) -> Self {
         let cfg = coord.config();
         let run = RunInfo {
-            algorithm: format!("{:?}", cfg.algo).to_lowercase(),
+            algorithm: cfg.algo.to_string(),
             preset: cfg.preset.clone(),
             rounds: cfg.rounds,
             round: coord.round(),
@@ -309,7 +308,7 @@ impl Dash {
         let mut d = Self {
             snap,
             commits: BTreeMap::new(),
-            started: BTreeMap::new(),
+            opened: None,
             delivered: BTreeMap::new(),
             left: Default::default(),
             pending_rejected: Vec::new(),
@@ -321,24 +320,9 @@ impl Dash {
         d
     }
 
-    /// A verified frame from a member, before the state machine handles it.
-    pub fn frame(&mut self, from: &PeerId, m: &Message) {
-        if let Message::Commit { round, update_len, loss_milli, .. } = m {
-            let loss = (*loss_milli != u32::MAX).then(|| f64::from(*loss_milli) / 1000.0);
-            if self.commits.len() < MAX_PENDING_COMMITS {
-                self.commits.insert((*round, *from), (*update_len, loss));
-            }
-        }
-    }
-
     /// An output of the state machine, as the daemon executes it.
     pub fn output(&mut self, now_ms: u64, o: &Output) {
         match o {
-            Output::Persist(Record::RoundStarted { round, start }) => {
-                if let Message::RoundStart { deadline_ms, .. } = start {
-                    self.started.insert(*round, (now_ms, now_ms.saturating_add(*deadline_ms)));
-                }
-            }
             Output::Persist(rec @ Record::RoundClosed { round, accept, state_hash, .. }) => {
                 self.closed(now_ms, *round, accept, state_hash);
                 self.ledger(rec.ledger_records());
@@ -356,12 +340,14 @@ impl Dash {
         self.dirty = true;
     }
 
-    fn closed(&mut self, now_ms: u64, round: u64, accept: &Message, state_hash: &Hash32) {
-        let Message::Accept { accepted, updates, rejected: _, .. } = accept else { return };
+    fn closed(&mut self, now_ms: u64, round: u64, accept: &tessera_wire::Message, state_hash: &Hash32) {
+        let Some(ClosedRound { accepted, updates, .. }) = ClosedRound::of(accept) else { return };
+        // A round reopened after a restart was not seen opening: it has no start here.
+        let window = self.opened.take().filter(|o| o.0 == round);
         let mut view = RoundView {
             round,
-            started_ms: self.started.get(&round).map(|s| s.0),
-            deadline_ms: self.started.get(&round).map(|s| s.1),
+            started_ms: window.map(|o| o.1),
+            deadline_ms: window.map(|o| o.2),
             closed_ms: now_ms,
             accepted: Vec::with_capacity(accepted.len()),
             rejected: Vec::new(),
@@ -370,8 +356,8 @@ impl Dash {
             train_loss: None,
             state_hash: hex(state_hash),
         };
-        for (p, u) in accepted.iter().zip(updates) {
-            let (bytes, loss) = self.commits.get(&(round, *p)).map_or((None, None), |c| (Some(c.0), c.1));
+        for (p, u) in accepted.iter().zip(&updates) {
+            let (bytes, loss) = self.commits.get(p).map_or((None, None), |c| (Some(c.0), c.1));
             view.update_bytes += bytes.unwrap_or(0);
             view.accepted.push(AcceptedView { peer: hex(p), update: hex(u), bytes, loss });
             *self.delivered.entry(*p).or_default() += 1;
@@ -384,14 +370,21 @@ impl Dash {
         c.accepted += accepted.len() as u64;
         c.update_bytes += view.update_bytes;
         c.ddp_bytes += view.ddp_bytes;
-        self.commits.retain(|(r, _), _| *r > round);
-        self.started.retain(|r, _| *r > round);
+        self.commits.clear();
         self.snap.rounds.push(view);
     }
 
     fn event(&mut self, e: &Event) {
         let c = &mut self.snap.counters;
         match e {
+            Event::Opened { round, started_ms, deadline_ms } => {
+                self.opened = Some((*round, *started_ms, *deadline_ms));
+                self.commits.clear();
+            }
+            Event::Committed { peer, bytes, loss_milli, .. } => {
+                let loss = (*loss_milli != u32::MAX).then(|| f64::from(*loss_milli) / 1000.0);
+                self.commits.insert(*peer, (*bytes, loss));
+            }
             Event::LeftOut { peer, reason, .. } => {
                 *c.rejected.entry(reason.kind()).or_default() += 1;
                 if self.pending_rejected.len() < tessera_wire::MAX_MEMBERS {

@@ -124,6 +124,8 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClosedRound {
     pub accepted: Vec<PeerId>,
+    /// The accepted update blobs, in the order of `accepted`.
+    pub updates: Vec<Hash32>,
     /// NoLoCo: each member's replica after the round (what a restart restores).
     pub replicas: Vec<(PeerId, Hash32)>,
     /// Blobs that expire with the round's state checkpoint (NoLoCo's φ and replica blobs).
@@ -133,11 +135,11 @@ pub struct ClosedRound {
 impl ClosedRound {
     /// `None` when `accept` is not an `Accept`.
     pub fn of(accept: &Message) -> Option<Self> {
-        let Message::Accept { accepted, pairs, .. } = accept else { return None };
+        let Message::Accept { accepted, updates, pairs, .. } = accept else { return None };
         let replicas = pairs.as_ref().map(|p| p.replicas.clone()).unwrap_or_default();
         let phis = pairs.iter().flat_map(|p| p.phis.iter().copied());
         let expiring = phis.chain(replicas.iter().map(|r| r.1)).collect();
-        Some(Self { accepted: accepted.clone(), replicas, expiring })
+        Some(Self { accepted: accepted.clone(), updates: updates.clone(), replicas, expiring })
     }
 }
 
@@ -145,6 +147,20 @@ impl ClosedRound {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Joined(PeerId),
+    /// Round `round` started at `started_ms`, due by `deadline_ms` (the caller's clock).
+    Opened {
+        round: u64,
+        started_ms: u64,
+        deadline_ms: u64,
+    },
+    /// A member's commit was taken for the round: its update's length, and the mean loss it
+    /// reports (thousandths; shown, never trusted).
+    Committed {
+        round: u64,
+        peer: PeerId,
+        bytes: u64,
+        loss_milli: u32,
+    },
     Left(PeerId),
     Rejected {
         from: PeerId,
