@@ -80,7 +80,10 @@ fn the_dashboard_of_a_live_run_lists_every_trainer_and_draws_the_loss_without_co
         );
         assert!(t0.elapsed() < WAIT, "the page never listed every trainer with loss points");
         let (dom, stderr) = chromium(&["--dump-dom"], &url);
-        if rows_of(&dom, "peers") >= trainers as usize && points_of(&dom, "loss") > 0 {
+        // The loss chart can have its round-0 validation point before any round closed, so
+        // wait for a closed round too (the bytes and timeline charts' points).
+        let charts = ["loss", "bytes", "timeline"].iter().all(|c| points_of(&dom, c) > 0);
+        if rows_of(&dom, "peers") >= trainers as usize && charts {
             break (dom, stderr);
         }
     };
