@@ -90,7 +90,7 @@ fn main() -> Result<()> {
         Cmd::Bench(b) => bench::run(b),
         Cmd::Demo(a) => net::demo::run(a),
         Cmd::Coordinator(a) => net::coordinator(a),
-        Cmd::Node(a) => Ok(tessera_node::trainer::run(a.options())?),
+        Cmd::Node(a) => net::node(a),
         Cmd::Ledger(a) => net::ledger::run(a),
         Cmd::Audit(a) => net::ledger::audit(a),
         Cmd::Vopr(a) => vopr::run(a),

@@ -197,3 +197,120 @@ fn json_logs_are_one_object_a_line() {
         }
     }
 }
+
+/// The `status: URL` line a node printed.
+fn status_url(node: &Proc) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(u) = node.stdout().lines().find_map(|l| l.strip_prefix("status: ")) {
+            return u.trim().to_string();
+        }
+        assert!(t0.elapsed() < WAIT, "no status address:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tessera node --http`: the node's own status follows its run (phases, its state and
+/// whether it agrees, its bytes, its balance) and matches the coordinator's word; its
+/// metrics parse and move.
+#[test]
+fn a_nodes_status_page_follows_its_run_and_agrees_with_the_coordinator() {
+    let run = Run::new("web-node", config(1, 4).with(|c| c.min_round_ms = 400));
+    let (mut coord, ticket) = run.coordinator_with("coord", &["--http", "127.0.0.1:0"]);
+    let curl = dashboard(&run);
+    let mut node = run.node(&ticket, 1, &["--http", "127.0.0.1:0"]);
+    let url = status_url(&node);
+    let (mut phases, mut statuses, mut scrapes) = (Vec::<String>::new(), Vec::<Value>::new(), Vec::new());
+    let mut coord_peer = None;
+    let t0 = Instant::now();
+    while node.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < WAIT, "the run did not end");
+        if let Some(s) = json(&url, "/api/status") {
+            let p = s["phase"].as_str().unwrap().to_string();
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+            statuses.push(s);
+        }
+        if let Some(m) = scrape(&url) {
+            scrapes.push(m);
+        }
+        if let Some(p) = json(&curl, "/api/peers") {
+            let me = tessera_net::hex(&peer_id(1));
+            coord_peer =
+                p["peers"].as_array().unwrap().iter().find(|x| x["id"] == me).cloned().or(coord_peer);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    coord.finish();
+    assert!(phases.iter().any(|p| p == "training") && phases.iter().any(|p| p == "waiting"), "{phases:?}");
+    let last = statuses.last().expect("the status was served");
+    assert_eq!(
+        (last["role"].as_str(), last["id"].as_str()),
+        (Some("trainer"), Some(&*tessera_net::hex(&peer_id(1))))
+    );
+    assert!(last["bytes_sent"].as_u64().unwrap() > 0 && last["bytes_received"].as_u64().unwrap() > 0);
+    assert!(last["commits"].as_u64().unwrap() >= 2, "{last}");
+    // Every state it said it held after r ≥ 1 rounds is the coordinator's state of round r-1,
+    // and it said it agreed.
+    let db = run.db();
+    let mut checked = 0;
+    for s in &statuses {
+        let (Some(r), Some(h)) = (s["state_round"].as_u64(), s["state_hash"].as_str()) else { continue };
+        if r == 0 {
+            continue;
+        }
+        let stored: Vec<u8> = db
+            .query_row("SELECT state_hash FROM rounds WHERE round = ?1", [(r - 1) as i64], |row| row.get(0))
+            .unwrap();
+        assert_eq!(h, tessera_net::hex(&stored), "the state after {r} rounds");
+        checked += 1;
+    }
+    assert!(checked >= 2, "states were shown: {checked}");
+    assert!(statuses.iter().any(|s| s["agrees"] == true) && statuses.iter().all(|s| s["agrees"] != false));
+    // Its balance by its own verified ledger copy is the coordinator's.
+    let (mine, theirs) = (&last["balance"], coord_peer.expect("the coordinator listed the node"));
+    assert_eq!(mine["stake"], theirs["stake"], "{mine} vs {theirs}");
+    assert!(mine["active"] == true && last["ledger_len"].as_u64().unwrap() > 2);
+    // Metrics: one phase at a time; the byte and commit counters moved.
+    let (first, lastm) = (scrapes.first().unwrap(), scrapes.last().unwrap());
+    let on: Vec<_> = lastm.samples.iter().filter(|m| m.metric == "tessera_node_phase").collect();
+    assert_eq!(on.len(), 8, "every phase has its gauge");
+    let ones = on.iter().filter(|m| matches!(m.value, prometheus_parse::Value::Gauge(v) if v == 1.0)).count();
+    assert_eq!(ones, 1, "the node is in one phase");
+    let sent = |s| sample(s, "tessera_node_bytes_sent_total", None).unwrap();
+    assert!(sent(lastm) > sent(first), "bytes sent moved: {} -> {}", sent(first), sent(lastm));
+    assert!(sample(lastm, "tessera_node_commits_total", None).unwrap() >= 1.0);
+    // The log says when it syncs (its first state is the coordinator's checkpoint).
+    assert!(node.log().contains("syncing: fetching the state of round 0"), "{}", node.log());
+}
+
+/// A node that cannot reach the coordinator says so, in its status and its log, counting
+/// its attempts, and gives up with a clear error after --reconnect-s.
+#[test]
+fn a_node_that_cannot_reach_the_coordinator_says_it_is_dialling() {
+    let run = Run::new("web-dialling", config(1, 1));
+    let ticket = format!("{}@127.0.0.1:{}", tessera_net::hex(&peer_id(99)), free_port());
+    let mut node = run.node(&ticket, 1, &["--http", "127.0.0.1:0", "--reconnect-s", "4"]);
+    let url = status_url(&node);
+    let t0 = Instant::now();
+    let seen = loop {
+        if let Some(s) = json(&url, "/api/status") {
+            if s["detail"].as_str().is_some_and(|d| !d.ends_with("(attempt 1)")) {
+                break s;
+            }
+        }
+        assert!(t0.elapsed() < WAIT, "no second attempt shown:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(seen["phase"], "dialling");
+    assert!(seen["detail"].as_str().unwrap().starts_with("dialling the coordinator (attempt "), "{seen}");
+    assert_eq!(seen["connections"], 0);
+    let status = node.wait();
+    assert!(!status.success(), "it gives up");
+    let log = node.log();
+    assert!(
+        log.contains("dialling the coordinator") && log.contains("has been unreachable for 4 s"),
+        "{log}"
+    );
+}

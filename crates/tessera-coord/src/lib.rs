@@ -45,6 +45,7 @@ mod check;
 mod config;
 mod coordinator;
 mod ledger_copy;
+mod phase;
 mod referee;
 mod replicas;
 mod score;
@@ -72,6 +73,7 @@ pub use coordinator::{
 };
 pub use ed25519_dalek::SigningKey;
 pub use ledger_copy::{LedgerCopy, MAX_COPY_RECORDS};
+pub use phase::Phase;
 pub use referee::{settle, Claims, Settled};
 pub use replicas::{ClosedPairs, Replicas, MAX_REPLICA_HISTORY};
 pub use score::{run_score, score, Score, ScoreJob, MAX_SCORE_BATCHES, UNSEEN_SLOT};

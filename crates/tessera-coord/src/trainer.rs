@@ -306,6 +306,19 @@ impl Trainer {
         self.held.as_ref().map(|h| (h.state.round, h.hash))
     }
 
+    /// What it is doing now (for a status page; see [`crate::Phase`]).
+    pub fn phase(&self) -> crate::Phase {
+        use crate::Phase;
+        match (&self.spec, &self.want, self.training, &self.closing) {
+            _ if self.finished || self.pending_finish.is_some() => Phase::Done,
+            (None, ..) => Phase::Joining,
+            (_, Some(w), ..) => Phase::Syncing { round: w.round },
+            (_, _, Some((round, _)), _) => Phase::Training { round },
+            (_, _, _, Some(c)) => Phase::Closing { round: c.round },
+            _ => Phase::Waiting { round: Some(self.held.as_ref().map_or(self.round, |h| h.state.round)) },
+        }
+    }
+
     /// A (new) connection to the coordinator: ask to join. Fetches in flight on an old
     /// connection are answered with errors by the driver.
     pub fn connected(&mut self, now_ms: u64) -> Vec<Action> {

@@ -189,6 +189,17 @@ impl Validator {
         self.spec.as_ref().map(|s| &s.0)
     }
 
+    /// What it is doing now (for a status page; see [`crate::Phase`]).
+    pub fn phase(&self) -> crate::Phase {
+        use crate::Phase;
+        match (self.finished, &self.spec, self.tasks.len() + self.scores.len()) {
+            (true, ..) => Phase::Done,
+            (_, None, _) => Phase::Joining,
+            (_, _, 0) => Phase::Waiting { round: None },
+            (_, _, tasks) => Phase::Checking { tasks },
+        }
+    }
+
     /// A (new) connection to the coordinator: ask to join as a validator.
     pub fn connected(&mut self, _now_ms: u64) -> Vec<ValidatorAction> {
         let addrs = self.vc.addr.iter().cloned().collect();

@@ -25,6 +25,7 @@ pub mod coordinator;
 mod fetch;
 pub mod ledger_file;
 pub mod limits;
+pub mod status;
 mod store;
 pub mod trainer;
 mod twin;

@@ -19,6 +19,7 @@ use tessera_data::Dataset;
 use tessera_net::{hex, parse_ticket, Net, NetConfig, NetError};
 use tokio::sync::mpsc;
 
+use crate::status::{Board, NodePhase};
 use crate::{embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, TICK};
 
 /// Fetch and training results queued for the event loop.
@@ -56,6 +57,8 @@ pub struct NodeOptions {
     /// Where this node keeps its verified copy of the coordinator's ledger (resumed from
     /// on restart; `None`: in memory only).
     pub ledger_copy: Option<PathBuf>,
+    /// Where to publish this node's status (`tessera node --http`; `None`: not kept).
+    pub publish: Option<crate::status::StatusPublisher>,
 }
 
 /// What comes back to the event loop from tasks it started.
@@ -99,6 +102,7 @@ struct Node {
     inputs: mpsc::Sender<Input>,
     started: Instant,
     log: Log,
+    board: Board,
 }
 
 /// Serves this trainer's blobs (its updates and the states it holds) to the other members.
@@ -166,17 +170,19 @@ pub(crate) async fn connect(
     (coord, addr): (tessera_coord::PeerId, Option<std::net::SocketAddr>),
     limit_s: u64,
     since: &mut Option<Instant>,
-    log: &Log,
+    (log, board): (&Log, &mut Board),
 ) -> Res<Connection> {
     let at = addr.map_or("its relay".to_string(), |a| a.to_string());
     let mut wait = FIRST_BACKOFF;
     for attempt in 1u32.. {
+        board.set_phase(NodePhase::Dialling { attempt }, log);
         if attempt == 1 {
             log.info(&format!("dialling the coordinator {} at {at}", short(&coord)));
         }
         let e = match tokio::time::timeout(DIAL_TIMEOUT, net.connect(coord, addr)).await {
             Ok(Ok(c)) => {
                 *since = None;
+                board.update(|s| s.connections += 1);
                 return Ok(c);
             }
             Ok(Err(e)) => e.to_string(),
@@ -222,6 +228,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         addr: Some(net.local_addr()?.to_string()),
         key: Some(key.clone()),
     };
+    let board = Board::new(a.publish.clone(), &net.id(), &coord, "trainer");
     let mut t = Trainer::new(tc);
     let kept = match &a.ledger_copy {
         Some(p) => {
@@ -259,11 +266,14 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         inputs: tx,
         started: Instant::now(),
         log,
+        board,
     };
     let mut unreachable_since: Option<Instant> = None;
     loop {
+        let at = (coord, addr);
         let conn =
-            connect(&node.net, (coord, addr), a.reconnect_s, &mut unreachable_since, &node.log).await?;
+            connect(&node.net, at, a.reconnect_s, &mut unreachable_since, (&node.log, &mut node.board))
+                .await?;
         node.log.info("connected to the coordinator");
         match node.session(conn, &mut inputs).await? {
             End::Done => break,
@@ -272,6 +282,8 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         unreachable_since.get_or_insert_with(Instant::now);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    node.refresh();
+    node.board.publish_now();
     let (sent, recv) = node.net.traffic();
     node.log.info(&format!("traffic: {sent} bytes sent, {recv} received"));
     out(&format!("compute train_s={:.3} run_s={:.3}", node.busy_s, node.run_s));
@@ -294,6 +306,7 @@ impl Node {
         if self.execute(&conn, acts).await? {
             return Ok(End::Done);
         }
+        self.refresh();
         let mut ticker = tokio::time::interval(TICK);
         loop {
             let now = self.now_ms();
@@ -310,7 +323,21 @@ impl Node {
             if self.execute(&conn, acts).await? {
                 return Ok(End::Done);
             }
+            self.refresh();
         }
+    }
+
+    /// Brings the status up to date with the machine, the transport and the ledger copy.
+    fn refresh(&mut self) {
+        let (sent, recv) = self.net.traffic();
+        let busy = self.busy_s;
+        self.board.held(self.t.state(), self.t.ledger(), &self.net.id());
+        self.board.update(|s| {
+            s.bytes_sent = sent;
+            s.bytes_received = recv;
+            s.compute_s = busy;
+        });
+        self.board.set_phase(NodePhase::Member(self.t.phase()), &self.log);
     }
 
     fn on_input(&mut self, now: u64, i: Input) -> Vec<Action> {
@@ -492,6 +519,10 @@ impl Node {
                 self.log.info(&format!("loaded checkpoint of round {round} ({bytes} bytes)"))
             }
             TrainerEvent::Committed { round, unit, loss } => {
+                self.board.update(|s| {
+                    s.commits += 1;
+                    s.round = Some(round);
+                });
                 let took = self.last_train_s;
                 self.log.info(&format!(
                     "round {round}: trained unit ({}, {}) in {took:.2}s, loss {loss:.4}",
@@ -499,6 +530,12 @@ impl Node {
                 ));
             }
             TrainerEvent::Reported { round, state_hash, agrees, computed } => {
+                self.board.update(|s| {
+                    s.reports += 1;
+                    s.disagreements += u64::from(!agrees);
+                    s.agrees = Some(agrees);
+                    s.round = Some(s.round.map_or(round, |r| r.max(round)));
+                });
                 out(&format!(
                     "state round={round} hash={} agrees={agrees} computed={computed}",
                     hex(&state_hash)
@@ -513,7 +550,10 @@ impl Node {
             TrainerEvent::FaultInjected { round } => {
                 self.log.warn(&format!("fault drill: corrupting my state before closing round {round}"))
             }
-            TrainerEvent::Warning(e) => self.log.warn(&e.to_string()),
+            TrainerEvent::Warning(e) => {
+                self.board.update(|s| s.warnings += 1);
+                self.log.warn(&e.to_string())
+            }
             TrainerEvent::Fatal(e) => return Err(NodeError::Trainer(e)),
             TrainerEvent::Finished { round, state_hash, computed } => {
                 self.run_s = self.first_train.map_or(0.0, |t| t.elapsed().as_secs_f64());

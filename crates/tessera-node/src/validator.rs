@@ -16,6 +16,7 @@ use tessera_data::Dataset;
 use tessera_net::{parse_ticket, Net};
 use tokio::sync::mpsc;
 
+use crate::status::{Board, NodePhase};
 use crate::trainer::{connect, frames_of, serve_peers, verified, End, NodeOptions};
 use crate::{embedded_dataset, fresh_key, load_or_create_key, out, short, Log, NodeError, Seq, TICK};
 
@@ -48,6 +49,7 @@ struct Checker {
     check_s: f64,
     /// What it re-ran of the segments it is disputed over.
     disputant: Disputant,
+    board: Board,
 }
 
 /// The validator's behaviour from the node's `--cheat` drill flag (a trainer's cheat refused).
@@ -82,6 +84,7 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         behaviour,
         key: Some(key.clone()),
     };
+    let board = Board::new(a.publish.clone(), &net.id(), &coord, "validator");
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_INPUTS);
     let mut c = Checker {
@@ -99,10 +102,12 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         scores: 0,
         check_s: 0.0,
         disputant: Disputant::default(),
+        board,
     };
     let mut unreachable_since = None;
     loop {
-        let conn = connect(&c.net, (coord, addr), a.reconnect_s, &mut unreachable_since, &c.log).await?;
+        let logs = (&c.log, &mut c.board);
+        let conn = connect(&c.net, (coord, addr), a.reconnect_s, &mut unreachable_since, logs).await?;
         c.log.info("connected to the coordinator as a validator");
         match c.session(conn, &mut inputs).await? {
             End::Done => break,
@@ -110,6 +115,8 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         }
         unreachable_since.get_or_insert_with(Instant::now);
     }
+    c.refresh();
+    c.board.publish_now();
     out(&format!("validator checks={} scores={} check_s={:.3}", c.checks, c.scores, c.check_s));
     tokio::time::sleep(Duration::from_millis(200)).await;
     c.net.close().await;
@@ -127,6 +134,7 @@ impl Checker {
         if self.execute(&conn, acts).await? {
             return Ok(End::Done);
         }
+        self.refresh();
         let mut ticker = tokio::time::interval(TICK);
         loop {
             let now = self.now_ms();
@@ -155,7 +163,22 @@ impl Checker {
             if self.execute(&conn, acts).await? {
                 return Ok(End::Done);
             }
+            self.refresh();
         }
+    }
+
+    /// Brings the status up to date with the machine and the transport (a validator keeps
+    /// no ledger copy, so its balance is the coordinator's to show).
+    fn refresh(&mut self) {
+        let (sent, recv) = self.net.traffic();
+        let (checks, busy) = (self.checks + self.scores, self.check_s);
+        self.board.update(|s| {
+            s.bytes_sent = sent;
+            s.bytes_received = recv;
+            s.checks = checks;
+            s.compute_s = busy;
+        });
+        self.board.set_phase(NodePhase::Member(self.v.phase()), &self.log);
     }
 
     /// Executes the machine's actions in order; true when the run is over.
@@ -233,10 +256,15 @@ impl Checker {
                     c.commit_every
                 ));
             }
-            ValidatorEvent::Checked { round, peer, segment, finding } => self
-                .log
-                .info(&format!("round {round}: checked {} segment {segment}: {finding:?}", short(&peer))),
-            ValidatorEvent::Warning(e) => self.log.warn(&e.to_string()),
+            ValidatorEvent::Checked { round, peer, segment, finding } => {
+                self.board.update(|s| s.round = Some(s.round.map_or(round, |r| r.max(round))));
+                self.log
+                    .info(&format!("round {round}: checked {} segment {segment}: {finding:?}", short(&peer)))
+            }
+            ValidatorEvent::Warning(e) => {
+                self.board.update(|s| s.warnings += 1);
+                self.log.warn(&e.to_string())
+            }
             ValidatorEvent::Fatal(e) => return Err(NodeError::Trainer(e)),
             ValidatorEvent::Finished { round } => {
                 self.log.info(&format!("run done after {round} rounds; {} checks run", self.checks));

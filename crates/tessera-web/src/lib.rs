@@ -1,6 +1,8 @@
 //! The coordinator's HTTP service (`tessera coordinator --http ADDR`): a read-only JSON API,
 //! a live single-page dashboard and Prometheus metrics, over the snapshots the coordinator
-//! daemon publishes (`tessera_node::view`).
+//! daemon publishes (`tessera_node::view`); and a node's own (`tessera node --http ADDR`):
+//! its status, its metrics and a small page, over what the node publishes
+//! (`tessera_node::status`).
 //!
 //! Invariants: it only reads published snapshots (a `watch` channel), so no request takes a
 //! lock of the protocol or waits on its event loop; it answers GET only (anything else is
@@ -12,6 +14,7 @@
 mod api;
 mod limit;
 mod metrics;
+mod node;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use tokio::sync::watch;
 
 pub use api::{LedgerPage, PeersPage, RoundsPage, VerificationPage};
 pub use metrics::encode as encode_metrics;
+pub use node::{encode as encode_node_metrics, NodePublished};
+use tessera_node::status::StatusPublisher;
 
 /// Connections served at once (more wait in the listen backlog).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -58,40 +63,81 @@ impl Web {
 /// The snapshots being served.
 pub type Published = watch::Receiver<Option<Arc<Snapshot>>>;
 
-/// Binds `addr` now (so a taken port is an error here) and serves on a thread of its own,
-/// with its own runtime, until the process ends.
+/// A node's running HTTP service.
+pub struct NodeWeb {
+    pub addr: SocketAddr,
+    /// What the node publishes to (give it to `NodeOptions::publish`).
+    pub publisher: StatusPublisher,
+}
+
+impl NodeWeb {
+    /// The status page's address.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// The coordinator's service: binds `addr` now (so a taken port is an error here) and
+/// serves on a thread of its own, with its own runtime, until the process ends.
 pub fn spawn(addr: SocketAddr) -> Result<Web, WebError> {
+    let (tx, rx) = watch::channel(None);
+    let addr = serve(addr, router(rx))?;
+    Ok(Web { addr, publisher: Arc::new(tx) })
+}
+
+/// A node's service, bound and served like [`spawn`]'s.
+pub fn spawn_node(addr: SocketAddr) -> Result<NodeWeb, WebError> {
+    let (tx, rx) = watch::channel(None);
+    let addr = serve(addr, node_router(rx))?;
+    Ok(NodeWeb { addr, publisher: Arc::new(tx) })
+}
+
+/// Binds `addr` and serves `app` on a thread of its own; the address bound.
+fn serve(addr: SocketAddr, app: axum::Router) -> Result<SocketAddr, WebError> {
     let std_listener = std::net::TcpListener::bind(addr).map_err(|source| WebError::Bind { addr, source })?;
     std_listener.set_nonblocking(true).map_err(WebError::Start)?;
     let bound = std_listener.local_addr().map_err(WebError::Start)?;
-    let (tx, rx) = watch::channel(None);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(WebError::Start)?;
     std::thread::Builder::new()
         .name("tessera-web".into())
         .spawn(move || {
             rt.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
-                let _ = axum::serve(limit::Capped::new(listener, MAX_CONNECTIONS), router(rx)).await;
+                let _ = axum::serve(limit::Capped::new(listener, MAX_CONNECTIONS), app).await;
             })
         })
         .map_err(WebError::Start)?;
-    Ok(Web { addr: bound, publisher: Arc::new(tx) })
+    Ok(bound)
+}
+
+/// The limits every route of either service is under.
+fn limited<S: Clone + Send + Sync + 'static>(r: axum::Router<S>) -> axum::Router<S> {
+    r.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
+}
+
+/// A node's routes over `published`.
+pub fn node_router(published: NodePublished) -> axum::Router {
+    use axum::routing::get;
+    let r = axum::Router::new()
+        .route("/", get(node::index))
+        .route("/api/status", get(node::status))
+        .route("/metrics", get(node::metrics));
+    limited(r).with_state(published)
 }
 
 /// The service's routes over `published` (also what the tests drive directly).
 pub fn router(published: Published) -> axum::Router {
     use axum::routing::get;
-    axum::Router::new()
+    let r = axum::Router::new()
         .route("/", get(api::index))
         .route("/api/run", get(api::run))
         .route("/api/peers", get(api::peers))
         .route("/api/rounds", get(api::rounds))
         .route("/api/verification", get(api::verification))
         .route("/api/ledger", get(api::ledger))
-        .route("/metrics", get(metrics::metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
-        .with_state(published)
+        .route("/metrics", get(metrics::metrics));
+    limited(r).with_state(published)
 }
 
 #[cfg(test)]
@@ -102,8 +148,12 @@ mod tests {
     use tower::ServiceExt;
 
     async fn status(published: Published, method: &str, uri: &str) -> (StatusCode, String) {
+        call(router(published), method, uri).await
+    }
+
+    async fn call(app: axum::Router, method: &str, uri: &str) -> (StatusCode, String) {
         let req = Request::builder().method(method).uri(uri).body(Body::empty()).expect("a request");
-        let res = router(published).oneshot(req).await.expect("the router answers");
+        let res = app.oneshot(req).await.expect("the router answers");
         let code = res.status();
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("a body");
         (code, String::from_utf8_lossy(&body).to_string())
@@ -128,5 +178,38 @@ mod tests {
         let (code, body) = status(rx, "GET", "/api/ledger?limit=lots").await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("\"error\""), "{body}");
+    }
+
+    /// A node's service: a typed 503 before the node publishes, GET only, and once a status
+    /// is published the same numbers in its JSON and its metrics.
+    #[tokio::test]
+    async fn a_nodes_status_is_served_as_json_and_metrics_once_published() {
+        let (tx, rx) = watch::channel(None);
+        for path in ["/api/status", "/metrics"] {
+            let (code, body) = call(node_router(rx.clone()), "GET", path).await;
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(body.contains("the node has published nothing yet"), "{body}");
+            assert_eq!(call(node_router(rx.clone()), "POST", path).await.0, StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let log = tessera_node::Log::new("test");
+        let mut b = tessera_node::status::Board::new(Some(Arc::new(tx)), &[7; 32], &[9; 32], "trainer");
+        b.set_phase(tessera_node::status::NodePhase::Dialling { attempt: 3 }, &log);
+        b.update(|s| s.bytes_sent = 1234);
+        b.publish_now();
+        let (code, body) = call(node_router(rx.clone()), "GET", "/api/status").await;
+        assert_eq!(code, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["phase"], "dialling");
+        assert_eq!(v["detail"], "dialling the coordinator (attempt 3)");
+        assert_eq!(v["bytes_sent"], 1234);
+        assert!(v["balance"].is_null() && v["state_hash"].is_null(), "{v}");
+        let (code, m) = call(node_router(rx.clone()), "GET", "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(m.contains("tessera_node_phase{phase=\"dialling\"} 1"), "{m}");
+        assert!(m.contains("tessera_node_phase{phase=\"training\"} 0"), "{m}");
+        assert!(m.contains("tessera_node_bytes_sent_total 1234"), "{m}");
+        assert!(!m.contains("tessera_node_round "), "an unknown round is left out: {m}");
+        let (code, page) = call(node_router(rx), "GET", "/").await;
+        assert!(code == StatusCode::OK && page.contains("/api/status"));
     }
 }

@@ -18,17 +18,17 @@ use tessera_node::view::Snapshot;
 use crate::Published;
 
 /// The content type of the text format.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(String, String)>;
 
-fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
+pub(crate) fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
     let c: Counter = Counter::default();
     c.inc_by(v);
     r.register(name, help, c);
 }
 
-fn gauge(r: &mut Registry, name: &str, help: &str, v: f64) {
+pub(crate) fn gauge(r: &mut Registry, name: &str, help: &str, v: f64) {
     let g: Gauge<f64, AtomicU64> = Gauge::default();
     g.set(v);
     r.register(name, help, g);

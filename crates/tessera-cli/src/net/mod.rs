@@ -153,6 +153,31 @@ pub struct NodeArgs {
     /// restart; `tessera audit FILE` replays it). In memory only if not given.
     #[arg(long)]
     pub ledger_copy: Option<PathBuf>,
+    /// Serve this node's status page, its JSON (/api/status) and /metrics on this address
+    /// (e.g. 127.0.0.1:8081; port 0 picks one). Off unless given.
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// `tessera node`: starts its HTTP service first when asked (printing `status: URL`), then
+/// runs the trainer or validator.
+pub fn node(a: NodeArgs) -> anyhow::Result<()> {
+    let publish = match a.http {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                eprintln!(
+                    "warning: the node's status at {addr} is reachable from other machines (read-only)"
+                );
+            }
+            let web = tessera_web::spawn_node(addr)?;
+            crate::out(&format!("status: {}", web.url()));
+            Some(web.publisher)
+        }
+        None => None,
+    };
+    let mut o = a.options();
+    o.publish = publish;
+    Ok(tessera_node::trainer::run(o)?)
 }
 
 impl NodeArgs {
@@ -171,6 +196,7 @@ impl NodeArgs {
             validator: self.validator,
             stake: self.stake,
             ledger_copy: self.ledger_copy,
+            publish: None,
         }
     }
 }
