@@ -81,10 +81,14 @@ fn the_seeds_that_found_bugs_pass() {
     // during the round now has its silence voided, not ruled against. 30445: the referee's
     // fetch of an honest trainer's operator inputs was lost in the network; the transfer
     // times out after 2 s, but the trainer's silence was ruled on after 12 heartbeats, so it
-    // forfeited and was slashed. A transfer in flight is now waited for.
+    // forfeited and was slashed. A transfer in flight is now waited for. 43613, 44166: four
+    // frames in a row lost (the trainer's answer, two re-puttings of the question, a
+    // heartbeat) and the fifth answer still in flight; the trainer had been heard from once
+    // after the question, which was taken for a choice not to answer. Silence now loses only
+    // after DISPUTE_SILENT_CHANCES puttings each followed by word from the side.
     let all = VoprConfig::default();
-    let reports: Vec<SeedReport> =
-        [30145u64, 31256, 30445].par_iter().map(|s| run_seed(*s, &all, &ds)).collect();
+    let seeds = [30145u64, 31256, 30445, 43613, 44166];
+    let reports: Vec<SeedReport> = seeds.par_iter().map(|s| run_seed(*s, &all, &ds)).collect();
     let bad = failures(&reports);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

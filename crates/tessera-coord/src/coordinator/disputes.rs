@@ -29,6 +29,12 @@ pub const DISPUTE_RETRY_HEARTBEATS: u64 = 3;
 /// decides anything (the round waits for the dispute meanwhile): an answer in flight from a
 /// slow peer is not silence.
 pub const DISPUTE_PATIENCE_HEARTBEATS: u64 = 4 * DISPUTE_RETRY_HEARTBEATS;
+/// Puts of a question that a side must have had the chance to answer (it was heard from
+/// after the putting) before its silence loses it the dispute. A lossy network drops a
+/// question or its answer now and then; at 10% loss each way a chance is missed with
+/// probability 0.19, so eight in a row are missed about once in 600,000 disputes (seed 43613:
+/// four lost frames in a row had an honest trainer forfeit when one chance was enough).
+pub const DISPUTE_SILENT_CHANCES: u32 = 8;
 /// Most times a dispute's failed blob transfer is retried.
 pub const MAX_DISPUTE_REFETCHES: u32 = 3;
 
@@ -52,6 +58,10 @@ pub(super) struct Game {
     /// When the question out was first seen unanswered on a tick, and last put again.
     asked_at: Option<u64>,
     retried_at: u64,
+    /// Per side (`[trainer, validator]`): when the question was last put to it (0: at
+    /// `asked_at`), and the puttings it was heard from after (its chances to answer).
+    put_at: [u64; 2],
+    chances: [u32; 2],
     /// The blob awaited's length, and the transfers of it that failed.
     fetch_len: u64,
     refetches: u32,
@@ -121,6 +131,8 @@ impl Coordinator {
             running: false,
             asked_at: None,
             retried_at: 0,
+            put_at: [0; 2],
+            chances: [0; 2],
             fetch_len: 0,
             refetches: 0,
             bytes: 0,
@@ -153,6 +165,8 @@ impl Coordinator {
         g.asked = Some(q);
         g.got = [None, None];
         g.asked_at = None;
+        g.put_at = [0; 2];
+        g.chances = [0; 2];
         let v = g.validator;
         let ask = Message::DisputeAsk { round, peer: trainer, question: q };
         self.out.push(Output::Send { to: trainer, message: ask.clone() });
@@ -346,7 +360,7 @@ impl Coordinator {
     pub(super) fn retry_disputes(&mut self, now_ms: u64) {
         let every = self.cfg.heartbeat_ms.saturating_mul(DISPUTE_RETRY_HEARTBEATS);
         let Some(open) = self.open.as_mut() else { return };
-        let round = open.round;
+        let (round, members, validators) = (open.round, &self.members, &self.validators);
         let mut again = Vec::new();
         for (t, g) in open.checks.games.iter_mut().filter(|(_, g)| !g.running && g.fetching.is_none()) {
             let Some(question) = g.asked else { continue };
@@ -356,11 +370,18 @@ impl Coordinator {
             }
             g.retried_at = now_ms;
             let ask = Message::DisputeAsk { round, peer: *t, question };
-            if g.got[0].is_none() {
-                again.push(Output::Send { to: *t, message: ask.clone() });
-            }
-            if g.got[1].is_none() && !trainer_only(g.asked) {
-                again.push(Output::Send { to: g.validator, message: ask });
+            let heard = [members.get(t).copied(), validators.get(&g.validator).copied()];
+            let owed = [g.got[0].is_none(), g.got[1].is_none() && !trainer_only(g.asked)];
+            for side in 0..2 {
+                if !owed[side] {
+                    continue;
+                }
+                // The last putting counts as a chance if the side was heard from after it.
+                let last = g.put_at[side].max(first);
+                g.chances[side] += u32::from(heard[side].is_some_and(|at| at > last));
+                g.put_at[side] = now_ms;
+                let to = if side == 0 { *t } else { g.validator };
+                again.push(Output::Send { to, message: ask.clone() });
             }
         }
         assert!(again.len() <= 2 * open.checks.games.len(), "at most one question per side");
@@ -368,8 +389,9 @@ impl Coordinator {
     }
 
     /// Past the `deadline`, once a question has been out [`DISPUTE_PATIENCE_HEARTBEATS`], a
-    /// side that has not answered it loses if it was heard from since the question was put
-    /// (it chose not to answer); one not heard from at all (it may have crashed or been cut
+    /// side that has not answered it loses if it was heard from after each of
+    /// [`DISPUTE_SILENT_CHANCES`] puttings of it (it chose not to answer; fewer, and it is
+    /// asked again, since a lost frame is not a choice); one not heard from at all (it may have crashed or been cut
     /// off), a trainer that joined again during the round (a restart loses its states), or one
     /// that left, proves nothing: a trainer's check is voided as not revealed, a
     /// validator's is taken back. The referee's own recomputation or blob transfer in flight
@@ -403,10 +425,15 @@ impl Coordinator {
             };
             let since = g.asked_at.unwrap_or(u64::MAX);
             let deadline = deadline && now_ms.saturating_sub(since) >= patience;
-            let heard = [
-                self.members.get(t).is_some_and(|&at| at > since),
-                self.validators.get(&g.validator).is_some_and(|&at| at > since),
-            ];
+            let last_heard = [self.members.get(t).copied(), self.validators.get(&g.validator).copied()];
+            let heard = last_heard.map(|at| at.is_some_and(|at| at > since));
+            // A side heard from but silent loses only once it has had its chances to answer
+            // (it was heard from after each of them); until then it is asked again.
+            let ripe = [0, 1].map(|side| {
+                let last = g.put_at[side].max(since);
+                let this = last_heard[side].is_some_and(|at| at > last);
+                g.chances[side] + u32::from(this) >= DISPUTE_SILENT_CHANCES
+            });
             // A trainer that joined again this round was restarted, or reconnected: it may
             // have lost the states asked about, so its silence proves nothing either.
             let restarted = self.rejoined.contains(t);
@@ -418,7 +445,7 @@ impl Coordinator {
                 back.push(*t);
                 continue;
             }
-            match [deadline && silent[0], deadline && silent[1]] {
+            match [deadline && silent[0] && ripe[0], deadline && silent[1] && ripe[1]] {
                 [true, true] => lost.push((*t, Loser::Both)),
                 [true, false] => lost.push((*t, Loser::Trainer)),
                 [false, true] => lost.push((*t, Loser::Validator)),
