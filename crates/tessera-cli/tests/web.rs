@@ -314,3 +314,45 @@ fn a_node_that_cannot_reach_the_coordinator_says_it_is_dialling() {
         "{log}"
     );
 }
+
+/// A coordinator restarted from its directory shows the rounds, evaluations and checks from
+/// before its restart (read back from its store, with no times), not only those since.
+#[test]
+fn a_restarted_coordinators_dashboard_shows_the_rounds_before_its_restart() {
+    let run = Run::new("web-restart", config(1, 5).with(|c| c.min_round_ms = 300));
+    let (mut c1, ticket) = run.coordinator("coord1");
+    let mut node = run.node(&ticket, 1, &["--slow-step-ms", "40"]);
+    run.wait_count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL", 2);
+    c1.kill9();
+    let closed = run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL") as usize;
+    let (mut c2, _) = run.coordinator_with("coord2", &["--http", "127.0.0.1:0"]);
+    let url = dashboard(&run);
+    let t0 = Instant::now();
+    let page = loop {
+        if let Some(p) = json(&url, "/api/rounds") {
+            break p;
+        }
+        assert!(t0.elapsed() < WAIT, "no rounds page:\n{}", c2.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let past: Vec<&Value> =
+        page["rounds"].as_array().unwrap().iter().filter(|r| r["closed_ms"].is_null()).collect();
+    assert_eq!(past.len(), closed, "every round closed before the restart: {page}");
+    let db = run.db();
+    for r in &past {
+        let round = r["round"].as_u64().unwrap();
+        let state: Vec<u8> = db
+            .query_row("SELECT state_hash FROM rounds WHERE round = ?1", [round as i64], |row| row.get(0))
+            .unwrap();
+        assert_eq!(r["state_hash"], tessera_net::hex(&state), "round {round}");
+        let acc = r["accepted"].as_array().unwrap();
+        assert_eq!(acc.len(), 1, "round {round}: the one trainer's update");
+        assert_eq!(acc[0]["peer"], tessera_net::hex(&peer_id(1)));
+        assert!(acc[0]["bytes"].as_u64().is_some_and(|b| b > 0), "its stored length: {r}");
+        assert!(r["started_ms"].is_null() && r["ddp_bytes"].as_u64().unwrap() > 0);
+    }
+    let evals = page["evals"].as_array().unwrap();
+    assert!(evals.iter().any(|e| e["round"] == 0), "the evaluation before the restart: {evals:?}");
+    c2.finish();
+    node.finish();
+}

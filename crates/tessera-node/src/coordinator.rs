@@ -169,7 +169,8 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
     log.info(&format!("listening; join with: tessera node --join {ticket}"));
     out(&format!("ticket: {ticket}"));
     let (tx, mut rx) = mpsc::channel::<Input>(MAX_INPUTS);
-    let dash = crate::view::Dash::new(&coord, &store.ledger()?);
+    let mut dash = crate::view::Dash::new(&coord, &store.ledger()?);
+    dash.restore(&store.history()?, |h| store.blob_len(h));
     let mut d = Daemon {
         coord,
         store,

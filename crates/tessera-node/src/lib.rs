@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tessera_data::{embedded_corpus, ingest_bytes, Dataset, IngestOptions, EMBEDDED_CORPUS_NAME};
 
-pub use store::{Progress, Store, StoreError, Summary, DB_FILE};
+pub use store::{History, PastCheck, PastDispute, PastRound, Progress, Store, StoreError, Summary, DB_FILE};
 
 /// How often the daemons look at the clock.
 pub const TICK: Duration = Duration::from_millis(100);

@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod history;
+
+pub use history::{History, PastCheck, PastDispute, PastRound};
 use rusqlite::{params, Connection, OptionalExtension};
 use tessera_coord::{ClosedRound, GlobalState, Hash32, Message, Record, Restored, RunSpec, Unit};
 use tessera_net::hex;

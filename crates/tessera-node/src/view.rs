@@ -144,7 +144,9 @@ pub struct RoundView {
     pub round: u64,
     pub started_ms: Option<u64>,
     pub deadline_ms: Option<u64>,
-    pub closed_ms: u64,
+    /// `None` for a round closed before the coordinator's last start (its times were on
+    /// another process's clock; the dashboard reads it back from the store).
+    pub closed_ms: Option<u64>,
     pub accepted: Vec<AcceptedView>,
     pub rejected: Vec<RejectedView>,
     /// Bytes of the accepted updates, and what DDP would have moved for the same work: one
@@ -202,7 +204,7 @@ pub struct DisputeView {
     pub loser: &'static str,
     pub step: u64,
     pub op: Option<u64>,
-    pub kernel: Option<&'static str>,
+    pub kernel: Option<String>,
     pub forfeit: bool,
     pub exchanges: u32,
     pub bytes: u64,
@@ -334,6 +336,82 @@ impl Dash {
         self.dirty = true;
     }
 
+    /// Takes in what the store holds of the run before this process started (the rounds'
+    /// times are unknown: `started_ms`, `deadline_ms` and `closed_ms` are `None`; the
+    /// rejections' reasons are known in words only: kind `recorded`). `blob_len` gives a
+    /// stored update's length, if it is still kept.
+    pub fn restore(&mut self, h: &crate::store::History, blob_len: impl Fn(&Hash32) -> Option<u64>) {
+        assert!(self.snap.rounds.end() == 0, "the past is taken in before any round closes");
+        for r in &h.rounds {
+            let Some(ClosedRound { accepted: peers, updates, .. }) = ClosedRound::of(&r.accept) else {
+                continue;
+            };
+            let accepted: Vec<AcceptedView> = peers
+                .iter()
+                .zip(&updates)
+                .map(|(p, u)| AcceptedView { peer: hex(p), update: hex(u), bytes: blob_len(u), loss: None })
+                .collect();
+            for p in &peers {
+                *self.delivered.entry(*p).or_default() += 1;
+            }
+            let rejected = match &r.accept {
+                tessera_wire::Message::Accept { rejected, .. } => rejected
+                    .iter()
+                    .take(tessera_wire::MAX_MEMBERS)
+                    .map(|(p, why)| RejectedView { peer: hex(p), kind: "recorded", reason: why.clone() })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let n = accepted.len() as u64;
+            let view = RoundView {
+                round: r.round,
+                started_ms: None,
+                deadline_ms: None,
+                closed_ms: None,
+                update_bytes: accepted.iter().filter_map(|a| a.bytes).sum(),
+                accepted,
+                rejected,
+                ddp_bytes: n.saturating_mul(self.h).saturating_mul(self.n * 4),
+                train_loss: None,
+                state_hash: hex(&r.state_hash),
+            };
+            self.snap.rounds.push(view);
+        }
+        for &(round, at_ms, loss) in &h.evals {
+            self.snap.evals.push(EvalView { round, at_ms, loss });
+        }
+        for c in &h.checks {
+            self.snap.checks.push(CheckView {
+                round: c.round,
+                peer: hex(&c.peer),
+                segment: c.segment,
+                passed: c.passed,
+                outcome: c.outcome.clone(),
+                by: c.by.map(|v| hex(&v)),
+            });
+        }
+        for d in &h.disputes {
+            let loser = match d.loser.as_str() {
+                "trainer" => "trainer",
+                "validator" => "validator",
+                _ => "both",
+            };
+            self.snap.disputes.push(DisputeView {
+                round: d.round,
+                trainer: hex(&d.trainer),
+                validator: hex(&d.validator),
+                loser,
+                step: d.step,
+                op: d.op,
+                kernel: d.kernel.clone(),
+                forfeit: d.forfeit,
+                exchanges: d.exchanges,
+                bytes: d.bytes,
+            });
+        }
+        self.dirty = true;
+    }
+
     /// A validation loss of the shared model after `round` rounds.
     pub fn eval(&mut self, round: u64, at_ms: u64, loss: f64) {
         self.snap.evals.push(EvalView { round, at_ms, loss });
@@ -348,7 +426,7 @@ impl Dash {
             round,
             started_ms: window.map(|o| o.1),
             deadline_ms: window.map(|o| o.2),
-            closed_ms: now_ms,
+            closed_ms: Some(now_ms),
             accepted: Vec::with_capacity(accepted.len()),
             rejected: Vec::new(),
             update_bytes: 0,
@@ -419,7 +497,7 @@ impl Dash {
                     loser,
                     step: d.ruling.step,
                     op: d.ruling.op,
-                    kernel: d.kernel,
+                    kernel: d.kernel.map(str::to_string),
                     forfeit: d.forfeit,
                     exchanges: d.exchanges,
                     bytes: d.bytes,

@@ -64,8 +64,10 @@ pub fn encode(s: &Snapshot) -> String {
     let took = Histogram::new(exponential_buckets(0.05, 2.0, 14));
     let allotted = Histogram::new(exponential_buckets(0.05, 2.0, 14));
     for round in s.rounds.iter() {
-        if let (Some(start), Some(deadline)) = (round.started_ms, round.deadline_ms) {
-            took.observe(round.closed_ms.saturating_sub(start) as f64 / 1000.0);
+        if let (Some(start), Some(deadline), Some(closed)) =
+            (round.started_ms, round.deadline_ms, round.closed_ms)
+        {
+            took.observe(closed.saturating_sub(start) as f64 / 1000.0);
             allotted.observe(deadline.saturating_sub(start) as f64 / 1000.0);
         }
     }
