@@ -6,7 +6,8 @@
 //!
 //! Invariants: it only reads published snapshots (a `watch` channel), so no request takes a
 //! lock of the protocol or waits on its event loop; it answers GET only (anything else is
-//! 405); connections are capped at [`MAX_CONNECTIONS`] and requests in flight at
+//! 405); connections are capped at [`MAX_CONNECTIONS`] ([`MAX_PER_ADDRESS`] from one
+//! address, each closed after [`IDLE_TIMEOUT`] idle) and requests in flight at
 //! [`MAX_IN_FLIGHT`]; bodies are refused past [`MAX_BODY`] bytes; pages of history are at most
 //! [`MAX_PAGE`] items. It must not: change the run, open other sockets, or fetch anything at
 //! run time (the dashboard's script and styles are embedded in the binary).
@@ -30,6 +31,12 @@ use tessera_node::status::StatusPublisher;
 
 /// Connections served at once (more wait in the listen backlog).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one address may hold (more are closed at once): one client cannot take every
+/// slot.
+pub const MAX_PER_ADDRESS: usize = 16;
+/// A connection with nothing read or written for this long is closed (a browser's keep-alive
+/// connection polling once a second is never idle that long).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Requests being answered at once.
 pub const MAX_IN_FLIGHT: usize = 32;
 /// The largest request body taken (a GET needs none).
@@ -103,7 +110,9 @@ fn serve(addr: SocketAddr, app: axum::Router) -> Result<SocketAddr, WebError> {
         .spawn(move || {
             rt.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
-                let _ = axum::serve(limit::Capped::new(listener, MAX_CONNECTIONS), app).await;
+                let limits =
+                    limit::ConnLimits { total: MAX_CONNECTIONS, per_ip: MAX_PER_ADDRESS, idle: IDLE_TIMEOUT };
+                let _ = axum::serve(limit::Capped::new(listener, limits), app).await;
             })
         })
         .map_err(WebError::Start)?;
