@@ -18,6 +18,7 @@ struct Seen {
     peers: Option<Value>,
     rounds: BTreeMap<u64, Value>,
     ledger: BTreeMap<u64, Value>,
+    verification: Option<Value>,
     metrics: Vec<prometheus_parse::Scrape>,
 }
 
@@ -76,6 +77,9 @@ fn watch(url: &str, coord: &mut Proc) -> Seen {
             for e in page["entries"].as_array().unwrap() {
                 seen.ledger.insert(e["seq"].as_u64().unwrap(), e.clone());
             }
+        }
+        if let Some(v) = json(url, "/api/verification") {
+            seen.verification = Some(v);
         }
         if let Some(m) = scrape(url) {
             seen.metrics.push(m);
@@ -147,6 +151,25 @@ fn the_api_and_metrics_follow_a_live_run_and_agree_with_the_store() {
         assert_eq!(e["hash"], tessera_net::hex(&rec.hash()), "ledger entry {seq}");
         assert_eq!(e["kind"], rec.entry.kind());
     }
+    // Verification: every check shown is the stored verdict of that round and peer.
+    let v = seen.verification.expect("the verification page was seen");
+    let checks = v["checks"].as_array().unwrap();
+    assert!(!checks.is_empty(), "spot checks ran and were shown: {v}");
+    for c in checks {
+        let (round, peer) = (c["round"].as_u64().unwrap(), c["peer"].as_str().unwrap());
+        let peer_bytes =
+            (0..32).map(|i| u8::from_str_radix(&peer[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<u8>>();
+        let (segment, passed, outcome): (i64, bool, String) = db
+            .query_row(
+                "SELECT segment, passed, outcome FROM verdicts WHERE round = ?1 AND peer = ?2",
+                rusqlite::params![round as i64, peer_bytes],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((c["segment"].as_i64(), c["passed"].as_bool()), (Some(segment), Some(passed)), "{c}");
+        assert_eq!(c["outcome"], outcome);
+    }
+    assert_eq!(v["next_check"].as_u64(), Some(checks.len() as u64), "one page holds them all");
     // The run: its ledger head is the stored record it names.
     let r = seen.run.expect("the run was seen");
     let entries = r["ledger_entries"].as_u64().unwrap();
