@@ -541,10 +541,42 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let (ok, audit) = run.audit();
     let rounds = format!("{} rounds", run.cfg.rounds);
     assert!(ok && audit.contains("audit: OK") && audit.contains(&rounds), "{audit}");
-    // Every round is recomputed from its updates, but NoLoCo's, which close through replicas.
-    let noloco = run.cfg.algo == Algorithm::NoLoCo;
-    let recomputed = format!("({} recomputed", if noloco { 0 } else { run.cfg.rounds });
+    // Every round is recomputed from its updates, NoLoCo's through every replica.
+    let recomputed = format!("({} recomputed", run.cfg.rounds);
     assert!(audit.contains(&recomputed), "{audit}");
+    if run.cfg.algo == Algorithm::NoLoCo {
+        // A NoLoCo round's Δ, flipped on disk, is named by the round that accepted it.
+        let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
+        let accept: Vec<u8> =
+            db.query_row("SELECT accept FROM rounds WHERE round = 1", [], |r| r.get(0)).unwrap();
+        let Ok(Message::Accept { updates, .. }) = postcard::from_bytes::<Message>(&accept) else {
+            panic!("an Accept")
+        };
+        let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&updates[0]));
+        let blob = std::fs::read(&path).unwrap();
+        let mut bad = blob.clone();
+        bad[blob.len() / 2] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let (ok, out) = run.audit();
+        assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the update of"), "{out}");
+        std::fs::write(&path, &blob).unwrap();
+        // A replica the store's Accept names, changed: the replay's replica differs.
+        let Ok(Message::Accept { pairs: Some(mut pairs), .. }) = postcard::from_bytes::<Message>(&accept)
+        else {
+            panic!("a NoLoCo Accept")
+        };
+        pairs.replicas[0].1[0] ^= 1;
+        let mut changed = postcard::from_bytes::<Message>(&accept).unwrap();
+        if let Message::Accept { pairs: p, .. } = &mut changed {
+            *p = Some(pairs);
+        }
+        let bytes = postcard::to_allocvec(&changed).unwrap();
+        db.execute("UPDATE rounds SET accept = ?1 WHERE round = 1", [&bytes]).unwrap();
+        let (ok, out) = run.audit();
+        assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the replica of"), "{out}");
+        db.execute("UPDATE rounds SET accept = ?1 WHERE round = 1", [&accept]).unwrap();
+        assert!(run.audit().0, "restored");
+    }
     assert!(audit.contains(&final_hash), "the audit ends in the run's final state: {audit}");
     // Node 1 kept its copy of the ledger on disk across the coordinator's restart: it audits
     // whole, as the same chain, to the same final state.

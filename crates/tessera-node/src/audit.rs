@@ -8,9 +8,15 @@
 //!   algorithms, end in the state recomputed here: each accepted update blob read back,
 //!   re-hashed, decoded and combined in peer order through the very function the coordinator
 //!   closes rounds with ([`tessera_coord::RunSpec::step`]).
-//! - A round whose update blobs are gone (or a NoLoCo round, which closes through replicas)
-//!   is chained but not recomputed; recomputation resumes from the next stored state blob.
-//!   The report counts both.
+//! - NoLoCo has no shared state but one replica per member: the audit keeps every replica
+//!   from genesis, as the coordinator does (a member's first replica is the consensus it
+//!   joined at), and closes each round through the same [`tessera_coord::Replicas::close`]
+//!   over the round's announced members and accepted Δ blobs. The pairing, the φ blobs, every
+//!   replica's hash and the consensus must be the ones the round's `Accept` and
+//!   `RoundClosed` name.
+//! - A round whose update blobs are gone is chained but not recomputed; recomputation
+//!   resumes from the next stored state blob (NoLoCo: once the replicas the next `Accept`
+//!   names are all stored). The report counts both.
 //!
 //! - Every dispute decided by one operator is decided again: its evidence's inputs blob is
 //!   read back, checked against the kernel and input hashes both sides named, the operator
@@ -24,7 +30,7 @@
 
 use std::path::Path;
 
-use tessera_coord::{GlobalState, RunConfig, RunSpec};
+use tessera_coord::{ClosedRound, GlobalState, Message, Replicas, RunConfig, RunSpec};
 use tessera_ledger::{AcceptedUpdate, Entry};
 use tessera_sync::Exchange;
 
@@ -77,7 +83,9 @@ pub fn audit(dir: &Path) -> Result<AuditReport, AuditError> {
         Some(h) if h == initial.hash() => {}
         _ => return Err(AuditError::Config("the recorded initial state is not the config's".into())),
     }
-    let mut replay = Replay { store: &store, spec: &spec, hash: initial.hash(), state: Some(initial) };
+    let replicas = (spec.outer.exchange() == Exchange::Pairs).then(Replicas::default);
+    let mut replay =
+        Replay { store: &store, spec: &spec, hash: initial.hash(), state: Some(initial), replicas };
     let mut report = AuditReport {
         records: ledger.head().0,
         rounds: 0,
@@ -171,6 +179,8 @@ struct Replay<'a> {
     spec: &'a RunSpec,
     hash: [u8; 32],
     state: Option<GlobalState>,
+    /// NoLoCo: every member's replica, while they are all known.
+    replicas: Option<Replicas>,
 }
 
 impl Replay<'_> {
@@ -214,6 +224,9 @@ impl Replay<'_> {
             (s, false) => s,
         };
         self.hash = *end;
+        if self.spec.outer.exchange() == Exchange::Pairs && self.replicas.is_none() && self.state.is_some() {
+            self.replicas = self.stored_replicas(round);
+        }
         Ok(())
     }
 
@@ -225,18 +238,24 @@ impl Replay<'_> {
         accepted: &[AcceptedUpdate],
         report: &mut AuditReport,
     ) -> Result<Option<GlobalState>, String> {
-        let Some(mut state) = self.state.take() else { return Ok(None) };
+        let Some(mut state) = self.state.take() else {
+            self.replicas = None;
+            return Ok(None);
+        };
         let stored = accepted.iter().all(|a| self.store.has_blob(&a.update));
-        if self.spec.outer.exchange() == Exchange::Pairs || !stored {
+        if !stored {
+            self.replicas = None;
             return Ok(None);
         }
-        let who = |a: &AcceptedUpdate| tessera_tensor::hex(&a.peer[..4]);
-        let mut blobs = Vec::with_capacity(accepted.len());
-        for a in accepted {
-            let blob = self.store.blob(&a.update).map_err(|e| format!("the update of {}: {e}", who(a)))?;
-            blobs.push(blob);
-        }
+        let blobs = self.update_blobs(accepted)?;
         report.updates_checked += blobs.len() as u64;
+        if self.spec.outer.exchange() == Exchange::Pairs {
+            return match self.replicas.is_some() {
+                true => self.close_pairs(round, state, accepted, &blobs).map(Some),
+                false => Ok(None),
+            };
+        }
+        let who = |a: &AcceptedUpdate| tessera_tensor::hex(&a.peer[..4]);
         let views: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
         self.spec.replay(&mut state, round, &views).map_err(|e| match e.update {
             Some(i) => format!("the update of {}: {}", who(&accepted[i]), e.err),
@@ -244,4 +263,80 @@ impl Replay<'_> {
         })?;
         Ok(Some(state))
     }
+
+    /// NoLoCo: the replicas after `round`, read back from the store, when every one the
+    /// round's `Accept` names is still kept (the replay resumes from them).
+    fn stored_replicas(&self, round: u64) -> Option<Replicas> {
+        let (_, accept) = self.store.round_messages(round).ok()??;
+        let states =
+            self.spec.restore_replicas(round + 1, accept.as_ref(), |h| self.store.state(self.spec, h));
+        states.ok().map(Replicas::restore)
+    }
+
+    fn update_blobs(&self, accepted: &[AcceptedUpdate]) -> Result<Vec<Vec<u8>>, String> {
+        let who = |a: &AcceptedUpdate| tessera_tensor::hex(&a.peer[..4]);
+        accepted
+            .iter()
+            .map(|a| self.store.blob(&a.update).map_err(|e| format!("the update of {}: {e}", who(a))))
+            .collect()
+    }
+
+    /// NoLoCo: closes the round through the replicas, from the consensus `prev`, and checks
+    /// the pairing and every replica against the round's `Accept`. The consensus comes back.
+    fn close_pairs(
+        &mut self,
+        round: u64,
+        prev: GlobalState,
+        accepted: &[AcceptedUpdate],
+        blobs: &[Vec<u8>],
+    ) -> Result<GlobalState, String> {
+        let (start, accept) = match self.store.round_messages(round).map_err(|e| e.to_string())? {
+            Some((start, Some(accept))) => (start, accept),
+            _ => return Err("the store holds no Accept for the round".into()),
+        };
+        let Message::RoundStart { members, .. } = start else {
+            return Err("the store's round start is not a RoundStart".into());
+        };
+        let named = ClosedRound::of(&accept).ok_or("the store's Accept is not an Accept")?;
+        let mut replicas = match self.replicas.take() {
+            Some(r) => r,
+            None => return Err("the replicas are not known here".into()),
+        };
+        // A member without a replica (new in this round, or back after leaving) started from
+        // the consensus; so did one that joined during the round and is kept.
+        for p in members.iter().chain(named.replicas.iter().map(|r| &r.0)) {
+            if replicas.get(p).is_none() {
+                replicas.ensure(*p, &prev);
+            }
+        }
+        let mut deltas = std::collections::BTreeMap::new();
+        for (i, (a, b)) in accepted.iter().zip(blobs).enumerate() {
+            let c =
+                self.spec.contribution(i, b).map_err(|e| format!("the update of {}: {e}", hex4(&a.peer)))?;
+            deltas.insert(a.peer, c.values);
+        }
+        let kept: std::collections::BTreeSet<[u8; 32]> = named.replicas.iter().map(|r| r.0).collect();
+        let closed = replicas
+            .close(self.spec, &prev, &members, &deltas, |p| kept.contains(p))
+            .map_err(|e| format!("recomputing the replicas: {e}"))?;
+        let Message::Accept { pairs: Some(announced), .. } = &accept else {
+            return Err("the Accept of a NoLoCo round names no pairs".into());
+        };
+        if closed.pairs.groups != announced.groups || closed.pairs.phis != announced.phis {
+            return Err("its pairing or φ blobs are not the ones the seed and the replicas give".into());
+        }
+        if let Some((p, _)) = closed.pairs.replicas.iter().zip(&announced.replicas).find(|(a, b)| a != b) {
+            return Err(format!("the replica of {} is not the one its group's updates give", hex4(&p.0)));
+        }
+        if closed.pairs.replicas.len() != announced.replicas.len() {
+            return Err("it names other replicas than the members kept".into());
+        }
+        assert!(replicas.states().count() == kept.len(), "the table is the kept replicas");
+        self.replicas = Some(replicas);
+        Ok(closed.consensus)
+    }
+}
+
+fn hex4(p: &[u8; 32]) -> String {
+    tessera_tensor::hex(&p[..4])
 }

@@ -358,6 +358,19 @@ impl Store {
         row.flatten().map(h32).transpose()
     }
 
+    /// Round `round`'s `RoundStart` and, once it closed, its `Accept`, as announced.
+    pub fn round_messages(&self, round: u64) -> Result<Option<(Message, Option<Message>)>, StoreError> {
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+            .db
+            .query_row("SELECT start, accept FROM rounds WHERE round = ?1", [round as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((start, accept)) = row else { return Ok(None) };
+        let accept = accept.map(|b| postcard::from_bytes(&b)).transpose()?;
+        Ok(Some((postcard::from_bytes(&start)?, accept)))
+    }
+
     /// The peers whose updates round `round` accepted, in peer order.
     pub fn accepted_in(&self, round: u64) -> Result<Vec<Hash32>, StoreError> {
         let mut q = self.db.prepare("SELECT peer FROM accepted WHERE round = ?1 ORDER BY peer")?;
