@@ -280,20 +280,7 @@ fn audited_and_tampered(run: &Run) {
         "{out}"
     );
     let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
-    // One byte of an update accepted in round 1, flipped on disk.
-    let accept: Vec<u8> =
-        db.query_row("SELECT accept FROM rounds WHERE round = 1", [], |r| r.get(0)).unwrap();
-    let Ok(Message::Accept { updates, .. }) = postcard::from_bytes::<Message>(&accept) else {
-        panic!("an Accept")
-    };
-    let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&updates[1]));
-    let blob = std::fs::read(&path).unwrap();
-    let mut bad = blob.clone();
-    bad[blob.len() / 2] ^= 1;
-    std::fs::write(&path, &bad).unwrap();
-    let (ok, out) = run.audit();
-    assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the update of"), "{out}");
-    std::fs::write(&path, &blob).unwrap();
+    update_flipped_is_named(run, &db, 1);
     assert!(run.audit().0, "restored");
     let row: Vec<u8> = db.query_row("SELECT record FROM ledger WHERE seq = 5", [], |r| r.get(0)).unwrap();
     let mut bad = row.clone();
@@ -312,6 +299,25 @@ fn audited_and_tampered(run: &Run) {
     std::fs::write(&path, &blob).unwrap();
     let (ok, out) = run.audit();
     assert!(!ok && out.contains("RoundClosed of round 2") && out.contains("corrupt"), "{out}");
+}
+
+/// One byte of the `index`th update accepted in round 1, flipped on disk: the audit names
+/// that round and the update; then the blob is put back. Returns round 1's stored `Accept`.
+fn update_flipped_is_named(run: &Run, db: &Connection, index: usize) -> Vec<u8> {
+    let accept: Vec<u8> =
+        db.query_row("SELECT accept FROM rounds WHERE round = 1", [], |r| r.get(0)).unwrap();
+    let Ok(Message::Accept { updates, .. }) = postcard::from_bytes::<Message>(&accept) else {
+        panic!("an Accept")
+    };
+    let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&updates[index]));
+    let blob = std::fs::read(&path).unwrap();
+    let mut bad = blob.clone();
+    bad[blob.len() / 2] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, out) = run.audit();
+    assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the update of"), "{out}");
+    std::fs::write(&path, &blob).unwrap();
+    accept
 }
 
 /// Validators as processes: every update is checked by one of two validators, one honest
@@ -547,19 +553,7 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     if run.cfg.algo == Algorithm::NoLoCo {
         // A NoLoCo round's Δ, flipped on disk, is named by the round that accepted it.
         let db = Connection::open(run.dir.join("coord").join("coordinator.sqlite")).unwrap();
-        let accept: Vec<u8> =
-            db.query_row("SELECT accept FROM rounds WHERE round = 1", [], |r| r.get(0)).unwrap();
-        let Ok(Message::Accept { updates, .. }) = postcard::from_bytes::<Message>(&accept) else {
-            panic!("an Accept")
-        };
-        let path = run.dir.join("coord").join("blobs").join(tessera_net::hex(&updates[0]));
-        let blob = std::fs::read(&path).unwrap();
-        let mut bad = blob.clone();
-        bad[blob.len() / 2] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let (ok, out) = run.audit();
-        assert!(!ok && out.contains("RoundClosed of round 1") && out.contains("the update of"), "{out}");
-        std::fs::write(&path, &blob).unwrap();
+        let accept = update_flipped_is_named(&run, &db, 0);
         // A replica the store's Accept names, changed: the replay's replica differs.
         let Ok(Message::Accept { pairs: Some(mut pairs), .. }) = postcard::from_bytes::<Message>(&accept)
         else {

@@ -85,18 +85,30 @@ pub fn encode(s: &Snapshot) -> String {
     counter(&mut r, "slashes", "Stakes slashed", c.slashes);
     counter(&mut r, "slashed_amount", "Stake slashed in all", c.slashed_amount);
     counter(&mut r, "rewarded_amount", "Rewards paid in all", c.rewarded_amount);
+    text(&r)
+}
+
+/// A registry in the text format.
+pub(crate) fn text(r: &Registry) -> String {
     let mut out = String::new();
-    encode_text(&mut out, &r).expect("writing to a String does not fail");
+    encode_text(&mut out, r).expect("writing to a String does not fail");
     assert!(out.ends_with("# EOF\n"), "the text format ends with its EOF marker");
     out
 }
 
-pub async fn metrics(State(p): State<Published>) -> Response {
-    let s = p.borrow().clone();
-    match s {
+/// The metrics of the latest published `T`, or 503 saying `nothing` before the first.
+pub(crate) fn answer<T>(
+    latest: Option<std::sync::Arc<T>>,
+    encode: fn(&T) -> String,
+    nothing: &str,
+) -> Response {
+    match latest {
         Some(s) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&s)).into_response(),
-        None => {
-            (StatusCode::SERVICE_UNAVAILABLE, "the coordinator has published nothing yet\n").into_response()
-        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, format!("{nothing}\n")).into_response(),
     }
+}
+
+pub async fn metrics(State(p): State<Published>) -> Response {
+    let latest = p.borrow().clone();
+    answer(latest, encode, "the coordinator has published nothing yet")
 }

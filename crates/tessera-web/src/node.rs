@@ -6,17 +6,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use prometheus_client::encoding::text::encode as encode_text;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tessera_node::status::{NodePhase, NodeStatus};
 use tokio::sync::watch;
 
-use crate::metrics::{counter, gauge, CONTENT_TYPE};
+use crate::metrics::{answer, counter, gauge, text};
 
 /// The statuses being served.
 pub type NodePublished = watch::Receiver<Option<Arc<NodeStatus>>>;
@@ -76,16 +75,10 @@ pub fn encode(s: &NodeStatus) -> String {
         gauge(&mut r, "earned", "What it earned by its ledger copy", b.earned as f64);
         gauge(&mut r, "slashed", "What it was slashed by its ledger copy", b.slashed as f64);
     }
-    let mut out = String::new();
-    encode_text(&mut out, &r).expect("writing to a String does not fail");
-    assert!(out.ends_with("# EOF\n"), "the text format ends with its EOF marker");
-    out
+    text(&r)
 }
 
 pub async fn metrics(State(p): State<NodePublished>) -> Response {
-    let s = p.borrow().clone();
-    match s {
-        Some(s) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&s)).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, format!("{NOTHING}\n")).into_response(),
-    }
+    let latest = p.borrow().clone();
+    answer(latest, encode, NOTHING)
 }
