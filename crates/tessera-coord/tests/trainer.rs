@@ -126,8 +126,10 @@ fn frames_from_strangers_replays_and_early_messages_are_refused() {
 #[test]
 fn a_welcome_configures_once_and_fetches_the_checkpoint_by_hash() {
     let mut h = H::new(None);
+    assert_eq!(h.t.phase(), Phase::Joining, "no welcome yet");
     let out = h.welcome(cfg().to_toml());
     assert!(matches!(out[0], Action::Event(TrainerEvent::Configured(_))));
+    assert_eq!(h.t.phase(), Phase::Syncing { round: 0 }, "fetching the checkpoint");
     let g = h.spec.initial_state();
     assert_eq!(fetches(&out), [(COORD, g.hash(), h.spec.state_len as u64)]);
     // A blob that does not hash to the announced state is refused; the state stays unheld.
@@ -165,7 +167,9 @@ fn an_assigned_unit_is_trained_served_then_committed() {
         deadline_ms: 1000,
         replicas: vec![],
     };
+    assert_eq!(h.t.phase(), Phase::Waiting { round: Some(0) });
     let out = h.frame(start.clone());
+    assert_eq!(h.t.phase(), Phase::Training { round: 0 });
     let Some(Action::Train { state, state_hash, unit: u }) = out.first().cloned() else { panic!("{out:?}") };
     assert_eq!((state_hash, u), (g.hash(), unit));
     assert!(h.frame(start).is_empty(), "a re-announced round being trained is not trained twice");
@@ -176,6 +180,7 @@ fn an_assigned_unit_is_trained_served_then_committed() {
         "served before announced"
     );
     assert!(matches!(&out[1], Action::Send(m) if *m == t.commit()));
+    assert_eq!(h.t.phase(), Phase::Waiting { round: Some(0) }, "committed: waiting for the close");
     // Heartbeats once configured, at the configured interval.
     assert!(matches!(&h.t.tick(1000, 2)[..], [Action::Send(Message::Heartbeat { round: 0, step: 2 })]));
     assert!(h.t.tick(1050, 2).is_empty());
@@ -209,13 +214,16 @@ fn accept_closes_the_round_with_the_aggregate_and_reports_it_computed() {
     let (agg, agg_hash, next, accept) = round_zero_accept(&h);
     let out = h.frame(accept);
     assert_eq!(fetches(&out), [(COORD, agg_hash, h.spec.update_len)]);
+    assert_eq!(h.t.phase(), Phase::Closing { round: 0 }, "fetching the aggregate");
     let out = h.t.fetched(0, agg_hash, Ok(agg));
+    assert_eq!(h.t.phase(), Phase::Waiting { round: Some(1) });
     assert_eq!(reported(&out), [(1, true, true)]);
     assert_eq!(reports(&out), [(1, next.hash(), true)]);
     assert_eq!(h.t.state(), Some((1, next.hash())));
     // Done in the state it holds: finished, computed.
     let out = h.frame(Message::Done { round: 1, state_hash: next.hash() });
     assert!(matches!(&out[..], [Action::Event(TrainerEvent::Finished { round: 1, computed: true, .. })]));
+    assert_eq!(h.t.phase(), Phase::Done);
 }
 
 #[test]
