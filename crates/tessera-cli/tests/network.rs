@@ -606,6 +606,29 @@ fn a_node_that_computes_a_different_state_is_flagged_and_resyncs() {
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
 }
 
+/// `tessera demo` prints the dashboard's address and each node's own status page, and ends
+/// with every state report agreeing.
+#[test]
+fn the_demo_prints_the_dashboard_and_every_nodes_status_page() {
+    let dir = tmp("demo-pages");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["demo", "--rounds", "2", "--peers", "2", "--dir"])
+        .arg(&dir)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("demo: watch the run at http://127.0.0.1:"), "{stdout}");
+    let pages = stdout.lines().find_map(|l| l.strip_prefix("demo: each node's own status page: "));
+    let pages = pages.unwrap_or_else(|| panic!("no status pages line:\n{stdout}"));
+    for name in ["validator", "node-0", "node-1"] {
+        assert!(pages.contains(&format!("{name} http://127.0.0.1:")), "{name}: {pages}");
+    }
+    assert!(stdout.contains("state reports      4 of 4 agree"), "{stdout}");
+}
+
 /// The Q drill (issue: hostile peers) in small: `tessera demo --chaos` kills one trainer
 /// inside every round after the first and the coordinator twice, each with SIGKILL, and
 /// restarts them. The run finishes, every round accepts updates (after each coordinator

@@ -176,6 +176,31 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> Result<Child> {
         .with_context(|| format!("starting {name}"))
 }
 
+/// Prints where each node serves its status page (what each printed as `status: URL`),
+/// waiting a few seconds for them; a node that has not said yet is left out.
+fn status_pages(dir: &Path, names: &[String]) {
+    let t0 = Instant::now();
+    let mut pages = Vec::with_capacity(names.len());
+    for name in names {
+        let page = loop {
+            let out = std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap_or_default();
+            if let Some(url) = out.lines().find_map(|l| l.strip_prefix("status: ")) {
+                break Some(url.trim().to_string());
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(url) = page {
+            pages.push(format!("{name} {url}"));
+        }
+    }
+    if !pages.is_empty() {
+        crate::out(&format!("demo: each node's own status page: {}", pages.join(", ")));
+    }
+}
+
 /// How the run's updates travel, for the banner (e.g. `int8`, `top-64/4096 2bit`).
 fn spec_codec(cfg: &RunConfig) -> String {
     match cfg.update_codec() {
@@ -267,22 +292,31 @@ pub fn run(a: DemoArgs) -> Result<()> {
         spec_codec(&cfg),
         cfg.rounds
     ));
+    // Each node serves its own status page too, but not under --chaos, whose restarts would
+    // move them to other ports.
+    let node_args = |key: &Path| {
+        let args =
+            ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(key), "--threads", "1"];
+        let mut args: Vec<String> = args.map(String::from).to_vec();
+        if a.chaos.is_none() {
+            args.extend(["--http".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        args
+    };
     if cfg.validate == tessera_coord::Validate::Validators {
         // One validator, there before the first round: it re-runs the segments the
         // coordinator draws and the coordinator referees what it finds.
-        let key = a.dir.join("validator.key");
-        let args =
-            ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
-        let mut args: Vec<String> = args.map(String::from).to_vec();
+        let mut args = node_args(&a.dir.join("validator.key"));
         args.push("--validator".into());
         kids.start(&a.dir, "validator", args)?;
     }
     let first_trainer = kids.0.len();
     for i in 0..a.peers {
-        let key = a.dir.join(format!("node-{i}.key"));
-        let args =
-            ["node", "--join", &ticket, "--data-dir", &s(&a.data_dir), "--key", &s(&key), "--threads", "1"];
-        kids.start(&a.dir, &format!("node-{i}"), args.map(String::from).to_vec())?;
+        kids.start(&a.dir, &format!("node-{i}"), node_args(&a.dir.join(format!("node-{i}.key"))))?;
+    }
+    if a.chaos.is_none() {
+        let names: Vec<String> = kids.0.iter().skip(1).map(|k| k.0.clone()).collect();
+        status_pages(&a.dir, &names);
     }
     let mut chaos = a.chaos.map(|seed| Chaos::new(seed, cfg.rounds));
     crate::out(&format!("demo: logs in {}", a.dir.display()));
