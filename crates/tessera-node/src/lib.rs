@@ -6,8 +6,10 @@
 //! clock, the disk and the thread pool. A driver here only executes the machines' outputs in
 //! order; what a message means is decided in `tessera-coord`, so the simulator and the
 //! daemons cannot diverge. The coordinator also publishes what its run looks like
-//! ([`view::Snapshot`]) for the HTTP service of `tessera-web`, and every daemon's [`Log`]
-//! writes human lines or JSON ([`set_log_format`]).
+//! ([`view::Snapshot`], with the run before a restart read back from the store) and each
+//! trainer or validator what it is doing ([`status::NodeStatus`]) for the HTTP service of
+//! `tessera-web`, and every daemon's [`Log`] writes human lines or JSON
+//! ([`set_log_format`]).
 //!
 //! **Invariants.** A coordinator decision is written to the store before it is announced
 //! (persist before announce), and a round closes at most once (a database constraint). Blobs
