@@ -137,8 +137,12 @@ fn the_api_and_metrics_follow_a_live_run_and_agree_with_the_store() {
             rejected.iter().map(|(p, why)| (tessera_net::hex(p), why.clone())).collect();
         assert_eq!(api_rej, stored, "round {round}'s rejections and their reasons");
         no_commit += r["rejected"].as_array().unwrap().iter().filter(|x| x["kind"] == "no_commit").count();
-        assert!(r["train_loss"].as_f64().is_some_and(|l| l > 0.0), "the trainers' losses are shown");
-        assert!(r["ddp_bytes"].as_u64().unwrap() > r["update_bytes"].as_u64().unwrap());
+        // (A round can close with no update when both honest trainers miss its deadline on a
+        // loaded machine: then it has no loss and no bytes to show.)
+        if !accepted.is_empty() {
+            assert!(r["train_loss"].as_f64().is_some_and(|l| l > 0.0), "the trainers' losses are shown");
+            assert!(r["ddp_bytes"].as_u64().unwrap() > r["update_bytes"].as_u64().unwrap());
+        }
     }
     assert!(no_commit >= 1, "the stalled member's rounds are left out as no_commit");
     // The ledger: every entry seen is the stored record of that number.
@@ -194,7 +198,8 @@ fn the_api_and_metrics_follow_a_live_run_and_agree_with_the_store() {
     let rounds = |s| sample(s, "tessera_rounds_total", None).unwrap();
     assert!(rounds(last) > rounds(first), "the round counter moved: {} -> {}", rounds(first), rounds(last));
     let accepted = sample(last, "tessera_updates_accepted_total", None).unwrap();
-    assert_eq!(accepted, 2.0 * rounds(last), "two honest updates a round");
+    let stored = run.count(&format!("SELECT COUNT(*) FROM accepted WHERE round < {}", rounds(last) as i64));
+    assert_eq!(accepted, stored as f64, "the accepted updates of the rounds closed so far");
     let left_out = sample(last, "tessera_updates_rejected_total", Some(("reason", "no_commit")));
     assert!(left_out.is_some_and(|n| n >= 1.0), "rejections are counted by reason");
     assert!(sample(last, "tessera_bytes_received_total", None).unwrap() > 0.0);
