@@ -606,20 +606,27 @@ fn a_node_that_computes_a_different_state_is_flagged_and_resyncs() {
     assert_eq!(run.count("SELECT COUNT(*) FROM rounds WHERE accept IS NOT NULL"), 4);
 }
 
-/// `tessera demo` prints the dashboard's address and each node's own status page, and ends
-/// with every state report agreeing.
-#[test]
-fn the_demo_prints_the_dashboard_and_every_nodes_status_page() {
-    let dir = tmp("demo-pages");
+/// What `tessera demo ARGS` printed, run in `dir`; it must succeed.
+fn demo(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["demo", "--rounds", "2", "--peers", "2", "--dir"])
-        .arg(&dir)
+        .arg("demo")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// `tessera demo` prints the dashboard's address and each node's own status page, and ends
+/// with every state report agreeing.
+#[test]
+fn the_demo_prints_the_dashboard_and_every_nodes_status_page() {
+    let stdout = demo(&tmp("demo-pages"), &["--rounds", "2", "--peers", "2"]);
     assert!(stdout.contains("demo: watch the run at http://127.0.0.1:"), "{stdout}");
     let pages = stdout.lines().find_map(|l| l.strip_prefix("demo: each node's own status page: "));
     let pages = pages.unwrap_or_else(|| panic!("no status pages line:\n{stdout}"));
@@ -637,15 +644,7 @@ fn the_demo_prints_the_dashboard_and_every_nodes_status_page() {
 #[test]
 fn the_demo_survives_a_trainer_killed_every_round_and_the_coordinator_twice() {
     let dir = tmp("chaos");
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["demo", "--chaos", "5", "--rounds", "6", "--dir"])
-        .arg(&dir)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = demo(&dir, &["--chaos", "5", "--rounds", "6"]);
     // One per round after the first, the last only if it strikes before the run ends.
     let killed = stdout.contains("chaos killed 4 trainers") || stdout.contains("chaos killed 5 trainers");
     assert!(killed && stdout.contains("the coordinator 2 times"), "{stdout}");

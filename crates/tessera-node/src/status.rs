@@ -197,6 +197,9 @@ impl Board {
 
     /// The state held and what the ledger copy says of this node.
     pub fn held(&mut self, state: Option<(u64, Hash32)>, ledger: &tessera_ledger::Ledger, me: &PeerId) {
+        if self.publish.is_none() {
+            return; // nobody reads it: the daemon's loop does not pay for it
+        }
         let balance = ledger.accounts().get(me).map(|a| Balance {
             stake: a.stake,
             earned: a.earned(),

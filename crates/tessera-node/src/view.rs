@@ -343,7 +343,8 @@ impl Dash {
     pub fn restore(&mut self, h: &crate::store::History, blob_len: impl Fn(&Hash32) -> Option<u64>) {
         assert!(self.snap.rounds.end() == 0, "the past is taken in before any round closes");
         for r in &h.rounds {
-            let Some(ClosedRound { accepted: peers, updates, .. }) = ClosedRound::of(&r.accept) else {
+            let Some(ClosedRound { accepted: peers, updates, rejected, .. }) = ClosedRound::of(&r.accept)
+            else {
                 continue;
             };
             let accepted: Vec<AcceptedView> = peers
@@ -354,15 +355,11 @@ impl Dash {
             for p in &peers {
                 *self.delivered.entry(*p).or_default() += 1;
             }
-            let rejected = match &r.accept {
-                tessera_wire::Message::Accept { rejected, .. } => rejected
-                    .iter()
-                    .take(tessera_wire::MAX_MEMBERS)
-                    .map(|(p, why)| RejectedView { peer: hex(p), kind: "recorded", reason: why.clone() })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let n = accepted.len() as u64;
+            let rejected = rejected
+                .into_iter()
+                .take(tessera_wire::MAX_MEMBERS)
+                .map(|(p, reason)| RejectedView { peer: hex(&p), kind: "recorded", reason })
+                .collect();
             let view = RoundView {
                 round: r.round,
                 started_ms: None,
@@ -371,7 +368,7 @@ impl Dash {
                 update_bytes: accepted.iter().filter_map(|a| a.bytes).sum(),
                 accepted,
                 rejected,
-                ddp_bytes: n.saturating_mul(self.h).saturating_mul(self.n * 4),
+                ddp_bytes: self.ddp_bytes(peers.len()),
                 train_loss: None,
                 state_hash: hex(&r.state_hash),
             };
@@ -412,6 +409,12 @@ impl Dash {
         self.dirty = true;
     }
 
+    /// What DDP would move for `accepted` trainers' steps of a round: one dense f32 gradient
+    /// per inner step each.
+    fn ddp_bytes(&self, accepted: usize) -> u64 {
+        (accepted as u64).saturating_mul(self.h).saturating_mul(self.n * 4)
+    }
+
     /// A validation loss of the shared model after `round` rounds.
     pub fn eval(&mut self, round: u64, at_ms: u64, loss: f64) {
         self.snap.evals.push(EvalView { round, at_ms, loss });
@@ -430,7 +433,7 @@ impl Dash {
             accepted: Vec::with_capacity(accepted.len()),
             rejected: Vec::new(),
             update_bytes: 0,
-            ddp_bytes: (accepted.len() as u64).saturating_mul(self.h).saturating_mul(self.n * 4),
+            ddp_bytes: self.ddp_bytes(accepted.len()),
             train_loss: None,
             state_hash: hex(state_hash),
         };

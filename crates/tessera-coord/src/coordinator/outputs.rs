@@ -130,16 +130,19 @@ pub struct ClosedRound {
     pub replicas: Vec<(PeerId, Hash32)>,
     /// Blobs that expire with the round's state checkpoint (NoLoCo's φ and replica blobs).
     pub expiring: Vec<Hash32>,
+    /// The updates left out, with their reasons in words.
+    pub rejected: Vec<(PeerId, String)>,
 }
 
 impl ClosedRound {
     /// `None` when `accept` is not an `Accept`.
     pub fn of(accept: &Message) -> Option<Self> {
-        let Message::Accept { accepted, updates, pairs, .. } = accept else { return None };
+        let Message::Accept { accepted, updates, pairs, rejected, .. } = accept else { return None };
         let replicas = pairs.as_ref().map(|p| p.replicas.clone()).unwrap_or_default();
         let phis = pairs.iter().flat_map(|p| p.phis.iter().copied());
         let expiring = phis.chain(replicas.iter().map(|r| r.1)).collect();
-        Some(Self { accepted: accepted.clone(), updates: updates.clone(), replicas, expiring })
+        let rejected = rejected.clone();
+        Some(Self { accepted: accepted.clone(), updates: updates.clone(), replicas, expiring, rejected })
     }
 }
 
