@@ -99,8 +99,8 @@ pub enum BenchCmd {
     Coordinator {
         #[arg(long, default_value = "tiny")]
         preset: String,
-        /// Member counts to measure (at most the 1,024 members a run config allows).
-        #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+        /// Member counts to measure (at most the 16,384 members a run config allows).
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024,10000")]
         members: Vec<usize>,
         #[arg(long, default_value = "runs/data/embedded")]
         data_dir: std::path::PathBuf,

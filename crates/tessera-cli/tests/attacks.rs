@@ -104,9 +104,10 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
             let (net, conn) = (net.clone(), conn.clone());
             async move { net.send_frame(&conn, &f).await.unwrap() }
         };
-        // Garbage, then a frame that declares more than the limit.
+        // Garbage, then a frame that declares more than a coordinator reads (a member's
+        // longest message is far shorter than a coordinator's).
         send(b"not a frame at all, and long enough to have a header and a signature: ".repeat(2)).await;
-        net.send_raw(&conn, tessera_wire::MAX_FRAME as u32 + 10, &[0u8; 64]).await.unwrap();
+        net.send_raw(&conn, tessera_wire::MAX_PEER_FRAME as u32 + 10, &[0u8; 64]).await.unwrap();
         // Signed by us, claiming to be node 1: refused as another peer's before its
         // signature is checked.
         let mut forged =
@@ -157,7 +158,7 @@ fn hostile_frames_are_refused_with_typed_errors_and_the_run_goes_on() {
     let log = c.log();
     for want in [
         "refused: bad magic",
-        "refused: frame of more than",
+        "refused: frame over this endpoint's limit",
         "refused: signature does not verify",
         "refused: signed by another peer",
         "refused: sequence number 5 is not above",

@@ -9,7 +9,7 @@ use tessera_sync::{GlobalOptimizer, OuterSettings, Training};
 use crate::CoordError;
 
 /// Most trainers one round may hold.
-pub const MAX_ROUND_PEERS: usize = 1024;
+pub const MAX_ROUND_PEERS: usize = 16_384;
 /// Longest config text a `Welcome` may carry.
 pub const MAX_CONFIG_TEXT: usize = 16 * 1024;
 
@@ -181,7 +181,7 @@ impl RunConfig {
             return bad("need score_batches <= 64 and harm_tolerance >= 0");
         }
         if self.min_peers == 0 || self.max_peers < self.min_peers || self.max_peers > MAX_ROUND_PEERS {
-            return bad("need 1 <= min_peers <= max_peers <= 1024");
+            return bad("need 1 <= min_peers <= max_peers <= 16384");
         }
         if self.heartbeat_ms == 0 || self.silence_ms <= self.heartbeat_ms {
             return bad("need 0 < heartbeat_ms < silence_ms");

@@ -14,9 +14,15 @@ use crate::screen::{Fingerprint, Screen, Screened, Screening};
 mod checking;
 mod disputes;
 mod ledgering;
+mod liveness;
 mod outputs;
 mod round_checks;
+
+use liveness::silent;
 mod scoring;
+mod slots;
+
+use slots::{Slot, Slots};
 
 pub use disputes::RecomputeJob;
 pub use outputs::{ClosedRound, Disputed, Event, Output, Record, Restored};
@@ -48,30 +54,16 @@ pub const MISS_GROWTH: f64 = 2.0;
 /// A unit of data: H inner steps on the batches of `(data_round, slot)`.
 pub type Unit = (u64, u64);
 
-#[derive(Debug, Clone, PartialEq)]
-enum Slot {
-    Waiting,
-    Fetching {
-        hash: Hash32,
-    },
-    /// Decoded; the bytes are kept when peers will fetch the update itself (all-gather).
-    Accepted {
-        hash: Hash32,
-        values: Vec<f32>,
-        support: Option<Vec<u32>>,
-        bytes: Option<Vec<u8>>,
-    },
-    /// Refused, with its typed reason (turned into text only for `Accept`).
-    Rejected(Reject),
-}
-
 struct OpenRound {
     round: u64,
     start: Message,
     assignments: Vec<Assignment>,
     started_ms: u64,
     deadline_at: u64,
-    slots: BTreeMap<PeerId, Slot>,
+    slots: Slots,
+    /// How many of the round's members have a known round time (the deadline adapts once
+    /// half of them do).
+    known: usize,
     /// The peers in the order their commits arrived (a copy comes after its original).
     order: Vec<PeerId>,
     checks: Checks,
@@ -101,6 +93,9 @@ pub struct Coordinator {
     history: BTreeMap<u64, Hash32>,
     /// Members and when each was last heard from.
     members: BTreeMap<PeerId, u64>,
+    /// No member can be silent before this time (the earliest last contact plus the
+    /// silence allowed, kept by `heard`), so `advance` scans the members only from then on.
+    next_silence: u64,
     /// Where each member serves blobs (its first `Join` address), for the others to fetch from.
     addrs: BTreeMap<PeerId, String>,
     seqs: BTreeMap<PeerId, SeqWindow>,
@@ -181,6 +176,7 @@ impl Coordinator {
             screen,
             history,
             members: BTreeMap::new(),
+            next_silence: 0,
             addrs: BTreeMap::new(),
             seqs: BTreeMap::new(),
             speed_ms: BTreeMap::new(),
@@ -217,7 +213,7 @@ impl Coordinator {
         // Their last contact is dated into the future: a grace to reconnect.
         let grace = self.cfg.rejoin_grace_ms;
         for a in assignments {
-            self.members.insert(a.peer, now_ms + grace);
+            self.heard(a.peer, now_ms + grace);
             if self.pairs() {
                 // Round 0 has no Accept to restore replicas from: they start as the consensus.
                 self.replicas.ensure(a.peer, &self.global);
@@ -226,7 +222,8 @@ impl Coordinator {
         self.open = Some(OpenRound {
             round,
             assignments: assignments.clone(),
-            slots: assignments.iter().map(|a| (a.peer, Slot::Waiting)).collect(),
+            slots: Slots::waiting(assignments.iter().map(|a| a.peer)),
+            known: 0,
             started_ms: now_ms + grace,
             deadline_at: now_ms + grace + deadline_ms,
             start,
@@ -364,17 +361,15 @@ impl Coordinator {
             },
         };
         if let Some(open) = self.open.as_mut() {
-            if let Some(slot) = open.slots.get_mut(&from) {
-                if *slot == (Slot::Fetching { hash }) {
-                    if let Slot::Rejected(reason) = &verdict {
-                        let reason = reason.clone();
-                        self.out.push(Output::Event(Event::Rejected { from, reason }));
-                    }
-                    let accepted = matches!(verdict, Slot::Accepted { .. });
-                    *slot = verdict;
-                    if accepted {
-                        self.ask_score(from);
-                    }
+            if open.slots.get(&from) == Some(&Slot::Fetching { hash }) {
+                if let Slot::Rejected(reason) = &verdict {
+                    let reason = reason.clone();
+                    self.out.push(Output::Event(Event::Rejected { from, reason }));
+                }
+                let accepted = matches!(verdict, Slot::Accepted { .. });
+                open.slots.set(from, verdict);
+                if accepted {
+                    self.ask_score(from);
                 }
             }
         }
@@ -444,7 +439,7 @@ impl Coordinator {
             other => return Err(Reject::Unexpected(other.kind())),
         }
         if !self.banned.contains_key(&from) {
-            self.members.insert(from, now_ms); // (a message that proved a cheat does not count)
+            self.heard(from, now_ms); // (a message that proved a cheat does not count)
         }
         Ok(())
     }
@@ -475,7 +470,7 @@ impl Coordinator {
             if self.members.len() >= self.cfg.max_peers {
                 return Err(Reject::Full(self.members.len()));
             }
-            self.members.insert(from, now_ms);
+            self.heard(from, now_ms);
             self.event(Event::Joined(from));
         }
         if self.open.is_some() && self.rejoined.len() < MAX_KNOWN_PEERS {
@@ -505,7 +500,7 @@ impl Coordinator {
         };
         self.out.push(Output::Send { to: from, message: welcome });
         if let Some(open) = &self.open {
-            if open.slots.contains_key(&from) {
+            if open.slots.contains(&from) {
                 self.out.push(Output::Send { to: from, message: open.start.clone() });
             }
         }
@@ -561,21 +556,22 @@ impl Coordinator {
             Some(o) if o.round == round => o,
             _ => return Err(Reject::WrongRound { got: round, want: open_round }),
         };
-        let slot = open.slots.get_mut(&from).ok_or(Reject::NotAssigned(round))?;
+        let slot = open.slots.get(&from).ok_or(Reject::NotAssigned(round))?;
         match slot {
             Slot::Waiting if checked.is_err() => {
                 let reject = checked.expect_err("checked above");
-                *slot = Slot::Rejected(reject.clone());
+                open.slots.set(from, Slot::Rejected(reject.clone()));
                 return Err(reject);
             }
             Slot::Waiting => {
-                *slot = Slot::Fetching { hash: *update };
+                open.slots.set(from, Slot::Fetching { hash: *update });
                 open.order.push(from);
                 if !sig.is_empty() {
                     open.sigs.insert(from, sig.clone());
                 }
                 if !open.reopened {
                     let took = now_ms.saturating_sub(open.started_ms) as f64;
+                    open.known += usize::from(!self.speed_ms.contains_key(&from));
                     let s = self.speed_ms.entry(from).or_insert(took);
                     *s = SPEED_ALPHA * took + (1.0 - SPEED_ALPHA) * *s;
                 }
@@ -594,24 +590,6 @@ impl Coordinator {
             _ => return Err(Reject::Equivocation(round)),
         }
         Ok(())
-    }
-
-    /// A round that started knowing too few of its members' speeds waits the round timeout;
-    /// once this round's commits make half of them known, its deadline comes down to the one
-    /// those speeds give (never up), so one member that never commits cannot hold it for the
-    /// whole timeout.
-    fn tighten_deadline(&mut self) {
-        let Some(open) = self.open.as_ref() else { return };
-        if open.deadline_at.saturating_sub(open.started_ms) < self.cfg.round_timeout_ms {
-            return; // the deadline was adapted at the start
-        }
-        let peers: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
-        let d = self.deadline(&peers);
-        if let Some(o) = self.open.as_mut().filter(|_| d < self.cfg.round_timeout_ms) {
-            let before = o.deadline_at;
-            o.deadline_at = o.deadline_at.min(o.started_ms.saturating_add(d));
-            assert!(o.deadline_at <= before, "a deadline only comes down");
-        }
     }
 
     /// Whether the run is over and every member has reported its final state (what the
@@ -651,20 +629,11 @@ impl Coordinator {
 
     /// Drops silent members, closes the open round when it is decided or late, starts the next.
     fn advance(&mut self, now_ms: u64) {
-        let silent = silent(&self.members, now_ms, self.cfg.silence_ms);
-        for p in silent {
-            self.members.remove(&p);
-            self.addrs.remove(&p);
-            self.event(Event::Left(p));
-        }
+        self.drop_silent(now_ms);
         let late = self.open.as_ref().is_some_and(|o| now_ms >= o.deadline_at);
         self.expire_checks(now_ms, late);
         if let Some(open) = &self.open {
-            let decided = open.slots.iter().all(|(p, s)| match s {
-                Slot::Accepted { .. } | Slot::Rejected(_) => true,
-                Slot::Waiting => !self.members.contains_key(p),
-                Slot::Fetching { .. } => false,
-            });
+            let decided = open.slots.decided(|p| self.members.contains_key(p));
             // Past the deadline every check still open is the checker's own (a fetch or a
             // re-run in flight): the round waits for it, the trainer being not at fault.
             let scored = open.scoring.is_empty() && open.weighing.is_empty();
@@ -715,7 +684,8 @@ impl Coordinator {
         self.out.push(Output::Broadcast { message: start.clone() });
         self.open = Some(OpenRound {
             round,
-            slots: peers.iter().map(|p| (*p, Slot::Waiting)).collect(),
+            slots: Slots::waiting(peers.iter().copied()),
+            known: peers.iter().filter(|p| self.speed_ms.contains_key(*p)).count(),
             assignments,
             started_ms: now_ms,
             deadline_at: now_ms + deadline_ms,
@@ -732,57 +702,6 @@ impl Coordinator {
         self.event(Event::Opened { round, started_ms: now_ms, deadline_ms: now_ms + deadline_ms });
     }
 
-    /// `slack ×` the [`DEADLINE_QUANTILE`] of this round's peers' known round times, clamped;
-    /// the configured timeout while fewer than half of them have a known time. One slow or
-    /// silent member therefore sets nobody's deadline (and a member that never commits is
-    /// dropped after [`MAX_MISSED_ROUNDS`]).
-    fn deadline(&self, peers: &[PeerId]) -> u64 {
-        let mut known: Vec<f64> = peers.iter().filter_map(|p| self.speed_ms.get(p).copied()).collect();
-        if known.is_empty() || 2 * known.len() < peers.len() {
-            return self.cfg.round_timeout_ms;
-        }
-        known.sort_by(f64::total_cmp);
-        let rank = ((known.len() as f64 * DEADLINE_QUANTILE).ceil() as usize).clamp(1, known.len());
-        let d = (known[rank - 1] * self.cfg.deadline_slack) as u64;
-        d.clamp(self.cfg.min_round_ms, self.cfg.max_round_ms)
-    }
-
-    /// After a close: members assigned a unit that committed nothing count a missed round
-    /// (the others start again from 0); one that missed [`MAX_MISSED_ROUNDS`] in a row is
-    /// dropped from the run. A member that missed needed more than the `allotted` ms, so its
-    /// known round time grows to [`MISS_GROWTH`] × that at least: if most members miss, the
-    /// next deadline grows with them (a round that nobody can make in time cannot repeat for
-    /// ever), while one member's miss moves the deadline's quantile little.
-    fn count_missed(&mut self, waiting: &[PeerId], assigned: &[PeerId], allotted: u64) {
-        for p in assigned {
-            match waiting.contains(p) {
-                true => {
-                    *self.missed.entry(*p).or_default() += 1;
-                    if let Some(s) = self.speed_ms.get_mut(p) {
-                        let grown = (s.max(allotted as f64 / self.cfg.deadline_slack) * MISS_GROWTH)
-                            .min(self.cfg.max_round_ms as f64);
-                        *s = s.max(grown);
-                    }
-                }
-                false => {
-                    self.missed.remove(p);
-                }
-            }
-        }
-        let dropped: Vec<PeerId> =
-            self.missed.iter().filter(|(_, n)| **n >= MAX_MISSED_ROUNDS).map(|(p, _)| *p).collect();
-        for p in dropped {
-            self.missed.remove(&p);
-            if self.members.remove(&p).is_some() {
-                self.addrs.remove(&p);
-                self.event(Event::Left(p));
-            }
-        }
-        let members = &self.members;
-        self.missed.retain(|p, _| members.contains_key(p));
-        assert!(self.missed.len() <= self.members.len(), "missed rounds are counted for members only");
-    }
-
     /// Accepts what arrived, aggregates it in peer-id order, applies the outer step, persists,
     /// then announces.
     fn close(&mut self) -> Result<(), CoordError> {
@@ -794,20 +713,27 @@ impl Coordinator {
         let mut contribs = Vec::new();
         let mut waiting = Vec::new();
         let allotted = open.deadline_at.saturating_sub(open.started_ms);
-        let Screening { refused, mut prints, proven } = self.screen(&open.order, &open.slots);
+        let Screening { refused, prints, proven } = self.screen(&open.order, &open.slots);
         for (peer, of) in proven {
             self.convict_duplicate(round, peer, of);
         }
-        for (peer, slot) in open.slots {
-            if let Some(r) = refused.iter().find(|r| r.0 == peer) {
-                self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.1.clone() }));
-                rejected.push((peer, r.1.clone()));
+        // By peer: the first reason each refused update was given, and each one's fingerprint.
+        let mut refusals: BTreeMap<PeerId, Reject> = BTreeMap::new();
+        for (peer, reason) in refused {
+            refusals.entry(peer).or_insert(reason);
+        }
+        let mut prints: BTreeMap<PeerId, Hash32> = prints.into_iter().collect();
+        let mut remembered: Vec<(Hash32, usize)> = Vec::new(); // (values hash, contribution)
+        for (peer, slot) in open.slots.into_iter() {
+            if let Some(r) = refusals.remove(&peer) {
+                self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.clone() }));
+                rejected.push((peer, r));
                 continue;
             }
             match slot {
                 Slot::Accepted { hash, values, support, bytes } => {
-                    if let Some(i) = prints.iter().position(|p| p.0 == peer) {
-                        self.screen.remember(prints.swap_remove(i).1);
+                    if let Some(print) = prints.remove(&peer) {
+                        remembered.push((print, contribs.len()));
                     }
                     let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
                     contribs.push(c);
@@ -825,9 +751,14 @@ impl Coordinator {
                 Slot::Fetching { .. } => rejected.push((peer, Reject::NotFetched)),
             }
         }
+        assert!(refusals.is_empty(), "only the round's updates are refused");
+        let remembered: Vec<(Hash32, &[f32])> =
+            remembered.iter().map(|(h, i)| (*h, contribs[*i].values.as_slice())).collect();
+        self.screen.remember_round(&remembered);
         let mut reassigned = 0;
+        let taken: std::collections::BTreeSet<&PeerId> = accepted.iter().collect();
         for a in &open.assignments {
-            if !accepted.contains(&a.peer) && self.backlog.len() < MAX_BACKLOG {
+            if !taken.contains(&a.peer) && self.backlog.len() < MAX_BACKLOG {
                 self.backlog.push_back((a.data_round, a.slot));
                 reassigned += 1;
             }
@@ -904,7 +835,7 @@ struct Stepped {
 
 impl Coordinator {
     /// Copy and replay detection over a round's accepted updates, in commit order.
-    fn screen(&self, order: &[PeerId], slots: &BTreeMap<PeerId, Slot>) -> Screening {
+    fn screen(&self, order: &[PeerId], slots: &Slots) -> Screening {
         let acc: Vec<Screened> = order
             .iter()
             .filter_map(|p| match slots.get(p) {
@@ -954,11 +885,6 @@ impl Coordinator {
         assert_eq!(self.global.round, round + 1, "a round closes once");
         Ok(Stepped { aggregate: agg_hash, pairs: None, spread: None })
     }
-}
-
-/// The peers of `seen` (last heard from, by peer) silent for more than `silence_ms`.
-fn silent(seen: &BTreeMap<PeerId, u64>, now_ms: u64, silence_ms: u64) -> Vec<PeerId> {
-    seen.iter().filter(|(_, &t)| now_ms.saturating_sub(t) > silence_ms).map(|(p, _)| *p).collect()
 }
 
 fn truncate(mut s: String) -> String {

@@ -4,10 +4,10 @@
 //! aggregate, or within [`REPLAY_COSINE`] of one of the last [`MAX_RECENT`], is a replay. Bounded
 //! memory: [`MAX_SEEN`] hashes and [`MAX_RECENT`] samples.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tessera_sync::Algorithm;
-use tessera_verify::{copies, cosine, sample, values_hash};
+use tessera_verify::{copies, near_any, sample, values_hash, Samples};
 
 use crate::{Hash32, PeerId, Reject};
 
@@ -38,16 +38,16 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     pub fn of(values: &[f32], support: Option<&[u32]>) -> Self {
-        Self { hash: values_hash(values, support), sample: sample(values) }
+        Self { hash: values_hash(values, support), sample: sample(values).into_owned() }
     }
 }
 
-/// A round's screening: the updates refused, with the reason, and the fingerprints of the
-/// others, to remember once the round is closed.
+/// A round's screening: the updates refused, with the reason, and the hashes of all of them
+/// (for [`Screen::remember_round`] once the round is closed).
 #[derive(Debug, Default)]
 pub struct Screening {
     pub refused: Vec<(PeerId, Reject)>,
-    pub prints: Vec<(PeerId, Fingerprint)>,
+    pub prints: Vec<(PeerId, Hash32)>,
     /// Of the refused, those whose values are bit for bit an earlier round's accepted update
     /// or aggregate, with what they duplicate: proof of a cheat (only for the dense codecs,
     /// whose honest updates never coincide exactly; a sparse or sign-coded one can; and only
@@ -92,29 +92,39 @@ impl Screen {
     pub fn check(&self, acc: &[Screened]) -> Screening {
         let acc: Vec<Screened> =
             acc.iter().filter(|(_, v, _)| v.iter().any(|x| *x != 0.0)).copied().collect();
-        let prints: Vec<Fingerprint> = acc.iter().map(|(_, v, s)| Fingerprint::of(v, *s)).collect();
+        let hashes: Vec<Hash32> = acc.iter().map(|(_, v, s)| values_hash(v, *s)).collect();
         let (t, rt) = (self.threshold, self.replay_threshold);
-        let near = |s: &[f32]| rt < 1.0 && self.recent.iter().any(|r| cosine(r, s) > rt);
+        let samples = Samples::of(acc.iter().map(|(_, v, _)| *v).collect());
+        let near = match rt < 1.0 {
+            true => near_any(&samples, &self.recent.iter().collect::<Vec<_>>(), rt),
+            false => vec![false; samples.len()],
+        };
         let mut refused: Vec<(PeerId, Reject)> = acc
             .iter()
-            .zip(&prints)
-            .filter(|(_, f)| self.seen.contains(&f.hash) || near(&f.sample))
-            .map(|((p, _, _), _)| (*p, Reject::Replayed))
+            .zip(&hashes)
+            .zip(&near)
+            .filter(|((_, h), near)| self.seen.contains(*h) || **near)
+            .map(|(((p, _, _), _), _)| (*p, Reject::Replayed))
             .collect();
         let proven: Vec<(PeerId, String)> = acc
             .iter()
-            .zip(&prints)
-            .filter(|(_, f)| self.proves && self.seen.contains(&f.hash))
+            .zip(&hashes)
+            .filter(|(_, h)| self.proves && self.seen.contains(*h))
             .map(|((p, _, _), _)| (*p, "bit for bit an earlier accepted update or aggregate".to_string()))
             .collect();
-        let samples: Vec<Vec<f32>> = prints.iter().map(|f| f.sample.clone()).collect();
         let mut found = copies(&samples, t);
         // A sparse update that sends exactly another's positions is a copy too, whatever values
-        // it puts there.
+        // it puts there (of the first to send them).
+        let mut copied: BTreeSet<usize> = found.iter().map(|f| f.0).collect();
+        let mut first: BTreeMap<&[u32], usize> = BTreeMap::new();
         for (i, (_, _, si)) in acc.iter().enumerate() {
-            let same = acc[..i].iter().position(|(_, _, sj)| si.is_some() && si == sj);
-            if let Some(j) = same.filter(|_| !found.iter().any(|f| f.0 == i)) {
-                found.push((i, j));
+            let Some(si) = si else { continue };
+            match first.get(si) {
+                Some(&j) if copied.insert(i) => found.push((i, j)),
+                Some(_) => {}
+                None => {
+                    first.insert(si, i);
+                }
             }
         }
         for (copy, original) in found {
@@ -122,9 +132,24 @@ impl Screen {
             refused.push((acc[copy].0, Reject::Copy { of }));
         }
         assert!(refused.len() <= 2 * acc.len(), "at most two reasons per update");
-        assert!(proven.iter().all(|p| refused.iter().any(|r| r.0 == p.0)), "what is proven is refused");
-        let prints = acc.iter().map(|a| a.0).zip(prints).collect();
+        let refusing: BTreeSet<&PeerId> = refused.iter().map(|r| &r.0).collect();
+        assert!(proven.iter().all(|p| refusing.contains(&p.0)), "what is proven is refused");
+        let prints = acc.iter().map(|a| a.0).zip(hashes).collect();
         Screening { refused, prints, proven }
+    }
+
+    /// Remembers a closed round's accepted updates, in order: every one's hash, and the
+    /// samples of the last [`MAX_RECENT`] (what remembering each in turn would leave).
+    pub fn remember_round(&mut self, accepted: &[(Hash32, &[f32])]) {
+        let keep = accepted.len().saturating_sub(MAX_RECENT);
+        for (i, (hash, values)) in accepted.iter().enumerate() {
+            let sample = match i >= keep {
+                true => sample(values).into_owned(),
+                false => Vec::new(), // dropped again before the round is over
+            };
+            self.remember(Fingerprint { hash: *hash, sample });
+        }
+        assert!(self.recent.len() <= MAX_RECENT, "bounded");
     }
 
     /// Remembers an accepted update or an aggregate.
@@ -147,6 +172,7 @@ impl Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_verify::cosine;
 
     /// Regressions found by `tessera vopr`: seeds 613 and 798, two honest DDP trainers each
     /// given one sequence drew the same one, computed the same gradient, and the later was

@@ -85,7 +85,7 @@ pub enum NetError {
     Timeout(&'static str),
     #[error("stream: {0}")]
     Stream(String),
-    #[error("frame of more than {MAX_FRAME} bytes")]
+    #[error("frame over this endpoint's limit (see NetConfig::max_frame)")]
     FrameTooLarge,
     #[error("peer does not have blob {0}")]
     Missing(String),
@@ -176,6 +176,10 @@ pub struct NetConfig {
     /// Time to receive one control frame once its first byte has arrived (default
     /// [`FRAME_TIMEOUT`]; shorter in tests).
     pub frame_timeout: Duration,
+    /// Longest control frame read (default [`MAX_FRAME`], the coordinator's largest message);
+    /// a coordinator reads only its members' and validators', and sets
+    /// [`tessera_wire::MAX_PEER_FRAME`]. A longer length is refused before allocating.
+    pub max_frame: usize,
 }
 
 impl Default for NetConfig {
@@ -185,6 +189,7 @@ impl Default for NetConfig {
             shaping: None,
             internet: false,
             frame_timeout: FRAME_TIMEOUT,
+            max_frame: MAX_FRAME,
         }
     }
 }
@@ -293,6 +298,7 @@ pub struct Net {
     /// The outgoing control stream of each connection (by connection id).
     control: Arc<Mutex<HashMap<usize, Arc<tokio::sync::Mutex<SendStream>>>>>,
     frame_timeout: Duration,
+    max_frame: usize,
 }
 
 /// A peer's transport identity as a wire peer id.
@@ -354,6 +360,7 @@ impl Net {
             traffic: Arc::default(),
             control: Arc::default(),
             frame_timeout: cfg.frame_timeout,
+            max_frame: cfg.max_frame.min(MAX_FRAME),
         })
     }
 
@@ -493,7 +500,7 @@ impl Net {
                 Err(_) => return cb(Err(NetError::Timeout("read frame length"))),
             }
             let n = u32::from_le_bytes(len) as usize;
-            if n > MAX_FRAME {
+            if n > self.max_frame {
                 let _ = r.stop(0u32.into());
                 return cb(Err(NetError::FrameTooLarge));
             }

@@ -157,7 +157,9 @@ async fn serve(a: CoordinatorOptions) -> Res<()> {
             store.persist(&rec)?;
         }
     }
-    let net = Net::bind(key.to_bytes(), &a.net).await?;
+    // Only members and validators send to a coordinator, and none of their messages is long.
+    let net_cfg = tessera_net::NetConfig { max_frame: tessera_wire::MAX_PEER_FRAME, ..a.net.clone() };
+    let net = Net::bind(key.to_bytes(), &net_cfg).await?;
     if let Ok(b) = store.blob(&coord.state_hash()) {
         net.blobs().insert(Arc::new(b));
     }

@@ -11,8 +11,10 @@
 //!   trainer cannot know when it commits;
 //! - [`Bisection`]: the dispute game's search, over the steps of a segment and then over the
 //!   operators of one step, down to the first index both sides disagree on;
-//! - copy and replay detection ([`copies`], [`values_hash`]): an update that is (nearly)
-//!   another's of the same round, or bit for bit an earlier one;
+//! - copy and replay detection ([`copies`], [`near_any`], [`values_hash`]): an update that is
+//!   (nearly) another's of the same round, or (nearly, or bit for bit) an earlier one; many
+//!   pairs are bounded at once by one matrix product and only the close ones compared in
+//!   full, so the answer is the full comparison's;
 //! - [`Dispute`]: the whole game as a state machine a referee hosts, ending in a [`Ruling`]
 //!   that names the (step, operator) decided and who lost.
 //!
@@ -31,12 +33,14 @@ mod commit;
 mod copies;
 mod dispute;
 mod merkle;
+mod prune;
 
 pub use bisect::{Bisection, Turn};
 pub use commit::{challenge, segments, RoundCommitment, MAX_SEGMENTS};
-pub use copies::{copies, cosine, sample, values_hash, SAMPLE};
+pub use copies::{cosine, sample, values_hash, SAMPLE};
 pub use dispute::{Ask, Dispute, EntryHashes, Loser, Ruling};
 pub use merkle::{MerkleTree, Proof, MAX_LEAVES};
+pub use prune::{copies, near_any, Samples, PRUNE_STRIDE};
 
 /// A BLAKE3 hash.
 pub type Hash32 = [u8; 32];

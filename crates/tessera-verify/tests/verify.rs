@@ -195,7 +195,7 @@ fn the_step_bisection_tracks_the_state_the_disputed_step_starts_from() {
 
 #[test]
 fn copies_scaled_or_noisy_are_found_and_independent_updates_are_not() {
-    use tessera_verify::{copies, sample, values_hash};
+    use tessera_verify::{copies, sample, values_hash, Samples};
     // Deterministic pseudo-random vectors of 100k values.
     let v = |seed: u64| -> Vec<f32> {
         (0..100_000u64).map(|i| ((h(seed * 1_000_003 + i)[0] as f32) - 127.5) / 128.0).collect()
@@ -203,10 +203,13 @@ fn copies_scaled_or_noisy_are_found_and_independent_updates_are_not() {
     let (a, b) = (v(1), v(2));
     let scaled: Vec<f32> = a.iter().map(|x| 2.0 * x).collect();
     let noisy: Vec<f32> = a.iter().zip(v(3)).map(|(x, n)| x + 0.05 * n).collect();
-    let samples: Vec<Vec<f32>> = [&a, &b, &scaled, &noisy].iter().map(|x| sample(x)).collect();
-    assert_eq!(copies(&samples, 0.99), [(2, 0), (3, 0)], "the scaled and the noisy copy, of the first");
-    assert_eq!(copies(&samples, 1.0), [], "bit for bit, nothing is equal");
-    assert_eq!(copies(&[samples[0].clone(), samples[0].clone()], 1.0), [(1, 0)]);
+    let samples: Vec<Vec<f32>> = [&a, &b, &scaled, &noisy].iter().map(|x| sample(x).into_owned()).collect();
+    let rows = Samples::of(samples.iter().map(Vec::as_slice).collect());
+    assert_eq!(copies(&rows, 0.99), [(2, 0), (3, 0)], "the scaled and the noisy copy, of the first");
+    assert_eq!(copies(&rows, 1.0), [], "bit for bit, nothing is equal");
+    let whole = Samples::of(vec![a.as_slice(), scaled.as_slice(), a.as_slice()]);
+    assert_eq!(copies(&whole, 0.99), [(1, 0), (2, 0)], "sampled in place from the whole updates");
+    assert_eq!(copies(&whole, 1.0), [(2, 0)]);
     assert_ne!(values_hash(&a, None), values_hash(&scaled, None));
     assert_ne!(values_hash(&a, None), values_hash(&a, Some(&[0, 1])), "the support counts");
 }

@@ -40,10 +40,16 @@ pub fn loss_milli(loss: f64) -> u32 {
     }
 }
 
-/// Largest frame accepted (control messages only; bulk data moves as blobs).
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame accepted (control messages only; bulk data moves as blobs): a coordinator's
+/// `RoundStart`, `Accept` or `Welcome` listing [`MAX_MEMBERS`] members with the longest
+/// addresses and reasons fits (about 6 MiB at most; a test checks).
+pub const MAX_FRAME: usize = 8 << 20;
+/// Largest frame a member or validator sends (a dispute answer of [`MAX_OP_IO`] hashes each
+/// way is the longest, about 260 KiB): all a coordinator reads, so a peer can make it hold
+/// no more than this per frame.
+pub const MAX_PEER_FRAME: usize = 1 << 20;
 /// Most members, assignments or rejections one message may list.
-pub const MAX_MEMBERS: usize = 4096;
+pub const MAX_MEMBERS: usize = 16_384;
 /// Most addresses a peer may advertise.
 pub const MAX_ADDRS: usize = 16;
 /// Longest string field (an address or a rejection reason).

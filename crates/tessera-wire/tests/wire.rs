@@ -306,3 +306,70 @@ fn the_sender_is_read_without_verifying() {
     assert_eq!(tessera_wire::sender_of(b"not a frame"), None);
     assert_eq!(tessera_wire::sender_of(&frame[..40]), None);
 }
+
+/// The coordinator's longest messages, listing `MAX_MEMBERS` members with the longest
+/// addresses and reasons, with the largest numbers, encode within `MAX_FRAME` (so the limits
+/// agree with each other), and decode again; a member's longest message, a dispute answer of
+/// `MAX_OP_IO` hashes each way, fits what a coordinator reads.
+#[test]
+fn the_longest_messages_fit_their_frames() {
+    let ids: Vec<PeerId> = (0..MAX_MEMBERS as u64)
+        .map(|i| {
+            let mut p = [0xffu8; 32];
+            p[..8].copy_from_slice(&i.to_le_bytes());
+            p
+        })
+        .collect();
+    let addr = "a".repeat(MAX_TEXT);
+    let big = MAX_ROUND;
+    let start = Message::RoundStart {
+        round: big,
+        state_hash: [0xff; 32],
+        seed: u64::MAX,
+        members: ids.clone(),
+        addrs: vec![addr.clone(); MAX_MEMBERS],
+        assignments: ids.iter().map(|&peer| Assignment { peer, data_round: big, slot: u64::MAX }).collect(),
+        deadline_ms: u64::MAX,
+        replicas: vec![[0xff; 32]; MAX_MEMBERS],
+    };
+    let accept = Message::Accept {
+        round: big,
+        accepted: ids.clone(),
+        updates: vec![[0xff; 32]; MAX_MEMBERS],
+        rejected: ids.iter().map(|&p| (p, addr.clone())).collect(),
+        aggregate: Some([0xff; 32]),
+        next_state_hash: [0xff; 32],
+        pairs: Some(Pairs {
+            groups: ids.chunks(2).map(<[PeerId]>::to_vec).collect(),
+            phis: vec![[0xff; 32]; MAX_MEMBERS],
+            replicas: ids.iter().map(|&p| (p, [0xff; 32])).collect(),
+        }),
+        ledger: Some((u64::MAX, [0xff; 32])),
+    };
+    let welcome = Message::Welcome {
+        round: big,
+        checkpoint: [0xff; 32],
+        state_hash: [0xff; 32],
+        config: "c".repeat(MAX_CONFIG),
+        peers: ids.iter().map(|&p| (p, addr.clone())).collect(),
+    };
+    for m in [start, accept, welcome] {
+        let frame = encode(&key(1), u64::MAX, &m).unwrap_or_else(|e| panic!("{}: {e}", m.kind()));
+        assert!(
+            frame.len() <= MAX_FRAME && frame.len() > MAX_PEER_FRAME,
+            "{}: {} bytes",
+            m.kind(),
+            frame.len()
+        );
+        assert_eq!(decode(&frame).map(|s| s.message), Ok(m));
+    }
+    let hashes = vec![[0xffu8; 32]; MAX_OP_IO];
+    let answer = Message::DisputeAnswer {
+        round: big,
+        peer: [0xff; 32],
+        question: Question::Entry { step: u64::MAX, op: u64::MAX },
+        answer: Answer::Entry { kernel: [0xff; 32], inputs: hashes.clone(), outputs: hashes },
+    };
+    let frame = encode(&key(2), u64::MAX, &answer).unwrap();
+    assert!(frame.len() <= MAX_PEER_FRAME, "a dispute answer of {} bytes", frame.len());
+}

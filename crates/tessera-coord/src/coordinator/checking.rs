@@ -219,9 +219,7 @@ impl Coordinator {
         let round = open.round;
         if !outcome.passed() {
             let reason = Reject::FailedCheck { segment, outcome: outcome.clone() };
-            if let Some(slot) = open.slots.get_mut(&peer) {
-                *slot = Slot::Rejected(reason.clone());
-            }
+            open.slots.set(peer, Slot::Rejected(reason.clone()));
             self.out.push(Output::Event(Event::Rejected { from: peer, reason }));
         }
         self.write_verdict(round, peer, segment as u32, &outcome, by);

@@ -200,9 +200,9 @@ impl Coordinator {
         self.round_scores.insert(peer, score.micro());
         self.out.push(Output::Persist(Record::Scored { round, peer, score, harmful, by }));
         let open = self.open.as_mut().filter(|o| o.round == round);
-        if let (true, Some(slot)) = (harmful, open.and_then(|o| o.slots.get_mut(&peer))) {
+        if let (true, Some(open)) = (harmful, open.filter(|o| o.slots.contains(&peer))) {
             let reason = Reject::Harmful { held_out: score.held_out };
-            *slot = Slot::Rejected(reason.clone());
+            open.slots.set(peer, Slot::Rejected(reason.clone()));
             self.out.push(Output::Event(Event::Rejected { from: peer, reason }));
         }
         self.out.push(Output::Event(Event::Scored { round, peer, score, harmful, by }));
