@@ -231,3 +231,24 @@ fn a_node_with_an_unreachable_ticket_says_so_and_gives_up() {
     assert!(err.contains("unreachable for 2 s") && err.contains("check the ticket"), "{err}");
     assert!(took < std::time::Duration::from_secs(60), "it gives up: {took:?}");
 }
+
+/// `tessera bench coordinator` decides a round of each size asked for and says how long it
+/// took; a size over what a run allows is refused by name before anything is trained.
+#[test]
+fn the_coordinator_bench_decides_each_round_and_refuses_too_many_members() {
+    let dir = tmp("coord-bench");
+    let o = tessera(&dir, &["bench", "coordinator", "--members", "3,17", "--data-dir", "data"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for n in [3, 17] {
+        let line =
+            out.lines().find(|l| l.starts_with(&format!("micro, {n} members:"))).expect("a line per size");
+        assert!(
+            line.contains("close") && line.contains("CPU") && line.ends_with(&format!("{n} accepted")),
+            "{line}"
+        );
+    }
+    let o = tessera(&dir, &["bench", "coordinator", "--members", "16385", "--data-dir", "data"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--members must be between 1 and 16384"), "{}", stderr(&o));
+}
