@@ -17,11 +17,10 @@ mod ledgering;
 mod liveness;
 mod outputs;
 mod round_checks;
-
-use liveness::silent;
 mod scoring;
 mod slots;
 
+use liveness::silent;
 use slots::{Slot, Slots};
 
 pub use disputes::RecomputeJob;
@@ -713,16 +712,16 @@ impl Coordinator {
         let mut contribs = Vec::new();
         let mut waiting = Vec::new();
         let allotted = open.deadline_at.saturating_sub(open.started_ms);
-        let Screening { refused, prints, proven } = self.screen(&open.order, &open.slots);
+        let Screening { refused, hashes, proven } = self.screen(&open.order, &open.slots);
         for (peer, of) in proven {
             self.convict_duplicate(round, peer, of);
         }
-        // By peer: the first reason each refused update was given, and each one's fingerprint.
+        // By peer: the first reason each refused update was given, and each one's values hash.
         let mut refusals: BTreeMap<PeerId, Reject> = BTreeMap::new();
         for (peer, reason) in refused {
             refusals.entry(peer).or_insert(reason);
         }
-        let mut prints: BTreeMap<PeerId, Hash32> = prints.into_iter().collect();
+        let mut hashes: BTreeMap<PeerId, Hash32> = hashes.into_iter().collect();
         let mut remembered: Vec<(Hash32, usize)> = Vec::new(); // (values hash, contribution)
         for (peer, slot) in open.slots.into_iter() {
             if let Some(r) = refusals.remove(&peer) {
@@ -732,8 +731,8 @@ impl Coordinator {
             }
             match slot {
                 Slot::Accepted { hash, values, support, bytes } => {
-                    if let Some(print) = prints.remove(&peer) {
-                        remembered.push((print, contribs.len()));
+                    if let Some(h) = hashes.remove(&peer) {
+                        remembered.push((h, contribs.len()));
                     }
                     let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
                     contribs.push(c);

@@ -42,12 +42,12 @@ impl Fingerprint {
     }
 }
 
-/// A round's screening: the updates refused, with the reason, and the hashes of all of them
-/// (for [`Screen::remember_round`] once the round is closed).
+/// A round's screening: the updates refused, with the reason, and the values hash of every
+/// update screened (for [`Screen::remember_round`] once the round is closed).
 #[derive(Debug, Default)]
 pub struct Screening {
     pub refused: Vec<(PeerId, Reject)>,
-    pub prints: Vec<(PeerId, Hash32)>,
+    pub hashes: Vec<(PeerId, Hash32)>,
     /// Of the refused, those whose values are bit for bit an earlier round's accepted update
     /// or aggregate, with what they duplicate: proof of a cheat (only for the dense codecs,
     /// whose honest updates never coincide exactly; a sparse or sign-coded one can; and only
@@ -134,38 +134,41 @@ impl Screen {
         assert!(refused.len() <= 2 * acc.len(), "at most two reasons per update");
         let refusing: BTreeSet<&PeerId> = refused.iter().map(|r| &r.0).collect();
         assert!(proven.iter().all(|p| refusing.contains(&p.0)), "what is proven is refused");
-        let prints = acc.iter().map(|a| a.0).zip(hashes).collect();
-        Screening { refused, prints, proven }
+        let hashes = acc.iter().map(|a| a.0).zip(hashes).collect();
+        Screening { refused, hashes, proven }
     }
 
     /// Remembers a closed round's accepted updates, in order: every one's hash, and the
     /// samples of the last [`MAX_RECENT`] (what remembering each in turn would leave).
     pub fn remember_round(&mut self, accepted: &[(Hash32, &[f32])]) {
+        accepted.iter().for_each(|(hash, _)| self.remember_hash(*hash));
         let keep = accepted.len().saturating_sub(MAX_RECENT);
-        for (i, (hash, values)) in accepted.iter().enumerate() {
-            let sample = match i >= keep {
-                true => sample(values).into_owned(),
-                false => Vec::new(), // dropped again before the round is over
-            };
-            self.remember(Fingerprint { hash: *hash, sample });
-        }
+        accepted[keep..].iter().for_each(|(_, values)| self.remember_sample(sample(values).into_owned()));
         assert!(self.recent.len() <= MAX_RECENT, "bounded");
     }
 
     /// Remembers an accepted update or an aggregate.
     pub fn remember(&mut self, f: Fingerprint) {
-        if self.seen.insert(f.hash) {
-            self.seen_order.push_back(f.hash);
+        self.remember_hash(f.hash);
+        self.remember_sample(f.sample);
+    }
+
+    fn remember_hash(&mut self, hash: Hash32) {
+        if self.seen.insert(hash) {
+            self.seen_order.push_back(hash);
         }
-        self.recent.push_back(f.sample);
         while self.seen_order.len() > MAX_SEEN {
             let old = self.seen_order.pop_front().expect("non-empty");
             self.seen.remove(&old);
         }
+        assert_eq!(self.seen.len(), self.seen_order.len(), "one order entry per hash");
+    }
+
+    fn remember_sample(&mut self, sample: Vec<f32>) {
+        self.recent.push_back(sample);
         while self.recent.len() > MAX_RECENT {
             self.recent.pop_front();
         }
-        assert_eq!(self.seen.len(), self.seen_order.len(), "one order entry per hash");
     }
 }
 
