@@ -246,7 +246,9 @@ fn a_nodes_status_page_follows_its_run_and_agrees_with_the_coordinator() {
     let run = Run::new("web-node", config(1, 4).with(|c| c.min_round_ms = 400));
     let (mut coord, ticket) = run.coordinator_with("coord", &["--http", "127.0.0.1:0"]);
     let curl = dashboard(&run);
-    let mut node = run.node(&ticket, 1, &["--http", "127.0.0.1:0"]);
+    // Each inner step takes 100 ms at least, so the 50 ms polls below see the training phase
+    // (a CI run once saw only syncing, closing and waiting: its rounds trained faster).
+    let mut node = run.node(&ticket, 1, &["--http", "127.0.0.1:0", "--slow-step-ms", "100"]);
     let url = status_url(&node);
     let (mut phases, mut statuses, mut scrapes) = (Vec::<String>::new(), Vec::<Value>::new(), Vec::new());
     let mut coord_peer = None;
