@@ -252,3 +252,18 @@ fn the_coordinator_bench_decides_each_round_and_refuses_too_many_members() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--members must be between 1 and 16384"), "{}", stderr(&o));
 }
+
+/// Keeping blobs is beside a ledger copy, and only a trainer keeps them: both mistakes are
+/// refused by name before the node dials anything.
+#[test]
+fn keep_updates_needs_a_ledger_copy_and_a_validator_keeps_none() {
+    let dir = tmp("keep-updates");
+    let ticket = format!("{}@127.0.0.1:9", "ab".repeat(32));
+    let o = tessera(&dir, &["node", "--join", &ticket, "--keep-updates", "--data-dir", "data"]);
+    assert!(!o.status.success() && stderr(&o).contains("--ledger-copy"), "{}", stderr(&o));
+    let args = ["node", "--join", &ticket, "--validator", "--ledger-copy", "c", "--keep-updates"];
+    let o = tessera(&dir, &args);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("--keep-updates is for trainers"), "{err}");
+    assert!(!dir.join("c").exists(), "nothing written");
+}

@@ -232,7 +232,10 @@ fn spot_checks_prove_skipping_and_poisoning_nodes() {
     let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(4, 3) };
     let run = Run::new("spot-checks", cfg);
     let (mut c, ticket) = run.coordinator("coord");
-    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    let tcopy = run.dir.join("node1.ledger").display().to_string();
+    let keeping = ["--ledger-copy", tcopy.as_str(), "--keep-updates"];
+    let mut nodes: Vec<Proc> =
+        (1..=2).map(|i| run.node(&ticket, i, if i == 1 { &keeping[..] } else { &[] })).collect();
     nodes.push(run.node(&ticket, 3, &["--cheat", "skip-steps"]));
     nodes.push(run.node(&ticket, 4, &["--cheat", "poison"]));
     c.finish();
@@ -331,12 +334,16 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     let cfg = RunConfig { commit_every: 4, check_rate: 1.0, ..config(3, 3) };
     let run = Run::new("validators", cfg);
     let (mut c, ticket) = run.coordinator("coord");
+    let vcopy = run.dir.join("validator5.ledger").display().to_string();
     let mut v = [
-        run.node(&ticket, 5, &["--validator"]),
+        run.node(&ticket, 5, &["--validator", "--ledger-copy", vcopy.as_str()]),
         run.node(&ticket, 6, &["--validator", "--cheat", "lying-validator"]),
     ];
     std::thread::sleep(Duration::from_millis(500)); // the validators are there before round 0
-    let mut nodes: Vec<Proc> = (1..=2).map(|i| run.node(&ticket, i, &[])).collect();
+    let tcopy = run.dir.join("node1.ledger").display().to_string();
+    let keeping = ["--ledger-copy", tcopy.as_str(), "--keep-updates"];
+    let mut nodes: Vec<Proc> =
+        (1..=2).map(|i| run.node(&ticket, i, if i == 1 { &keeping[..] } else { &[] })).collect();
     nodes.push(run.node(&ticket, 3, &["--cheat", "skip-steps"]));
     c.finish();
     let log = c.log();
@@ -357,6 +364,19 @@ fn validators_check_trainers_and_a_lying_validator_is_refused() {
     let out = v[0].finish();
     assert!(out.contains("validator checks="), "the honest validator reports its checks: {out}");
     assert!(v[0].log().contains("checked"), "the honest validator checked work:\n{}", v[0].log());
+    // The honest validator kept a verified copy of the ledger too: it audits whole, with
+    // every round chained.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(["audit", &vcopy]).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    let rounds = format!("{} rounds chained", run.cfg.rounds);
+    assert!(o.status.success() && said.contains("a node's copy") && said.contains(&rounds), "{said}");
+    // Trainer 1 kept the updates and each disputed operator's inputs: from its copy alone,
+    // every round is recomputed and every dispute decided again.
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(["audit", &tcopy]).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    let recomputed = format!("({} recomputed from", run.cfg.rounds);
+    assert!(o.status.success() && said.contains(&recomputed), "{said}");
+    assert!(!said.contains(" 0 disputed operators recomputed"), "{said}");
     assert!(v[1].log().contains("DRILL: this validator cheats (Lying)"));
     let q = |sql: &str| run.count(sql);
     assert_eq!(q("SELECT COUNT(DISTINCT peer) FROM verdicts WHERE cheat = 1"), 2, "the shirker and the liar");
@@ -525,7 +545,7 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let slow = ["--slow-step-ms", "150"];
     let n = run.cfg.min_peers as u8;
     let copy = run.dir.join("node1.ledger").display().to_string();
-    let kept = ["--slow-step-ms", "150", "--ledger-copy", copy.as_str()];
+    let kept = ["--slow-step-ms", "150", "--ledger-copy", copy.as_str(), "--keep-updates"];
     let mut nodes: Vec<Proc> =
         (1..=n).map(|i| run.node(&ticket, i, if i == 1 { &kept[..] } else { &slow[..] })).collect();
     // Kill it while round 2 is being trained.
@@ -578,6 +598,11 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
     let copied = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success() && copied.contains("a node's copy") && copied.contains(&rounds), "{copied}");
     assert!(copied.contains(&final_hash), "{copied}");
+    // It kept every accepted update beside the copy (NoLoCo: with each round's members and
+    // kept replicas): every round is recomputed from them.
+    let recomputed = format!("{} recomputed from", run.cfg.rounds);
+    assert!(copied.contains(&recomputed), "{copied}");
+    kept_update_flipped_is_named(&copy);
     // No accepted update lost or applied twice: the state equals an uninterrupted run's.
     let ids: Vec<u8> = (1..=n).collect();
     assert_eq!(final_hash, simulated(&run, &ids));
@@ -585,6 +610,39 @@ fn killed_coordinator(name: &str, cfg: RunConfig) {
         let last = node_states(o).last().map(|s| (s.0, s.2));
         assert_eq!(last, Some((run.cfg.rounds, true)), "node {i} ends agreeing");
     }
+}
+
+/// A byte of a kept update blob flipped: the copy's audit names the round that accepted it;
+/// put back, it passes again.
+fn kept_update_flipped_is_named(copy: &str) {
+    let dir = std::path::PathBuf::from(format!("{copy}.blobs"));
+    // The largest kept blob is an update (the others are the run's config, a short text, and
+    // NoLoCo's kept rounds, shorter still).
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort_by_key(|f| std::fs::metadata(f).unwrap().len());
+    let victim = files.last().unwrap().clone();
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    std::fs::write(&victim, &bad).unwrap();
+    let audit = || Command::new(env!("CARGO_BIN_EXE_tessera")).args(["audit", copy]).output().unwrap();
+    let out = audit();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && said.contains("RoundClosed of round"), "{said}");
+    assert!(said.contains("does not hash to its name"), "{said}");
+    std::fs::write(&victim, &good).unwrap();
+    assert!(audit().status.success(), "restored");
+    // A byte of the copy's last record (its signature) flipped: that record is named.
+    let last = tessera_node::ledger_file::read_copy(std::path::Path::new(copy)).unwrap().1.len() - 1;
+    let good = std::fs::read(copy).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(copy, &bad).unwrap();
+    let out = audit();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && said.contains(&format!("record {last}")), "{said}");
+    std::fs::write(copy, &good).unwrap();
+    assert!(audit().status.success(), "restored");
 }
 
 #[test]

@@ -73,6 +73,10 @@ struct OpenRound {
     /// signed scores in, by validator and peer.
     weighing: std::collections::BTreeSet<(PeerId, PeerId)>,
     weights: BTreeMap<PeerId, BTreeMap<PeerId, tessera_ledger::SignedScore>>,
+    /// Scores of updates drawn for an audit: the coordinator's own, and other validators'
+    /// claims waiting for it (refereed as the first scorer's are).
+    own_scores: BTreeMap<PeerId, crate::Score>,
+    score_claims: BTreeMap<PeerId, Vec<(PeerId, crate::Score)>>,
     /// Each committed update's signature by its trainer (for the ledger's `RoundClosed`).
     sigs: BTreeMap<PeerId, Vec<u8>>,
     /// Re-opened by a restarted coordinator: its commits were mostly trained before the
@@ -231,6 +235,8 @@ impl Coordinator {
             scoring: Default::default(),
             weighing: Default::default(),
             weights: Default::default(),
+            own_scores: Default::default(),
+            score_claims: Default::default(),
             sigs: Default::default(),
             start_state: None,
             reopened: true,
@@ -694,6 +700,8 @@ impl Coordinator {
             scoring: Default::default(),
             weighing: Default::default(),
             weights: Default::default(),
+            own_scores: Default::default(),
+            score_claims: Default::default(),
             sigs: Default::default(),
             start_state: None,
             reopened: false,
@@ -809,6 +817,12 @@ impl Coordinator {
             spread,
             ledger,
         }));
+        if matches!(&accept, Message::Accept { ledger: Some(_), .. }) {
+            // Validators keep copies of the ledger too: they learn its head as members do.
+            for &to in self.validators.keys() {
+                self.out.push(Output::Send { to, message: accept.clone() });
+            }
+        }
         self.out.push(Output::Broadcast { message: accept });
         self.event(Event::RoundClosed { round, accepted: n_acc, rejected: n_rej, reassigned, spread });
         if self.global.round >= self.cfg.rounds {

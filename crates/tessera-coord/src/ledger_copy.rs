@@ -9,7 +9,7 @@
 
 use tessera_ledger::{Ledger, Record};
 
-use crate::{Hash32, PeerId};
+use crate::{Hash32, Message, PeerId};
 
 /// Most record hashes a copy remembers to compare announced heads with.
 pub const MAX_COPY_RECORDS: usize = 1 << 20;
@@ -23,11 +23,49 @@ pub struct LedgerCopy {
     announced: Option<(u64, Hash32)>,
     /// Records verified since the driver last took them.
     fresh: Vec<Record>,
+    /// The round of the latest `Accept` whose head was taken (an older round's, overtaken
+    /// in the network, names an older head and is not a report of the ledger going back).
+    head_round: Option<u64>,
+}
+
+/// What a coordinator's message did to a copy (see [`LedgerCopy::follow`]).
+#[derive(Debug)]
+pub struct Follow {
+    /// Records verified by it, in order, to keep on disk (kept even when `next` is `Err`).
+    pub keep: Vec<Record>,
+    /// The record to fetch from next, if the copy is behind the announced head; `Err` is
+    /// the proof that the coordinator's history is not the one this copy verified.
+    pub next: Result<Option<u64>, String>,
 }
 
 impl LedgerCopy {
     pub fn new(coordinator: &PeerId) -> Self {
-        Self { ledger: Ledger::replica(coordinator), hashes: Vec::new(), announced: None, fresh: Vec::new() }
+        Self {
+            ledger: Ledger::replica(coordinator),
+            hashes: Vec::new(),
+            announced: None,
+            fresh: Vec::new(),
+            head_round: None,
+        }
+    }
+
+    /// Follows one message from the coordinator: an `Accept`'s ledger head (of the latest
+    /// round heard) or the `LedgerRecords` asked for; any other message changes nothing.
+    /// The trainer's and the validator's machines both keep their copies so.
+    pub fn follow(&mut self, m: &Message) -> Follow {
+        let next = match m {
+            Message::Accept { round, ledger: Some(head), .. }
+                if self.head_round.is_none_or(|r| *round >= r) =>
+            {
+                self.head_round = Some(*round);
+                self.announced(*head)
+            }
+            Message::LedgerRecords { from, records } => self.received(*from, records),
+            _ => Ok(None),
+        };
+        let keep = self.take_fresh();
+        assert!(keep.len() as u64 <= self.ledger.head().0, "only verified records are kept");
+        Follow { keep, next }
     }
 
     /// A copy that starts from `records` kept earlier, verified again; `Err` names the first

@@ -44,6 +44,7 @@ mod cheat;
 mod check;
 mod config;
 mod coordinator;
+mod keep;
 mod ledger_copy;
 mod phase;
 mod referee;
@@ -72,6 +73,7 @@ pub use coordinator::{
     DEADLINE_QUANTILE, MAX_BACKLOG, MAX_HISTORY, MAX_KNOWN_PEERS, MAX_MISSED_ROUNDS, MAX_VALIDATORS,
 };
 pub use ed25519_dalek::SigningKey;
+pub use keep::{KeptRound, KEEP_RETRY_MS, MAX_KEEP_FETCHES, MAX_KEEP_TRIES, MAX_KEPT_ROUND};
 pub use ledger_copy::{LedgerCopy, MAX_COPY_RECORDS};
 pub use phase::Phase;
 pub use referee::{settle, Claims, Settled};

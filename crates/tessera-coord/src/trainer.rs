@@ -16,10 +16,11 @@
 use std::sync::Arc;
 
 use crate::{
-    Assignment, CoordError, GlobalState, Hash32, Message, Pairs, PeerId, Reject, RunConfig, RunSpec,
-    SeqWindow,
+    Assignment, CoordError, GlobalState, Hash32, Message, PeerId, Reject, RunConfig, RunSpec, SeqWindow,
 };
 use crate::{Revealed, Signed, Trained};
+
+mod closing;
 
 /// What the driver must do, in order.
 #[derive(Debug, Clone)]
@@ -60,6 +61,15 @@ pub enum Action {
     },
     /// Append these ledger records, verified, to the copy kept on disk (in order).
     KeepLedger(Vec<tessera_ledger::Record>),
+    /// Keep this blob (hash-checked) beside the ledger copy: the run's config or an accepted
+    /// update, for `tessera audit` to recompute rounds from (only with
+    /// [`TrainerConfig::keep_blobs`]).
+    KeepBlob {
+        hash: Hash32,
+        bytes: Arc<Vec<u8>>,
+    },
+    /// Keep what a NoLoCo round's close needs besides its updates (with `keep_blobs`).
+    KeepRound(crate::KeptRound),
     Event(TrainerEvent),
 }
 
@@ -192,6 +202,10 @@ pub struct TrainerConfig {
     /// Its identity's key (whose public half is `me`), to sign each committed update for
     /// the ledger; `None`: its commits are not signed.
     pub key: Option<ed25519_dalek::SigningKey>,
+    /// Keep the run's config and every accepted update it hears of beside the ledger copy
+    /// ([`Action::KeepBlob`]), so the copy can be audited by recomputation; a hub trainer
+    /// then fetches each accepted update as well as the aggregate.
+    pub keep_blobs: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -260,16 +274,14 @@ pub struct Trainer {
     /// Until the first `Welcome`: when `Join` was last sent on this connection, and how often.
     join_sent: Option<(u64, u32)>,
     finished: bool,
-    /// The run is over but the ledger copy is still catching up: the `Finished` event waits
+    /// The run is over but the ledger copy (or what it keeps) is still catching up: the `Finished` event waits
     /// (at most [`MAX_LEDGER_WAIT_MS`] from the first tick after it), so the copy a node keeps
     /// ends with the run's last records.
     pending_finish: Option<(u64, Hash32, bool)>,
     finish_wait_since: Option<u64>,
-    /// Its verified copy of the coordinator's ledger, and the round of the latest `Accept`
-    /// whose ledger head it took (an older round's, overtaken in the network, names an older
-    /// head and is not a report of the ledger going back).
+    /// Its verified copy of the coordinator's ledger.
     ledger: crate::LedgerCopy,
-    head_round: Option<u64>,
+    keeper: crate::keep::Keeper,
     out: Vec<Action>,
 }
 
@@ -279,7 +291,7 @@ impl Trainer {
         assert!(me.is_none_or(|k| k == tc.me), "the signing key is the trainer's identity");
         Self {
             ledger: crate::LedgerCopy::new(&tc.coordinator),
-            head_round: None,
+            keeper: crate::keep::Keeper::new(tc.keep_blobs),
             tc,
             window: SeqWindow::default(),
             spec: None,
@@ -355,11 +367,19 @@ impl Trainer {
     /// when one is due.
     pub fn tick(&mut self, now_ms: u64, step: u64) -> Vec<Action> {
         self.retry_join(now_ms);
+        let again = self.keeper.tick(now_ms);
+        self.out.extend(again);
         if let Some((round, hash, computed)) = self.pending_finish {
             let since = *self.finish_wait_since.get_or_insert(now_ms);
             if now_ms.saturating_sub(since) >= MAX_LEDGER_WAIT_MS {
                 let (have, announced) = (self.ledger.ledger().head().0, self.ledger.announced_len());
-                self.warn(TrainerError::LedgerBehind { have, announced });
+                if have < announced {
+                    self.warn(TrainerError::LedgerBehind { have, announced });
+                }
+                if let n @ 1.. = self.keeper.in_flight() {
+                    let err = format!("the run ended with {n} still being fetched");
+                    self.warn(TrainerError::Fetch { what: "blobs to keep", err });
+                }
                 self.finished_now(round, hash, computed);
             }
         }
@@ -390,7 +410,20 @@ impl Trainer {
     }
 
     /// The driver fetched (or failed to fetch) a blob asked for by [`Action::Fetch`].
-    pub fn fetched(&mut self, _now_ms: u64, hash: Hash32, got: Result<Vec<u8>, String>) -> Vec<Action> {
+    pub fn fetched(&mut self, now_ms: u64, hash: Hash32, got: Result<Vec<u8>, String>) -> Vec<Action> {
+        let got = match self.keeper.fetched(now_ms, &hash, got) {
+            crate::keep::Fetched::Not(got) => got,
+            crate::keep::Fetched::Kept(acts) => {
+                self.out.extend(acts);
+                self.finish_if_caught_up();
+                return self.take();
+            }
+            crate::keep::Fetched::Failed(err) => {
+                self.warn(TrainerError::Fetch { what: "a blob to keep", err });
+                self.finish_if_caught_up();
+                return self.take();
+            }
+        };
         if self.want.as_ref().is_some_and(|w| w.hash == hash) {
             let w = self.want.take().expect("checked");
             self.on_state(w, got);
@@ -498,13 +531,7 @@ impl Trainer {
         if !matches!(m, Message::Welcome { .. }) && self.spec.is_none() {
             return Err(TrainerError::NotConfigured(m.kind()));
         }
-        if let Message::Accept { round, ledger: Some(head), .. } = &m {
-            if self.head_round.is_none_or(|r| *round >= r) {
-                self.head_round = Some(*round);
-                let head = *head;
-                self.fetch_ledger(|c| c.announced(head))?;
-            }
-        }
+        self.follow_ledger(&m)?;
         match m {
             // The checkpoint is the shared state, or (NoLoCo) this trainer's replica.
             Message::Welcome { round, checkpoint, config, peers, .. } => {
@@ -518,6 +545,9 @@ impl Trainer {
                     true => Some(state_hash),
                     false => members.iter().position(|p| *p == self.tc.me).map(|i| replicas[i]),
                 };
+                if self.pairs() {
+                    self.keeper.started(round, &members);
+                }
                 self.learn(members.into_iter().zip(addrs));
                 let unit = assignments.iter().find(|a| a.peer == self.tc.me).copied();
                 if let (Some(a), Some(hash)) = (unit, start) {
@@ -551,31 +581,27 @@ impl Trainer {
             }
             Message::DisputeAsk { .. } => return Err(TrainerError::Unexpected("a dispute of no commit")),
             Message::Refused { round, reason } => return Err(TrainerError::Refused { round, reason }),
-            Message::LedgerRecords { from, records } => {
-                self.fetch_ledger(|c| c.received(from, &records))?;
-            }
+            Message::LedgerRecords { .. } => {} // followed above
             other => return Err(TrainerError::Unexpected(other.kind())),
         }
         Ok(())
     }
 
-    /// Updates the ledger copy, and asks for the records it lacks.
-    fn fetch_ledger(
-        &mut self,
-        f: impl FnOnce(&mut crate::LedgerCopy) -> Result<Option<u64>, String>,
-    ) -> Result<(), TrainerError> {
-        let next = f(&mut self.ledger);
+    /// Follows the coordinator's ledger with `m`: keeps what it verified and asks for the
+    /// records it lacks.
+    fn follow_ledger(&mut self, m: &Message) -> Result<(), TrainerError> {
+        let f = self.ledger.follow(m);
         // What was verified is kept even when a later record proves the coordinator false.
-        let fresh = self.ledger.take_fresh();
-        if !fresh.is_empty() {
-            self.out.push(Action::KeepLedger(fresh));
+        if !f.keep.is_empty() {
+            let coordinator = Source { peer: self.tc.coordinator, addr: None };
+            let evidence = self.keeper.evidence(&f.keep, coordinator);
+            self.out.push(Action::KeepLedger(f.keep));
+            self.out.extend(evidence);
         }
-        if let Some(from) = next.map_err(TrainerError::Ledger)? {
+        if let Some(from) = f.next.map_err(TrainerError::Ledger)? {
             self.out.push(Action::Send(Message::LedgerFetch { from }));
         }
-        if let (Some((round, hash, computed)), false) = (self.pending_finish, self.ledger.behind()) {
-            self.finished_now(round, hash, computed);
-        }
+        self.finish_if_caught_up();
         Ok(())
     }
 
@@ -596,6 +622,7 @@ impl Trainer {
     fn configure(&mut self, text: String) -> Result<(), TrainerError> {
         if let Some(spec) = configure(&self.spec, text.clone(), &self.tc.dataset)? {
             self.out.push(Action::Event(TrainerEvent::Configured(spec.clone())));
+            self.out.extend(self.keeper.config(&text));
             self.spec = Some((spec, text));
         }
         Ok(())
@@ -706,10 +733,22 @@ impl Trainer {
         }
     }
 
+    /// The run is over: finished now, or once the ledger copy and the blobs being fetched
+    /// to keep are in (at most [`MAX_LEDGER_WAIT_MS`] after the next tick).
     fn finish(&mut self, round: u64, state_hash: Hash32, computed: bool) {
-        match self.ledger.behind() {
+        match self.catching_up() {
             true => self.pending_finish = Some((round, state_hash, computed)),
             false => self.finished_now(round, state_hash, computed),
+        }
+    }
+
+    fn catching_up(&self) -> bool {
+        self.ledger.behind() || self.keeper.in_flight() > 0
+    }
+
+    fn finish_if_caught_up(&mut self) {
+        if let (Some((round, hash, computed)), false) = (self.pending_finish, self.catching_up()) {
+            self.finished_now(round, hash, computed);
         }
     }
 
@@ -742,167 +781,6 @@ impl Trainer {
             .collect();
         v.push(Source { peer: self.tc.coordinator, addr: None });
         v
-    }
-
-    fn on_accept(
-        &mut self,
-        round: u64,
-        accepted: Vec<PeerId>,
-        aggregate: Option<Hash32>,
-        updates: Vec<Hash32>,
-        next: Hash32,
-    ) {
-        match self.state() {
-            Some((r, _)) if r == round => {}
-            Some((r, _)) if r > round => return, // already past it
-            // Not holding this round's start state: take the new checkpoint.
-            _ => return self.adopt(round + 1, next),
-        }
-        let hub = self.spec_ref().outer.exchange() == tessera_sync::Exchange::Hub;
-        let wanted: Vec<Hash32> = if hub { aggregate.into_iter().collect() } else { updates };
-        let authors: Vec<PeerId> = if hub { vec![] } else { accepted };
-        let len = self.spec_ref().update_len;
-        let wanted: Vec<(Hash32, u64, Option<PeerId>)> =
-            wanted.into_iter().enumerate().map(|(i, h)| (h, len, authors.get(i).copied())).collect();
-        self.fetch_round(round, next, wanted);
-    }
-
-    /// Fetches a round's blobs (hash, length, author) that are not this trainer's own (an
-    /// author's first, then the coordinator), and closes the round once all are here.
-    fn fetch_round(&mut self, round: u64, next: Hash32, wanted: Vec<(Hash32, u64, Option<PeerId>)>) {
-        let own = self.own.clone();
-        let mine = |h: &Hash32| own.iter().find(|o| o.0 == *h).map(|o| o.1.to_vec());
-        let blobs: Vec<(Hash32, Option<Vec<u8>>)> = wanted.iter().map(|(h, _, _)| (*h, mine(h))).collect();
-        for ((h, len, author), b) in wanted.iter().zip(&blobs) {
-            if b.1.is_none() {
-                let sources = self.sources(&author.iter().copied().collect::<Vec<_>>());
-                self.out.push(Action::Fetch { sources, hash: *h, len: *len, split: false });
-            }
-        }
-        self.closing = Some(Closing { round, next, blobs });
-        self.try_close();
-    }
-
-    /// NoLoCo: the round closed with `p`'s pairing. An accepted trainer fetches each accepted
-    /// partner's Δ and φ (from the partner first) and steps toward its group's means; one not
-    /// accepted only moves its replica to the next round. Either way the result is checked
-    /// against the replica the coordinator computed for it.
-    fn on_accept_pairs(&mut self, round: u64, accepted: Vec<PeerId>, updates: Vec<Hash32>, p: Pairs) {
-        let me = self.tc.me;
-        let Some(next) = p.replicas.iter().find(|r| r.0 == me).map(|r| r.1) else { return };
-        match self.state() {
-            Some((r, _)) if r == round => {}
-            Some((r, _)) if r > round => return,
-            _ => return self.adopt(round + 1, next),
-        }
-        let mut wanted = Vec::new();
-        if accepted.contains(&me) {
-            let Some(group) = p.groups.iter().find(|g| g.contains(&me)) else {
-                let err = "this trainer is in no group".to_string();
-                self.warn(TrainerError::Aggregate { round, err });
-                return self.adopt(round + 1, next);
-            };
-            let (dlen, plen) = (self.spec_ref().update_len, self.spec_ref().outer.phi_len());
-            for peer in group {
-                if let Some(i) = accepted.iter().position(|a| a == peer) {
-                    wanted.push((updates[i], dlen, Some(*peer)));
-                    wanted.push((p.phis[i], plen, Some(*peer)));
-                }
-            }
-        }
-        self.fetch_round(round, next, wanted);
-    }
-
-    /// Closes the round once every blob it needs is here.
-    fn try_close(&mut self) {
-        let Some(c) = self.closing.as_ref().filter(|c| c.blobs.iter().all(|b| b.1.is_some())) else { return };
-        let c = c.clone();
-        self.closing = None;
-        match self.combine(&c) {
-            Ok(values) => self.close(c.round, values.as_deref(), c.next),
-            Err(err) => {
-                self.warn(TrainerError::Aggregate { round: c.round, err });
-                self.adopt(c.round + 1, c.next);
-            }
-        }
-        self.after_close_done();
-    }
-
-    /// The values a round's blobs combine to (none when nothing was accepted).
-    fn combine(&self, c: &Closing) -> Result<Option<Vec<f32>>, String> {
-        let outer = &self.spec_ref().outer;
-        let blobs: Vec<&[u8]> = c.blobs.iter().filter_map(|b| b.1.as_deref()).collect();
-        if blobs.is_empty() {
-            return Ok(None);
-        }
-        if outer.exchange() == tessera_sync::Exchange::Hub {
-            return outer.decode_aggregate(c.round, blobs[0]).map(Some).map_err(|e| e.to_string());
-        }
-        if outer.exchange() == tessera_sync::Exchange::Pairs {
-            // (Δ, φ) of each accepted member of the group, in peer-id order.
-            let mut ds = Vec::with_capacity(blobs.len() / 2);
-            let mut ps = Vec::with_capacity(blobs.len() / 2);
-            for pair in blobs.chunks_exact(2) {
-                let d = tessera_sync::decode_update(pair[0], self.spec_ref().expected());
-                ds.push(d.map_err(|e| e.to_string())?.values);
-                ps.push(outer.decode_phi(c.round, pair[1]).map_err(|e| e.to_string())?);
-            }
-            let dref: Vec<&[f32]> = ds.iter().map(Vec::as_slice).collect();
-            let pref: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
-            return outer.combine_group(&dref, &pref).map(Some).map_err(|e| e.to_string());
-        }
-        let want = self.spec_ref().expected();
-        let mut contribs = Vec::with_capacity(blobs.len());
-        for (i, b) in blobs.iter().enumerate() {
-            let d = tessera_sync::decode_update(b, want).map_err(|e| e.to_string())?;
-            let support = d.support;
-            contribs.push(tessera_sync::Contribution {
-                peer: i as u64,
-                weight: 1.0,
-                values: d.values,
-                support,
-            });
-        }
-        outer.combine(c.round, &contribs).map(|x| Some(x.values)).map_err(|e| e.to_string())
-    }
-
-    /// A `RoundStart` or `Done` that waited for the close is handled now.
-    fn after_close_done(&mut self) {
-        if let Some(w) = self.after_close.take() {
-            self.need(w);
-        }
-    }
-
-    fn adopt(&mut self, round: u64, state: Hash32) {
-        self.need(Want { round, hash: state, train: None, report: true, finish: false });
-    }
-
-    /// Closes `round` with its combined values (or none), reports the state reached, and takes
-    /// the coordinator's checkpoint if it differs.
-    fn close(&mut self, round: u64, combined: Option<&[f32]>, expected: Hash32) {
-        let held = self.held.as_ref().expect("closing needs the round's state");
-        assert_eq!(held.state.round, round, "a round is closed from its own start state");
-        let mut next = (*held.state).clone();
-        if self.tc.fault_round == Some(round) {
-            if let Some(x) = next.theta.first_mut() {
-                *x += 1.0; // a flipped bit or a miscomputing machine, its hash not updated
-            }
-            self.out.push(Action::Event(TrainerEvent::FaultInjected { round }));
-        }
-        if let Err(e) = next.apply(&self.spec_ref().outer, combined) {
-            self.warn(TrainerError::Aggregate { round, err: e.to_string() });
-            return self.adopt(round + 1, expected);
-        }
-        let blob = next.encode();
-        let mine = *blake3::hash(&blob).as_bytes();
-        let agrees = mine == expected;
-        // Offered to the other members, who may fetch checkpoints from it.
-        self.out.push(Action::Serve { hash: mine, bytes: Arc::new(blob) });
-        self.held = Some(Held { state: Arc::new(next), hash: mine, computed: true });
-        self.report(round + 1, mine, agrees, true);
-        if !agrees {
-            self.need(Want { round: round + 1, hash: expected, train: None, report: false, finish: false });
-        }
     }
 
     fn report(&mut self, round: u64, state_hash: Hash32, agrees: bool, computed: bool) {

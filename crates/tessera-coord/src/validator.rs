@@ -76,6 +76,8 @@ pub enum ValidatorAction {
     Answer(Box<AnswerJob>),
     /// Score an update ([`crate::run_score`]), then call [`Validator::scored`].
     Score(Box<crate::ScoreJob>),
+    /// Append these ledger records, verified, to the copy kept on disk (in order).
+    KeepLedger(Vec<tessera_ledger::Record>),
     Event(ValidatorEvent),
 }
 
@@ -164,6 +166,11 @@ pub struct Validator {
     scores: BTreeMap<(u64, PeerId), ScoreTask>,
     last_heartbeat: Option<u64>,
     finished: bool,
+    /// Its verified copy of the coordinator's ledger (followed as a trainer's is).
+    ledger: crate::LedgerCopy,
+    /// The run is over (after this round) but the copy is catching up, since this time: the
+    /// `Finished` event waits, at most [`crate::trainer::MAX_LEDGER_WAIT_MS`].
+    pending_finish: Option<(u64, Option<u64>)>,
     out: Vec<ValidatorAction>,
 }
 
@@ -172,7 +179,6 @@ impl Validator {
         let me = vc.key.as_ref().map(|k| k.verifying_key().to_bytes());
         assert!(me.is_none_or(|k| k == vc.me), "the signing key is the validator's identity");
         Self {
-            vc,
             window: SeqWindow::default(),
             spec: None,
             tasks: BTreeMap::new(),
@@ -180,7 +186,47 @@ impl Validator {
             scores: BTreeMap::new(),
             last_heartbeat: None,
             finished: false,
+            ledger: crate::LedgerCopy::new(&vc.coordinator),
+            pending_finish: None,
+            vc,
             out: Vec::new(),
+        }
+    }
+
+    /// Resumes the ledger copy from `records` kept on disk by an earlier run of this node
+    /// (before it connects); `Err` if they do not verify against the coordinator's key.
+    pub fn resume_ledger(&mut self, records: &[tessera_ledger::Record]) -> Result<(), TrainerError> {
+        assert_eq!(self.ledger.ledger().head().0, 0, "a copy is resumed before anything is fetched");
+        self.ledger =
+            crate::LedgerCopy::resume(&self.vc.coordinator, records).map_err(TrainerError::Ledger)?;
+        Ok(())
+    }
+
+    /// The verified copy of the coordinator's ledger.
+    pub fn ledger(&self) -> &tessera_ledger::Ledger {
+        self.ledger.ledger()
+    }
+
+    /// Follows the coordinator's ledger with `m` (see [`crate::LedgerCopy::follow`]).
+    fn follow_ledger(&mut self, m: &Message) -> Result<(), TrainerError> {
+        let f = self.ledger.follow(m);
+        if !f.keep.is_empty() {
+            self.out.push(ValidatorAction::KeepLedger(f.keep));
+        }
+        if let Some(from) = f.next.map_err(TrainerError::Ledger)? {
+            self.out.push(ValidatorAction::Send(Message::LedgerFetch { from }));
+        }
+        if let (Some((round, _)), false) = (self.pending_finish, self.ledger.behind()) {
+            self.finish(round);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, round: u64) {
+        self.pending_finish = None;
+        if !self.finished {
+            self.finished = true;
+            self.out.push(ValidatorAction::Event(ValidatorEvent::Finished { round }));
         }
     }
 
@@ -192,7 +238,8 @@ impl Validator {
     /// What it is doing now (for a status page; see [`crate::Phase`]).
     pub fn phase(&self) -> crate::Phase {
         use crate::Phase;
-        match (self.finished, &self.spec, self.tasks.len() + self.scores.len()) {
+        let done = self.finished || self.pending_finish.is_some();
+        match (done, &self.spec, self.tasks.len() + self.scores.len()) {
             (true, ..) => Phase::Done,
             (_, None, _) => Phase::Joining,
             (_, _, 0) => Phase::Waiting { round: None },
@@ -209,6 +256,16 @@ impl Validator {
 
     /// Time passed: a heartbeat when one is due.
     pub fn tick(&mut self, now_ms: u64) -> Vec<ValidatorAction> {
+        if let Some((round, since)) = self.pending_finish {
+            let since = since.unwrap_or(now_ms);
+            self.pending_finish = Some((round, Some(since)));
+            if now_ms.saturating_sub(since) >= crate::trainer::MAX_LEDGER_WAIT_MS {
+                let (have, announced) = (self.ledger.ledger().head().0, self.ledger.announced_len());
+                let e = TrainerError::LedgerBehind { have, announced };
+                self.out.push(ValidatorAction::Event(ValidatorEvent::Warning(e)));
+                self.finish(round);
+            }
+        }
         if let Some((spec, _)) = &self.spec {
             let due = self.last_heartbeat.is_none_or(|t| now_ms.saturating_sub(t) >= spec.cfg.heartbeat_ms);
             if due && !self.finished {
@@ -436,6 +493,7 @@ impl Validator {
     }
 
     fn on_message(&mut self, m: Message) -> Result<(), TrainerError> {
+        self.follow_ledger(&m)?;
         match m {
             Message::Welcome { config, .. } => self.configure(config),
             Message::CheckTask { .. } if self.spec.is_none() => Err(TrainerError::NotConfigured("CheckTask")),
@@ -456,8 +514,10 @@ impl Validator {
                 Ok(())
             }
             Message::Done { round, .. } => {
-                self.finished = true;
-                self.out.push(ValidatorAction::Event(ValidatorEvent::Finished { round }));
+                match self.ledger.behind() {
+                    true => self.pending_finish = Some((round, None)),
+                    false => self.finish(round),
+                }
                 Ok(())
             }
             Message::Refused { round, reason } => Err(TrainerError::Refused { round, reason }),
@@ -485,7 +545,10 @@ impl Validator {
                 self.out.push(ValidatorAction::Answer(Box::new(job)));
                 Ok(())
             }
-            Message::RoundStart { .. } | Message::Accept { .. } | Message::CheckpointPointer { .. } => Ok(()),
+            Message::RoundStart { .. }
+            | Message::Accept { .. }
+            | Message::CheckpointPointer { .. }
+            | Message::LedgerRecords { .. } => Ok(()),
             other => Err(TrainerError::Unexpected(other.kind())),
         }
     }

@@ -33,6 +33,10 @@ struct H {
 
 impl H {
     fn new(fault_round: Option<u64>) -> Self {
+        Self::with(fault_round, false)
+    }
+
+    fn with(fault_round: Option<u64>, keep_blobs: bool) -> Self {
         let ds = dataset();
         let tc = TrainerConfig {
             stake: tessera_coord::DEFAULT_STAKE,
@@ -42,6 +46,7 @@ impl H {
             fault_round,
             addr: None,
             key: None,
+            keep_blobs,
         };
         H { t: Trainer::new(tc), seq: 0, spec: Arc::new(RunSpec::new(cfg()).unwrap()) }
     }
@@ -452,4 +457,57 @@ fn a_trainer_asks_again_for_a_welcome_and_gives_up_in_bounded_time() {
     w.t.connected(0);
     w.welcome(cfg().to_toml());
     assert_eq!(joins(&w.t.tick(10 * JOIN_RETRY_MS, 0)), 0);
+}
+
+/// A keeping trainer (`--keep-updates`) keeps the config it was welcomed with, fetches a hub
+/// round's accepted updates besides its aggregate, keeps each as it arrives, and does not
+/// finish while one is still being fetched (a node that exited at `Done` lost the last
+/// round's updates: the copy's audit recomputed 4 of 5 rounds).
+#[test]
+fn a_keeping_trainer_keeps_the_config_and_updates_and_finishes_after_them() {
+    let mut h = H::with(None, true);
+    let text = cfg().to_toml();
+    let out = h.welcome(text.clone());
+    let kept = |a: &[Action]| -> Vec<Hash32> {
+        a.iter()
+            .filter_map(|a| if let Action::KeepBlob { hash, .. } = a { Some(*hash) } else { None })
+            .collect()
+    };
+    assert_eq!(kept(&out), [*blake3::hash(text.as_bytes()).as_bytes()], "the config, by its hash");
+    let g = h.spec.initial_state();
+    h.t.fetched(0, g.hash(), Ok(g.encode()));
+    let (u1, u2) = (vec![1u8; 8], vec![2u8; 8]);
+    let (h1, h2) = (*blake3::hash(&u1).as_bytes(), *blake3::hash(&u2).as_bytes());
+    let accept = Message::Accept {
+        round: 0,
+        accepted: vec![[5; 32], [6; 32]],
+        updates: vec![h1, h2],
+        rejected: vec![],
+        aggregate: Some([9; 32]),
+        next_state_hash: [8; 32],
+        pairs: None,
+        ledger: None,
+    };
+    let out = h.frame(accept);
+    let asked: Vec<Hash32> = fetches(&out).into_iter().map(|f| f.1).collect();
+    assert_eq!(asked, [h1, h2, [9; 32]], "each update to keep, and the aggregate");
+    // The run ends where the trainer already is, with two updates still being fetched.
+    let out = h.frame(Message::Done { round: 0, state_hash: g.hash() });
+    let finished = |a: &[Action]| a.iter().any(|a| matches!(a, Action::Event(TrainerEvent::Finished { .. })));
+    assert!(!finished(&out), "it waits for the blobs it keeps");
+    let out = h.t.fetched(0, h1, Ok(u1));
+    assert_eq!(kept(&out), [h1]);
+    assert!(!finished(&out), "one is still on its way");
+    // The other fails: it is fetched again a second later, three times in all, then given up.
+    let mut now = 0;
+    for _ in 1..MAX_KEEP_TRIES {
+        let out = h.t.fetched(now, h2, Err("gone".into()));
+        assert!(warnings(&out).is_empty() && !finished(&out), "{out:?}");
+        now += KEEP_RETRY_MS;
+        let again = fetches(&h.t.tick(now, 0)).into_iter().map(|f| f.1).collect::<Vec<_>>();
+        assert_eq!(again, [h2], "tried again");
+    }
+    let out = h.t.fetched(now, h2, Err("gone".into()));
+    assert!(matches!(&warnings(&out)[..], [TrainerError::Fetch { what: "a blob to keep", .. }]), "{out:?}");
+    assert!(finished(&out), "and finishes once none is in flight");
 }

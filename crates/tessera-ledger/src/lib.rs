@@ -129,6 +129,8 @@ pub fn check_update(peer: &PeerId, round: u64, update: &Hash32, sig: &[u8]) -> R
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Evidence {
     pub inputs: Hash32,
+    /// The inputs blob's length in bytes (so a node can fetch it to keep with its copy).
+    pub inputs_len: u64,
     pub kernel: Hash32,
     pub input_hashes: Vec<Hash32>,
     pub claims: [Vec<Hash32>; 2],

@@ -25,8 +25,9 @@
 //! The first divergence is named, with the ledger record it is in.
 //!
 //! A node's kept copy of the ledger (`--ledger-copy FILE`) is audited as far as a copy
-//! allows: every signature, link, payout and balance, and the chain of round states; the
-//! rounds are recomputed from a coordinator's directory, which holds the update blobs.
+//! allows: every signature, link, payout and balance, and the chain of round states. With
+//! the blobs the node kept beside it (`--keep-updates`: the config and every accepted
+//! update), its hub and all-gather rounds are recomputed too, from genesis, as above.
 
 use std::path::Path;
 
@@ -105,7 +106,7 @@ pub fn audit(dir: &Path) -> Result<AuditReport, AuditError> {
             }
             Entry::DisputeResolved { round, loser, evidence: Some(e), .. } => {
                 let fail = |why: String| AuditError::Dispute { seq: r.seq, round: *round, why };
-                rerun(&store, e, *loser).map_err(fail)?;
+                rerun(store.blob(&e.inputs).map_err(|e| e.to_string()), e, *loser).map_err(fail)?;
                 report.disputes_rerun += 1;
             }
             _ => {}
@@ -117,35 +118,137 @@ pub fn audit(dir: &Path) -> Result<AuditReport, AuditError> {
     Ok(report)
 }
 
-/// A node's copy: verified whole; each round must start where the one before ended.
+/// A node's copy: verified whole; each round must start where the one before ended. With
+/// the blobs kept beside it (`--keep-updates`), the config the ledger's `RunCreated` names
+/// gives the initial state, each hub or all-gather round is recomputed from its kept
+/// updates (NoLoCo: closed through every replica from the kept members and Δ blobs), as far
+/// as they are all kept (from the first round missing one, chained only), and each dispute
+/// whose operator's inputs are kept is decided again.
 fn audit_copy(path: &Path) -> Result<AuditReport, AuditError> {
     let (ledger, records) = crate::ledger_file::verified_copy(path)?;
-    let (mut rounds, mut last) = (0u64, None::<[u8; 32]>);
-    for r in &records {
-        let Entry::RoundClosed { round, start, end, .. } = &r.entry else { continue };
-        if last.is_some_and(|l| l != *start) {
-            let why = "it does not start from the state the round before ended in".into();
-            return Err(AuditError::Round { seq: r.seq, round: *round, why });
-        }
-        (rounds, last) = (rounds + 1, Some(*end));
-    }
+    let dir = crate::ledger_file::blobs_dir(path);
+    let spec = copy_spec(&dir, &records)?;
+    let pairs = spec.as_ref().is_some_and(|s| s.outer.exchange() == Exchange::Pairs);
+    // The shared state (NoLoCo: the consensus, and every replica beside it).
+    let mut state = spec.as_ref().map(|s| s.initial_state());
+    let mut replicas = pairs.then(Replicas::default);
+    let mut last = state.as_ref().map(|s| s.hash());
     let coordinator = crate::ledger_file::read_copy(path)?.0;
-    Ok(AuditReport {
+    let mut report = AuditReport {
         records: ledger.head().0,
-        rounds,
+        rounds: 0,
         recomputed: 0,
         updates_checked: 0,
         blobs_checked: 0,
         disputes_rerun: 0,
         copy_of: Some(coordinator),
-        final_state: last,
-    })
+        final_state: None,
+    };
+    for r in &records {
+        if let Entry::DisputeResolved { round, loser, evidence: Some(e), .. } = &r.entry {
+            let fail = |why: String| AuditError::Dispute { seq: r.seq, round: *round, why };
+            let got = match crate::ledger_file::kept_blob(&dir, &e.inputs) {
+                Ok(None) => continue, // not kept: the dispute stands as the ledger says
+                Ok(Some(b)) => Ok(b),
+                Err(err) => Err(err.to_string()),
+            };
+            rerun(got, e, *loser).map_err(fail)?;
+            report.disputes_rerun += 1;
+            continue;
+        }
+        let Entry::RoundClosed { round, start, end, accepted, .. } = &r.entry else { continue };
+        let fail = |why: String| AuditError::Round { seq: r.seq, round: *round, why };
+        if last.is_some_and(|l| l != *start) {
+            return Err(fail("it does not start from the state the round before ended in".into()));
+        }
+        if let (Some(spec), Some(s)) = (&spec, state.take()) {
+            let blobs = kept_updates(&dir, accepted).map_err(fail)?;
+            let next = match (&blobs, pairs) {
+                (Some(b), false) => Some(replay_blobs(spec, s, *round, accepted, b).map_err(fail)?),
+                (Some(b), true) => {
+                    close_kept_round(spec, &dir, &mut replicas, s, (*round, accepted), b).map_err(fail)?
+                }
+                (None, _) => None,
+            };
+            match next {
+                Some(s) if s.hash() != *end => return Err(fail(combine_mismatch(&s.hash(), end))),
+                Some(s) => {
+                    report.updates_checked += blobs.map_or(0, |b| b.len() as u64);
+                    report.recomputed += 1;
+                    state = Some(s);
+                }
+                None => replicas = None, // not kept whole: chained only from here
+            }
+        }
+        (report.rounds, last) = (report.rounds + 1, Some(*end));
+    }
+    assert!(report.recomputed <= report.rounds, "a round is recomputed at most once");
+    report.final_state = last.filter(|_| report.rounds > 0);
+    Ok(report)
+}
+
+/// The run's spec from the config kept beside a copy, which must be the one its
+/// `RunCreated` names (`None` when no config is kept: the copy is only chained).
+fn copy_spec(dir: &Path, records: &[tessera_ledger::Record]) -> Result<Option<RunSpec>, AuditError> {
+    let named = records.iter().find_map(|r| match &r.entry {
+        Entry::RunCreated { config, .. } => Some(*config),
+        _ => None,
+    });
+    let Some(named) = named else { return Ok(None) };
+    let Some(text) = crate::ledger_file::kept_blob(dir, &named)? else { return Ok(None) };
+    let text =
+        String::from_utf8(text).map_err(|_| AuditError::Config("the kept config is not UTF-8".into()))?;
+    let cfg = RunConfig::from_toml(&text).map_err(|e| AuditError::Config(e.to_string()))?;
+    RunSpec::new(cfg).map(Some).map_err(|e| AuditError::Config(e.to_string()))
+}
+
+/// The accepted updates' kept blobs, each re-hashed; `None` if one is not kept.
+fn kept_updates(dir: &Path, accepted: &[AcceptedUpdate]) -> Result<Option<Vec<Vec<u8>>>, String> {
+    let mut out = Vec::with_capacity(accepted.len());
+    for a in accepted {
+        match crate::ledger_file::kept_blob(dir, &a.update) {
+            Ok(Some(b)) => out.push(b),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("the update of {}: {e}", hex4(&a.peer))),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A hub or all-gather round recomputed from its accepted updates' blobs, through the very
+/// function the coordinator closes rounds with.
+fn replay_blobs(
+    spec: &RunSpec,
+    mut state: GlobalState,
+    round: u64,
+    accepted: &[AcceptedUpdate],
+    blobs: &[Vec<u8>],
+) -> Result<GlobalState, String> {
+    assert_eq!(accepted.len(), blobs.len(), "one blob per accepted update");
+    let views: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+    spec.replay(&mut state, round, &views).map_err(|e| match e.update {
+        Some(i) => format!("the update of {}: {}", hex4(&accepted[i].peer), e.err),
+        None => format!("recomputing the round: {}", e.err),
+    })?;
+    Ok(state)
+}
+
+fn combine_mismatch(got: &[u8; 32], named: &[u8; 32]) -> String {
+    format!(
+        "its accepted updates combine to state {}, not to the {} it names",
+        tessera_tensor::hex(&got[..4]),
+        tessera_tensor::hex(&named[..4])
+    )
 }
 
 /// Recomputes a disputed operator from its evidence; the recorded loser must be the side
 /// whose claimed outputs differ from the result.
-fn rerun(store: &Store, e: &tessera_ledger::Evidence, loser: tessera_ledger::Loser) -> Result<(), String> {
-    let blob = store.blob(&e.inputs).map_err(|e| format!("the operator's inputs: {e}"))?;
+fn rerun(
+    blob: Result<Vec<u8>, String>,
+    e: &tessera_ledger::Evidence,
+    loser: tessera_ledger::Loser,
+) -> Result<(), String> {
+    let blob = blob.map_err(|e| format!("the operator's inputs: {e}"))?;
     let op = tessera_coord::OpInputs::decode(&blob).map_err(|e| e.to_string())?;
     let named =
         tessera_coord::EntryHashes { kernel: e.kernel, inputs: e.input_hashes.clone(), outputs: Vec::new() };
@@ -206,11 +309,7 @@ impl Replay<'_> {
         let recomputed = self.recompute(round, accepted, report)?;
         if let Some(s) = &recomputed {
             if s.hash() != *end {
-                return Err(format!(
-                    "its accepted updates combine to state {}, not to the {} it names",
-                    tessera_tensor::hex(&s.hash()[..4]),
-                    tessera_tensor::hex(&end[..4])
-                ));
+                return Err(combine_mismatch(&s.hash(), end));
             }
             report.recomputed += 1;
         }
@@ -238,7 +337,7 @@ impl Replay<'_> {
         accepted: &[AcceptedUpdate],
         report: &mut AuditReport,
     ) -> Result<Option<GlobalState>, String> {
-        let Some(mut state) = self.state.take() else {
+        let Some(state) = self.state.take() else {
             self.replicas = None;
             return Ok(None);
         };
@@ -255,13 +354,7 @@ impl Replay<'_> {
                 false => Ok(None),
             };
         }
-        let who = |a: &AcceptedUpdate| tessera_tensor::hex(&a.peer[..4]);
-        let views: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
-        self.spec.replay(&mut state, round, &views).map_err(|e| match e.update {
-            Some(i) => format!("the update of {}: {}", who(&accepted[i]), e.err),
-            None => format!("recomputing the round: {}", e.err),
-        })?;
-        Ok(Some(state))
+        replay_blobs(self.spec, state, round, accepted, &blobs).map(Some)
     }
 
     /// NoLoCo: the replicas after `round`, read back from the store, when every one the
@@ -298,27 +391,11 @@ impl Replay<'_> {
             return Err("the store's round start is not a RoundStart".into());
         };
         let named = ClosedRound::of(&accept).ok_or("the store's Accept is not an Accept")?;
-        let mut replicas = match self.replicas.take() {
-            Some(r) => r,
-            None => return Err("the replicas are not known here".into()),
+        let Some(mut replicas) = self.replicas.take() else {
+            return Err("the replicas are not known here".into());
         };
-        // A member without a replica (new in this round, or back after leaving) started from
-        // the consensus; so did one that joined during the round and is kept.
-        for p in members.iter().chain(named.replicas.iter().map(|r| &r.0)) {
-            if replicas.get(p).is_none() {
-                replicas.ensure(*p, &prev);
-            }
-        }
-        let mut deltas = std::collections::BTreeMap::new();
-        for (i, (a, b)) in accepted.iter().zip(blobs).enumerate() {
-            let c =
-                self.spec.contribution(i, b).map_err(|e| format!("the update of {}: {e}", hex4(&a.peer)))?;
-            deltas.insert(a.peer, c.values);
-        }
-        let kept: std::collections::BTreeSet<[u8; 32]> = named.replicas.iter().map(|r| r.0).collect();
-        let closed = replicas
-            .close(self.spec, &prev, &members, &deltas, |p| kept.contains(p))
-            .map_err(|e| format!("recomputing the replicas: {e}"))?;
+        let kept: Vec<[u8; 32]> = named.replicas.iter().map(|r| r.0).collect();
+        let closed = close_through(self.spec, &mut replicas, &prev, (&members, &kept), accepted, blobs)?;
         let Message::Accept { pairs: Some(announced), .. } = &accept else {
             return Err("the Accept of a NoLoCo round names no pairs".into());
         };
@@ -335,6 +412,55 @@ impl Replay<'_> {
         self.replicas = Some(replicas);
         Ok(closed.consensus)
     }
+}
+
+/// A NoLoCo round closed through the replicas from the consensus `prev`: `members` trained
+/// (a member without a replica, new in this round or back after leaving, started from the
+/// consensus; so did one that joined during the round and is `kept`), the accepted Δ blobs
+/// step their groups, and the `kept` members' replicas stay.
+fn close_through(
+    spec: &RunSpec,
+    replicas: &mut Replicas,
+    prev: &GlobalState,
+    (members, kept): (&[[u8; 32]], &[[u8; 32]]),
+    accepted: &[AcceptedUpdate],
+    blobs: &[Vec<u8>],
+) -> Result<tessera_coord::ClosedPairs, String> {
+    for p in members.iter().chain(kept) {
+        if replicas.get(p).is_none() {
+            replicas.ensure(*p, prev);
+        }
+    }
+    let mut deltas = std::collections::BTreeMap::new();
+    for (i, (a, b)) in accepted.iter().zip(blobs).enumerate() {
+        let c = spec.contribution(i, b).map_err(|e| format!("the update of {}: {e}", hex4(&a.peer)))?;
+        deltas.insert(a.peer, c.values);
+    }
+    let kept: std::collections::BTreeSet<[u8; 32]> = kept.iter().copied().collect();
+    replicas
+        .close(spec, prev, members, &deltas, |p| kept.contains(p))
+        .map_err(|e| format!("recomputing the replicas: {e}"))
+}
+
+/// A NoLoCo round of a node's copy, closed through the replicas from what the node kept
+/// (the round's members and kept replicas, and its Δ blobs); `None`, and the replicas
+/// forgotten, when the round was not kept.
+fn close_kept_round(
+    spec: &RunSpec,
+    dir: &Path,
+    replicas: &mut Option<Replicas>,
+    prev: GlobalState,
+    (round, accepted): (u64, &[AcceptedUpdate]),
+    blobs: &[Vec<u8>],
+) -> Result<Option<GlobalState>, String> {
+    let Some(mut table) = replicas.take() else { return Ok(None) };
+    let Some(k) = crate::ledger_file::kept_round(dir, round).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let closed = close_through(spec, &mut table, &prev, (&k.members, &k.replicas), accepted, blobs)?;
+    assert_eq!(table.states().count(), k.replicas.len(), "the table is the kept replicas");
+    *replicas = Some(table);
+    Ok(Some(closed.consensus))
 }
 
 fn hex4(p: &[u8; 32]) -> String {

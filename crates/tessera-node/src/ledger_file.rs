@@ -67,6 +67,84 @@ impl LedgerFile {
     }
 }
 
+/// Where a copy at `copy` keeps its blobs (`tessera node --keep-updates`): `<FILE>.blobs/`,
+/// one file per blob, named by its BLAKE3 hash in hex.
+pub fn blobs_dir(copy: &Path) -> PathBuf {
+    let mut name = copy.as_os_str().to_owned();
+    name.push(".blobs");
+    PathBuf::from(name)
+}
+
+/// Largest kept blob read back (checked before reading it).
+pub const MAX_KEPT_BLOB: u64 = 1 << 31;
+
+/// Keeps `bytes` (whose hash is `hash`) in the blob directory `dir`: written to a temporary
+/// name, synced and renamed into place, so a crash leaves the blob whole or absent.
+pub fn keep_blob(dir: &Path, hash: &[u8; 32], bytes: &[u8]) -> Result<(), StoreError> {
+    assert_eq!(blake3::hash(bytes).as_bytes(), hash, "a kept blob is named by its hash");
+    write_atomic(dir, &hex(hash), bytes)
+}
+
+/// The kept blob `hash` in `dir`, re-hashed: `None` if it is not kept, a typed error if it
+/// is over [`MAX_KEPT_BLOB`] or its bytes do not hash to its name.
+pub fn kept_blob(dir: &Path, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+    let path = dir.join(hex(hash));
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Io { what: format!("reading {}", path.display()), source: e }),
+    };
+    if len > MAX_KEPT_BLOB {
+        return Err(StoreError::Corrupt(format!(
+            "kept blob {}: {len} bytes, over the limit",
+            hex(&hash[..4])
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+    if blake3::hash(&bytes).as_bytes() != hash {
+        return Err(StoreError::Corrupt(format!("kept blob {} does not hash to its name", hex(&hash[..4]))));
+    }
+    Ok(Some(bytes))
+}
+
+/// Keeps a NoLoCo round's members and kept replicas as `round-<R>` in `dir`, atomically.
+pub fn keep_round(dir: &Path, k: &tessera_coord::KeptRound) -> Result<(), StoreError> {
+    write_atomic(dir, &format!("round-{}", k.round), &k.encode())
+}
+
+/// The kept round `round` in `dir`, if kept; a typed error if it does not decode (or is of
+/// another round).
+pub fn kept_round(dir: &Path, round: u64) -> Result<Option<tessera_coord::KeptRound>, StoreError> {
+    let path = dir.join(format!("round-{round}"));
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Io { what: format!("reading {}", path.display()), source: e }),
+    };
+    if len > tessera_coord::MAX_KEPT_ROUND as u64 {
+        return Err(StoreError::Corrupt(format!("kept round {round}: {len} bytes, over the limit")));
+    }
+    let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+    let k = tessera_coord::KeptRound::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    match k.round == round {
+        true => Ok(Some(k)),
+        false => Err(StoreError::Corrupt(format!("kept round {round} says it is round {}", k.round))),
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let what = || format!("keeping {name} in {}", dir.display());
+    std::fs::create_dir_all(dir).map_err(io(what()))?;
+    let (tmp, path) = (dir.join(format!(".{name}.tmp")), dir.join(name));
+    let mut f = std::fs::File::create(&tmp).map_err(io(what()))?;
+    f.write_all(bytes).and_then(|_| f.sync_data()).map_err(io(what()))?;
+    std::fs::rename(&tmp, &path).map_err(io(what()))
+}
+
+fn hex(b: &[u8]) -> String {
+    tessera_tensor::hex(b)
+}
+
 /// Reads a kept copy: its coordinator and records (`tessera audit FILE`).
 pub fn read_copy(path: &Path) -> Result<([u8; 32], Vec<Record>), StoreError> {
     let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;

@@ -105,7 +105,7 @@ pub struct NodeStatus {
     pub compute_s: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Entries in its verified ledger copy (a validator keeps none: 0).
+    /// Entries in its verified ledger copy.
     pub ledger_len: u64,
     /// From its ledger copy; `None` before its `Joined` entry is in the copy.
     pub balance: Option<Balance>,

@@ -57,6 +57,9 @@ pub struct NodeOptions {
     /// Where this node keeps its verified copy of the coordinator's ledger (resumed from
     /// on restart; `None`: in memory only).
     pub ledger_copy: Option<PathBuf>,
+    /// Keep the run's config and every accepted update beside the ledger copy (in
+    /// `<FILE>.blobs/`), so `tessera audit FILE` recomputes every round; needs `ledger_copy`.
+    pub keep_updates: bool,
     /// Where to publish this node's status (`tessera node --http`; `None`: not kept).
     pub publish: Option<crate::status::StatusPublisher>,
 }
@@ -73,8 +76,9 @@ type TrainJob = (Arc<GlobalState>, Hash32, Assignment);
 struct Node {
     net: Net,
     key: SigningKey,
-    /// The ledger copy on disk, if kept.
+    /// The ledger copy on disk, if kept, and the directory its blobs are kept in.
     kept: Option<crate::ledger_file::LedgerFile>,
+    blobs: Option<PathBuf>,
     seq: Seq,
     ds: Arc<Dataset>,
     pool: Arc<rayon::ThreadPool>,
@@ -103,6 +107,21 @@ struct Node {
     started: Instant,
     log: Log,
     board: Board,
+}
+
+/// Opens the node's ledger copy at `path` (if it keeps one) and has its machine resume from
+/// the records kept there (`resume`, which verifies them again).
+pub(crate) fn open_copy(
+    path: Option<&std::path::Path>,
+    coord: &tessera_coord::PeerId,
+    log: &Log,
+    resume: impl FnOnce(&[tessera_ledger::Record]) -> Result<(), tessera_coord::TrainerError>,
+) -> Res<Option<crate::ledger_file::LedgerFile>> {
+    let Some(p) = path else { return Ok(None) };
+    let (f, records) = crate::ledger_file::LedgerFile::open(p, coord)?;
+    resume(&records)?;
+    log.info(&format!("ledger copy {}: resumed {} verified records", p.display(), records.len()));
+    Ok(Some(f))
 }
 
 /// Serves this trainer's blobs (its updates and the states it holds) to the other members.
@@ -150,6 +169,16 @@ pub(crate) enum End {
 /// Runs a trainer (or, with `validator`, a validator) until the run is done or the
 /// coordinator stays unreachable.
 pub fn run(a: NodeOptions) -> Res<()> {
+    if a.keep_updates && a.ledger_copy.is_none() {
+        return Err(NodeError::Run(
+            "--keep-updates keeps blobs beside the ledger copy: add --ledger-copy FILE".into(),
+        ));
+    }
+    if a.validator && a.keep_updates {
+        return Err(NodeError::Run(
+            "--keep-updates is for trainers: a validator keeps its ledger copy without the updates".into(),
+        ));
+    }
     match a.validator {
         true => crate::runtime()?.block_on(crate::validator::main_loop(a)),
         false => crate::runtime()?.block_on(main_loop(a)),
@@ -227,18 +256,11 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         fault_round: a.fault_round,
         addr: Some(net.local_addr()?.to_string()),
         key: Some(key.clone()),
+        keep_blobs: a.keep_updates,
     };
     let board = Board::new(a.publish.clone(), &net.id(), &coord, "trainer");
     let mut t = Trainer::new(tc);
-    let kept = match &a.ledger_copy {
-        Some(p) => {
-            let (f, records) = crate::ledger_file::LedgerFile::open(p, &coord)?;
-            t.resume_ledger(&records)?;
-            log.info(&format!("ledger copy {}: resumed {} verified records", p.display(), records.len()));
-            Some(f)
-        }
-        None => None,
-    };
+    let kept = open_copy(a.ledger_copy.as_deref(), &coord, &log, |r| t.resume_ledger(r))?;
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_NODE_INPUTS);
     let mut node = Node {
@@ -246,6 +268,7 @@ async fn main_loop(a: NodeOptions) -> Res<()> {
         net,
         key,
         kept,
+        blobs: a.keep_updates.then(|| a.ledger_copy.as_deref().map(crate::ledger_file::blobs_dir)).flatten(),
         seq: Seq::for_key(a.key.as_deref())?,
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
@@ -379,6 +402,16 @@ impl Node {
                 Action::KeepLedger(records) => {
                     if let Some(f) = self.kept.as_mut() {
                         f.append(&records)?;
+                    }
+                }
+                Action::KeepBlob { hash, bytes } => {
+                    if let Some(dir) = &self.blobs {
+                        crate::ledger_file::keep_blob(dir, &hash, &bytes)?;
+                    }
+                }
+                Action::KeepRound(k) => {
+                    if let Some(dir) = &self.blobs {
+                        crate::ledger_file::keep_round(dir, &k)?;
                     }
                 }
                 Action::Reveal { round, segment } => {

@@ -40,6 +40,8 @@ struct Checker {
     ds: Arc<Dataset>,
     pool: Arc<rayon::ThreadPool>,
     v: Validator,
+    /// The ledger copy on disk, if kept.
+    kept: Option<crate::ledger_file::LedgerFile>,
     fetcher: crate::fetch::Fetcher,
     inputs: mpsc::Sender<Input>,
     started: Instant,
@@ -85,6 +87,8 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         key: Some(key.clone()),
     };
     let board = Board::new(a.publish.clone(), &net.id(), &coord, "validator");
+    let mut v = Validator::new(vc);
+    let kept = crate::trainer::open_copy(a.ledger_copy.as_deref(), &coord, &log, |r| v.resume_ledger(r))?;
     tokio::spawn(serve_peers(net.clone()));
     let (tx, mut inputs) = mpsc::channel(MAX_INPUTS);
     let mut c = Checker {
@@ -94,7 +98,8 @@ pub(crate) async fn main_loop(a: NodeOptions) -> Res<()> {
         seq: Seq::for_key(a.key.as_deref())?,
         ds,
         pool: Arc::new(crate::pool(a.threads)?),
-        v: Validator::new(vc),
+        v,
+        kept,
         inputs: tx,
         started: Instant::now(),
         log,
@@ -167,9 +172,9 @@ impl Checker {
         }
     }
 
-    /// Brings the status up to date with the machine and the transport (a validator keeps
-    /// no ledger copy, so its balance is the coordinator's to show).
+    /// Brings the status up to date with the machine, the transport and the ledger copy.
     fn refresh(&mut self) {
+        self.board.held(None, self.v.ledger(), &self.net.id());
         let (sent, recv) = self.net.traffic();
         let (checks, busy) = (self.checks + self.scores, self.check_s);
         self.board.update(|s| {
@@ -200,6 +205,11 @@ impl Checker {
                         let got = f.whole(&conn, &sources, &hash, len).await;
                         let _ = tx.send(Input::Fetched(hash, got)).await;
                     });
+                }
+                ValidatorAction::KeepLedger(records) => {
+                    if let Some(f) = self.kept.as_mut() {
+                        f.append(&records)?;
+                    }
                 }
                 ValidatorAction::Check(job) => self.spawn_check(*job),
                 ValidatorAction::Score(job) => self.spawn_score(*job),

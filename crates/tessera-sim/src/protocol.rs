@@ -45,6 +45,9 @@ struct Peer {
     miss_every: Option<u64>,
     /// The ledger records it kept (what a node appends to its copy on disk).
     kept: Vec<tessera_ledger::Record>,
+    /// The blobs it kept beside that copy (`TrainerConfig::keep_blobs`), by hash.
+    kept_blobs: BTreeMap<Hash32, Arc<Vec<u8>>>,
+    kept_rounds: BTreeMap<u64, tessera_coord::KeptRound>,
     /// Sends this instead of its honest updates.
     cheat: Option<Cheat>,
     /// Skimps on its training so.
@@ -138,6 +141,8 @@ struct Checker {
     epoch: u64,
     /// What it restarts with.
     vc: ValidatorConfig,
+    /// The ledger records it kept (what a validator node appends to its copy on disk).
+    kept: Vec<tessera_ledger::Record>,
 }
 
 /// A scripted protocol run.
@@ -171,6 +176,8 @@ pub struct ProtocolSim<'a> {
     /// Blobs trainers fetched from another trainer rather than the coordinator.
     pub peer_fetches: u64,
     validator_events: Vec<(PeerId, ValidatorEvent)>,
+    /// Trainers that keep blobs beside their ledger copy ([`Self::join_keeping`]).
+    keeping: std::collections::BTreeSet<PeerId>,
 }
 
 impl<'a> ProtocolSim<'a> {
@@ -211,6 +218,7 @@ impl<'a> ProtocolSim<'a> {
             records,
             events: Vec::new(),
             trainer_events: Vec::new(),
+            keeping: Default::default(),
             peer_fetches: 0,
             validator_events: Vec::new(),
         })
@@ -225,9 +233,12 @@ impl<'a> ProtocolSim<'a> {
         self.ledger_key
     }
 
-    /// The trainer's verified copy of the coordinator's ledger.
+    /// The trainer's (or validator's) verified copy of the coordinator's ledger.
     pub fn peer_ledger(&self, peer: &PeerId) -> Option<&tessera_ledger::Ledger> {
-        self.peers.get(peer).map(|p| p.t.ledger())
+        match self.peers.get(peer) {
+            Some(p) => Some(p.t.ledger()),
+            None => self.validators.get(peer).map(|c| c.v.ledger()),
+        }
     }
 
     /// Hands `message`, signed as the coordinator's, to trainer `peer` now (a scripted
@@ -246,7 +257,20 @@ impl<'a> ProtocolSim<'a> {
 
     /// The ledger records a trainer kept, as a node keeps them on disk.
     pub fn peer_kept_ledger(&self, peer: &PeerId) -> Option<&[tessera_ledger::Record]> {
-        self.peers.get(peer).map(|p| p.kept.as_slice())
+        match self.peers.get(peer) {
+            Some(p) => Some(p.kept.as_slice()),
+            None => self.validators.get(peer).map(|c| c.kept.as_slice()),
+        }
+    }
+
+    /// The blobs a keeping trainer ([`Self::join_keeping`]) kept, by hash.
+    pub fn peer_kept_blobs(&self, peer: &PeerId) -> Option<&BTreeMap<Hash32, Arc<Vec<u8>>>> {
+        self.peers.get(peer).map(|p| &p.kept_blobs)
+    }
+
+    /// The NoLoCo rounds a keeping trainer kept, by round.
+    pub fn peer_kept_rounds(&self, peer: &PeerId) -> Option<&BTreeMap<u64, tessera_coord::KeptRound>> {
+        self.peers.get(peer).map(|p| &p.kept_rounds)
     }
 
     /// Hands `frame` to the coordinator now (a scripted peer outside the run), executes what
@@ -265,6 +289,13 @@ impl<'a> ProtocolSim<'a> {
     /// A new trainer that runs the fault drill in `fault_round` (see [`TrainerConfig`]).
     pub fn join_with(&mut self, peer: PeerId, fault_round: Option<u64>) -> Result<(), SimError> {
         self.join_trainer(peer, fault_round, None)
+    }
+
+    /// A new trainer that keeps the run's config and every accepted update beside its
+    /// ledger copy (`tessera node --keep-updates`; see [`Self::peer_kept_blobs`]).
+    pub fn join_keeping(&mut self, peer: PeerId) -> Result<(), SimError> {
+        self.keeping.insert(peer);
+        self.join_trainer(peer, None, None)
     }
 
     /// A new trainer whose identity is `key`'s public half, and which signs its updates.
@@ -289,6 +320,7 @@ impl<'a> ProtocolSim<'a> {
             addr,
             fault_round,
             key,
+            keep_blobs: self.keeping.contains(&peer),
         };
         let p = Peer {
             t: Trainer::new(tc.clone()),
@@ -301,6 +333,8 @@ impl<'a> ProtocolSim<'a> {
             crash_in: None,
             miss_every: None,
             kept: Vec::new(),
+            kept_blobs: BTreeMap::new(),
+            kept_rounds: BTreeMap::new(),
             cheat: None,
             shirk: None,
             last: None,
@@ -352,7 +386,7 @@ impl<'a> ProtocolSim<'a> {
         };
         let mut v = Validator::new(vc.clone());
         let acts = v.connected(self.now);
-        let c = Checker { v, d: Disputant::default(), alive: true, seq: 0, epoch: 0, vc };
+        let c = Checker { v, d: Disputant::default(), alive: true, seq: 0, epoch: 0, vc, kept: Vec::new() };
         self.validators.insert(id, c);
         self.act_validator(id, acts)
     }
@@ -391,6 +425,7 @@ impl<'a> ProtocolSim<'a> {
                     let got = job.run(&self.spec, self.ds, &mut c.d);
                     self.push(Delivery::ValidatorAnswered(id, (job.round, job.peer), got));
                 }
+                ValidatorAction::KeepLedger(records) => c.kept.extend(records),
                 ValidatorAction::Event(e) => {
                     match &e {
                         ValidatorEvent::Fatal(TrainerError::Refused { .. }) => c.alive = false,
@@ -664,6 +699,13 @@ impl<'a> ProtocolSim<'a> {
                     self.act(peer, more)?;
                 }
                 Action::KeepLedger(records) => self.peer_mut(&peer).kept.extend(records),
+                Action::KeepBlob { hash, bytes } => {
+                    assert_eq!(*blake3::hash(&bytes).as_bytes(), hash, "a kept blob is named by its hash");
+                    self.peer_mut(&peer).kept_blobs.insert(hash, bytes);
+                }
+                Action::KeepRound(k) => {
+                    self.peer_mut(&peer).kept_rounds.insert(k.round, k);
+                }
                 Action::Serve { hash, bytes } => {
                     let p = self.peer_mut(&peer);
                     if p.served.insert(hash, bytes).is_none() {

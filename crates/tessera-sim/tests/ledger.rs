@@ -122,20 +122,22 @@ fn a_join_without_the_stake_is_refused() {
     assert_eq!(p.coordinator().members().count(), 0);
 }
 
-/// Every trainer fetches the ledger as the `Accept`s announce it and checks it: its copy
-/// ends at the coordinator's head, with the same accounts.
+/// Every trainer and validator fetches the ledger as the `Accept`s announce it and checks
+/// it: its copy ends at the coordinator's head, with the same accounts.
 #[test]
-fn every_trainer_keeps_a_verified_copy_of_the_ledger() {
+fn every_trainer_and_validator_keeps_a_verified_copy_of_the_ledger() {
     let ds = common::dataset("ledger", "copies");
     let p = run(&ds, Behaviour::Honest, None);
     let live = p.coordinator().accounts().unwrap().clone();
     let n = log(&p).len() as u64;
-    for i in 1..=3 {
+    for i in [1, 2, 3, VALIDATOR] {
         let copy = p.peer_ledger(&pid(i)).unwrap();
         // The last round's Accept names the head after its RoundClosed and rewards.
         assert!(copy.head().0 >= n - 4, "trainer {i} holds {} of {n} records", copy.head().0);
         let full = verify(&p.ledger_key(), &log(&p)[..copy.head().0 as usize]).unwrap();
         assert_eq!(copy.accounts(), full.accounts(), "trainer {i}'s copy is the coordinator's prefix");
+        let kept = p.peer_kept_ledger(&pid(i)).unwrap();
+        assert_eq!(kept, &log(&p)[..copy.head().0 as usize], "node {i} keeps on disk what it verified");
     }
     assert_eq!(replay(&p, &p.ledger_key()), live);
 }
@@ -316,4 +318,103 @@ fn accepted_updates_carry_their_trainers_signatures() {
     }
     assert_eq!(signed, 3 * rc.rounds - 1, "every accepted update is signed by its trainer");
     assert_eq!(replay(&p, &p.ledger_key()), *p.coordinator().accounts().unwrap());
+}
+
+/// A trainer that keeps blobs (`--keep-updates`) keeps the config its ledger's `RunCreated`
+/// names and every update of every round it heard closed, for a hub algorithm (fetched apart
+/// from the aggregate) and an all-gather one (kept from the close): from them alone, every
+/// round's end state is recomputed from genesis. A trainer that does not keep keeps nothing.
+#[test]
+fn a_keeping_trainer_keeps_what_recomputes_every_round() {
+    for algo in [tessera_sync::Algorithm::DiLoCo, tessera_sync::Algorithm::SparseLoCo] {
+        let ds = common::dataset("ledger", &format!("keeping-{algo:?}"));
+        let rc = cfg().with(|c| {
+            c.algo = algo;
+            c.rounds = 4;
+        });
+        let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+        p.join_keeping(pid(1)).unwrap();
+        for i in 2..=3 {
+            p.join(pid(i)).unwrap();
+        }
+        p.run_until(rc.rounds).unwrap();
+        let kept = p.peer_kept_blobs(&pid(1)).unwrap();
+        assert!(p.peer_kept_blobs(&pid(2)).unwrap().is_empty(), "{algo:?}: a node that does not keep");
+        let spec = p.coordinator().spec().clone();
+        let mut state = spec.initial_state();
+        let (mut rounds, mut updates) = (0, 0);
+        for r in log(&p) {
+            match &r.entry {
+                tessera_ledger::Entry::RunCreated { config, .. } => {
+                    let text = kept.get(config).expect("the config is kept");
+                    assert_eq!(&text[..], rc.to_toml().as_bytes(), "{algo:?}: the run's config");
+                }
+                tessera_ledger::Entry::RoundClosed { round, start, end, accepted, .. } => {
+                    assert_eq!(*start, state.hash(), "{algo:?}: round {round} starts where the last ended");
+                    let blobs: Vec<&[u8]> = accepted
+                        .iter()
+                        .map(|a| {
+                            kept.get(&a.update).map(|b| b.as_slice()).expect("every accepted update is kept")
+                        })
+                        .collect();
+                    spec.replay(&mut state, *round, &blobs).unwrap();
+                    assert_eq!(
+                        state.hash(),
+                        *end,
+                        "{algo:?}: round {round} recomputed from the kept updates"
+                    );
+                    (rounds, updates) = (rounds + 1, updates + blobs.len());
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(rounds, rc.rounds, "{algo:?}");
+        assert_eq!(kept.len(), updates + 1, "{algo:?}: the updates and the config, each once");
+        assert!(p.peer_kept_rounds(&pid(1)).unwrap().is_empty(), "{algo:?}: only NoLoCo keeps rounds");
+    }
+}
+
+/// NoLoCo: a keeping trainer keeps every accepted Δ (fetched from its authors, not only its
+/// partner's) and each round's members and kept replicas, as the round's `RoundStart` and
+/// `Accept` named them.
+#[test]
+fn a_keeping_noloco_trainer_keeps_every_delta_and_each_rounds_members() {
+    let ds = common::dataset("ledger", "keeping-noloco");
+    let rc = cfg().with(|c| {
+        c.algo = tessera_sync::Algorithm::NoLoCo;
+        c.rounds = 3;
+    });
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    p.join_keeping(pid(1)).unwrap();
+    for i in 2..=4 {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let (kept, rounds) = (p.peer_kept_blobs(&pid(1)).unwrap(), p.peer_kept_rounds(&pid(1)).unwrap());
+    let mut closed = 0;
+    for r in &p.records {
+        let Record::RoundClosed {
+            round,
+            accept: Message::Accept { accepted, updates, pairs: Some(pairs), .. },
+            ..
+        } = r
+        else {
+            continue;
+        };
+        assert!(updates.iter().all(|u| kept.contains_key(u)), "round {round}: every Δ kept");
+        let k = rounds.get(round).expect("the round is kept");
+        let named: Vec<[u8; 32]> = pairs.replicas.iter().map(|x| x.0).collect();
+        assert_eq!(k.replicas, named, "round {round}: the replicas its Accept kept");
+        assert!(accepted.iter().all(|a| k.members.contains(a)), "round {round}: its members");
+        // The last announcement of the round (a restart may re-announce it) named them.
+        let started = p.records.iter().rev().find_map(|x| match x {
+            Record::RoundStarted { round: r, start: Message::RoundStart { members, .. } } if r == round => {
+                Some(members.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(Some(k.members.clone()), started, "round {round}: the members its RoundStart named");
+        closed += 1;
+    }
+    assert_eq!(closed, rc.rounds);
 }

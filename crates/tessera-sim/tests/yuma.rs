@@ -117,3 +117,45 @@ fn three_validators_pay_by_consensus_and_a_colluder_cannot_raise_its_friend() {
         with.unpaid
     );
 }
+
+/// The second and later scorers are refereed too. With every update drawn for an audit, a
+/// colluding validator that is never the first asked in round 0 (two updates, three
+/// validators, asked in key order, the colluder last) is caught by its scores as one of
+/// several, refused and slashed in round 0, and its weights never reach the ledger; no honest
+/// validator is refused.
+#[test]
+fn a_colluder_scoring_as_one_of_several_is_refereed_and_refused() {
+    let ds = common::dataset("yuma", "refereed");
+    let rc = RunConfig { decoy_rate: 1.0, min_peers: 2, ..cfg() };
+    let mut p = ProtocolSim::new(rc.clone(), &ds).unwrap();
+    let mut keys: Vec<SigningKey> = (20..23).map(key).collect();
+    keys.sort_by_key(|k| k.verifying_key().to_bytes());
+    let colluder = keys[2].verifying_key().to_bytes();
+    for (i, k) in keys.into_iter().enumerate() {
+        let b = if i == 2 { Behaviour::Colluding(pid(1)) } else { Behaviour::Honest };
+        p.join_signing_validator(k, b).unwrap();
+    }
+    for i in 1..=2 {
+        p.join(pid(i)).unwrap();
+    }
+    p.run_until(rc.rounds).unwrap();
+    let log = entries(&p);
+    let slashed: Vec<_> = log
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Verdict { round, peer, cheat: true, .. } => Some((*round, *peer)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(slashed, vec![(0, colluder)], "the colluder, in round 0, and nobody else");
+    let why = p.records.iter().find_map(|r| match r {
+        tessera_coord::Record::Verdict { peer, outcome, .. } if *peer == colluder => {
+            Some(format!("{outcome:?}"))
+        }
+        _ => None,
+    });
+    assert!(why.as_deref().is_some_and(|w| w.contains("as one of several")), "{why:?}");
+    let weighed = log.iter().any(|e| matches!(e, Entry::Weights { validator, .. } if *validator == colluder));
+    assert!(!weighed, "its weights never reach the ledger");
+    assert!(p.coordinator().accounts().unwrap().get(&colluder).unwrap().slashed > 0);
+}

@@ -44,11 +44,17 @@ pub fn audit(a: LedgerArgs) -> Result<()> {
         Ok(r) if r.copy_of.is_some() => {
             let last = r.final_state.map_or("none".to_string(), |h| tessera_net::hex(&h));
             let of = r.copy_of.map(|c| tessera_net::hex(&c[..4])).unwrap_or_default();
+            let rounds = match r.recomputed {
+                0 => "rounds are recomputed from the coordinator's directory, or from a copy kept \
+                      with --keep-updates"
+                    .to_string(),
+                n => format!("{n} recomputed from {} kept update blobs", r.updates_checked),
+            };
             println!(
-                "audit: OK: a node's copy of coordinator {of}'s ledger: {} records, {} rounds chained, \
-                 signatures, links and balances replayed (rounds are recomputed from the coordinator's \
-                 directory); final state {last}",
-                r.records, r.rounds
+                "audit: OK: a node's copy of coordinator {of}'s ledger: {} records, {} rounds chained \
+                 ({rounds}), {} disputed operators recomputed, signatures, links and balances \
+                 replayed; final state {last}",
+                r.records, r.rounds, r.disputes_rerun
             );
             Ok(())
         }

@@ -153,6 +153,11 @@ pub struct NodeArgs {
     /// restart; `tessera audit FILE` replays it). In memory only if not given.
     #[arg(long)]
     pub ledger_copy: Option<PathBuf>,
+    /// Also keep the run's config and every accepted update in `FILE.blobs/` beside the
+    /// ledger copy, so `tessera audit FILE` recomputes every round from the copy alone (a hub
+    /// run's trainer then fetches each accepted update as well as the aggregate).
+    #[arg(long, requires = "ledger_copy")]
+    pub keep_updates: bool,
     /// Serve this node's status page, its JSON (/api/status) and /metrics on this address
     /// (e.g. 127.0.0.1:8081; port 0 picks one). Off unless given.
     #[arg(long)]
@@ -196,6 +201,7 @@ impl NodeArgs {
             validator: self.validator,
             stake: self.stake,
             ledger_copy: self.ledger_copy,
+            keep_updates: self.keep_updates,
             publish: None,
         }
     }

@@ -203,6 +203,9 @@ impl Coordinator {
         });
         self.event(Event::Banned { peer: v, round });
         if let Some(open) = self.open.as_mut() {
+            // A refused validator's scores of the round weigh nothing in its consensus.
+            open.weights.remove(&v);
+            open.weighing.retain(|(x, _)| *x != v);
             for (peer, blob) in open.checks.take_back(Some(&v)) {
                 let len = crate::LocalState::blob_len(self.spec.n());
                 self.out.push(Output::Fetch { from: peer, hash: blob, len });

@@ -295,6 +295,7 @@ impl Coordinator {
                 let entry = g.entry.clone().expect("inputs are asked for after the entries");
                 g.evidence = g.d.claims().map(|claims| tessera_ledger::Evidence {
                     inputs: hash,
+                    inputs_len: bytes.len() as u64,
                     kernel: entry.kernel,
                     input_hashes: entry.inputs.clone(),
                     claims,

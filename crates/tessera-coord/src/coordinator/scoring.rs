@@ -11,8 +11,10 @@
 //! With two or more validators every one of them scores every accepted update (up to
 //! `tessera_ledger::MAX_WEIGHING`): the first asked decides harm as above, and each signs its
 //! scores, which the round's `Weights` entries carry into the ledger, where Yuma consensus
-//! pays the round by them. The round closes once every validator asked has answered, or at
-//! its deadline.
+//! pays the round by them. The others' scores are refereed too: of an update drawn for an
+//! audit, each validator's score must be the coordinator's own bit for bit, or that
+//! validator is refused (and its weights of the round dropped). The round closes once every
+//! validator asked has answered, or at its deadline.
 
 use std::sync::Arc;
 
@@ -89,6 +91,7 @@ impl Coordinator {
         score: Option<crate::Score>,
         sig: &[u8],
     ) -> Result<(), Reject> {
+        let audit = self.audit(&peer);
         let Some(open) = self.open.as_mut().filter(|o| o.round == round) else { return Ok(()) };
         let asked = open.weighing.remove(&(from, peer));
         let first = open.scoring.get(&peer).is_some_and(|s| s.by == Some(from));
@@ -103,7 +106,38 @@ impl Coordinator {
         let row = open.weights.entry(from).or_default();
         assert!(row.len() < tessera_ledger::MAX_ROUND_ENTRIES, "one score per accepted update");
         row.insert(peer, signed);
+        // One of several, drawn for an audit: refereed against the coordinator's own score
+        // (the first scorer's claim is refereed in `on_score_report`).
+        if asked && !first && audit {
+            match open.own_scores.get(&peer) {
+                Some(own) => {
+                    let own = *own;
+                    self.referee_claim(round, peer, (from, score), &own);
+                }
+                None => open.score_claims.entry(peer).or_default().push((from, score)),
+            }
+        }
         Ok(())
+    }
+
+    /// A validator's claimed score of `peer`'s update against the coordinator's `own`: a
+    /// validator whose score is not it, bit for bit, is refused (its weights are dropped).
+    fn referee_claim(
+        &mut self,
+        round: u64,
+        peer: PeerId,
+        (v, claimed): (PeerId, crate::Score),
+        own: &crate::Score,
+    ) {
+        if claimed.to_bits() == own.to_bits() {
+            return;
+        }
+        let why = format!("scored {}'s update {claimed:?} as one of several, not {own:?}", hex4(&peer));
+        self.refuse_validator(v, round, why, None);
+        assert!(
+            self.open.as_ref().is_none_or(|o| !o.weights.contains_key(&v)),
+            "a refused scorer weighs nothing"
+        );
     }
 
     /// A validator's `ScoreReport` arrived.
@@ -181,6 +215,11 @@ impl Coordinator {
                 if let Some((v, c)) = s.claimed.filter(|(_, c)| c.to_bits() != score.to_bits()) {
                     self.refuse_validator(v, round, format!("score {c:?}, not {score:?}"), None);
                 }
+                let open = self.open.as_mut().expect("the round is open: its scoring was in it");
+                open.own_scores.insert(peer, score);
+                for claim in open.score_claims.remove(&peer).unwrap_or_default() {
+                    self.referee_claim(round, peer, claim, &score);
+                }
                 self.settle_score(round, peer, score, None);
             }
             (Some(_), Err(e)) => {
@@ -207,6 +246,10 @@ impl Coordinator {
         }
         self.out.push(Output::Event(Event::Scored { round, peer, score, harmful, by }));
     }
+}
+
+fn hex4(p: &PeerId) -> String {
+    tessera_tensor::hex(&p[..4])
 }
 
 /// Whether a score says the update harms the model: it raises the held-out loss by more than

@@ -155,13 +155,20 @@ impl ProtocolSim<'_> {
         }
     }
 
-    /// A dead trainer or validator starts again with its key; `with_disk`, a trainer also
-    /// resumes the ledger copy it kept (without, it starts with none). Its memory is gone:
-    /// it fetches the state, and serves nothing until it trains again.
+    /// A dead trainer or validator starts again with its key; `with_disk`, it also resumes
+    /// the ledger copy it kept (without, it starts with none). Its memory is gone: a trainer
+    /// fetches the state, and serves nothing until it trains again.
     pub fn restart(&mut self, id: &PeerId, with_disk: bool) -> Result<(), SimError> {
         let now = self.now;
         if let Some(c) = self.validators.get_mut(id).filter(|c| !c.alive) {
             c.v = Validator::new(c.vc.clone());
+            match with_disk {
+                true => {
+                    c.v.resume_ledger(&c.kept)
+                        .map_err(|err| SimError::Trainer { peer: tessera_tensor::hex(&id[..4]), err })?
+                }
+                false => c.kept.clear(),
+            }
             c.d = Default::default();
             c.alive = true;
             c.epoch += 1;
