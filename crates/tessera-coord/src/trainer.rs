@@ -414,9 +414,22 @@ impl Trainer {
         let got = match self.keeper.fetched(now_ms, &hash, got) {
             crate::keep::Fetched::Not(got) => got,
             crate::keep::Fetched::Kept(acts) => {
+                let kept = acts.iter().find_map(|a| match a {
+                    Action::KeepBlob { bytes, .. } => Some(bytes.clone()),
+                    _ => None,
+                });
                 self.out.extend(acts);
                 self.finish_if_caught_up();
-                return self.take();
+                // The close may wait for it too (a NoLoCo partner's Δ, fetched twice): it
+                // takes the first copy to arrive.
+                let closes = self
+                    .closing
+                    .as_ref()
+                    .is_some_and(|c| c.blobs.iter().any(|b| b.0 == hash && b.1.is_none()));
+                match kept {
+                    Some(b) if closes => Ok(b.to_vec()),
+                    _ => return self.take(),
+                }
             }
             crate::keep::Fetched::Failed(err) => {
                 self.warn(TrainerError::Fetch { what: "a blob to keep", err });

@@ -417,4 +417,17 @@ fn a_keeping_noloco_trainer_keeps_every_delta_and_each_rounds_members() {
         closed += 1;
     }
     assert_eq!(closed, rc.rounds);
+    // Its partner's Δ is fetched twice (to keep, and for its close): whichever copy comes
+    // first closes the round, so it computed every replica it reached.
+    let computed: Vec<bool> = p
+        .trainer_events
+        .iter()
+        .filter_map(|(who, e)| match e {
+            tessera_coord::TrainerEvent::Reported { computed, agrees, .. } if *who == pid(1) => {
+                Some(*computed && *agrees)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(computed, vec![true; rc.rounds as usize], "{computed:?}");
 }
