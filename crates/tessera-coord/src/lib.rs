@@ -4,7 +4,8 @@
 //! [`Coordinator`] decides membership, data assignment, deadlines and acceptance and keeps the
 //! shared state, draws spot checks and referees them; [`Trainer`] is a trainer's side (sync
 //! to a state by hash, have its unit trained, commit, reveal a challenged segment, close the
-//! round with the aggregate, report); [`Validator`] re-runs the checks it is handed. All are
+//! round with the aggregate, report, follow the ledger and keep what audits it); [`Validator`]
+//! re-runs the checks it is handed and follows the ledger too. All are
 //! driven by events
 //! with explicit time: by the simulator on a virtual clock, and by the daemons over the
 //! network. [`Worker`] is the trainer's computation (H inner steps into an encoded update),

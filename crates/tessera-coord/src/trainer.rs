@@ -11,7 +11,10 @@
 //! - an assigned unit is trained from the round's start state, and committed once trained;
 //! - `Accept` closes the round with the aggregate blob; if that blob cannot be had, or this
 //!   trainer did not hold the round's start, it adopts the announced checkpoint instead;
-//! - every state it reaches is reported, saying whether it computed or adopted it.
+//! - every state it reaches is reported, saying whether it computed or adopted it;
+//! - it follows the coordinator's ledger ([`crate::LedgerCopy::follow`]) and, with
+//!   `keep_blobs`, keeps what lets its copy be audited alone ([`crate::keep`]); the run's
+//!   `Finished` waits (bounded) for both to catch up.
 
 use std::sync::Arc;
 

@@ -10,7 +10,8 @@ use tessera_node::Store;
 #[derive(clap::Args)]
 pub struct LedgerArgs {
     /// The coordinator's directory (its `--dir`), or a node's kept ledger copy (its
-    /// `--ledger-copy FILE`).
+    /// `--ledger-copy FILE`; kept with `--keep-updates`, the audit recomputes its rounds from
+    /// the blobs in `FILE.blobs/`).
     pub dir: PathBuf,
 }
 
