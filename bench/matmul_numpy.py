@@ -18,6 +18,8 @@ SHAPES = [
     ("gpt-mlp-up-fwd x·Wᵀ 2048x1024x256", 2048, 1024, 256, False, True),
     ("gpt-mlp-down-fwd x·Wᵀ 2048x256x1024", 2048, 256, 1024, False, True),
     ("gpt-mlp-up-dW dyᵀ·x 1024x256x2048", 1024, 256, 2048, True, False),
+    ("gpt-mlp-down-dW dyᵀ·x 256x1024x2048", 256, 1024, 2048, True, False),
+    ("gpt-attn-dW dyᵀ·x 256x256x2048", 256, 256, 2048, True, False),
     ("gpt-mlp-up-dx dy·W 2048x256x1024", 2048, 256, 1024, False, False),
 ]
 

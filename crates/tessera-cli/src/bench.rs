@@ -226,6 +226,8 @@ pub fn matmul_shapes() -> Vec<(&'static str, MatSpec)> {
         ("gpt-mlp-up-fwd x·Wᵀ 2048x1024x256", s(2048, 1024, 256, false, true)),
         ("gpt-mlp-down-fwd x·Wᵀ 2048x256x1024", s(2048, 256, 1024, false, true)),
         ("gpt-mlp-up-dW dyᵀ·x 1024x256x2048", s(1024, 256, 2048, true, false)),
+        ("gpt-mlp-down-dW dyᵀ·x 256x1024x2048", s(256, 1024, 2048, true, false)),
+        ("gpt-attn-dW dyᵀ·x 256x256x2048", s(256, 256, 2048, true, false)),
         ("gpt-mlp-up-dx dy·W 2048x256x1024", s(2048, 256, 1024, false, false)),
     ]
 }

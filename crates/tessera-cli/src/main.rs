@@ -74,7 +74,36 @@ enum Cmd {
     Bench(bench::BenchCmd),
 }
 
+/// Largest allocation glibc serves from its heap instead of a fresh `mmap` (its own maximum).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const HEAP_MMAP_THRESHOLD: libc::c_int = 32 << 20;
+/// Free memory at the heap's top that glibc keeps instead of returning to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const HEAP_TRIM_THRESHOLD: libc::c_int = 256 << 20;
+/// Extra heap glibc reserves each time it grows the heap (address space; touched only if used).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const HEAP_TOP_PAD: libc::c_int = 16 << 20;
+
+/// Keeps freed tensor buffers in the process's heap for the next kernel instead of handing them
+/// back to the system after each one. A training step frees and reallocates hundreds of
+/// megabytes of activations and gradients; by default every buffer over glibc's adaptive
+/// threshold is a fresh `mmap`, compute threads get arenas of their own that glibc trims, and
+/// every page handed back is a page fault when it is used again (≈ 17,000 a step for `small`,
+/// BENCHMARKS.md §4). One arena whose freed memory stays in the heap reuses the same pages every
+/// step. Results do not change: allocation never touches the arithmetic.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called once, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD);
+        libc::mallopt(libc::M_TOP_PAD, HEAP_TOP_PAD);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> Result<()> {
+    keep_freed_memory();
     let cli = Cli::parse();
     tessera_node::set_log_format(cli.log_format);
     if let Ok(name) = std::env::var(SIMD_ENV) {

@@ -22,7 +22,8 @@ const MIN_X: f32 = -87.336_55;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let xc = x.clamp(MIN_X, MAX_X);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -30,7 +31,9 @@ pub fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // n ∈ [−126, 128]; split 2ⁿ into two factors so n = 128 does not overflow the exponent.
-    let n = n as i32;
+    // The same integer as `n as i32`, read off the rounding sum's mantissa (|n| < 2²²): a plain
+    // integer subtraction, which vectorizes where a saturating float-to-int cast does not.
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let half = n >> 1;
     let s1 = f32::from_bits(((half + 127) as u32) << 23);
     let s2 = f32::from_bits(((n - half + 127) as u32) << 23);

@@ -21,6 +21,8 @@ const KC: usize = 256;
 const MC: usize = 72;
 /// Columns of one packed B block (a multiple of `NR`).
 const NC: usize = 1024;
+/// Panels of B one packing task fills (stored `[k, n]`).
+const PACK_B_GROUP: usize = 8;
 
 /// Shapes and storage of one product `C[m,n] = op(A)·op(B)`.
 ///
@@ -88,7 +90,31 @@ pub fn matmul_reference(spec: &MatSpec, a: &[f32], b: &[f32]) -> Vec<f32> {
 }
 
 thread_local! {
+    /// Packed panels of A, reused by every product this thread runs (no allocation, no fresh
+    /// pages per call).
     static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed panels of B, reused the same way.
+    static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable buffer, or a fresh one if it is already in use (a
+/// product started from inside another on the same thread, which rayon's work stealing allows).
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Grows `buf` to at least `len` values without clearing what it holds: the packers write every
+/// value of the panels they fill, padding included.
+fn ensure_len(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
 }
 
 fn gemm(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
@@ -101,28 +127,35 @@ fn gemm(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
         c.fill(0.0);
         return;
     }
+    with_buffer(&PACK_B, |bp| gemm_packed(spec, a, b, c, parallel, bp));
+}
+
+fn gemm_packed(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool, bp: &mut Vec<f32>) {
+    let MatSpec { m, n, k, .. } = *spec;
     let path = active_path();
-    let mut bp = Vec::new();
+    // The depth blocks; every column block of B is packed for all of them at once, so that
+    // each band of C rows runs all its depth blocks while it stays in cache.
+    let depth_blocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|pc| (pc, KC.min(k - pc))).collect();
+    let mc = if parallel { balanced_mc(m) } else { MC };
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        // Pack this column block of B for every depth block at once, so that each band of C
-        // rows can run all its depth blocks while it stays in cache.
-        let depth_blocks: Vec<(usize, usize)> = (0..k).step_by(KC).map(|pc| (pc, KC.min(k - pc))).collect();
         let panels = nc.div_ceil(NR);
-        bp.clear();
-        bp.resize(panels * k * NR, 0.0);
-        let mut rest = &mut bp[..];
+        ensure_len(bp, panels * k * NR);
+        let mut rest = &mut bp[..panels * k * NR];
         let mut parts = Vec::with_capacity(depth_blocks.len());
         for &(pc, kc) in &depth_blocks {
             let (head, tail) = rest.split_at_mut(panels * kc * NR);
             parts.push((pc, kc, head));
             rest = tail;
         }
-        parts.par_iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, *pc, *kc, jc, nc));
-        let mc = if parallel { balanced_mc(m) } else { MC };
+        if parallel {
+            parts.par_iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, (*pc, *kc, jc, nc), true));
+        } else {
+            parts.iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, (*pc, *kc, jc, nc), false));
+        }
+        let bp = &bp[..];
         let run = |(t, cb): (usize, &mut [f32])| {
-            PACK_A.with(|ap| {
-                let ap = &mut ap.borrow_mut();
+            with_buffer(&PACK_A, |ap| {
                 let mut off = 0;
                 for &(pc, kc) in &depth_blocks {
                     let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
@@ -230,56 +263,115 @@ impl Block {
 /// Packs rows `ic..ic+mc`, depths `pc..pc+kc` of op(A) into MR-row panels, zero-padded.
 fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: usize, kc: usize) {
     let panels = mc.div_ceil(MR);
-    ap.clear();
-    ap.resize(panels * kc * MR, 0.0);
+    ensure_len(ap, panels * kc * MR);
+    if s.ta {
+        // A stored [k, m]: each depth p holds the band's rows contiguously. Walk the depths
+        // once, reading each row segment whole; a panel-at-a-time walk would revisit every
+        // depth row (a stride of m floats, often 4 KiB) once per panel and miss the caches.
+        for ip in 0..panels {
+            let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
+            let (i0, mr) = (ic + ip * MR, MR.min(mc - ip * MR));
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                let src = (pc + p) * s.m + i0;
+                if mr == MR {
+                    d.copy_from_slice(&a[src..src + MR]);
+                } else {
+                    d[..mr].copy_from_slice(&a[src..src + mr]);
+                    d[mr..].fill(0.0);
+                }
+            }
+        }
+        return;
+    }
     for ip in 0..panels {
         let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
         let (i0, mr) = (ic + ip * MR, MR.min(mc - ip * MR));
-        if s.ta {
-            // A stored [k, m]: each depth p holds the panel's rows contiguously.
-            for p in 0..kc {
-                let src = (pc + p) * s.m + i0;
-                dst[p * MR..p * MR + mr].copy_from_slice(&a[src..src + mr]);
+        // A stored [m, k]: read the panel's rows as parallel streams, write sequentially. Rows
+        // past the edge repeat the last row, then are zeroed.
+        let srcs: [&[f32]; MR] = std::array::from_fn(|ii| {
+            let r = (i0 + ii.min(mr - 1)) * s.k + pc;
+            &a[r..r + kc]
+        });
+        for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+            for ii in 0..MR {
+                d[ii] = srcs[ii][p];
             }
-        } else {
-            // A stored [m, k]: read the panel's rows as parallel streams, write sequentially.
-            let rows: [usize; MR] = std::array::from_fn(|ii| (i0 + ii.min(mr - 1)) * s.k + pc);
-            for p in 0..kc {
-                let d = &mut dst[p * MR..(p + 1) * MR];
-                for ii in 0..mr {
-                    d[ii] = a[rows[ii] + p];
-                }
+        }
+        if mr < MR {
+            for d in dst.chunks_exact_mut(MR) {
+                d[mr..].fill(0.0);
             }
         }
     }
 }
 
-/// Packs depths `pc..pc+kc`, columns `jc..jc+nc` of op(B) into NR-column panels, zero-padded.
-fn pack_b(s: &MatSpec, b: &[f32], bp: &mut [f32], pc: usize, kc: usize, jc: usize, nc: usize) {
-    bp.par_chunks_mut(kc * NR).enumerate().for_each(|(jp, dst)| {
-        let j0 = jc + jp * NR;
-        let nr = NR.min(jc + nc - j0);
-        if s.tb {
-            // B stored [n, k]: read each column's depths contiguously.
-            for jj in 0..nr {
-                let col = &b[(j0 + jj) * s.k + pc..(j0 + jj) * s.k + pc + kc];
-                for (p, &v) in col.iter().enumerate() {
-                    dst[p * NR + jj] = v;
-                }
+/// Packs depths `pc..pc+kc`, columns `jc..jc+nc` of op(B) into NR-column panels, zero-padded;
+/// the tasks run in parallel when `parallel`.
+fn pack_b(s: &MatSpec, b: &[f32], bp: &mut [f32], blk: (usize, usize, usize, usize), parallel: bool) {
+    let pk = PackB { s, b, pc: blk.0, kc: blk.1, jc: blk.2, nc: blk.3 };
+    let (kc, tb) = (pk.kc, s.tb);
+    match (tb, parallel) {
+        (true, true) => bp.par_chunks_mut(kc * NR).enumerate().for_each(|(jp, d)| pk.column_panel(jp, d)),
+        (true, false) => bp.chunks_mut(kc * NR).enumerate().for_each(|(jp, d)| pk.column_panel(jp, d)),
+        (false, true) => {
+            bp.par_chunks_mut(PACK_B_GROUP * kc * NR).enumerate().for_each(|(g, d)| pk.row_group(g, d))
+        }
+        (false, false) => {
+            bp.chunks_mut(PACK_B_GROUP * kc * NR).enumerate().for_each(|(g, d)| pk.row_group(g, d))
+        }
+    }
+}
+
+/// One depth block and column block of B being packed.
+struct PackB<'a> {
+    s: &'a MatSpec,
+    b: &'a [f32],
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+}
+
+impl PackB<'_> {
+    /// B stored [n, k]: panel `jp`, reading each column's depths contiguously.
+    fn column_panel(&self, jp: usize, dst: &mut [f32]) {
+        let (s, pc, kc) = (self.s, self.pc, self.kc);
+        let j0 = self.jc + jp * NR;
+        let nr = NR.min(self.jc + self.nc - j0);
+        for jj in 0..nr {
+            let col = &self.b[(j0 + jj) * s.k + pc..(j0 + jj) * s.k + pc + kc];
+            for (p, &v) in col.iter().enumerate() {
+                dst[p * NR + jj] = v;
             }
-        } else {
+        }
+        if nr < NR {
             for p in 0..kc {
-                let src = (pc + p) * s.n + j0;
-                if nr == NR {
-                    // Fixed-size copy: compiled to two vector moves, not a memmove call.
-                    let d: &mut [f32; NR] = (&mut dst[p * NR..(p + 1) * NR]).try_into().expect("NR");
-                    *d = b[src..src + NR].try_into().expect("NR");
+                dst[p * NR + nr..(p + 1) * NR].fill(0.0);
+            }
+        }
+    }
+
+    /// B stored [k, n]: the `PACK_B_GROUP` panels of group `g`, walking the depths once and
+    /// reading the group's columns of each depth row together. A panel-at-a-time walk reads one
+    /// line per row at a stride of n floats, which for n a multiple of 1024 keeps missing the
+    /// caches.
+    fn row_group(&self, g: usize, dst: &mut [f32]) {
+        let (s, pc, kc) = (self.s, self.pc, self.kc);
+        let j0 = self.jc + g * PACK_B_GROUP * NR;
+        let cols = (PACK_B_GROUP * NR).min(self.jc + self.nc - j0);
+        for p in 0..kc {
+            let row = &self.b[(pc + p) * s.n + j0..(pc + p) * s.n + j0 + cols];
+            for (q, seg) in row.chunks(NR).enumerate() {
+                let d = &mut dst[q * kc * NR + p * NR..q * kc * NR + (p + 1) * NR];
+                if seg.len() == NR {
+                    d.copy_from_slice(seg);
                 } else {
-                    dst[p * NR..p * NR + nr].copy_from_slice(&b[src..src + nr]);
+                    d[..seg.len()].copy_from_slice(seg);
+                    d[seg.len()..].fill(0.0);
                 }
             }
         }
-    });
+    }
 }
 
 /// # Safety

@@ -58,9 +58,14 @@ pub(crate) fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let mut out: Vec<f32> = Vec::with_capacity(n);
     out.spare_capacity_mut()[..n].par_chunks_mut(PAR_CHUNK).zip(x.data().par_chunks(PAR_CHUNK)).for_each(
         |(o, xs)| {
-            o.iter_mut().zip(xs).for_each(|(o, &v)| {
-                o.write(f(v));
-            })
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    o.iter_mut().zip(xs).for_each(|(o, &v)| {
+                        o.write(f(v));
+                    })
+                },
+            )
         },
     );
     // SAFETY: the zip above wrote all n elements (equal-length chunkings of n values).
@@ -77,9 +82,14 @@ pub(crate) fn map2(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -
         .par_chunks_mut(PAR_CHUNK)
         .zip(a.data().par_chunks(PAR_CHUNK).zip(b.data().par_chunks(PAR_CHUNK)))
         .for_each(|(o, (xa, xb))| {
-            for ((o, &x), &y) in o.iter_mut().zip(xa).zip(xb) {
-                o.write(f(x, y));
-            }
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &y) in o.iter_mut().zip(xa).zip(xb) {
+                        o.write(f(x, y));
+                    }
+                },
+            )
         });
     // SAFETY: the zip above wrote all n elements (equal-length chunkings of n values).
     unsafe { out.set_len(n) };
@@ -103,11 +113,16 @@ pub(crate) fn broadcast2(
     let mut out = vec![0.0f32; a.numel()];
     let rows_per = (PAR_CHUNK / inner).max(1);
     out.par_chunks_mut(rows_per * inner).zip(a.data().par_chunks(rows_per * inner)).for_each(|(o, xa)| {
-        for (orow, arow) in o.chunks_mut(inner).zip(xa.chunks(inner)) {
-            for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b.data()) {
-                *o = f(x, y);
-            }
-        }
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                for (orow, arow) in o.chunks_mut(inner).zip(xa.chunks(inner)) {
+                    for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b.data()) {
+                        *o = f(x, y);
+                    }
+                }
+            },
+        )
     });
     Ok(Tensor::from_parts(a.shape().to_vec(), out))
 }
@@ -129,11 +144,16 @@ pub(crate) fn sum_to_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor, Tensor
     let inner: usize = shape.iter().product();
     let mut out = vec![0.0f32; inner];
     if inner > 0 {
-        for row in x.data().chunks(inner) {
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o += v;
-            }
-        }
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                for row in x.data().chunks(inner) {
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o += v;
+                    }
+                }
+            },
+        )
     }
     Ok(Tensor::from_parts(shape.to_vec(), out))
 }

@@ -11,6 +11,8 @@ use crate::{Tensor, TensorError};
 
 const GELU_C: f32 = 0.797_884_6; // sqrt(2/pi)
 const GELU_A: f32 = 0.044_715;
+/// Columns of dγ/dβ one task sums in layer-norm backward.
+const LN_COLS: usize = 64;
 
 /// GELU, tanh form: `0.5·x·(1 + tanh(u))` with `u = √(2/π)·(x + 0.044715·x³)`, computed in
 /// the identical closed form `x·σ(2u) = x / (1 + e^(−2u))`, which needs one `exp`.
@@ -19,7 +21,7 @@ pub(crate) fn gelu(x: &Tensor) -> Tensor {
 }
 
 /// `σ(2u(x))`; saturates cleanly (exp overflow gives 0, underflow gives 1).
-#[inline]
+#[inline(always)]
 fn gelu_sigmoid(x: f32) -> f32 {
     let u = GELU_C * (x + GELU_A * x * x * x);
     1.0 / (1.0 + crate::math::exp(-2.0 * u))
@@ -60,19 +62,27 @@ pub(crate) fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f32) -> Result
     }
     let mut y = vec![0.0f32; x.numel()];
     let mut stats = vec![(0.0f32, 0.0f32); rows];
-    y.par_chunks_mut(c).zip(x.data().par_chunks(c)).zip(stats.par_iter_mut()).for_each(|((yr, xr), st)| {
-        let mean = sum_fixed(xr) / c as f32;
-        let mut d = vec![0.0f32; c];
-        for (d, &x) in d.iter_mut().zip(xr) {
-            *d = x - mean;
-        }
-        let var = dot_fixed(&d, &d) / c as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (((y, &d), &g), &b) in yr.iter_mut().zip(&d).zip(g.data()).zip(b.data()) {
-            *y = d * rstd * g + b;
-        }
-        *st = (mean, rstd);
-    });
+    let rows_iter = y.par_chunks_mut(c).zip(x.data().par_chunks(c)).zip(stats.par_iter_mut());
+    rows_iter.for_each_init(
+        || vec![0.0f32; c],
+        |d, ((yr, xr), st)| {
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    let mean = sum_fixed(xr) / c as f32;
+                    for (d, &x) in d.iter_mut().zip(xr) {
+                        *d = x - mean;
+                    }
+                    let var = dot_fixed(d, d) / c as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    for (((y, &d), &g), &b) in yr.iter_mut().zip(d.iter()).zip(g.data()).zip(b.data()) {
+                        *y = d * rstd * g + b;
+                    }
+                    *st = (mean, rstd);
+                },
+            )
+        },
+    );
     let lead = x.shape()[..x.shape().len() - 1].to_vec();
     let (mean, rstd): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
     Ok(vec![
@@ -97,31 +107,48 @@ pub(crate) fn layer_norm_backward(i: &[&Tensor]) -> Result<Vec<Tensor>, TensorEr
         }
     };
     let mut dx = vec![0.0f32; x.numel()];
-    dx.par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
-        let dyr = &dy.data()[r * c..(r + 1) * c];
-        let mut xh = vec![0.0f32; c];
-        xhat_row(r, &mut xh);
-        let mut dxh = vec![0.0f32; c];
-        for ((d, &dy), &g) in dxh.iter_mut().zip(dyr).zip(g.data()) {
-            *d = dy * g;
-        }
-        let m1 = sum_fixed(&dxh) / c as f32;
-        let m2 = dot_fixed(&dxh, &xh) / c as f32;
-        let s = rstd.data()[r];
-        for ((o, &d), &xh) in dxr.iter_mut().zip(&dxh).zip(&xh) {
-            *o = s * (d - m1 - xh * m2);
-        }
-    });
+    dx.par_chunks_mut(c).enumerate().for_each_init(
+        || (vec![0.0f32; c], vec![0.0f32; c]),
+        |(xh, dxh), (r, dxr)| {
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    let dyr = &dy.data()[r * c..(r + 1) * c];
+                    xhat_row(r, xh);
+                    for ((d, &dy), &g) in dxh.iter_mut().zip(dyr).zip(g.data()) {
+                        *d = dy * g;
+                    }
+                    let m1 = sum_fixed(dxh) / c as f32;
+                    let m2 = dot_fixed(dxh, xh) / c as f32;
+                    let s = rstd.data()[r];
+                    for ((o, &d), &xh) in dxr.iter_mut().zip(dxh.iter()).zip(xh.iter()) {
+                        *o = s * (d - m1 - xh * m2);
+                    }
+                },
+            )
+        },
+    );
+    // dγ and dβ: each column summed over the rows in row order; blocks of columns run in
+    // parallel (a column's sum is never split).
     let (mut dg, mut db) = (vec![0.0f32; c], vec![0.0f32; c]);
-    let mut xh = vec![0.0f32; c];
-    for r in 0..rows {
-        xhat_row(r, &mut xh);
-        let dyr = &dy.data()[r * c..(r + 1) * c];
-        for j in 0..c {
-            dg[j] += dyr[j] * xh[j];
-            db[j] += dyr[j];
-        }
-    }
+    let cols = dg.par_chunks_mut(LN_COLS).zip(db.par_chunks_mut(LN_COLS)).enumerate();
+    cols.for_each(|(blk, (dg, db))| {
+        let j0 = blk * LN_COLS;
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                for r in 0..rows {
+                    let xr = &x.data()[r * c + j0..r * c + j0 + dg.len()];
+                    let dyr = &dy.data()[r * c + j0..r * c + j0 + dg.len()];
+                    let (m, s) = (mean.data()[r], rstd.data()[r]);
+                    for (((dg, db), &x), &dy) in dg.iter_mut().zip(db.iter_mut()).zip(xr).zip(dyr) {
+                        *dg += dy * ((x - m) * s);
+                        *db += dy;
+                    }
+                }
+            },
+        )
+    });
     Ok(vec![
         Tensor::from_parts(x.shape().to_vec(), dx),
         Tensor::from_parts(vec![c], dg),
@@ -143,15 +170,20 @@ pub(crate) fn causal_softmax(x: &Tensor, scale: f32) -> Result<Tensor, TensorErr
     let t = square_rows(x, "causal_softmax")?;
     let mut y = vec![0.0f32; x.numel()];
     y.par_chunks_mut(t).zip(x.data().par_chunks(t)).enumerate().for_each(|(r, (yr, xr))| {
-        let n = r % t + 1;
-        let max = xr[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
-        for (y, &v) in yr[..n].iter_mut().zip(&xr[..n]) {
-            *y = crate::math::exp(scale * v - max);
-        }
-        let inv = 1.0 / sum_fixed(&yr[..n]);
-        for y in &mut yr[..n] {
-            *y *= inv;
-        }
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let n = r % t + 1;
+                let max = xr[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
+                for (y, &v) in yr[..n].iter_mut().zip(&xr[..n]) {
+                    *y = crate::math::exp(scale * v - max);
+                }
+                let inv = 1.0 / sum_fixed(&yr[..n]);
+                for y in &mut yr[..n] {
+                    *y *= inv;
+                }
+            },
+        )
     });
     Ok(Tensor::from_parts(x.shape().to_vec(), y))
 }
@@ -164,13 +196,18 @@ pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Te
     }
     let mut dx = vec![0.0f32; y.numel()];
     dx.par_chunks_mut(t).enumerate().for_each(|(r, dxr)| {
-        let n = r % t + 1;
-        let yr = &y.data()[r * t..r * t + n];
-        let dyr = &dy.data()[r * t..r * t + n];
-        let s = dot_fixed(yr, dyr);
-        for ((o, &y), &d) in dxr[..n].iter_mut().zip(yr).zip(dyr) {
-            *o = scale * (y * (d - s));
-        }
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                let n = r % t + 1;
+                let yr = &y.data()[r * t..r * t + n];
+                let dyr = &dy.data()[r * t..r * t + n];
+                let s = dot_fixed(yr, dyr);
+                for ((o, &y), &d) in dxr[..n].iter_mut().zip(yr).zip(dyr) {
+                    *o = scale * (y * (d - s));
+                }
+            },
+        )
     });
     Ok(Tensor::from_parts(y.shape().to_vec(), dx))
 }
@@ -245,16 +282,21 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Vec<Ten
         .zip(logits.data().par_chunks(v))
         .zip(losses.par_iter_mut().zip(tg.par_iter()))
         .for_each(|((p, x), (l, &t))| {
-            let max = x.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-            for (p, &a) in p.iter_mut().zip(x) {
-                *p = crate::math::exp(a - max);
-            }
-            let z = sum_fixed(p);
-            let inv = 1.0 / z;
-            for p in p.iter_mut() {
-                *p *= inv;
-            }
-            *l = libm::logf(z) + max - x[t];
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    let max = x.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+                    for (p, &a) in p.iter_mut().zip(x) {
+                        *p = crate::math::exp(a - max);
+                    }
+                    let z = sum_fixed(p);
+                    let inv = 1.0 / z;
+                    for p in p.iter_mut() {
+                        *p *= inv;
+                    }
+                    *l = libm::logf(z) + max - x[t];
+                },
+            )
         });
     let loss = sum_fixed(&losses) / n as f32;
     Ok(vec![Tensor::scalar(loss), Tensor::from_parts(vec![n, v], probs)])
@@ -272,10 +314,15 @@ pub(crate) fn cross_entropy_backward(i: &[&Tensor]) -> Result<Tensor, TensorErro
     let k = dloss.data()[0] / n as f32;
     let mut dx = vec![0.0f32; n * v];
     dx.par_chunks_mut(v).zip(probs.data().par_chunks(v)).zip(tg.par_iter()).for_each(|((d, p), &t)| {
-        for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
-            let y = if j == t { 1.0 } else { 0.0 };
-            *d = (p - y) * k;
-        }
+        crate::simd::wide(
+            #[inline(always)]
+            || {
+                for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
+                    let y = if j == t { 1.0 } else { 0.0 };
+                    *d = (p - y) * k;
+                }
+            },
+        )
     });
     Ok(Tensor::from_parts(vec![n, v], dx))
 }

@@ -74,17 +74,29 @@ pub(crate) fn adamw(i: &[&Tensor], h: &AdamWParams) -> Result<Vec<Tensor>, Tenso
         .enumerate()
         .for_each(|(c, (po, (mo, vo)))| {
             let base = c * PAR_CHUNK;
-            for j in 0..po.len() {
-                let k = base + j;
-                let gk = g.data()[k];
-                let mk = h.beta1 * m.data()[k] + (1.0 - h.beta1) * gk;
-                let vk = h.beta2 * v.data()[k] + (1.0 - h.beta2) * gk * gk;
-                let mhat = mk / bc1;
-                let vhat = vk / bc2;
-                po[j] = p.data()[k] * decay - h.lr * mhat / (vhat.sqrt() + h.eps);
-                mo[j] = mk;
-                vo[j] = vk;
-            }
+            let len = po.len();
+            let (g, m, v, p) = (
+                &g.data()[base..base + len],
+                &m.data()[base..base + len],
+                &v.data()[base..base + len],
+                &p.data()[base..base + len],
+            );
+            crate::simd::wide(
+                #[inline(always)]
+                || {
+                    for k in 0..len {
+                        let j = k;
+                        let gk = g[k];
+                        let mk = h.beta1 * m[k] + (1.0 - h.beta1) * gk;
+                        let vk = h.beta2 * v[k] + (1.0 - h.beta2) * gk * gk;
+                        let mhat = mk / bc1;
+                        let vhat = vk / bc2;
+                        po[j] = p[k] * decay - h.lr * mhat / (vhat.sqrt() + h.eps);
+                        mo[j] = mk;
+                        vo[j] = vk;
+                    }
+                },
+            )
         });
     let s = p.shape().to_vec();
     Ok(vec![Tensor::from_parts(s.clone(), po), Tensor::from_parts(s.clone(), mo), Tensor::from_parts(s, vo)])
