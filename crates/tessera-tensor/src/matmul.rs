@@ -265,9 +265,10 @@ fn pack_a(s: &MatSpec, a: &[f32], ap: &mut Vec<f32>, ic: usize, mc: usize, pc: u
     let panels = mc.div_ceil(MR);
     ensure_len(ap, panels * kc * MR);
     if s.ta {
-        // A stored [k, m]: each depth p holds the band's rows contiguously. Walk the depths
-        // once, reading each row segment whole; a panel-at-a-time walk would revisit every
-        // depth row (a stride of m floats, often 4 KiB) once per panel and miss the caches.
+        // A stored [k, m]: each depth holds a panel's MR rows contiguously. A full panel copies
+        // a fixed MR values per depth (register moves; a copy of run-time length is a memmove
+        // call per depth, which was most of this packing's time). Walking the depths once for
+        // all panels instead was slower here: its MR-value writes go to one stream per panel.
         for ip in 0..panels {
             let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
             let (i0, mr) = (ic + ip * MR, MR.min(mc - ip * MR));
