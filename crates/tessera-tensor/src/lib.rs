@@ -14,6 +14,8 @@
 //! - Transcendentals come from `libm`, never the platform's math library, except `exp` in
 //!   elementwise hot loops, which is [`math::exp`]: built from IEEE basic operations only,
 //!   so equally portable, and vectorizable.
+//! - The elementwise and row loops may run compiled for AVX2 ([`simd`]'s `wide`); they use only
+//!   exactly rounded operations, so any lane width gives the same bits.
 //! - Tensors hash as BLAKE3 of dtype tag, rank, dims and little-endian data.
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or depend on anything above it.
