@@ -84,14 +84,13 @@ pub(crate) fn adamw(i: &[&Tensor], h: &AdamWParams) -> Result<Vec<Tensor>, Tenso
             crate::simd::wide(
                 #[inline(always)]
                 || {
-                    for k in 0..len {
-                        let j = k;
-                        let gk = g[k];
-                        let mk = h.beta1 * m[k] + (1.0 - h.beta1) * gk;
-                        let vk = h.beta2 * v[k] + (1.0 - h.beta2) * gk * gk;
+                    for j in 0..len {
+                        let gk = g[j];
+                        let mk = h.beta1 * m[j] + (1.0 - h.beta1) * gk;
+                        let vk = h.beta2 * v[j] + (1.0 - h.beta2) * gk * gk;
                         let mhat = mk / bc1;
                         let vhat = vk / bc2;
-                        po[j] = p[k] * decay - h.lr * mhat / (vhat.sqrt() + h.eps);
+                        po[j] = p[j] * decay - h.lr * mhat / (vhat.sqrt() + h.eps);
                         mo[j] = mk;
                         vo[j] = vk;
                     }
