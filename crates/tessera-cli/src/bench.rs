@@ -10,7 +10,7 @@ use clap::Subcommand;
 use tessera_model::fixtures::SONNETS;
 use tessera_model::{text_batch, AdamWConfig, Gpt, GptConfig, Trainer};
 use tessera_tensor::rng::Philox;
-use tessera_tensor::{matmul, simd, MatSpec, TraceMode};
+use tessera_tensor::{matmul, relaxed, simd, MatSpec, TraceMode};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -21,6 +21,11 @@ pub enum BenchCmd {
         /// Minimum seconds per shape.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Run the non-deterministic fast path instead (threads split one matmul's sum), to
+        /// measure what determinism costs. Benchmark only: the bits then depend on the thread
+        /// count, and this process refuses to hash any state.
+        #[arg(long)]
+        nondeterministic: bool,
     },
     /// GPT training tokens/s and peak memory (compare with bench/gpt_torch.py).
     Gpt {
@@ -33,6 +38,11 @@ pub enum BenchCmd {
         /// Timed steps (after 2 warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: u64,
+        /// Run the non-deterministic fast path instead (threads split one matmul's sum), to
+        /// measure what determinism costs. Benchmark only: the bits then depend on the thread
+        /// count, and this process refuses to hash any state.
+        #[arg(long)]
+        nondeterministic: bool,
     },
     /// The communication table from `tessera sim` CSVs (one per method; the first must be DDP):
     /// final validation loss, bytes per peer, ratio to DDP, and simulated time to reach
@@ -140,8 +150,14 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Matmul { threads, seconds } => run_matmul(threads, seconds),
-        BenchCmd::Gpt { preset, batch, threads, steps } => run_gpt(&preset, batch, threads, steps),
+        BenchCmd::Matmul { threads, seconds, nondeterministic } => {
+            relaxed::set_enabled(nondeterministic);
+            run_matmul(threads, seconds)
+        }
+        BenchCmd::Gpt { preset, batch, threads, steps, nondeterministic } => {
+            relaxed::set_enabled(nondeterministic);
+            run_gpt(&preset, batch, threads, steps)
+        }
         BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),
         BenchCmd::Coordinator { preset, members, data_dir } => {
             crate::coord_bench::run(&preset, &members, &data_dir)
@@ -201,8 +217,18 @@ fn run_gpt(preset: &str, batch: usize, threads: usize, steps: u64) -> Result<()>
     let rss = peak_rss_mib().context("reading peak memory")?;
     crate::out("impl\tthreads\tpreset\tbatch\tcontext\ttokens_per_s\tpeak_rss_mib\tpath");
     let path = simd::active_path().name();
-    crate::out(&format!("tessera\t{threads}\t{preset}\t{batch}\t{ctx}\t{tps:.0}\t{rss:.0}\t{path}"));
+    let name = impl_name();
+    crate::out(&format!("{name}\t{threads}\t{preset}\t{batch}\t{ctx}\t{tps:.0}\t{rss:.0}\t{path}"));
     Ok(())
+}
+
+/// `tessera`, or `tessera-nondet` on the non-deterministic fast path.
+fn impl_name() -> &'static str {
+    if relaxed::enabled() {
+        "tessera-nondet"
+    } else {
+        "tessera"
+    }
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -253,7 +279,7 @@ fn run_matmul(threads: usize, min_secs: f64) -> Result<()> {
             best
         });
         let (m, n, k) = (spec.m, spec.n, spec.k);
-        crate::out(&format!("tessera\t{threads}\t{name}\t{m}\t{n}\t{k}\t{:.1}", flops / best / 1e9));
+        crate::out(&format!("{}\t{threads}\t{name}\t{m}\t{n}\t{k}\t{:.1}", impl_name(), flops / best / 1e9));
     }
     Ok(())
 }

@@ -109,3 +109,23 @@ fn no_core_source_reads_the_clock_opens_sockets_or_spawns_threads() {
     rust_files(&root.join("crates/tessera-node/src"), &mut node);
     assert!(node.iter().any(|f| !offending_lines(f).is_empty()));
 }
+
+/// Where the non-deterministic fast path may be switched on: the benchmarks only.
+const FAST_PATH_SWITCH: &str = "relaxed::set_enabled";
+
+#[test]
+fn only_the_benchmarks_switch_on_the_non_deterministic_fast_path() {
+    let root = workspace_root().join("crates");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let allowed = [root.join("tessera-cli/src/bench.rs")];
+    let users: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.components().all(|c| c.as_os_str() != "tests"))
+        .filter(|f| std::fs::read_to_string(f).expect("readable source").contains(FAST_PATH_SWITCH))
+        .collect();
+    let bad: Vec<_> = users.iter().filter(|f| !allowed.contains(f)).collect();
+    assert!(bad.is_empty(), "only the benchmarks may call {FAST_PATH_SWITCH}: {bad:?}");
+    // The check can fail: the benchmarks do call it.
+    assert_eq!(users, allowed.iter().collect::<Vec<_>>());
+}

@@ -17,6 +17,9 @@
 //! - The elementwise and row loops may run compiled for AVX2 ([`simd`]'s `wide`); they use only
 //!   exactly rounded operations, so any lane width gives the same bits.
 //! - Tensors hash as BLAKE3 of dtype tag, rank, dims and little-endian data.
+//! - The one exception to the first rule is [`relaxed`], a benchmark-only switch that lets
+//!   threads split a matmul's sum; once it has been on, hashing tensor data panics, so its
+//!   results can never reach a state hash.
 //!
 //! **Must not.** Do I/O, read clocks or OS randomness, or depend on anything above it.
 
@@ -28,6 +31,7 @@ mod matmul;
 mod ops_basic;
 mod ops_nn;
 mod ops_optim;
+pub mod relaxed;
 pub mod rng;
 pub mod simd;
 mod tape;

@@ -154,6 +154,11 @@ fn gemm_packed(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bo
             parts.iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, (*pc, *kc, jc, nc), false));
         }
         let bp = &bp[..];
+        if parallel && crate::relaxed::enabled() && rayon::current_num_threads() > 1 && depth_blocks.len() > 1
+        {
+            split_k(spec, a, bp, c, &depth_blocks, (jc, nc), path);
+            continue;
+        }
         let run = |(t, cb): (usize, &mut [f32])| {
             with_buffer(&PACK_A, |ap| {
                 let mut off = 0;
@@ -170,6 +175,50 @@ fn gemm_packed(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bo
             c.chunks_mut(mc * n).enumerate().for_each(run);
         }
     }
+}
+
+/// The non-deterministic fast path ([`crate::relaxed`], benchmark only) for one column block:
+/// the depth blocks are split into one contiguous group per thread, each group sums into its
+/// own partial product (group 0 into `c` itself), and the partials are then added into `c`.
+/// The bits depend on the thread count.
+fn split_k(
+    s: &MatSpec,
+    a: &[f32],
+    bp: &[f32],
+    c: &mut [f32],
+    depth: &[(usize, usize)],
+    cols: (usize, usize),
+    path: SimdPath,
+) {
+    let ((m, n), (jc, nc)) = ((s.m, s.n), cols);
+    let panels = nc.div_ceil(NR);
+    let per = depth.len().div_ceil(rayon::current_num_threads());
+    let groups = depth.len().div_ceil(per);
+    assert!(groups > 1 && groups * per >= depth.len(), "split_k needs two groups");
+    let offs: Vec<usize> =
+        depth.iter().scan(0, |o, &(_, kc)| Some(std::mem::replace(o, *o + panels * kc * NR))).collect();
+    let mut partial: Vec<Vec<f32>> = (1..groups).map(|_| vec![0.0; m * n]).collect();
+    {
+        let mut outs: Vec<&mut [f32]> =
+            std::iter::once(&mut *c).chain(partial.iter_mut().map(|p| &mut p[..])).collect();
+        outs.par_iter_mut().enumerate().for_each(|(g, out)| {
+            with_buffer(&PACK_A, |ap| {
+                for (t, cb) in out.chunks_mut(MC * n).enumerate() {
+                    for d in g * per..(g * per + per).min(depth.len()) {
+                        let (pc, kc) = depth[d];
+                        let blk = Block { pc, kc, jc, nc, first: d == g * per, path };
+                        blk.rows(s, a, &bp[offs[d]..offs[d] + panels * kc * NR], t * MC, cb, ap);
+                    }
+                }
+            })
+        });
+    }
+    c.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        for p in &partial {
+            let src = &p[i * n + jc..i * n + jc + nc];
+            row[jc..jc + nc].iter_mut().zip(src).for_each(|(o, &v)| *o += v);
+        }
+    });
 }
 
 /// Rows per task: about `MC`, but sized so the number of bands is a multiple of the thread

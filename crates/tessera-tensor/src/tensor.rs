@@ -113,6 +113,10 @@ impl Tensor {
 /// are the values' own bytes, handed over whole (so BLAKE3 can hash many chunks at once);
 /// elsewhere they are converted in bounded chunks. The hash is the same either way.
 pub fn hash_f32s(h: &mut blake3::Hasher, xs: &[f32]) {
+    assert!(
+        !crate::relaxed::was_enabled(),
+        "tensor data hashed in a process that ran the non-deterministic fast path"
+    );
     #[cfg(target_endian = "little")]
     {
         // SAFETY: f32 has no padding and every byte pattern is a valid u8; the slice covers
