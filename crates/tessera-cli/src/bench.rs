@@ -12,6 +12,16 @@ use tessera_model::{text_batch, AdamWConfig, Gpt, GptConfig, Trainer};
 use tessera_tensor::rng::Philox;
 use tessera_tensor::{matmul, relaxed, simd, MatSpec, TraceMode};
 
+/// The switch of the benchmarks that measure what determinism costs.
+#[derive(clap::Args, Debug)]
+pub struct FastPath {
+    /// Run the non-deterministic fast path instead (threads split one matmul's sum), to
+    /// measure what determinism costs. Benchmark only: the bits then depend on the thread
+    /// count, and this process refuses to hash any state.
+    #[arg(long)]
+    nondeterministic: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
     /// Matmul GFLOP/s (tab-separated; compare with bench/matmul_numpy.py).
@@ -21,11 +31,8 @@ pub enum BenchCmd {
         /// Minimum seconds per shape.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
-        /// Run the non-deterministic fast path instead (threads split one matmul's sum), to
-        /// measure what determinism costs. Benchmark only: the bits then depend on the thread
-        /// count, and this process refuses to hash any state.
-        #[arg(long)]
-        nondeterministic: bool,
+        #[command(flatten)]
+        fast: FastPath,
     },
     /// GPT training tokens/s and peak memory (compare with bench/gpt_torch.py).
     Gpt {
@@ -38,11 +45,8 @@ pub enum BenchCmd {
         /// Timed steps (after 2 warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: u64,
-        /// Run the non-deterministic fast path instead (threads split one matmul's sum), to
-        /// measure what determinism costs. Benchmark only: the bits then depend on the thread
-        /// count, and this process refuses to hash any state.
-        #[arg(long)]
-        nondeterministic: bool,
+        #[command(flatten)]
+        fast: FastPath,
     },
     /// The communication table from `tessera sim` CSVs (one per method; the first must be DDP):
     /// final validation loss, bytes per peer, ratio to DDP, and simulated time to reach
@@ -150,12 +154,12 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Matmul { threads, seconds, nondeterministic } => {
-            relaxed::set_enabled(nondeterministic);
+        BenchCmd::Matmul { threads, seconds, fast } => {
+            relaxed::set_enabled(fast.nondeterministic);
             run_matmul(threads, seconds)
         }
-        BenchCmd::Gpt { preset, batch, threads, steps, nondeterministic } => {
-            relaxed::set_enabled(nondeterministic);
+        BenchCmd::Gpt { preset, batch, threads, steps, fast } => {
+            relaxed::set_enabled(fast.nondeterministic);
             run_gpt(&preset, batch, threads, steps)
         }
         BenchCmd::CommReport { out_dir, csvs } => comm_report(&out_dir, &csvs),

@@ -6,6 +6,7 @@
 //! never one sum. So the result is the same for any thread count and on every SIMD path.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -153,21 +154,15 @@ fn gemm_packed(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bo
         } else {
             parts.iter_mut().for_each(|(pc, kc, dst)| pack_b(spec, b, dst, (*pc, *kc, jc, nc), false));
         }
-        let bp = &bp[..];
+        let packed = Packed { s: spec, a, bp: &bp[..], jc, nc, path };
         if parallel && crate::relaxed::enabled() && rayon::current_num_threads() > 1 && depth_blocks.len() > 1
         {
-            split_k(spec, a, bp, c, &depth_blocks, (jc, nc), path);
+            split_k(&packed, c, &depth_blocks);
             continue;
         }
+        let all = 0..depth_blocks.len();
         let run = |(t, cb): (usize, &mut [f32])| {
-            with_buffer(&PACK_A, |ap| {
-                let mut off = 0;
-                for &(pc, kc) in &depth_blocks {
-                    let blk = Block { pc, kc, jc, nc, first: pc == 0, path };
-                    blk.rows(spec, a, &bp[off..off + panels * kc * NR], t * mc, cb, ap);
-                    off += panels * kc * NR;
-                }
-            })
+            with_buffer(&PACK_A, |ap| packed.band(&depth_blocks, all.clone(), t * mc, cb, ap))
         };
         if parallel && m > mc {
             c.par_chunks_mut(mc * n).enumerate().for_each(run);
@@ -177,38 +172,57 @@ fn gemm_packed(spec: &MatSpec, a: &[f32], b: &[f32], c: &mut [f32], parallel: bo
     }
 }
 
+/// One column block of B, packed for every depth block, with the product it belongs to.
+struct Packed<'a> {
+    s: &'a MatSpec,
+    a: &'a [f32],
+    bp: &'a [f32],
+    jc: usize,
+    nc: usize,
+    path: SimdPath,
+}
+
+impl Packed<'_> {
+    /// Runs the depth blocks `range` of `depth` on the band of C rows from `ic`: the range's
+    /// first block overwrites the band, the others add to it in order.
+    fn band(
+        &self,
+        depth: &[(usize, usize)],
+        range: Range<usize>,
+        ic: usize,
+        cb: &mut [f32],
+        ap: &mut Vec<f32>,
+    ) {
+        assert!(range.start < range.end && range.end <= depth.len(), "a non-empty range of depth blocks");
+        let width = self.nc.div_ceil(NR) * NR;
+        let mut off: usize = depth[..range.start].iter().map(|&(_, kc)| width * kc).sum();
+        for d in range.clone() {
+            let (pc, kc) = depth[d];
+            let blk = Block { pc, kc, jc: self.jc, nc: self.nc, first: d == range.start, path: self.path };
+            blk.rows(self.s, self.a, &self.bp[off..off + width * kc], ic, cb, ap);
+            off += width * kc;
+        }
+    }
+}
+
 /// The non-deterministic fast path ([`crate::relaxed`], benchmark only) for one column block:
 /// the depth blocks are split into one contiguous group per thread, each group sums into its
 /// own partial product (group 0 into `c` itself), and the partials are then added into `c`.
 /// The bits depend on the thread count.
-fn split_k(
-    s: &MatSpec,
-    a: &[f32],
-    bp: &[f32],
-    c: &mut [f32],
-    depth: &[(usize, usize)],
-    cols: (usize, usize),
-    path: SimdPath,
-) {
-    let ((m, n), (jc, nc)) = ((s.m, s.n), cols);
-    let panels = nc.div_ceil(NR);
+fn split_k(packed: &Packed, c: &mut [f32], depth: &[(usize, usize)]) {
+    let ((m, n), (jc, nc)) = ((packed.s.m, packed.s.n), (packed.jc, packed.nc));
     let per = depth.len().div_ceil(rayon::current_num_threads());
     let groups = depth.len().div_ceil(per);
     assert!(groups > 1 && groups * per >= depth.len(), "split_k needs two groups");
-    let offs: Vec<usize> =
-        depth.iter().scan(0, |o, &(_, kc)| Some(std::mem::replace(o, *o + panels * kc * NR))).collect();
     let mut partial: Vec<Vec<f32>> = (1..groups).map(|_| vec![0.0; m * n]).collect();
     {
         let mut outs: Vec<&mut [f32]> =
             std::iter::once(&mut *c).chain(partial.iter_mut().map(|p| &mut p[..])).collect();
         outs.par_iter_mut().enumerate().for_each(|(g, out)| {
+            let range = g * per..(g * per + per).min(depth.len());
             with_buffer(&PACK_A, |ap| {
                 for (t, cb) in out.chunks_mut(MC * n).enumerate() {
-                    for d in g * per..(g * per + per).min(depth.len()) {
-                        let (pc, kc) = depth[d];
-                        let blk = Block { pc, kc, jc, nc, first: d == g * per, path };
-                        blk.rows(s, a, &bp[offs[d]..offs[d] + panels * kc * NR], t * MC, cb, ap);
-                    }
+                    packed.band(depth, range.clone(), t * MC, cb, ap);
                 }
             })
         });
