@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use std::sync::Arc;
 
-use tessera_sync::{decode_update, Contribution, Exchange};
+use tessera_sync::{decode_update, Contribute, Encoded, Exchange, Expected};
 use tessera_wire::{Assignment, Message};
 
 use crate::check::Outcome;
-use crate::screen::{Fingerprint, Screen, Screened, Screening};
+use crate::screen::{Fingerprint, Kept, Screen, Screened, Screening};
 mod checking;
 mod disputes;
 mod ledgering;
@@ -114,6 +114,8 @@ pub struct Coordinator {
     backlog: VecDeque<Unit>,
     /// Copy and replay detection's memory of earlier updates.
     screen: Screen,
+    /// The run's sample coordinates, for every update's fingerprint.
+    sampler: tessera_verify::Sampler,
     open: Option<OpenRound>,
     /// The checker's secret: which commits are spot-checked, and where, is drawn from it.
     secret: Hash32,
@@ -166,6 +168,7 @@ impl Coordinator {
         let cfg = spec.cfg.clone();
         let draws = spec.cfg.h().saturating_mul(spec.cfg.batch as u64);
         let screen = Screen::new(spec.outer.algorithm(), draws);
+        let sampler = tessera_verify::Sampler::new(spec.expected().n); // an update's values
         let state_hash = r.state.hash();
         let mut history: BTreeMap<u64, Hash32> = r.history.into_iter().collect();
         history.insert(r.state.round, state_hash);
@@ -177,6 +180,7 @@ impl Coordinator {
             state_hash,
             replicas: Replicas::restore(r.replicas),
             screen,
+            sampler,
             history,
             members: BTreeMap::new(),
             next_silence: 0,
@@ -346,6 +350,7 @@ impl Coordinator {
             self.advance(now_ms);
             return std::mem::take(&mut self.out);
         }
+        let mut decoded = None; // the values, for scoring
         let verdict = match got {
             Err(e) => Slot::Rejected(Reject::FetchFailed(e)),
             // The committed length was checked to be the run's; the blob must be that long.
@@ -355,9 +360,15 @@ impl Coordinator {
             Ok(b) if blake3::hash(&b).as_bytes() != &hash => Slot::Rejected(Reject::HashMismatch),
             Ok(b) => match decode_update(&b, self.spec.expected()) {
                 Ok(d) if d.header.round == self.global.round => {
-                    // Kept at the close: peers fetch them (all-gather), and `tessera audit`
-                    // recomputes each round's aggregate from them.
-                    Slot::Accepted { hash, values: d.values, support: d.support, bytes: Some(b) }
+                    // Stored at the close: peers fetch them (all-gather), and `tessera audit`
+                    // recomputes each round's aggregate from them. The values are not held.
+                    let norm = match self.spec.outer.weighs_norms() {
+                        true => Some(d.norm.unwrap_or_else(|| tessera_sync::l2_norm(&d.values))),
+                        false => None,
+                    };
+                    let kept = Kept::of(&self.sampler, &d.values, d.support, norm);
+                    decoded = Some(d.values);
+                    Slot::Accepted { hash, bytes: b, kept }
                 }
                 Ok(d) => {
                     Slot::Rejected(Reject::WrongRound { got: d.header.round, want: Some(self.global.round) })
@@ -373,8 +384,8 @@ impl Coordinator {
                 }
                 let accepted = matches!(verdict, Slot::Accepted { .. });
                 open.slots.set(from, verdict);
-                if accepted {
-                    self.ask_score(from);
+                if let (true, Some(values)) = (accepted, decoded) {
+                    self.ask_score(from, values);
                 }
             }
         }
@@ -717,7 +728,6 @@ impl Coordinator {
         let mut accepted = Vec::new();
         let mut updates = Vec::new();
         let mut rejected = Vec::new();
-        let mut contribs = Vec::new();
         let mut waiting = Vec::new();
         let allotted = open.deadline_at.saturating_sub(open.started_ms);
         let Screening { refused, hashes, proven } = self.screen(&open.order, &open.slots);
@@ -730,7 +740,9 @@ impl Coordinator {
             refusals.entry(peer).or_insert(reason);
         }
         let mut hashes: BTreeMap<PeerId, Hash32> = hashes.into_iter().collect();
-        let mut remembered: Vec<(Hash32, usize)> = Vec::new(); // (values hash, contribution)
+        let mut kept = Vec::new(); // what was kept of each accepted update
+        let mut blobs_at = Vec::new(); // where in the outputs each one's StoreBlob is queued
+        let mut remembered = Vec::new(); // those screened (not all zero), in order
         for (peer, slot) in open.slots.into_iter() {
             if let Some(r) = refusals.remove(&peer) {
                 self.out.push(Output::Event(Event::Rejected { from: peer, reason: r.clone() }));
@@ -738,17 +750,16 @@ impl Coordinator {
                 continue;
             }
             match slot {
-                Slot::Accepted { hash, values, support, bytes } => {
+                Slot::Accepted { hash, bytes, kept: k } => {
                     if let Some(h) = hashes.remove(&peer) {
-                        remembered.push((h, contribs.len()));
+                        assert_eq!(h, k.fingerprint.hash(), "screened as kept");
+                        remembered.push(kept.len());
                     }
-                    let c = Contribution { peer: accepted.len() as u64, weight: 1.0, values, support };
-                    contribs.push(c);
                     accepted.push(peer);
                     updates.push(hash);
-                    if let Some(bytes) = bytes {
-                        self.out.push(Output::StoreBlob { hash, bytes }); // served to the peers
-                    }
+                    blobs_at.push(self.out.len());
+                    self.out.push(Output::StoreBlob { hash, bytes }); // served to the peers
+                    kept.push(k);
                 }
                 Slot::Rejected(r) => rejected.push((peer, r)),
                 Slot::Waiting => {
@@ -759,8 +770,7 @@ impl Coordinator {
             }
         }
         assert!(refusals.is_empty(), "only the round's updates are refused");
-        let remembered: Vec<(Hash32, &[f32])> =
-            remembered.iter().map(|(h, i)| (*h, contribs[*i].values.as_slice())).collect();
+        let remembered: Vec<&Fingerprint> = remembered.iter().map(|&i| &kept[i].fingerprint).collect();
         self.screen.remember_round(&remembered);
         let mut reassigned = 0;
         let taken: std::collections::BTreeSet<&PeerId> = accepted.iter().collect();
@@ -772,8 +782,28 @@ impl Coordinator {
         }
         let members: Vec<PeerId> = open.assignments.iter().map(|a| a.peer).collect();
         let start_hash = self.state_hash;
-        let Stepped { aggregate: agg_hash, pairs, spread } =
-            self.step(round, &members, &accepted, contribs)?;
+        // The close reads each accepted blob where its StoreBlob waits in the outputs, decoding
+        // it as it is added in: the outputs before the step are set aside and put back first.
+        let queued = std::mem::take(&mut self.out);
+        // Checked when it was fetched: decoded again, the same bytes need no norm bound.
+        let expected = Expected { max_norm: None, ..self.spec.expected().clone() };
+        let contribs: Vec<Encoded> = blobs_at
+            .iter()
+            .zip(&kept)
+            .enumerate()
+            .map(|(i, (&at, k))| Encoded {
+                peer: i as u64,
+                weight: 1.0,
+                blob: queued_blob(&queued, at),
+                expected: &expected,
+                norm: k.norm,
+                support: k.support.as_deref(),
+            })
+            .collect();
+        let stepped = self.step(round, &members, &accepted, &contribs);
+        let after = std::mem::replace(&mut self.out, queued);
+        self.out.extend(after);
+        let Stepped { aggregate: agg_hash, pairs, spread } = stepped?;
         self.count_missed(&waiting, &members, allotted);
         let state_blob = self.global.encode();
         self.state_hash = *blake3::hash(&state_blob).as_bytes();
@@ -852,9 +882,7 @@ impl Coordinator {
         let acc: Vec<Screened> = order
             .iter()
             .filter_map(|p| match slots.get(p) {
-                Some(Slot::Accepted { values, support, .. }) => {
-                    Some((*p, values.as_slice(), support.as_deref()))
-                }
+                Some(Slot::Accepted { kept, .. }) => Some((*p, kept)),
                 _ => None,
             })
             .collect();
@@ -869,11 +897,14 @@ impl Coordinator {
         round: u64,
         members: &[PeerId],
         accepted: &[PeerId],
-        contribs: Vec<Contribution>,
+        contribs: &[Encoded],
     ) -> Result<Stepped, CoordError> {
         assert_eq!(accepted.len(), contribs.len(), "one contribution per accepted peer");
         if self.pairs() {
-            let deltas = accepted.iter().copied().zip(contribs.into_iter().map(|c| c.values)).collect();
+            let mut deltas = BTreeMap::new();
+            for (peer, c) in accepted.iter().zip(contribs) {
+                deltas.insert(*peer, c.values()?.into_owned());
+            }
             let live = |p: &PeerId| self.members.contains_key(p);
             let closed = self.replicas.close(&self.spec, &self.global, members, &deltas, live)?;
             for (hash, bytes) in closed.blobs {
@@ -883,9 +914,10 @@ impl Coordinator {
             return Ok(Stepped { aggregate: None, pairs: Some(closed.pairs), spread: Some(closed.spread) });
         }
         let spec = self.spec.clone();
-        let combined = spec.step(&mut self.global, round, &contribs)?;
+        let combined = spec.step(&mut self.global, round, contribs)?;
         if let Some(c) = combined.as_ref().filter(|c| c.blob.is_some()) {
-            self.screen.remember(Fingerprint::of(&c.values, None)); // an aggregate resent is a replay
+            self.screen.remember(Fingerprint::of(&self.sampler, &c.values, None));
+            // an aggregate resent is a replay
         }
         if let Some(count) = combined.as_ref().map(|c| c.clipped).filter(|&c| c > 0) {
             self.event(Event::Clipped { round, count });
@@ -897,6 +929,14 @@ impl Coordinator {
         }
         assert_eq!(self.global.round, round + 1, "a round closes once");
         Ok(Stepped { aggregate: agg_hash, pairs: None, spread: None })
+    }
+}
+
+/// The bytes of the `StoreBlob` queued at `at`.
+fn queued_blob(out: &[Output], at: usize) -> &[u8] {
+    match &out[at] {
+        Output::StoreBlob { bytes, .. } => bytes,
+        other => panic!("output {at} is {other:?}, not a queued update blob"),
     }
 }
 

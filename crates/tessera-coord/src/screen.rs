@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tessera_sync::Algorithm;
-use tessera_verify::{copies, near_any, sample, values_hash, Samples};
+use tessera_verify::{copies, near_any, values_hash, Sampler, Samples};
 
 use crate::{Hash32, PeerId, Reject};
 
@@ -26,8 +26,8 @@ pub const COPY_COSINE: f64 = 0.99;
 /// perturbed stays above 0.9999.
 pub const REPLAY_COSINE: f64 = 0.9999;
 
-/// An accepted update being screened: its author, values and (sparse) support.
-pub type Screened<'a> = (PeerId, &'a [f32], Option<&'a [u32]>);
+/// An accepted update being screened: its author and what was kept of it.
+pub type Screened<'a> = (PeerId, &'a Kept);
 
 /// What the screen keeps of an update: the hash of its values and their sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +37,36 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of(values: &[f32], support: Option<&[u32]>) -> Self {
-        Self { hash: values_hash(values, support), sample: sample(values).into_owned() }
+    pub fn of(sampler: &Sampler, values: &[f32], support: Option<&[u32]>) -> Self {
+        Self { hash: values_hash(values, support), sample: sampler.sample(values).into_owned() }
+    }
+
+    /// The hash of the values (and support).
+    pub fn hash(&self) -> Hash32 {
+        self.hash
+    }
+}
+
+/// What the coordinator keeps of an accepted update beside its blob, taken when the blob is
+/// decoded and checked: enough to screen it and to clip it at the close without holding its
+/// decoded values (450 kB a member for the tiny model; the close decodes the blob again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub fingerprint: Fingerprint,
+    /// Every value is zero: it moves nothing and is never a copy or a replay.
+    pub zero: bool,
+    /// Its L2 norm ([`tessera_sync::l2_norm`]), when the close weighs norms.
+    pub norm: Option<f64>,
+    /// For sparse updates: the positions sent.
+    pub support: Option<Vec<u32>>,
+}
+
+impl Kept {
+    /// What to keep of decoded `values` (with their `support`), and their norm if given.
+    pub fn of(sampler: &Sampler, values: &[f32], support: Option<Vec<u32>>, norm: Option<f64>) -> Self {
+        let fingerprint = Fingerprint::of(sampler, values, support.as_deref());
+        let zero = values.iter().all(|x| *x == 0.0);
+        Self { fingerprint, zero, norm, support }
     }
 }
 
@@ -90,11 +118,10 @@ impl Screen {
     /// Screens the round's accepted updates, in commit order. An all-zero update moves nothing
     /// and is never refused (all such updates are alike).
     pub fn check(&self, acc: &[Screened]) -> Screening {
-        let acc: Vec<Screened> =
-            acc.iter().filter(|(_, v, _)| v.iter().any(|x| *x != 0.0)).copied().collect();
-        let hashes: Vec<Hash32> = acc.iter().map(|(_, v, s)| values_hash(v, *s)).collect();
+        let acc: Vec<Screened> = acc.iter().filter(|(_, k)| !k.zero).copied().collect();
+        let hashes: Vec<Hash32> = acc.iter().map(|(_, k)| k.fingerprint.hash).collect();
         let (t, rt) = (self.threshold, self.replay_threshold);
-        let samples = Samples::of(acc.iter().map(|(_, v, _)| *v).collect());
+        let samples = Samples::of(acc.iter().map(|(_, k)| k.fingerprint.sample.as_slice()).collect());
         let near = match rt < 1.0 {
             true => near_any(&samples, &self.recent.iter().collect::<Vec<_>>(), rt),
             false => vec![false; samples.len()],
@@ -104,21 +131,21 @@ impl Screen {
             .zip(&hashes)
             .zip(&near)
             .filter(|((_, h), near)| self.seen.contains(*h) || **near)
-            .map(|(((p, _, _), _), _)| (*p, Reject::Replayed))
+            .map(|(((p, _), _), _)| (*p, Reject::Replayed))
             .collect();
         let proven: Vec<(PeerId, String)> = acc
             .iter()
             .zip(&hashes)
             .filter(|(_, h)| self.proves && self.seen.contains(*h))
-            .map(|((p, _, _), _)| (*p, "bit for bit an earlier accepted update or aggregate".to_string()))
+            .map(|((p, _), _)| (*p, "bit for bit an earlier accepted update or aggregate".to_string()))
             .collect();
         let mut found = copies(&samples, t);
         // A sparse update that sends exactly another's positions is a copy too, whatever values
         // it puts there (of the first to send them).
         let mut copied: BTreeSet<usize> = found.iter().map(|f| f.0).collect();
         let mut first: BTreeMap<&[u32], usize> = BTreeMap::new();
-        for (i, (_, _, si)) in acc.iter().enumerate() {
-            let Some(si) = si else { continue };
+        for (i, (_, k)) in acc.iter().enumerate() {
+            let Some(si) = k.support.as_deref() else { continue };
             match first.get(si) {
                 Some(&j) if copied.insert(i) => found.push((i, j)),
                 Some(_) => {}
@@ -140,10 +167,10 @@ impl Screen {
 
     /// Remembers a closed round's accepted updates, in order: every one's hash, and the
     /// samples of the last [`MAX_RECENT`] (what remembering each in turn would leave).
-    pub fn remember_round(&mut self, accepted: &[(Hash32, &[f32])]) {
-        accepted.iter().for_each(|(hash, _)| self.remember_hash(*hash));
+    pub fn remember_round(&mut self, accepted: &[&Fingerprint]) {
+        accepted.iter().for_each(|f| self.remember_hash(f.hash));
         let keep = accepted.len().saturating_sub(MAX_RECENT);
-        accepted[keep..].iter().for_each(|(_, values)| self.remember_sample(sample(values).into_owned()));
+        accepted[keep..].iter().for_each(|f| self.remember_sample(f.sample.clone()));
         assert!(self.recent.len() <= MAX_RECENT, "bounded");
     }
 
@@ -177,6 +204,10 @@ mod tests {
     use super::*;
     use tessera_verify::cosine;
 
+    fn kept(v: &[f32], support: Option<&[u32]>) -> Kept {
+        Kept::of(&Sampler::new(v.len()), v, support.map(<[u32]>::to_vec), Some(tessera_sync::l2_norm(v)))
+    }
+
     /// Regressions found by `tessera vopr`: seeds 613 and 798, two honest DDP trainers each
     /// given one sequence drew the same one, computed the same gradient, and the later was
     /// slashed as a copier; seed 2682, a copier whose copy reached the coordinator before the
@@ -185,14 +216,15 @@ mod tests {
     #[test]
     fn only_a_replay_resting_on_two_draws_proves_a_cheat() {
         let v: Vec<f32> = (0..64).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let pair: Vec<Screened> = vec![([1; 32], v.as_slice(), None), ([2; 32], v.as_slice(), None)];
+        let k = kept(&v, None);
+        let pair: Vec<Screened> = vec![([1; 32], &k), ([2; 32], &k)];
         let s = Screen::new(Algorithm::Ddp, 8).check(&pair);
         assert_eq!(s.refused.len(), 1, "the later copy is refused");
         assert!(s.proven.is_empty(), "but who copied whom is not proven");
-        let again: Vec<Screened> = vec![([3; 32], v.as_slice(), None)];
+        let again: Vec<Screened> = vec![([3; 32], &k)];
         for (draws, proven) in [(1, 0), (2, 1)] {
             let mut s = Screen::new(Algorithm::Ddp, draws);
-            s.remember(Fingerprint::of(&v, None));
+            s.remember(Fingerprint::of(&Sampler::new(v.len()), &v, None));
             let got = s.check(&again);
             assert_eq!(got.refused.len(), 1, "a replay is refused");
             assert_eq!(got.proven.len(), proven, "{draws} draws");
@@ -207,18 +239,17 @@ mod tests {
         let vb: Vec<f32> = (0..100).map(|i| if i % 10 == 0 { -(i as f32) + 50.0 } else { 0.0 }).collect();
         let vc: Vec<f32> = (0..100).map(|i| if i % 7 == 0 { 3.0 } else { 0.0 }).collect();
         let (pa, pc): (Vec<u32>, Vec<u32>) = ((0..100).step_by(10).collect(), (0..100).step_by(7).collect());
-        let round = [
-            (a, va.as_slice(), Some(pa.as_slice())),
-            (b, vb.as_slice(), Some(pa.as_slice())),
-            (c, vc.as_slice(), Some(pc.as_slice())),
-        ];
+        let (ka, kb, kc) = (kept(&va, Some(&pa)), kept(&vb, Some(&pa)), kept(&vc, Some(&pc)));
+        let round = [(a, &ka), (b, &kb), (c, &kc)];
         assert!(cosine(&va, &vb) < COPY_COSINE, "not alike by value");
         assert_eq!(s.check(&round).refused, [(b, Reject::Copy { of: tessera_tensor::hex(&a[..4]) })]);
-        s.remember(Fingerprint::of(&vc, Some(&pc)));
-        assert_eq!(s.check(&[(a, vc.as_slice(), Some(pc.as_slice()))]).refused, [(a, Reject::Replayed)]);
+        s.remember(Fingerprint::of(&Sampler::new(100), &vc, Some(&pc)));
+        assert_eq!(s.check(&[(a, &kc)]).refused, [(a, Reject::Replayed)]);
         // Zero updates (a learning rate of 0, say) are never copies or replays of each other.
         let zero = vec![0.0f32; 100];
-        s.remember(Fingerprint::of(&zero, None));
-        assert!(s.check(&[(a, zero.as_slice(), None), (b, zero.as_slice(), None)]).refused.is_empty());
+        s.remember(Fingerprint::of(&Sampler::new(100), &zero, None));
+        let kz = kept(&zero, None);
+        assert!(kz.zero, "kept as all zero");
+        assert!(s.check(&[(a, &kz), (b, &kz)]).refused.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! layout.
 
 use tessera_model::{Gpt, GptConfig, ParamSet};
-use tessera_sync::{decode_update, Combined, Contribution, Expected, Outer};
+use tessera_sync::{decode_update, Combined, Contribute, Contribution, Expected, Outer};
 
 use crate::{ClosedRound, CoordError, GlobalState, Hash32, Message, PeerId, RunConfig};
 
@@ -71,11 +71,11 @@ impl RunSpec {
     /// The coordinator's close and `tessera audit`'s replay both take this one path, so an
     /// audit recomputes exactly what the coordinator computed. NoLoCo closes through its
     /// replicas instead.
-    pub fn step(
+    pub fn step<C: Contribute>(
         &self,
         state: &mut GlobalState,
         round: u64,
-        contribs: &[Contribution],
+        contribs: &[C],
     ) -> Result<Option<Combined>, CoordError> {
         assert_eq!(state.round, round, "a round is applied to the state it started from");
         let combined = match contribs.is_empty() {

@@ -9,7 +9,7 @@ use tessera_tensor::{Exec, Hash, Kernel, TraceMode};
 
 use crate::{
     decode_update, demo_apply, encode_update, frame_update, sparse_mean, weighted_mean, Algorithm, Codec,
-    Contribution, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, Training,
+    Contribute, DemoPeer, ErrorFeedback, Expected, NesterovOuter, NoLoCoPeer, SyncError, Training,
     ValueCodec, DCT_TILE,
 };
 
@@ -225,16 +225,27 @@ impl Outer {
     }
 
     /// Combines decoded contributions of `round` in peer-id order.
-    pub fn combine(&self, round: u64, contribs: &[Contribution]) -> Result<Combined, SyncError> {
+    /// Whether [`Outer::combine`] reads the contributions' norms (to clip them to the median's
+    /// bound, or to scale them to the median), so a caller holding them encoded keeps each
+    /// norm from the first decoding.
+    pub fn weighs_norms(&self) -> bool {
+        match self.algorithm() {
+            Algorithm::Ddp | Algorithm::DiLoCo => self.s.training.clip_median > 0.0,
+            Algorithm::SparseLoCo => true,
+            Algorithm::DeMo | Algorithm::NoLoCo => false,
+        }
+    }
+
+    pub fn combine<C: Contribute>(&self, round: u64, contribs: &[C]) -> Result<Combined, SyncError> {
         let n = self.values();
         match self.algorithm() {
             Algorithm::Ddp | Algorithm::DiLoCo => {
                 // Robust aggregation: outliers over `clip_median ×` the median norm (0: off).
-                let (clipped, count) = match self.s.training.clip_median {
-                    f if f > 0.0 => crate::clip_to_median(contribs, f64::from(f)),
+                let (scales, count) = match self.s.training.clip_median {
+                    f if f > 0.0 => crate::clip_to_median(contribs, f64::from(f))?,
                     _ => (None, 0),
                 };
-                let mean = weighted_mean(clipped.as_deref().unwrap_or(contribs), n)?;
+                let mean = weighted_mean(contribs, n, scales.as_deref())?;
                 let blob = encode_update(self.algorithm(), self.s.codec, self.layout_hash, round, &mean);
                 let values = self.decode_aggregate(round, &blob)?;
                 Ok(Combined { blob: Some(blob), values, clipped: count })

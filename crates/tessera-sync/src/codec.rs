@@ -269,7 +269,10 @@ fn decode_values(v: ValueCodec, b: &[u8], dst: &mut [f32]) {
         ValueCodec::F32 => dst.iter_mut().enumerate().for_each(|(i, d)| *d = f32_at(b, i)),
         ValueCodec::Int8 => {
             let scale = f32_at(b, 0);
-            dst.iter_mut().zip(&b[4..]).for_each(|(d, &q)| *d = (f32::from(q) - 128.0) * scale);
+            // Exactly rounded operations only: `wide`'s lanes change no bit.
+            tessera_tensor::simd::wide(|| {
+                dst.iter_mut().zip(&b[4..]).for_each(|(d, &q)| *d = (f32::from(q) - 128.0) * scale)
+            });
         }
         ValueCodec::TwoBit => {
             let table = [f32_at(b, 0), f32_at(b, 1), f32_at(b, 2), f32_at(b, 3)];

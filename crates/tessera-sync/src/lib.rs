@@ -25,7 +25,7 @@ mod outer;
 mod training;
 mod update;
 
-pub use aggregate::{clip_to_median, sparse_mean, weighted_mean, Contribution};
+pub use aggregate::{clip_to_median, l2_norm, sparse_mean, weighted_mean, Contribute, Contribution, Encoded};
 pub use algo::{Combined, Exchange, GlobalOptimizer, Outer, OuterSettings, PeerState, Work};
 pub use codec::{top_k_indices, Codec, ValueCodec, MAX_CHUNK};
 pub use outer::{

@@ -115,6 +115,8 @@ pub struct Decoded {
     pub header: UpdateHeader,
     pub values: Vec<f32>,
     pub support: Option<Vec<u32>>,
+    /// The values' [`crate::l2_norm`], when it was computed to check the bound.
+    pub norm: Option<f64>,
 }
 
 /// Encodes `values` with `codec` and frames them (see [`frame_update`]).
@@ -219,14 +221,21 @@ pub fn decode_update(b: &[u8], want: &Expected) -> Result<Decoded, SyncError> {
         });
     }
     let (values, support) = header.codec.decode_with_support(&b[HEADER_BYTES..], want.n)?;
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(SyncError::NonFinite { index: i });
+    // The largest magnitude's bits over all values first (a scan that vectorizes, where one
+    // that stops early does not), the position only for a refusal.
+    let worst =
+        tessera_tensor::simd::wide(|| values.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)));
+    if worst >= f32::INFINITY.to_bits() {
+        let index = values.iter().position(|v| !v.is_finite()).unwrap_or_default();
+        return Err(SyncError::NonFinite { index });
     }
+    let mut norm = None;
     if let Some(bound) = want.max_norm {
-        let norm = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-        if norm > f64::from(bound) {
-            return Err(SyncError::NormTooLarge { norm, bound });
+        let n = crate::l2_norm(&values);
+        if n > f64::from(bound) {
+            return Err(SyncError::NormTooLarge { norm: n, bound });
         }
+        norm = Some(n);
     }
-    Ok(Decoded { header, values, support })
+    Ok(Decoded { header, values, support, norm })
 }

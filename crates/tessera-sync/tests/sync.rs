@@ -123,7 +123,7 @@ fn aggregation_is_bit_identical_in_any_arrival_order() {
             support: None,
         })
         .collect();
-    let base = weighted_mean(&contribs, 3000).unwrap();
+    let base = weighted_mean(&contribs, 3000, None).unwrap();
     let sparse_base = sparse_mean(&contribs, 3000, true).unwrap();
     let r = Philox::new(5);
     for trial in 0..20u64 {
@@ -131,14 +131,14 @@ fn aggregation_is_bit_identical_in_any_arrival_order() {
         for i in (1..shuffled.len()).rev() {
             shuffled.swap(i, r.below(trial, i as u64, i as u64 + 1) as usize);
         }
-        let a = weighted_mean(&shuffled, 3000).unwrap();
+        let a = weighted_mean(&shuffled, 3000, None).unwrap();
         assert!(a.iter().zip(&base).all(|(x, y)| x.to_bits() == y.to_bits()));
         let s = sparse_mean(&shuffled, 3000, true).unwrap();
         assert!(s.iter().zip(&sparse_base).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
     let mut dup = contribs.clone();
     dup[1].peer = dup[0].peer;
-    assert_eq!(weighted_mean(&dup, 3000), Err(SyncError::Duplicate));
+    assert_eq!(weighted_mean(&dup, 3000, None), Err(SyncError::Duplicate));
 }
 
 #[test]
@@ -250,17 +250,96 @@ fn write_fuzz_seeds() {
 
 #[test]
 fn clipping_to_the_median_norm_scales_only_the_outliers() {
-    use tessera_sync::{clip_to_median, Contribution};
+    use tessera_sync::{clip_to_median, l2_norm, Contribution};
     let c = |peer: u64, s: f32| Contribution { peer, weight: 1.0, values: vec![s, 0.0, -s], support: None };
     let honest = vec![c(0, 1.0), c(1, 1.1), c(2, 0.9)];
-    assert_eq!(clip_to_median(&honest, 3.0), (None, 0), "nothing over the bound: the bits stay as they are");
+    assert_eq!(
+        clip_to_median(&honest, 3.0),
+        Ok((None, 0)),
+        "nothing over the bound: the bits stay as they are"
+    );
     let mut with_poison = honest.clone();
     with_poison.push(c(3, 100.0));
-    let (out, n) = clip_to_median(&with_poison, 3.0);
-    let out = out.unwrap();
+    let (scales, n) = clip_to_median(&with_poison, 3.0).unwrap();
+    let scales = scales.unwrap();
     assert_eq!(n, 1);
-    assert_eq!(&out[..3], &honest[..], "the honest updates are untouched");
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let median = 0.5 * (norm(&honest[0].values) + norm(&honest[1].values));
-    assert!((norm(&out[3].values) - 3.0 * median).abs() < 1e-4, "scaled down to 3x the median");
+    assert_eq!(&scales[..3], &[1.0; 3], "the honest updates are untouched");
+    let median = 0.5 * (l2_norm(&honest[0].values) + l2_norm(&honest[1].values));
+    let clipped: Vec<f32> = with_poison[3].values.iter().map(|x| x * scales[3]).collect();
+    assert!((l2_norm(&clipped) - 3.0 * median).abs() < 1e-4, "scaled down to 3x the median");
+    // The mean of the clipped contributions is the mean of the scaled values, bit for bit.
+    let scaled: Vec<Contribution> = with_poison
+        .iter()
+        .zip(&scales)
+        .map(|(c, k)| Contribution { values: c.values.iter().map(|x| x * k).collect(), ..c.clone() })
+        .collect();
+    let want = tessera_sync::weighted_mean(&scaled, 3, None).unwrap();
+    assert_eq!(tessera_sync::weighted_mean(&with_poison, 3, Some(&scales)).unwrap(), want);
+}
+
+/// The coordinator holds accepted updates as blobs and decodes each again while it is added in
+/// (`Encoded`); the simulator and the audit hold them decoded (`Contribution`). Both must give
+/// the same bits: the clip's scales, the weighted mean and the sparse mean, whatever order
+/// the contributions come in and whether the norm was kept from the first decoding.
+#[test]
+fn encoded_contributions_aggregate_to_the_bits_of_decoded_ones() {
+    use tessera_sync::{
+        clip_to_median, l2_norm, sparse_mean, weighted_mean, Contribution, Encoded, Expected,
+    };
+    let n = 5000;
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    for codec in [Codec::dense(ValueCodec::Int8, 4096), Codec::sparse(ValueCodec::TwoBit, 4096, 64)] {
+        let want = Expected {
+            layout_hash: [7; 32],
+            n,
+            algorithm: Algorithm::DiLoCo,
+            codec: Some(codec),
+            max_norm: None,
+        };
+        let blobs: Vec<Vec<u8>> = (0..5u64)
+            .map(|p| {
+                // Peer 4 is an outlier, far over three times the median norm: it is clipped.
+                let scale = if p == 4 { 50.0 } else { 1.0 + p as f32 * 0.1 };
+                let v: Vec<f32> =
+                    (0..n as u64).map(|i| ((i * 7919 + p * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
+                let v: Vec<f32> = v.iter().map(|x| x * scale).collect();
+                encode_update(Algorithm::DiLoCo, codec, [7; 32], 1, &v)
+            })
+            .collect();
+        // Peer ids run against the order given, so the order of aggregation is tested too.
+        let decoded: Vec<Contribution> = blobs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let d = decode_update(b, &want).unwrap();
+                Contribution { peer: 10 - i as u64, weight: 1.0, values: d.values, support: d.support }
+            })
+            .collect();
+        for keep_norm in [false, true] {
+            let encoded: Vec<Encoded> = blobs
+                .iter()
+                .zip(&decoded)
+                .map(|(b, d)| Encoded {
+                    peer: d.peer,
+                    weight: 1.0,
+                    blob: b,
+                    expected: &want,
+                    norm: keep_norm.then(|| l2_norm(&d.values)),
+                    support: d.support.as_deref(),
+                })
+                .collect();
+            let (scales, clipped) = clip_to_median(&decoded, 3.0).unwrap();
+            assert_eq!(clipped, 1, "the outlier is clipped");
+            assert_eq!(clip_to_median(&encoded, 3.0).unwrap(), (scales.clone(), clipped));
+            let mean = weighted_mean(&decoded, n, scales.as_deref()).unwrap();
+            assert_eq!(bits(weighted_mean(&encoded, n, scales.as_deref()).unwrap()), bits(mean.clone()));
+            assert_ne!(
+                bits(weighted_mean(&decoded, n, None).unwrap()),
+                bits(mean),
+                "the clip changes the mean"
+            );
+            let sparse = sparse_mean(&decoded, n, true).unwrap();
+            assert_eq!(bits(sparse_mean(&encoded, n, true).unwrap()), bits(sparse));
+        }
+    }
 }

@@ -96,13 +96,14 @@ pub fn active_path() -> SimdPath {
 
 /// Runs `f` compiled with AVX2 enabled when the active path is AVX2 or AVX-512, else as built.
 ///
-/// For the elementwise and row kernels, whose loops the compiler vectorizes on its own: a
+/// For the elementwise and row kernels (and the update codecs' and aggregation's loops in
+/// `tessera-sync`), whose loops the compiler vectorizes on its own: a
 /// baseline x86-64 build has only 4-lane SSE2. This changes no bit: those loops are written
 /// with `+ − × /`, `sqrt`, comparisons and bit operations only, which are exactly rounded in
 /// any lane width, and Rust never contracts a multiply and an add into an FMA (the `fma`
 /// feature is not enabled here in any case).
 #[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if active_path() != SimdPath::Scalar && avx2_supported() {
         // SAFETY: the CPU has AVX2 (checked just above).

@@ -17,9 +17,30 @@ pub const SAMPLE: usize = 4096;
 /// The values at the run's fixed sample coordinates: evenly spaced strides, each offset by a
 /// pseudo-random amount fixed by its stride index (all of them, borrowed, when there are fewer).
 pub fn sample(values: &[f32]) -> Cow<'_, [f32]> {
-    match values.len() <= SAMPLE {
-        true => Cow::Borrowed(values),
-        false => Cow::Owned(sample_positions(values.len()).into_iter().map(|p| values[p]).collect()),
+    Sampler::new(values.len()).sample(values)
+}
+
+/// The sample coordinates of a run's `n` values, worked out once for many updates (see
+/// [`sample`]; working them out costs more than gathering them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampler {
+    n: usize,
+    /// `None`: `n ≤ SAMPLE`, the values are their own sample.
+    at: Option<Vec<usize>>,
+}
+
+impl Sampler {
+    pub fn new(n: usize) -> Self {
+        Self { n, at: (n > SAMPLE).then(|| sample_positions(n)) }
+    }
+
+    /// The sample of `values`, which must be `n` long.
+    pub fn sample<'v>(&self, values: &'v [f32]) -> Cow<'v, [f32]> {
+        assert_eq!(values.len(), self.n, "values of the run sampled");
+        match &self.at {
+            None => Cow::Borrowed(values),
+            Some(at) => Cow::Owned(at.iter().map(|&p| values[p]).collect()),
+        }
     }
 }
 

@@ -37,7 +37,7 @@ mod prune;
 
 pub use bisect::{Bisection, Turn};
 pub use commit::{challenge, segments, RoundCommitment, MAX_SEGMENTS};
-pub use copies::{cosine, sample, values_hash, SAMPLE};
+pub use copies::{cosine, sample, values_hash, Sampler, SAMPLE};
 pub use dispute::{Ask, Dispute, EntryHashes, Loser, Ruling};
 pub use merkle::{MerkleTree, Proof, MAX_LEAVES};
 pub use prune::{copies, near_any, Samples, PRUNE_STRIDE};

@@ -28,8 +28,10 @@ const BLOCK: usize = 256;
 /// Slack added to every computed bound: covers its f32 rounding with room to spare.
 const MARGIN: f32 = 1e-4;
 
-/// A set of updates' samples (see [`crate::sample`]), read in place from the updates' values:
-/// gathering 10,000 samples into memory of their own would cost more than screening them.
+/// A set of updates' samples (see [`crate::sample`]), read in place: from the updates' values
+/// when those are held (gathering 10,000 samples into memory of their own would cost more
+/// than screening them), or given as the samples themselves (rows no longer than [`SAMPLE`]),
+/// as the coordinator keeps them.
 pub struct Samples<'a> {
     rows: Vec<&'a [f32]>,
     /// Where sample coordinate `j` is in a row (`None`: the rows are their own samples).

@@ -30,8 +30,8 @@ pub(super) struct Scoring {
 }
 
 impl Coordinator {
-    /// `peer`'s update was accepted for the aggregate: ask for its score.
-    pub(super) fn ask_score(&mut self, peer: PeerId) {
+    /// `peer`'s update, decoded to `values`, was accepted for the aggregate: ask for its score.
+    pub(super) fn ask_score(&mut self, peer: PeerId, values: Vec<f32>) {
         if self.cfg.score_batches == 0 || self.pairs() {
             return;
         }
@@ -42,7 +42,7 @@ impl Coordinator {
         let (state_hash, update_len) = (self.state_hash, self.spec.update_len);
         let addr = self.addrs.get(&peer).cloned().unwrap_or_default();
         let Some(open) = self.open.as_mut() else { return };
-        let Some(Slot::Accepted { values, hash, .. }) = open.slots.get(&peer) else { return };
+        let Some(Slot::Accepted { hash, .. }) = open.slots.get(&peer) else { return };
         let Some(a) = open.assignments.iter().find(|a| a.peer == peer) else { return };
         let state = open.start_state.get_or_insert_with(|| Arc::new(self.global.clone())).clone();
         assert_eq!(state.hash(), state_hash, "an update is scored against the round's start state");
@@ -50,7 +50,7 @@ impl Coordinator {
             round: open.round,
             peer,
             unit: (a.data_round, a.slot),
-            values: values.clone(),
+            values,
             state,
             batches: self.cfg.score_batches,
         });

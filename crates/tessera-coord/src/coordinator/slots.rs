@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::screen::Kept;
 use crate::{Hash32, PeerId, Reject};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -12,12 +13,12 @@ pub(super) enum Slot {
     Fetching {
         hash: Hash32,
     },
-    /// Decoded; the bytes are kept when peers will fetch the update itself (all-gather).
+    /// Decoded and checked: its blob (stored for the peers and `tessera audit` at the close,
+    /// and decoded again there) and what was kept of its values.
     Accepted {
         hash: Hash32,
-        values: Vec<f32>,
-        support: Option<Vec<u32>>,
-        bytes: Option<Vec<u8>>,
+        bytes: Vec<u8>,
+        kept: Kept,
     },
     /// Refused, with its typed reason (turned into text only for `Accept`).
     Rejected(Reject),
@@ -100,7 +101,14 @@ mod tests {
         let steps = [
             (0, Slot::Fetching { hash: [1; 32] }),
             (1, Slot::Rejected(Reject::NoCommit)),
-            (0, Slot::Accepted { hash: [1; 32], values: vec![], support: None, bytes: None }),
+            (
+                0,
+                Slot::Accepted {
+                    hash: [1; 32],
+                    bytes: vec![],
+                    kept: Kept::of(&tessera_verify::Sampler::new(0), &[], None, None),
+                },
+            ),
             (2, Slot::Fetching { hash: [2; 32] }),
             (2, Slot::Rejected(Reject::HashMismatch)),
             (3, Slot::Fetching { hash: [3; 32] }),
