@@ -42,6 +42,10 @@ pub struct SimArgs {
     pub rtt_ms: Option<f64>,
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// none | delayed | eager: overlap each round's training with the last round's exchange
+    /// (diloco, sparseloco; see the README).
+    #[arg(long)]
+    pub overlap: Option<tessera_sim::Overlap>,
     /// Dataset directory (default: the embedded corpus, built under runs/data/shakespeare).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -67,6 +71,9 @@ fn effective(a: &SimArgs) -> Result<SimConfig> {
         ($($flag:ident),*) => { $( if let Some(v) = a.$flag.clone() { c.$flag = v; } )* };
     }
     set!(peers, algo, codec, inner_steps, rounds, preset, seed, batch, bandwidth_mbps, rtt_ms, eval_every);
+    if let Some(o) = a.overlap {
+        c.overlap = o;
+    }
     c.validate()?;
     Ok(c)
 }
@@ -106,6 +113,7 @@ pub fn run(a: SimArgs) -> Result<()> {
     let mut csv = std::fs::File::create(&a.csv).with_context(|| format!("creating {}", a.csv.display()))?;
     writeln!(csv, "algo,codec,round,steps,tokens,sim_time_s,train_loss,val_loss,spread,bytes_sent_per_peer,bytes_recv_per_peer,rejected,hub_bytes_sent,hub_bytes_recv")?;
     let pb = crate::train::make_bar(c.rounds, 0);
+    let mut last = None;
     pool.install(|| -> Result<()> {
         for _ in 0..c.rounds {
             let r = sim.run_round()?;
@@ -146,10 +154,23 @@ pub fn run(a: SimArgs) -> Result<()> {
                     pb.println(line)
                 }
             }
+            last = Some(r);
         }
         Ok(())
     })?;
     pb.finish_and_clear();
+    if let Some(r) = last.filter(|r| r.sim_time_s > 0.0) {
+        let training = r.steps as f64 * c.step_compute_s;
+        eprintln!(
+            "each peer trained {training:.1} s of {:.1} s simulated: {:.1}% utilisation{}",
+            r.sim_time_s,
+            100.0 * training / r.sim_time_s,
+            match c.overlap {
+                tessera_sim::Overlap::None => String::new(),
+                o => format!(" (overlap: {})", o.name()),
+            }
+        );
+    }
     crate::out(&format!("state-hash: {}", hex(&sim.state_hash())));
     Ok(())
 }

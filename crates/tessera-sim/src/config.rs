@@ -2,7 +2,7 @@
 //! [`Training`] section plus the simulated peers and network.
 
 use serde::{Deserialize, Serialize};
-use tessera_sync::{GlobalOptimizer, OuterSettings, Training};
+use tessera_sync::{Algorithm, GlobalOptimizer, OuterSettings, Training};
 
 use crate::SimError;
 
@@ -15,6 +15,48 @@ pub const MAX_PEERS: usize = 1024;
 pub enum InnerOptimizer {
     AdamW,
     Sgd,
+}
+
+/// The overlapped outer step, an experiment of the simulator (DiLoCo, SparseLoCo; the
+/// networked run has no such switch yet). Overlapped, a peer starts round r as soon as it has
+/// sent round r−1's update, while that round's exchange travels: it cannot yet hold θ_r, so
+/// it trains from a stand-in, and its Δ (from that stand-in) is applied to θ_r:
+/// `θ_{r+1} = Outer(θ_r, mean Δ_r)`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Round r trains from θ_r, once the exchange of round r−1 is over.
+    #[default]
+    None,
+    /// Round r trains from θ_{r−1}, the last state every peer holds.
+    Delayed,
+    /// Round r trains from the outer step of round r−1 taken with the peer's own update in
+    /// place of the mean, `Outer(θ_{r−1}, Δ_{r−1,i})`: each peer's own guess at θ_r (after
+    /// "eager updates", Kale et al. 2025).
+    Eager,
+}
+
+impl Overlap {
+    pub const ALL: [Overlap; 3] = [Overlap::None, Overlap::Delayed, Overlap::Eager];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Overlap::None => "none",
+            Overlap::Delayed => "delayed",
+            Overlap::Eager => "eager",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlap {
+    type Err = SimError;
+
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| SimError::Config(format!("overlap {s:?}: expected none, delayed or eager")))
+    }
 }
 
 /// Everything a simulated run depends on: the shared training settings (flattened into the
@@ -37,6 +79,9 @@ pub struct SimConfig {
     /// Validation loss every N rounds (and at the end).
     pub eval_every: u64,
     pub eval_batches: u64,
+    /// none | delayed | eager: whether a peer's next round waits for the round's exchange
+    /// (see [`Overlap`]).
+    pub overlap: Overlap,
 }
 
 impl std::ops::Deref for SimConfig {
@@ -64,6 +109,7 @@ impl Default for SimConfig {
             step_compute_s: 0.05,
             eval_every: 5,
             eval_batches: 8,
+            overlap: Overlap::None,
         }
     }
 }
@@ -107,6 +153,9 @@ impl SimConfig {
             || !(self.rtt_ms >= 0.0 && self.step_compute_s >= 0.0)
         {
             return bad("bandwidths must be positive; rtt_ms and step_compute_s non-negative");
+        }
+        if self.overlap != Overlap::None && !matches!(self.algo, Algorithm::DiLoCo | Algorithm::SparseLoCo) {
+            return bad("overlap needs inner steps from the shared state: algo diloco or sparseloco");
         }
         Ok(())
     }

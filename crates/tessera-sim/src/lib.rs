@@ -28,7 +28,7 @@ mod protocol;
 mod run;
 pub mod vopr;
 
-pub use config::{InnerOptimizer, SimConfig, MAX_PEERS};
+pub use config::{InnerOptimizer, Overlap, SimConfig, MAX_PEERS};
 pub use links::{FaultCounts, NetFaults, MAX_DELAY_MS, MAX_IN_FLIGHT};
 pub use net::{Link, Network};
 pub use protocol::{CoordCrash, MemStore, ProtocolSim, FETCH_TIMEOUT_MS, MAX_IDLE_TICKS};

@@ -11,7 +11,7 @@ use tessera_sync::{
 use tessera_tensor::{Hash, Kernel, Tensor, TraceMode};
 
 use crate::net::{Link, Network};
-use crate::{SimConfig, SimError};
+use crate::{Overlap, SimConfig, SimError};
 
 /// What one round reports.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +45,15 @@ struct Peer {
     st: PeerState,
 }
 
+/// Overlapped rounds: the shared state before the last round's outer step, θ_{r−1} and its
+/// buffers, and each peer's decoded contribution to that step (see [`Overlap`]).
+struct Lap {
+    eager: bool,
+    theta: Vec<f32>,
+    bufs: Vec<Vec<f32>>,
+    own: Vec<Option<Contribution>>,
+}
+
 /// A round's mean training loss, every peer's encoded contribution, and what each computed.
 type Contributed = (f64, Vec<Vec<u8>>, Vec<Vec<f32>>);
 
@@ -75,7 +84,14 @@ pub struct Sim<'a> {
     global: Trainer<Gpt>,
     peers: Vec<Peer>,
     net: Network,
+    /// When the state after the last round is known everywhere (and the round reported).
     clock: f64,
+    /// When the peers finished their last round's training.
+    compute_free: f64,
+    /// When the exchanges of the rounds before the last and the last ended.
+    exchanged: [f64; 2],
+    /// The overlapped outer step ([`SimConfig::overlap`]): what the next round trains from.
+    lap: Option<Lap>,
     round: u64,
 }
 
@@ -108,6 +124,12 @@ impl<'a> Sim<'a> {
         let net = Network::new(links, cfg.rtt_ms / 2000.0);
         Ok(Self {
             bufs: vec![vec![0.0; theta.len()]; outer.buffers()],
+            lap: (cfg.overlap != Overlap::None).then(|| Lap {
+                eager: cfg.overlap == Overlap::Eager,
+                theta: theta.clone(),
+                bufs: vec![vec![0.0; theta.len()]; outer.buffers()],
+                own: vec![None; cfg.peers],
+            }),
             outer,
             cfg,
             ds,
@@ -117,6 +139,8 @@ impl<'a> Sim<'a> {
             peers,
             net,
             clock: 0.0,
+            compute_free: 0.0,
+            exchanged: [0.0; 2],
             round: 0,
         })
     }
@@ -134,9 +158,11 @@ impl<'a> Sim<'a> {
         self.cfg.peers
     }
 
-    /// Runs one round and reports it.
+    /// Runs one round and reports it. A round's training starts once the peers are free and
+    /// hold its starting state: the last round's (or, overlapped, the one before's).
     pub fn run_round(&mut self) -> Result<RoundReport, SimError> {
-        let t_start = self.clock;
+        let waits_for = self.exchanged[usize::from(self.lap.is_none())];
+        let t_start = self.compute_free.max(waits_for);
         let h = self.cfg.h();
         let compute_end = t_start + h as f64 * self.cfg.step_compute_s;
         let (train_loss, rejected, end) = match self.outer.exchange() {
@@ -144,7 +170,10 @@ impl<'a> Sim<'a> {
             Exchange::AllGather => self.round_all_gather(compute_end)?,
             Exchange::Pairs => self.round_pairs(compute_end)?,
         };
-        self.clock = end.max(compute_end);
+        assert!(end >= compute_end, "an exchange ends after the training it sends");
+        self.compute_free = compute_end;
+        self.exchanged = [self.exchanged[1], end];
+        self.clock = end;
         self.round += 1;
         let last = self.round == self.cfg.rounds;
         let eval_now = last || (self.cfg.eval_every > 0 && self.round.is_multiple_of(self.cfg.eval_every));
@@ -227,10 +256,14 @@ impl<'a> Sim<'a> {
                     })
                     .collect::<Result<Vec<_>, SimError>>()?
             }
-            Work::InnerSteps => train_peers(&mut self.peers, &ctx!(self), r, Some(&self.theta))?,
+            Work::InnerSteps => {
+                let starts = self.starts()?;
+                let theta = &self.theta;
+                train_peers(&mut self.peers, &ctx!(self), r, |i| Some(starts.get(i).unwrap_or(theta)))?
+            }
             Work::InnerStepsFromOwn => {
                 // Δ = trained − φ (NoLoCo's sign convention), per replica.
-                let mut res = train_peers(&mut self.peers, &ctx!(self), r, None)?;
+                let mut res = train_peers(&mut self.peers, &ctx!(self), r, |_| None)?;
                 res.iter_mut().for_each(|(_, d)| d.iter_mut().for_each(|x| *x = -*x));
                 res
             }
@@ -241,6 +274,37 @@ impl<'a> Sim<'a> {
         }
         let loss = mean(results.iter().map(|r| r.0));
         Ok((loss, msgs, results.into_iter().map(|r| r.1).collect()))
+    }
+
+    /// Overlapped: where each peer's training starts this round (empty: from θ).
+    fn starts(&self) -> Result<Vec<Vec<f32>>, SimError> {
+        let Some(lap) = &self.lap else { return Ok(Vec::new()) };
+        let prev = self.round.saturating_sub(1);
+        let start = |own: &Option<Contribution>| -> Result<Vec<f32>, SimError> {
+            let mut theta = lap.theta.clone();
+            if let (true, Some(c)) = (lap.eager, own) {
+                let mut bufs = lap.bufs.clone();
+                let guess = self.outer.combine(prev, std::slice::from_ref(c))?;
+                self.outer.apply(prev, &mut theta, &mut bufs, &guess.values)?;
+            }
+            Ok(theta)
+        };
+        let starts: Vec<Vec<f32>> = lap.own.iter().map(start).collect::<Result<_, _>>()?;
+        assert_eq!(starts.len(), self.cfg.peers, "one start per peer");
+        Ok(starts)
+    }
+
+    /// Overlapped: before the round's outer step, keeps θ_r, its buffers and each peer's
+    /// contribution, from which the next round starts.
+    fn keep_lap(&mut self, contribs: &[Contribution]) {
+        let Some(lap) = self.lap.as_mut() else { return };
+        lap.theta.copy_from_slice(&self.theta);
+        lap.bufs.clone_from(&self.bufs);
+        lap.own.iter_mut().for_each(|o| *o = None);
+        for c in contribs {
+            lap.own[c.peer as usize] = Some(c.clone());
+        }
+        assert_eq!(lap.own.len(), self.cfg.peers, "one slot per peer");
     }
 
     /// After the shared state changed: the global model follows it.
@@ -267,6 +331,7 @@ impl<'a> Sim<'a> {
         let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
         let at_hub = self.upload(t, &sizes);
         let (contribs, rejected) = self.decode_all(&msgs);
+        self.keep_lap(&contribs);
         if contribs.is_empty() {
             return Ok((loss, rejected, at_hub));
         }
@@ -284,6 +349,7 @@ impl<'a> Sim<'a> {
         let sizes: Vec<u64> = msgs.iter().map(|m| m.len() as u64).collect();
         let end = self.all_gather(t, &sizes);
         let (contribs, rejected) = self.decode_all(&msgs);
+        self.keep_lap(&contribs);
         if !contribs.is_empty() {
             let c = self.outer.combine(self.round, &contribs)?;
             self.outer.apply(self.round, &mut self.theta, &mut self.bufs, &c.values)?;
@@ -379,6 +445,10 @@ impl<'a> Sim<'a> {
                 tessera_tensor::hash_f32s(&mut h, buf);
             }
         }
+        if let Some(lap) = &self.lap {
+            h.update(b"overlap");
+            tessera_tensor::hash_f32s(&mut h, &lap.theta);
+        }
         *h.finalize().as_bytes()
     }
 
@@ -406,20 +476,20 @@ impl Ctx<'_> {
     }
 }
 
-/// Each peer (in parallel) starts from `start` (or its own parameters), runs H inner steps on
+/// Each peer (in parallel) starts from `start(peer)` (or its own parameters), runs H inner steps on
 /// its batches, and returns its mean loss and `start − end`.
-fn train_peers(
+fn train_peers<'s>(
     peers: &mut [Peer],
     ctx: &Ctx,
     round: u64,
-    start: Option<&[f32]>,
+    start: impl Fn(usize) -> Option<&'s [f32]> + Sync,
 ) -> Result<Vec<(f64, Vec<f32>)>, SimError> {
     let h = ctx.cfg.h();
     peers
         .par_iter_mut()
         .enumerate()
         .map(|(i, p)| {
-            if let Some(s) = start {
+            if let Some(s) = start(i) {
                 p.tr.model.params.load_flat(s)?;
             }
             let begin = p.tr.model.params.to_flat();

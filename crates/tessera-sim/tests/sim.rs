@@ -195,3 +195,56 @@ const GOLDEN_SIM: &str = "
     demo 1c4c6c6746289fd069213615993d1c98363312afe06428be27d25883c6616818
     noloco-f32 2d91113d032abf3e3f113132136b95e5f4fa24c6c23bc8fbdd5827bb4d174cb5
 ";
+
+/// The overlapped outer step, delayed: round r trains from θ_{r−1} and is applied to θ_r, so
+/// the first round is the plain one and the second is not; training runs back to back while
+/// each round's exchange travels, so the run ends one exchange after its last training.
+#[test]
+fn overlapped_rounds_train_from_the_state_before_and_do_not_wait() {
+    let ds = dataset("overlap");
+    let base = small("diloco").with(|c| {
+        c.step_compute_s = 0.5;
+        c.bandwidth_mbps = 20.0;
+        c.rtt_ms = 50.0;
+    });
+    let lapped = base.clone().with(|c| c.overlap = tessera_sim::Overlap::Delayed);
+    let (p1, _) = run(base.clone().with(|c| c.rounds = 1), &ds);
+    let (o1, _) = run(lapped.clone().with(|c| c.rounds = 1), &ds);
+    assert_eq!(p1.theta(), o1.theta(), "round 0 trains from θ₀ either way");
+    let (p, pr) = run(base.clone(), &ds);
+    let (o, or) = run(lapped.clone(), &ds);
+    assert_ne!(p.theta(), o.theta(), "round 1 trains from θ₀, not θ₁");
+    let (o_again, _) = run(lapped.clone(), &ds);
+    assert_eq!(o.state_hash(), o_again.state_hash(), "overlapped runs are reproducible");
+    // Plain: every round is its training then its exchange. Overlapped: the exchange (shorter
+    // than a round's training here) hides behind the next round's training.
+    let c = base.inner_steps as f64 * base.step_compute_s;
+    let x = pr[0].sim_time_s - c;
+    assert!(x > 0.0 && x < c, "the exchange takes {x} s");
+    let rounds = base.rounds as f64;
+    assert!((pr.last().unwrap().sim_time_s - rounds * (c + x)).abs() < 1e-6);
+    assert!((or.last().unwrap().sim_time_s - (rounds * c + x)).abs() < 1e-6, "{or:?}");
+    assert!(or.last().unwrap().val_loss.is_some_and(f64::is_finite));
+    // Eager: each peer starts from the outer step taken with its own update alone. With one
+    // peer (and a lossless codec) that is θ_r itself, so the run is plain DiLoCo's, bit for
+    // bit, in the time of the overlapped one; with four, it is neither.
+    let eager = |c: SimConfig| c.with(|c| c.overlap = tessera_sim::Overlap::Eager);
+    let one = |c: SimConfig| SimConfig { peers: 1, ..c };
+    let (p_one, pr_one) = run(one(base.clone()), &ds);
+    let (e_one, er_one) = run(eager(one(base.clone())), &ds);
+    assert_eq!(p_one.theta(), e_one.theta());
+    let x_one = pr_one[0].sim_time_s - c;
+    assert!((er_one.last().unwrap().sim_time_s - (rounds * c + x_one)).abs() < 1e-6);
+    let (e, _) = run(eager(base.clone()), &ds);
+    assert_ne!(e.theta(), p.theta());
+    assert_ne!(e.theta(), o.theta());
+}
+
+#[test]
+fn overlap_is_refused_for_algorithms_without_inner_steps_from_the_shared_state() {
+    for algo in ["ddp", "noloco", "demo"] {
+        let err = small(algo).with(|c| c.overlap = tessera_sim::Overlap::Delayed).validate().unwrap_err();
+        assert!(matches!(&err, tessera_sim::SimError::Config(m) if m.contains("overlap")), "{algo}: {err}");
+    }
+    assert!(small("sparseloco").with(|c| c.overlap = tessera_sim::Overlap::Delayed).validate().is_ok());
+}
