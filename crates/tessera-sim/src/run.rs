@@ -46,9 +46,8 @@ struct Peer {
 }
 
 /// Overlapped rounds: the shared state before the last round's outer step, θ_{r−1} and its
-/// buffers, and each peer's decoded contribution to that step (see [`Overlap`]).
+/// buffers, and (eager) each peer's decoded contribution to that step (see [`Overlap`]).
 struct Lap {
-    eager: bool,
     theta: Vec<f32>,
     bufs: Vec<Vec<f32>>,
     own: Vec<Option<Contribution>>,
@@ -125,7 +124,6 @@ impl<'a> Sim<'a> {
         Ok(Self {
             bufs: vec![vec![0.0; theta.len()]; outer.buffers()],
             lap: (cfg.overlap != Overlap::None).then(|| Lap {
-                eager: cfg.overlap == Overlap::Eager,
                 theta: theta.clone(),
                 bufs: vec![vec![0.0; theta.len()]; outer.buffers()],
                 own: vec![None; cfg.peers],
@@ -257,9 +255,10 @@ impl<'a> Sim<'a> {
                     .collect::<Result<Vec<_>, SimError>>()?
             }
             Work::InnerSteps => {
-                let starts = self.starts()?;
-                let theta = &self.theta;
-                train_peers(&mut self.peers, &ctx!(self), r, |i| Some(starts.get(i).unwrap_or(theta)))?
+                let guesses = self.guesses()?;
+                let shared = self.lap.as_ref().map_or(&self.theta, |l| &l.theta);
+                let start = |i: usize| Some(guesses.get(i).and_then(Option::as_deref).unwrap_or(shared));
+                train_peers(&mut self.peers, &ctx!(self), r, start)?
             }
             Work::InnerStepsFromOwn => {
                 // Δ = trained − φ (NoLoCo's sign convention), per replica.
@@ -276,32 +275,32 @@ impl<'a> Sim<'a> {
         Ok((loss, msgs, results.into_iter().map(|r| r.1).collect()))
     }
 
-    /// Overlapped: where each peer's training starts this round (empty: from θ).
-    fn starts(&self) -> Result<Vec<Vec<f32>>, SimError> {
+    /// Eager overlap: each peer's own guess at θ_r, the last outer step taken with its
+    /// contribution alone (`None`: it had none, and starts from θ_{r−1} like the rest).
+    fn guesses(&self) -> Result<Vec<Option<Vec<f32>>>, SimError> {
         let Some(lap) = &self.lap else { return Ok(Vec::new()) };
         let prev = self.round.saturating_sub(1);
-        let start = |own: &Option<Contribution>| -> Result<Vec<f32>, SimError> {
-            let mut theta = lap.theta.clone();
-            if let (true, Some(c)) = (lap.eager, own) {
-                let mut bufs = lap.bufs.clone();
-                let guess = self.outer.combine(prev, std::slice::from_ref(c))?;
-                self.outer.apply(prev, &mut theta, &mut bufs, &guess.values)?;
-            }
+        let guess = |c: &Contribution| -> Result<Vec<f32>, SimError> {
+            let (mut theta, mut bufs) = (lap.theta.clone(), lap.bufs.clone());
+            let alone = self.outer.combine(prev, std::slice::from_ref(c))?;
+            self.outer.apply(prev, &mut theta, &mut bufs, &alone.values)?;
             Ok(theta)
         };
-        let starts: Vec<Vec<f32>> = lap.own.iter().map(start).collect::<Result<_, _>>()?;
-        assert_eq!(starts.len(), self.cfg.peers, "one start per peer");
-        Ok(starts)
+        let guesses: Vec<Option<Vec<f32>>> =
+            lap.own.iter().map(|o| o.as_ref().map(guess).transpose()).collect::<Result<_, _>>()?;
+        assert!(guesses.len() <= self.cfg.peers, "at most one start per peer");
+        Ok(guesses)
     }
 
-    /// Overlapped: before the round's outer step, keeps θ_r, its buffers and each peer's
-    /// contribution, from which the next round starts.
+    /// Overlapped: before the round's outer step, keeps θ_r and its buffers, and (eager) each
+    /// peer's contribution, from which the next round starts.
     fn keep_lap(&mut self, contribs: &[Contribution]) {
+        let eager = self.cfg.overlap == Overlap::Eager;
         let Some(lap) = self.lap.as_mut() else { return };
         lap.theta.copy_from_slice(&self.theta);
         lap.bufs.clone_from(&self.bufs);
         lap.own.iter_mut().for_each(|o| *o = None);
-        for c in contribs {
+        for c in contribs.iter().filter(|_| eager) {
             lap.own[c.peer as usize] = Some(c.clone());
         }
         assert_eq!(lap.own.len(), self.cfg.peers, "one slot per peer");
